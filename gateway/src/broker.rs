@@ -1,0 +1,82 @@
+//! The embedded MQTT broker (`mqtt.mode = "embedded"`): rumqttd on `mqtt.embedded_listen`, so a
+//! user with nothing installed can point devices at the gateway.
+//!
+//! Compared with mosquitto it keeps nothing on disk (sessions and queued messages are lost when
+//! the gateway restarts), has no username/password or TLS set up here, and speaks MQTT 3.1.1
+//! only. Devices publishing QoS 1 learn of a restart by their connection dropping and resend
+//! what was not acknowledged. For production, run mosquitto and use `mode = "external"`.
+
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The listen address is taken or not ours to bind.
+    #[error("mqtt.embedded_listen {addr}: cannot listen: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    /// The broker thread did not start accepting connections in time.
+    #[error("embedded broker on {addr} did not start accepting connections")]
+    NotReady { addr: SocketAddr },
+}
+
+/// Starts the broker on its own threads (rumqttd runs its own runtimes) and waits until it
+/// accepts connections. The broker lives as long as the process.
+pub async fn start(listen: SocketAddr, max_payload_bytes: usize) -> Result<SocketAddr, BrokerError> {
+    // rumqttd only logs a failed bind from its server thread; probe first to fail clearly.
+    let probe = std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind { addr: listen, source })?;
+    let addr = probe.local_addr().map_err(|source| BrokerError::Bind { addr: listen, source })?;
+    drop(probe);
+
+    let server = ServerSettings {
+        name: "gateway-v4".into(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 60_000,
+            // Larger payloads than the gateway accepts are let through so they are rejected,
+            // counted and dead-lettered by the gateway instead of disconnecting the device.
+            max_payload_size: max_payload_bytes.saturating_mul(4).max(64 * 1024),
+            max_inflight_count: 1000,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 10_000,
+            max_outgoing_packet_count: 1000,
+            // The router keeps messages in memory segments: bound them for a small box.
+            max_segment_size: 16 * 1024 * 1024,
+            max_segment_count: 4,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("gateway-v4".to_owned(), server)])),
+        ..Config::default()
+    };
+    std::thread::Builder::new()
+        .name("embedded-broker".into())
+        .spawn(move || {
+            let mut broker = Broker::new(config);
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        })
+        .map_err(|source| BrokerError::Bind { addr, source })?;
+
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tracing::info!(%addr, "embedded MQTT broker listening");
+            return Ok(addr);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(BrokerError::NotReady { addr })
+}

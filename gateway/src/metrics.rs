@@ -1,0 +1,69 @@
+//! Counters of the ingest path, shared by the sources and rendered by the admin API.
+//!
+//! Plain atomics: every source bumps them on its hot path, and `/metrics` reads them without
+//! taking a lock that ingest would wait on.
+
+use crate::decode::Reject;
+use gateway_buffer::Source;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Ingest counters. Labels are fixed at construction so rendering never allocates per label.
+#[derive(Debug)]
+pub struct IngestMetrics {
+    readings_mqtt: AtomicU64,
+    readings_serial: AtomicU64,
+    rejected: [AtomicU64; Reject::ALL_REASONS.len()],
+    /// MQTT messages whose ack was held back because the buffer was full (`when_full = "block"`).
+    pub blocked_full: AtomicU64,
+    /// Times a source (broker connection or serial port) was lost.
+    pub source_disconnects: AtomicU64,
+    /// Alarm events emitted (raised + cleared).
+    pub alarm_events: AtomicU64,
+    /// Readings refused by the alarm engine's series bound (the reading itself is kept).
+    pub alarm_series_refused: AtomicU64,
+}
+
+impl Default for IngestMetrics {
+    fn default() -> Self {
+        IngestMetrics {
+            readings_mqtt: AtomicU64::new(0),
+            readings_serial: AtomicU64::new(0),
+            rejected: std::array::from_fn(|_| AtomicU64::new(0)),
+            blocked_full: AtomicU64::new(0),
+            source_disconnects: AtomicU64::new(0),
+            alarm_events: AtomicU64::new(0),
+            alarm_series_refused: AtomicU64::new(0),
+        }
+    }
+}
+
+impl IngestMetrics {
+    pub fn add_readings(&self, source: Source, n: u64) {
+        match source {
+            Source::Mqtt => self.readings_mqtt.fetch_add(n, Relaxed),
+            Source::Serial => self.readings_serial.fetch_add(n, Relaxed),
+        };
+    }
+
+    pub fn readings(&self, source: Source) -> u64 {
+        match source {
+            Source::Mqtt => self.readings_mqtt.load(Relaxed),
+            Source::Serial => self.readings_serial.load(Relaxed),
+        }
+    }
+
+    pub fn add_rejected(&self, reason: &Reject) {
+        if let Some(i) = Reject::ALL_REASONS.iter().position(|r| *r == reason.reason()) {
+            self.rejected[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// (reason, count) for every reason, zeros included.
+    pub fn rejected(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Reject::ALL_REASONS.iter().zip(&self.rejected).map(|(r, c)| (*r, c.load(Relaxed)))
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().map(|c| c.load(Relaxed)).sum()
+    }
+}

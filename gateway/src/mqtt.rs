@@ -1,0 +1,194 @@
+//! The MQTT source: a persistent QoS 1 session whose PUBACKs are sent only after the readings
+//! are durable.
+//!
+//! One task owns the rumqttc event loop and keeps polling it (rumqttc stalls if it is not
+//! polled). Each incoming publish starts its append at once, so concurrent messages share a group
+//! commit; completions are taken in arrival order (MQTT requires PUBACKs in the order the
+//! PUBLISHes came) and each is acked as soon as it and everything before it is durable.
+//!
+//! On a disconnect rumqttc drops PUBACKs it had not sent yet; the broker redelivers those
+//! messages on the persistent session, so they are appended again (a duplicate, never a loss).
+
+use crate::decode::MqttDecoder;
+use crate::pipeline::{IngestError, Pipeline};
+use futures::stream::{FuturesOrdered, StreamExt};
+use gateway_buffer::Source;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How the gateway connects to its broker, resolved from the config.
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls_ca: Option<Vec<u8>>,
+    pub client_id: String,
+    pub credentials: Option<(String, String)>,
+    pub topics: Vec<String>,
+    pub templates: Vec<String>,
+    /// QoS 1 messages the gateway lets rumqttc keep unacknowledged at once.
+    pub max_inflight: u16,
+    pub max_payload_bytes: usize,
+    pub keep_alive: Duration,
+    pub reconnect_max: Duration,
+}
+
+/// The MQTT source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// The CA file for `mqtts://` could not be read.
+    #[error("mqtt.ca_file {path}: {source}")]
+    CaFile { path: String, source: std::io::Error },
+}
+
+type Pending = Pin<Box<dyn Future<Output = (Publish, Result<(), IngestError>)> + Send>>;
+
+impl MqttSettings {
+    fn options(&self) -> MqttOptions {
+        let mut o = MqttOptions::new(&self.client_id, &self.host, self.port);
+        o.set_clean_session(false)
+            .set_manual_acks(true)
+            .set_keep_alive(self.keep_alive)
+            .set_inflight(self.max_inflight.max(1))
+            // Room for the envelope around the largest payload we accept; bigger messages are
+            // still read (and rejected as too_large by the decoder) up to 4x the limit.
+            .set_max_packet_size(self.max_payload_bytes.saturating_mul(4).max(16 * 1024), 256 * 1024);
+        if let Some((user, pass)) = &self.credentials {
+            o.set_credentials(user, pass);
+        }
+        if let Some(ca) = &self.tls_ca {
+            o.set_transport(Transport::Tls(TlsConfiguration::Simple { ca: ca.clone(), alpn: None, client_auth: None }));
+        }
+        o
+    }
+}
+
+/// Runs the source until `shutdown`; then stops reading, lets the appends in progress finish and
+/// sends their acks.
+pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: CancellationToken) {
+    // The request channel carries our PUBACKs and subscribes. It must never be full when we
+    // try_ack (we cannot await it while we are the task that drains it), so it holds every
+    // message that can be in flight plus the subscribe requests.
+    let request_capacity = usize::from(settings.max_inflight) * 2 + settings.topics.len() + 16;
+    let (client, mut eventloop) = AsyncClient::new(settings.options(), request_capacity);
+    let decoder = MqttDecoder::new(&settings.templates, settings.max_payload_bytes);
+    // Appends in progress; cancelling them on shutdown would only lose acks, so they get their
+    // own token that fires after the source has stopped reading.
+    let appends = CancellationToken::new();
+    let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let mut backoff = Duration::from_millis(100);
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some((publish, result)) = pending.next(), if !pending.is_empty() => {
+                ack(&client, &publish, result);
+            }
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    pending.push_back(process(&decoder, &pipeline, p, appends.clone()));
+                }
+                Ok(Event::Incoming(Packet::ConnAck(c))) => {
+                    backoff = Duration::from_millis(100);
+                    tracing::info!(host = %settings.host, port = settings.port, session_present = c.session_present, "connected to broker");
+                    // Subscribe on every connect: cheap, and correct if the broker lost our session.
+                    for topic in &settings.topics {
+                        if let Err(e) = client.try_subscribe(topic.as_str(), QoS::AtLeastOnce) {
+                            tracing::error!(topic, error = %e, "subscribe request failed");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(s))) => {
+                    tracing::debug!(pkid = s.pkid, "subscribed");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    pipeline.metrics().source_disconnects.fetch_add(1, Relaxed);
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(settings.reconnect_max);
+                }
+            }
+        }
+    }
+
+    // Stop taking messages; finish what is being appended and send those acks.
+    let _ = client.try_unsubscribe_all(&settings.topics);
+    appends.cancel();
+    while let Some((publish, result)) = pending.next().await {
+        ack(&client, &publish, result);
+    }
+    let _ = client.try_disconnect();
+    // Let the event loop write the acks and the disconnect; bounded so a dead broker can't hold
+    // up shutdown.
+    let flush = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+    tracing::info!("mqtt source stopped");
+}
+
+trait UnsubscribeAll {
+    fn try_unsubscribe_all(&self, topics: &[String]) -> Result<(), rumqttc::ClientError>;
+}
+
+impl UnsubscribeAll for AsyncClient {
+    fn try_unsubscribe_all(&self, topics: &[String]) -> Result<(), rumqttc::ClientError> {
+        // Unsubscribing does not end the persistent session; it only stops new deliveries while
+        // we drain. The next start subscribes again.
+        topics.iter().try_for_each(|t| self.try_unsubscribe(t.as_str()))
+    }
+}
+
+/// Decodes and appends one message; resolves once it may be acked (or must not be).
+fn process(decoder: &MqttDecoder, pipeline: &Pipeline, publish: Publish, cancel: CancellationToken) -> Pending {
+    let now = pipeline.now_ms();
+    let decoded = std::str::from_utf8(&publish.topic)
+        .map_err(|_| crate::decode::Reject::UnknownTopic)
+        .and_then(|topic| decoder.decode(topic, &publish.payload, now));
+    let pipeline = pipeline.clone();
+    Box::pin(async move {
+        let result = match decoded {
+            Ok(readings) => pipeline.ingest(Source::Mqtt, readings, &cancel).await,
+            Err(why) => {
+                // Poison is acked, or it would come back forever.
+                let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+                pipeline.reject(&topic, &publish.payload, &why);
+                Ok(())
+            }
+        };
+        (publish, result)
+    })
+}
+
+fn ack(client: &AsyncClient, publish: &Publish, result: Result<(), IngestError>) {
+    match result {
+        Ok(()) => {
+            if let Err(e) = client.try_ack(publish) {
+                // Not acked: the broker redelivers it, which is a duplicate, not a loss.
+                tracing::warn!(error = %e, pkid = publish.pkid, "could not queue PUBACK");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, pkid = publish.pkid, "message left unacknowledged; the broker will redeliver it"),
+    }
+}
+
+/// Host, port and TLS from an `mqtt://` or `mqtts://` URL (already validated by the config).
+pub fn endpoint(url: &url::Url) -> (String, u16, bool) {
+    let tls = url.scheme() == "mqtts";
+    let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
+    (url.host_str().unwrap_or("127.0.0.1").to_owned(), port, tls)
+}

@@ -1,0 +1,191 @@
+//! What every source does with what it read: alarm rules, then a durable append; or, for
+//! something unreadable, a count and a dead letter.
+//!
+//! Sources call [`Pipeline::ingest`] and acknowledge their input only when it returns `Ok`.
+
+use crate::alarm::{ActiveAlarm, Engine, EngineStats, Rule};
+use crate::decode::Reject;
+use crate::metrics::IngestMetrics;
+use gateway_buffer::{AppendError, Buffer, DeadLetterInput, Reading, Record, Source};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The consumer name under which the alarm engine keeps its state in the buffer.
+const ENGINE_STATE_OWNER: &str = "alarm-engine";
+const ENGINE_STATE_KEY: &str = "state";
+
+/// How long to wait between append attempts while the buffer is full and set to block: long
+/// enough not to spin, short enough that ingest resumes promptly once the forwarder drains.
+const FULL_RETRY_MIN: Duration = Duration::from_millis(50);
+const FULL_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Shared by every source task.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    buffer: Buffer,
+    // A std mutex: evaluation is short, CPU-only, and never held across an await.
+    engine: Arc<Mutex<Engine>>,
+    metrics: Arc<IngestMetrics>,
+    clock: fn() -> i64,
+}
+
+/// Why readings could not be appended.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Shutdown began while the buffer was full; the input stays unacknowledged.
+    #[error("shutting down while the buffer is full")]
+    Cancelled,
+    /// The buffer failed; the input stays unacknowledged.
+    #[error(transparent)]
+    Append(#[from] AppendError),
+}
+
+/// The wall clock in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Pipeline {
+    /// Builds the pipeline and restores the alarm engine's persisted state.
+    pub fn new(buffer: Buffer, rules: Vec<Rule>, max_series: usize, metrics: Arc<IngestMetrics>) -> Pipeline {
+        let mut engine = Engine::new(rules, max_series);
+        match buffer.consumer_meta(ENGINE_STATE_OWNER, ENGINE_STATE_KEY) {
+            Ok(Some(bytes)) => match postcard::from_bytes(&bytes) {
+                Ok(snapshot) => engine.restore(snapshot),
+                Err(e) => tracing::error!(error = %e, "alarm state unreadable; starting with no active alarms"),
+            },
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "alarm state could not be read; starting with no active alarms"),
+        }
+        Pipeline { buffer, engine: Arc::new(Mutex::new(engine)), metrics, clock: now_ms }
+    }
+
+    pub fn metrics(&self) -> &Arc<IngestMetrics> {
+        &self.metrics
+    }
+
+    pub fn buffer(&self) -> &Buffer {
+        &self.buffer
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// Evaluates the rules and appends readings and alarm events durably. With the buffer full
+    /// and set to block, waits (with backoff) until space returns or `cancel` fires.
+    pub async fn ingest(&self, source: Source, readings: Vec<Reading>, cancel: &CancellationToken) -> Result<(), IngestError> {
+        let n = readings.len() as u64;
+        let mut records: Vec<Record> = self.evaluate(&readings).into_iter().map(Record::Alarm).collect();
+        records.extend(readings.into_iter().map(Record::Reading));
+        let mut wait = FULL_RETRY_MIN;
+        let mut counted_block = false;
+        loop {
+            match self.buffer.append(records.clone()).await {
+                Ok(_) => break,
+                Err(AppendError::Full { .. }) => {
+                    if !counted_block {
+                        self.metrics.blocked_full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        counted_block = true;
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(IngestError::Cancelled),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(FULL_RETRY_MAX);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.metrics.add_readings(source, n);
+        Ok(())
+    }
+
+    /// Runs the alarm rules over readings; persists the engine's state when anything changed, so
+    /// the state rides on the same group commit as the events.
+    fn evaluate(&self, readings: &[Reading]) -> Vec<gateway_buffer::AlarmEvent> {
+        let now = self.now_ms();
+        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let refused_before = engine.stats().series_refused;
+        let events: Vec<_> = readings.iter().flat_map(|r| engine.on_reading(r, now)).collect();
+        let refused = engine.stats().series_refused - refused_before;
+        if refused > 0 {
+            self.metrics.alarm_series_refused.fetch_add(refused, std::sync::atomic::Ordering::Relaxed);
+        }
+        if !events.is_empty() {
+            self.persist_engine(&engine);
+            self.note_events(&events);
+        }
+        events
+    }
+
+    /// Silence rules on the clock: appends the events; call about once a second.
+    pub async fn tick(&self) -> Result<(), AppendError> {
+        let events = {
+            let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+            let events = engine.tick(self.now_ms());
+            if !events.is_empty() {
+                self.persist_engine(&engine);
+            }
+            events
+        };
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.note_events(&events);
+        self.buffer.append(events.into_iter().map(Record::Alarm).collect()).await.map(|_| ())
+    }
+
+    /// Saves the engine state now (periodically, and on shutdown), so silence tracking survives.
+    pub fn save_engine_state(&self) {
+        let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        self.persist_engine(&engine);
+    }
+
+    fn persist_engine(&self, engine: &Engine) {
+        let result = postcard::to_stdvec(&engine.snapshot())
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| self.buffer.set_consumer_meta(ENGINE_STATE_OWNER, ENGINE_STATE_KEY, &bytes).map_err(|e| e.to_string()));
+        if let Err(e) = result {
+            tracing::error!(error = %e, "could not persist alarm state");
+        }
+    }
+
+    fn note_events(&self, events: &[gateway_buffer::AlarmEvent]) {
+        self.metrics.alarm_events.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for e in events {
+            tracing::warn!(alarm = %e.alarm, device = %e.device, metric = %e.metric, state = ?e.state, value = e.value, "alarm");
+        }
+    }
+
+    /// Counts an unreadable payload and parks it as a dead letter; never fails.
+    pub fn reject(&self, origin: &str, payload: &[u8], why: &Reject) {
+        self.metrics.add_rejected(why);
+        let input = DeadLetterInput {
+            reason: why.reason().to_owned(),
+            origin: origin.to_owned(),
+            detail: why.to_string(),
+            payload: gateway_buffer::DeadPayload::Raw(payload.to_vec()),
+        };
+        if let Err(e) = self.buffer.dead_letters().put(input) {
+            tracing::error!(error = %e, origin, "could not store dead letter");
+        }
+    }
+
+    pub fn active_alarms(&self) -> Vec<ActiveAlarm> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner()).active()
+    }
+
+    pub fn engine_stats(&self) -> EngineStats {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner()).stats()
+    }
+
+    /// Swaps in new rules; states of unchanged rules are kept.
+    pub fn reload_rules(&self, rules: Vec<Rule>) {
+        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        engine.reload(rules);
+        self.persist_engine(&engine);
+    }
+}
