@@ -1,1 +1,97 @@
-//! (being built)
+//! Durable, sled-backed queue of readings and alarm events: the gateway's "never lose a
+//! reading" store.
+//!
+//! Ingest calls [`Buffer::append`], which resolves only once the records are on disk; the
+//! forwarder (and any other consumer listed in [`BufferOptions::consumers`]) reads each lane in
+//! order with [`Buffer::read`] and moves its own cursor with [`Buffer::ack`]. Many concurrent
+//! appends share one flush (group commit, driven by the [`Committer`] the caller spawns). Each
+//! committed group is stored per lane as one compressed block, not one key per record, which
+//! keeps disk use and memory small on an SD-card gateway.
+//!
+//! # Guarantees
+//! - **Durable before acknowledged.** `append` returns seqs only after sled flushed the group
+//!   *and* the log file was `fdatasync`ed (sled 0.34 alone uses `sync_file_range`, which does
+//!   not flush the drive cache). One flush per group, never per record.
+//! - **Seqs** are unique across both lanes, increase in order of durability, and are never
+//!   reused after a restart or crash: the counter is persisted in the same flush as the blocks,
+//!   and at open the buffer takes max(persisted counter, last stored seq + 1).
+//! - **Readers only see durable records**, so a seq that reached the cloud can never be
+//!   re-issued to another record after a crash.
+//! - **Per-lane order.** A consumer reads a lane in seq order from its cursor; after a reopen
+//!   every durable, un-acked record is there in order with the same seq.
+//! - **Retention is counted.** Every record removed un-acked is counted by reason: quota
+//!   (`drop_oldest`), expiry (`max_age_s`), or undecodable (then its bytes are a dead letter).
+//!   The alarms lane has its own quota; readings never evict alarms.
+//! - **Corruption never wipes data.** A database sled cannot open is renamed to
+//!   `<dir>/buffer.sled.corrupt-<UTC timestamp>`, logged at error, counted
+//!   ([`BufferStats::moved_aside`]) and a fresh one is started. A block that does not decode is
+//!   moved to the dead letters and the lane moves on.
+//! - **Bounded memory.** Reads stream block by block; stats are kept incrementally (O(lanes));
+//!   the sled cache is capped by [`BufferOptions::cache_capacity_bytes`]; the append queue is
+//!   bounded.
+//!
+//! # Non-guarantees (the loss and duplicate windows)
+//! - **Acks, consumer meta, dead letters and requeues are flushed lazily**: with the next
+//!   group commit or the committer's idle flush (every ~100 ms), at [`Buffer::flush`], and at
+//!   shutdown. A crash inside that window re-delivers records already acked (duplicates; the
+//!   cloud dedups on seq) and may lose a dead letter parked in that window.
+//! - **Failed or cancelled appends may still land.** If the flush of a group fails, or the
+//!   `append` future is dropped after queueing, the records may become durable under seqs the
+//!   caller never learned; re-appending them duplicates, never loses.
+//! - **Quotas are approximate by one block/group.** `drop_oldest` never evicts the newest block,
+//!   and `block` refuses appends once the stored bytes reach the quota, so a lane may exceed its
+//!   quota by one group. Quotas count compressed block bytes, not sled's own overhead
+//!   (sled's log needs roughly 1.5× that on disk).
+//! - **Expiry is by storage time, per block**: a record expires once the block holding it was
+//!   last written more than `max_age_s` ago (gateway clock), not by its own `ts_ms` (device
+//!   clocks lie, and back-filled data must not vanish on arrival). A small block keeps growing
+//!   by merging later groups, so a record can outlive `max_age_s` by the time its block took to
+//!   fill.
+//! - **sled panics.** sled 0.34 panics instead of erroring on some corrupt files. `open` catches
+//!   that in unwinding builds and moves the database aside; under `panic = "abort"` (the
+//!   release profile) the process aborts instead, and systemd's restart meets the same panic.
+//!   Nothing is deleted either way.
+//! - **Counters restart at zero** at each open (they are process counters for metrics); the
+//!   gauges (records, bytes, oldest age) are recomputed from disk.
+//!
+//! # On-disk layout
+//! One sled database in `<dir>/buffer.sled`; big-endian numbers so byte order is numeric order.
+//!
+//! ```text
+//! tree "lane.alarms" / "lane.readings"        (one tree per lane)
+//!   'h' ++ first_seq:u64be  -> postcard BlockHeader { last_seq, count, stored_bytes,
+//!                                first_commit_ms, last_commit_ms, min_ts_ms }
+//!   'b' ++ first_seq:u64be  -> block: 0x01 | crc32(deflated):u32le | deflate(entries)
+//!                              entry = varint(seq delta) | postcard(Record)
+//!       header and block of one seq are written in one sled batch; open reads only headers
+//! tree "meta"
+//!   "next_seq"                            -> u64be   next seq to hand out
+//!   "dead_next_id"                        -> u64be   next dead-letter id
+//!   "ack\0" ++ lane tag ('a'|'r') ++ "\0" ++ consumer -> u64be  acked up to (inclusive)
+//!   "cmeta\0" ++ consumer ++ "\0" ++ key  -> bytes   per-consumer state
+//! tree "requeue"
+//!   lane tag ++ seq:u64be                 -> postcard Record (original seq kept)
+//! tree "dead"
+//!   id:u64be                              -> postcard DeadLetter
+//! ```
+
+mod block;
+mod buffer;
+mod committer;
+mod dead;
+mod error;
+mod keys;
+mod options;
+pub mod record;
+mod stats;
+
+pub use buffer::Buffer;
+pub use committer::Committer;
+pub use dead::{DeadLetter, DeadLetterInput, DeadLetters, DeadPayload};
+pub use error::{AppendError, BufferError};
+pub use options::{BufferOptions, Clock, ManualClock, SystemClock, WhenFull};
+pub use record::{AlarmEvent, AlarmState, Lane, Reading, Record, Severity, Source, Stored};
+pub use stats::{BufferStats, DeadLetterStats, LaneStats};
+
+/// Name of the sled directory inside [`BufferOptions::dir`].
+pub const DB_DIR_NAME: &str = keys::DB_DIR_NAME;

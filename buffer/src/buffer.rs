@@ -1,0 +1,1003 @@
+//! The buffer handle, its shared state, recovery at open, reads, acks and retention.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::block::{self, BlockHeader, RawBlock};
+use crate::committer::{APPEND_QUEUE_CAPACITY, AppendRequest, Committer};
+use crate::dead::{DeadLetter, DeadLetterInput, DeadLetters, DeadPayload};
+use crate::error::{AppendError, BufferError};
+use crate::keys;
+use crate::options::{BufferOptions, WhenFull};
+use crate::record::{Lane, Record, Stored};
+use crate::stats::{BufferStats, DeadLetterStats, LaneStats};
+
+/// Handle on the durable queue. Cheap to clone; every clone talks to the same database.
+#[derive(Clone, Debug)]
+pub struct Buffer {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) tx: mpsc::Sender<AppendRequest>,
+}
+
+/// Shared by every handle and the committer.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) opts: BufferOptions,
+    pub(crate) db: sled::Db,
+    /// sled's log file, opened a second time only to `fdatasync` it: sled 0.34 "flushes" with
+    /// `sync_file_range`, which neither flushes the drive's write cache nor the file size
+    /// (sled issue #1452), so a power cut could lose data sled reported as flushed.
+    db_file: Option<File>,
+    db_file_path: PathBuf,
+    pub(crate) lanes: [sled::Tree; 2],
+    pub(crate) meta: sled::Tree,
+    pub(crate) requeue: sled::Tree,
+    pub(crate) dead: sled::Tree,
+    /// A std mutex: it is held only for in-memory bookkeeping and sled calls that do not wait on
+    /// the disk (`apply_batch` fills sled's in-memory log buffer), never across an `.await` or a
+    /// flush.
+    state: Mutex<State>,
+    pub(crate) durable_tx: watch::Sender<u64>,
+    /// Something other than appended blocks (acks, consumer meta, dead letters, requeues) was
+    /// written since the last flush; the committer flushes it on its next idle tick.
+    dirty: AtomicBool,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) next_seq: u64,
+    pub(crate) lanes: [LaneState; 2],
+    /// consumer -> acked seq per lane.
+    cursors: HashMap<String, [Option<u64>; 2]>,
+    pub(crate) dead: DeadState,
+    pub(crate) compressor: flate2::Compress,
+    moved_aside: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct LaneState {
+    /// Records in stored blocks, including acked records still in the partially acked front block.
+    stored_records: u64,
+    bytes: u64,
+    blocks: u64,
+    front: Option<(u64, BlockHeader)>,
+    /// Records of the front block already acked by every consumer.
+    acked_in_front: u64,
+    /// The newest block, kept decoded so small groups merge into it.
+    pub(crate) tail: Option<RawBlock>,
+    pub(crate) appended: u64,
+    dropped_quota: u64,
+    expired: u64,
+    undecodable: u64,
+    requeued: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct DeadState {
+    pub(crate) count: u64,
+    pub(crate) bytes: u64,
+    dropped: u64,
+    next_id: u64,
+}
+
+/// Why a block left a lane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Removal {
+    Acked,
+    Quota,
+    Expired,
+}
+
+impl Buffer {
+    /// Open (or create) the buffer in `opts.dir` and recover its state.
+    ///
+    /// Recovery resumes the seq counter (max of the persisted counter and the last stored
+    /// seq + 1), every consumer's cursor, and the stats (from block headers, not block bodies).
+    /// A database sled cannot open because it is corrupt is renamed to
+    /// `<dir>/buffer.sled.corrupt-<UTC timestamp>`, logged at error level, counted in
+    /// `stats().moved_aside`, and a fresh one is started: nothing is ever deleted. Any other
+    /// open failure (lock held by another process, permissions) is returned untouched.
+    ///
+    /// The returned [`Committer`] must be run (`committer.run(shutdown).await`) for appends to
+    /// complete.
+    pub fn open(opts: BufferOptions) -> Result<(Buffer, Committer), BufferError> {
+        opts.validate()?;
+        std::fs::create_dir_all(&opts.dir).map_err(|source| BufferError::Io {
+            path: opts.dir.clone(),
+            source,
+        })?;
+        let path = opts.dir.join(keys::DB_DIR_NAME);
+        let mut moved_aside = 0;
+        let db = match open_sled(&path, &opts) {
+            Ok(db) => db,
+            Err(OpenFailure::Unopenable(reason)) => {
+                let aside = move_aside(&path, opts.clock.now_ms())?;
+                error!(
+                    db = %path.display(),
+                    moved_to = %aside.display(),
+                    %reason,
+                    "buffer database cannot be opened: moved aside, starting an empty buffer"
+                );
+                moved_aside = 1;
+                match open_sled(&path, &opts) {
+                    Ok(db) => db,
+                    Err(OpenFailure::Other(source)) => {
+                        return Err(BufferError::Open { path, source });
+                    }
+                    Err(OpenFailure::Unopenable(reason)) => {
+                        return Err(BufferError::Open {
+                            path,
+                            source: sled::Error::Unsupported(reason),
+                        });
+                    }
+                }
+            }
+            Err(OpenFailure::Other(source)) => return Err(BufferError::Open { path, source }),
+        };
+        let lanes = [
+            db.open_tree(keys::lane_tree(Lane::Alarms))?,
+            db.open_tree(keys::lane_tree(Lane::Readings))?,
+        ];
+        let meta = db.open_tree(keys::META_TREE)?;
+        let requeue = db.open_tree(keys::REQUEUE_TREE)?;
+        let dead = db.open_tree(keys::DEAD_TREE)?;
+        let db_file_path = path.join("db");
+        let db_file = File::open(&db_file_path).ok();
+        let state = State {
+            next_seq: 1,
+            lanes: Default::default(),
+            cursors: opts
+                .consumers
+                .iter()
+                .map(|c| (c.clone(), [None, None]))
+                .collect(),
+            dead: DeadState::default(),
+            compressor: block::new_compressor(),
+            moved_aside,
+        };
+        let (durable_tx, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            opts,
+            db,
+            db_file,
+            db_file_path,
+            lanes,
+            meta,
+            requeue,
+            dead,
+            state: Mutex::new(state),
+            durable_tx,
+            dirty: AtomicBool::new(false),
+        });
+        inner.recover()?;
+        let (tx, rx) = mpsc::channel(APPEND_QUEUE_CAPACITY);
+        let committer = Committer::new(inner.clone(), rx);
+        Ok((Buffer { inner, tx }, committer))
+    }
+
+    /// Append records (lanes may be mixed). Resolves once they are durable (fsynced), with
+    /// their seqs in the order given. Concurrent calls share one flush (group commit).
+    ///
+    /// Cancel safety: dropping the future after it was queued does not withdraw the records;
+    /// they become durable under seqs the caller never learns (a duplicate if re-appended).
+    pub async fn append(&self, records: Vec<Record>) -> Result<Vec<u64>, AppendError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(AppendRequest { records, reply })
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        rx.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Up to `max_records` records of `lane` with seq > max(`after_seq`, the consumer's acked
+    /// cursor), in seq order, stopping before `max_bytes` of encoded records would be exceeded
+    /// but always returning at least one record when one is available. Only durable records are
+    /// returned. Reads block by block from sled; the backlog is never loaded.
+    ///
+    /// A block that no longer decodes is moved to the dead letters (reason
+    /// `undecodable_block`, the raw bytes as payload), counted, and skipped.
+    pub fn read(
+        &self,
+        consumer: &str,
+        lane: Lane,
+        after_seq: Option<u64>,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Stored>, BufferError> {
+        let acked = self.acked_checked(consumer, lane)?;
+        let durable = *self.inner.durable_tx.borrow();
+        let start = after_seq
+            .unwrap_or(0)
+            .max(acked.unwrap_or(0))
+            .saturating_add(1);
+        let mut out = Vec::new();
+        if start > durable || max_records == 0 {
+            return Ok(out);
+        }
+        let tree = &self.inner.lanes[lane.index()];
+        // The block holding `start`, if any, begins at or before it.
+        let begin = match tree
+            .range(keys::block_key(0)..=keys::block_key(start))
+            .next_back()
+        {
+            Some(item) => keys::seq_of(&item?.0).unwrap_or(start),
+            None => start,
+        };
+        let mut bytes = 0usize;
+        'blocks: for item in tree.range(keys::block_key(begin)..=keys::block_key(u64::MAX)) {
+            let (k, v) = item?;
+            let Some(first) = keys::seq_of(&k) else {
+                continue;
+            };
+            if first > durable {
+                break;
+            }
+            let entries = match block::decode(first, &v) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.inner
+                        .quarantine_block(lane, first, v.to_vec(), &e.to_string())?;
+                    continue;
+                }
+            };
+            for (seq, record, len) in entries {
+                if seq < start {
+                    continue;
+                }
+                if seq > durable || out.len() >= max_records {
+                    break 'blocks;
+                }
+                if !out.is_empty() && bytes + len > max_bytes {
+                    break 'blocks;
+                }
+                bytes += len;
+                out.push(Stored { seq, record });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Record that `consumer` has processed `lane` up to and including `up_to_seq` (clamped to
+    /// the last durable seq; a lower value than the current cursor is ignored). Blocks every
+    /// consumer has fully acked are deleted.
+    ///
+    /// Durability: the cursor is written at once but flushed with the next group commit or the
+    /// committer's idle flush (≤ ~100 ms later), and on shutdown. An ack lost in a crash inside
+    /// that window only means those records are read — and sent — again: a duplicate, never a
+    /// loss.
+    pub fn ack(&self, consumer: &str, lane: Lane, up_to_seq: u64) -> Result<(), BufferError> {
+        let durable = *self.inner.durable_tx.borrow();
+        let up = up_to_seq.min(durable);
+        let inner = &self.inner;
+        let mut st = inner.lock();
+        let cursor = st
+            .cursors
+            .get_mut(consumer)
+            .ok_or_else(|| BufferError::UnknownConsumer(consumer.to_string()))?;
+        let slot = &mut cursor[lane.index()];
+        if slot.is_some_and(|c| c >= up) {
+            return Ok(());
+        }
+        *slot = Some(up);
+        inner
+            .meta
+            .insert(keys::ack_key(consumer, lane), &up.to_be_bytes())?;
+        inner.mark_dirty();
+        inner.gc_acked(&mut st, lane)
+    }
+
+    /// The consumer's acked cursor on `lane`; `None` if it never acked (or is unknown).
+    pub fn acked(&self, consumer: &str, lane: Lane) -> Option<u64> {
+        self.inner
+            .lock()
+            .cursors
+            .get(consumer)
+            .and_then(|c| c[lane.index()])
+    }
+
+    fn acked_checked(&self, consumer: &str, lane: Lane) -> Result<Option<u64>, BufferError> {
+        self.inner
+            .lock()
+            .cursors
+            .get(consumer)
+            .map(|c| c[lane.index()])
+            .ok_or_else(|| BufferError::UnknownConsumer(consumer.to_string()))
+    }
+
+    /// The last durable seq (0 before anything was stored); changes after every commit.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.durable_tx.subscribe()
+    }
+
+    /// Counters and gauges, from memory: O(lanes), no disk access.
+    pub fn stats(&self) -> BufferStats {
+        let now = self.inner.opts.clock.now_ms();
+        let st = self.inner.lock();
+        let lane = |l: Lane| {
+            let s = &st.lanes[l.index()];
+            LaneStats {
+                records: s.stored_records - s.acked_in_front,
+                bytes: s.bytes,
+                blocks: s.blocks,
+                oldest_ts_ms: s.front.map(|(_, h)| h.min_ts_ms),
+                oldest_stored_ms: s.front.map(|(_, h)| h.first_commit_ms),
+                oldest_age_ms: s.front.map(|(_, h)| (now - h.first_commit_ms).max(0)),
+                appended_total: s.appended,
+                dropped_quota: s.dropped_quota,
+                expired: s.expired,
+                undecodable: s.undecodable,
+                requeued: s.requeued,
+            }
+        };
+        BufferStats {
+            alarms: lane(Lane::Alarms),
+            readings: lane(Lane::Readings),
+            dead_letters: DeadLetterStats {
+                count: st.dead.count,
+                bytes: st.dead.bytes,
+                dropped: st.dead.dropped,
+            },
+            moved_aside: st.moved_aside,
+            last_durable_seq: *self.inner.durable_tx.borrow(),
+        }
+    }
+
+    /// The dead-letter store.
+    pub fn dead_letters(&self) -> DeadLetters {
+        DeadLetters {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Store records (dead-lettered by the forwarder) for replay, keeping their ORIGINAL seqs,
+    /// apart from the lane's queue. Re-requeuing a seq overwrites it.
+    pub fn requeue(&self, lane: Lane, records: Vec<Stored>) -> Result<(), BufferError> {
+        for s in &records {
+            if s.record.lane() != lane {
+                return Err(BufferError::WrongLane {
+                    seq: s.seq,
+                    expected: lane,
+                    actual: s.record.lane(),
+                });
+            }
+        }
+        let inner = &self.inner;
+        let mut st = inner.lock();
+        for s in &records {
+            let value = postcard::to_stdvec(&s.record)?;
+            if inner
+                .requeue
+                .insert(keys::requeue_key(lane, s.seq), value)?
+                .is_none()
+            {
+                st.lanes[lane.index()].requeued += 1;
+            }
+        }
+        inner.mark_dirty();
+        Ok(())
+    }
+
+    /// The first `max_records` requeued records of `lane`, in seq order. A record that does not
+    /// decode is moved to the dead letters.
+    pub fn read_requeued(
+        &self,
+        lane: Lane,
+        max_records: usize,
+    ) -> Result<Vec<Stored>, BufferError> {
+        let mut out = Vec::new();
+        for item in self.inner.requeue.scan_prefix([lane.tag()]) {
+            if out.len() >= max_records {
+                break;
+            }
+            let (k, v) = item?;
+            let Some(seq) = keys::seq_of(&k) else {
+                continue;
+            };
+            match postcard::from_bytes::<Record>(&v) {
+                Ok(record) => out.push(Stored { seq, record }),
+                Err(e) => {
+                    let inner = &self.inner;
+                    let mut st = inner.lock();
+                    if inner.requeue.remove(&k)?.is_some() {
+                        st.lanes[lane.index()].requeued -= 1;
+                    }
+                    inner.put_dead_quietly(
+                        &mut st,
+                        "undecodable_requeued_record",
+                        lane,
+                        e.to_string(),
+                        v.to_vec(),
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove requeued records of `lane` with seq ≤ `up_to_seq`.
+    pub fn ack_requeued(&self, lane: Lane, up_to_seq: u64) -> Result<(), BufferError> {
+        let inner = &self.inner;
+        let mut st = inner.lock();
+        let range = keys::requeue_key(lane, 0)..=keys::requeue_key(lane, up_to_seq);
+        for item in inner.requeue.range(range) {
+            let (k, _) = item?;
+            if inner.requeue.remove(&k)?.is_some() {
+                st.lanes[lane.index()].requeued -= 1;
+            }
+        }
+        inner.mark_dirty();
+        Ok(())
+    }
+
+    /// Store small per-consumer state (e.g. the forwarder's in-flight batch range). Flushed
+    /// with the next commit or idle flush, like acks.
+    pub fn set_consumer_meta(
+        &self,
+        consumer: &str,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), BufferError> {
+        self.acked_checked(consumer, Lane::Alarms)?;
+        self.inner
+            .meta
+            .insert(keys::consumer_meta_key(consumer, key), value)?;
+        self.inner.mark_dirty();
+        Ok(())
+    }
+
+    /// Read back what [`Buffer::set_consumer_meta`] stored.
+    pub fn consumer_meta(&self, consumer: &str, key: &str) -> Result<Option<Vec<u8>>, BufferError> {
+        Ok(self
+            .inner
+            .meta
+            .get(keys::consumer_meta_key(consumer, key))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Make everything written so far (acks, meta, dead letters, requeues) durable now.
+    pub async fn flush(&self) -> Result<(), BufferError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.durable_flush())
+            .await
+            .map_err(|_| BufferError::Closed)?
+    }
+
+    /// Apply `max_age_s` expiry now (the committer also does this on every commit and about
+    /// ten times a second when idle). Returns how many records expired.
+    pub fn enforce_retention(&self) -> Result<u64, BufferError> {
+        let now = self.inner.opts.clock.now_ms();
+        let mut st = self.inner.lock();
+        self.inner.expire(&mut st, now)
+    }
+}
+
+enum OpenFailure {
+    /// sled says the data is corrupt (or panicked reading it): move it aside.
+    Unopenable(String),
+    /// Anything else: leave the files alone and report.
+    Other(sled::Error),
+}
+
+fn open_sled(path: &Path, opts: &BufferOptions) -> Result<sled::Db, OpenFailure> {
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(opts.cache_capacity_bytes)
+        // The committer flushes explicitly: after every group and when acks are dirty.
+        .flush_every_ms(None)
+        .mode(sled::Mode::LowSpace);
+    // sled 0.34 panics on some corrupt files (issues #1155, #1387) instead of returning
+    // `Corruption`. In unwinding builds that panic is caught here and treated as corruption;
+    // with `panic = "abort"` (the release profile) it aborts the process instead — see
+    // "Non-guarantees" in the crate docs.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+    match result {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => match &e {
+            sled::Error::Corruption { .. }
+            | sled::Error::ReportableBug(_)
+            | sled::Error::Unsupported(_) => Err(OpenFailure::Unopenable(e.to_string())),
+            sled::Error::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                Err(OpenFailure::Unopenable(e.to_string()))
+            }
+            _ => Err(OpenFailure::Other(e)),
+        },
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "sled panicked while opening".to_string());
+            Err(OpenFailure::Unopenable(format!("sled panicked: {msg}")))
+        }
+    }
+}
+
+/// Rename `path` to `<path>.corrupt-<UTC timestamp>` (plus `-N` if taken). Never deletes.
+fn move_aside(path: &Path, now_ms: i64) -> Result<PathBuf, BufferError> {
+    let stamp = utc_stamp(now_ms);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| keys::DB_DIR_NAME.to_string());
+    let mut target = path.with_file_name(format!("{name}.corrupt-{stamp}"));
+    let mut n = 1;
+    while target.exists() {
+        target = path.with_file_name(format!("{name}.corrupt-{stamp}-{n}"));
+        n += 1;
+    }
+    std::fs::rename(path, &target).map_err(|source| BufferError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(target)
+}
+
+/// `YYYYMMDDTHHMMSSZ` for ms since the epoch (civil-from-days, H. Hinnant).
+pub(crate) fn utc_stamp(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
+}
+
+impl Inner {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves counters possibly off by one group; the data
+        // on disk is still consistent, so carry on rather than poison every later call.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::AcqRel)
+    }
+
+    /// sled flush (one log for all trees) followed by an `fdatasync` of the log file.
+    pub(crate) fn durable_flush(&self) -> Result<(), BufferError> {
+        self.dirty.store(false, Ordering::Release);
+        self.db.flush()?;
+        if let Some(f) = &self.db_file {
+            f.sync_data().map_err(|source| BufferError::Io {
+                path: self.db_file_path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn min_cursor(&self, st: &State, lane: Lane) -> u64 {
+        st.cursors
+            .values()
+            .map(|c| c[lane.index()].unwrap_or(0))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Rebuild the in-memory state from disk.
+    fn recover(&self) -> Result<(), BufferError> {
+        let mut st = self.lock();
+        let mut next_seq = 1u64;
+        if let Some(v) = self.meta.get(keys::NEXT_SEQ_KEY)? {
+            match keys::seq_of(&v) {
+                Some(s) => next_seq = next_seq.max(s),
+                None => warn!("buffer: persisted next_seq is unreadable; using stored keys"),
+            }
+        }
+        for item in self.meta.scan_prefix(keys::ACK_PREFIX) {
+            let (k, v) = item?;
+            match (keys::parse_ack_key(&k), keys::seq_of(&v)) {
+                (Some((lane, consumer)), Some(seq)) => {
+                    if let Some(c) = st.cursors.get_mut(&consumer) {
+                        c[lane.index()] = Some(seq);
+                    }
+                }
+                _ => warn!("buffer: ignoring an unreadable ack cursor"),
+            }
+        }
+        let now = self.opts.clock.now_ms();
+        for lane in Lane::ALL {
+            let tree = &self.lanes[lane.index()];
+            let mut broken = Vec::new();
+            for item in tree.scan_prefix([keys::HEADER_PREFIX]) {
+                let (k, v) = item?;
+                let Some(first) = keys::seq_of(&k) else {
+                    continue;
+                };
+                match BlockHeader::decode(&v) {
+                    Some(h) => {
+                        let ls = &mut st.lanes[lane.index()];
+                        ls.stored_records += u64::from(h.count);
+                        ls.bytes += u64::from(h.stored_bytes);
+                        ls.blocks += 1;
+                        next_seq = next_seq.max(h.last_seq.saturating_add(1));
+                    }
+                    None => broken.push(first),
+                }
+            }
+            // A header that does not decode: rebuild it from its block if the block decodes,
+            // otherwise dead-letter the block.
+            for first in broken {
+                let Some(v) = tree.get(keys::block_key(first))? else {
+                    tree.remove(keys::header_key(first))?;
+                    continue;
+                };
+                match block::decode(first, &v) {
+                    Ok(entries) if !entries.is_empty() => {
+                        let h = BlockHeader {
+                            last_seq: entries.last().map_or(first, |e| e.0),
+                            count: u32::try_from(entries.len()).unwrap_or(u32::MAX),
+                            stored_bytes: u32::try_from(v.len()).unwrap_or(u32::MAX),
+                            first_commit_ms: now,
+                            last_commit_ms: now,
+                            min_ts_ms: entries.iter().map(|e| e.1.ts_ms()).min().unwrap_or(now),
+                        };
+                        tree.insert(keys::header_key(first), h.encode())?;
+                        warn!(%lane, first, "buffer: rebuilt an unreadable block header");
+                        let ls = &mut st.lanes[lane.index()];
+                        ls.stored_records += u64::from(h.count);
+                        ls.bytes += u64::from(h.stored_bytes);
+                        ls.blocks += 1;
+                        next_seq = next_seq.max(h.last_seq.saturating_add(1));
+                    }
+                    _ => {
+                        let mut batch = sled::Batch::default();
+                        batch.remove(&keys::header_key(first));
+                        batch.remove(&keys::block_key(first));
+                        tree.apply_batch(batch)?;
+                        self.put_dead_quietly(
+                            &mut st,
+                            "undecodable_block",
+                            lane,
+                            "block and header both unreadable at open".into(),
+                            v.to_vec(),
+                        );
+                    }
+                }
+            }
+            self.refresh_front(&mut st, lane)?;
+            self.gc_acked(&mut st, lane)?;
+        }
+        for item in self.requeue.iter() {
+            let (k, _) = item?;
+            if let Some(lane) = Lane::ALL.into_iter().find(|l| k.first() == Some(&l.tag())) {
+                st.lanes[lane.index()].requeued += 1;
+            }
+        }
+        let mut dead_next = self
+            .meta
+            .get(keys::DEAD_NEXT_ID_KEY)?
+            .and_then(|v| keys::seq_of(&v))
+            .unwrap_or(1);
+        for item in self.dead.iter() {
+            let (k, v) = item?;
+            st.dead.count += 1;
+            st.dead.bytes += v.len() as u64;
+            if let Some(id) = keys::seq_of(&k) {
+                dead_next = dead_next.max(id + 1);
+            }
+        }
+        st.dead.next_id = dead_next.max(st.dead.next_id).max(1);
+        st.next_seq = next_seq;
+        self.durable_tx.send_replace(next_seq - 1);
+        info!(
+            next_seq,
+            readings = st.lanes[Lane::Readings.index()].stored_records,
+            alarms = st.lanes[Lane::Alarms.index()].stored_records,
+            "buffer opened"
+        );
+        Ok(())
+    }
+
+    /// Load the oldest block's header, and count how much of it every consumer has acked.
+    fn refresh_front(&self, st: &mut State, lane: Lane) -> Result<(), BufferError> {
+        let tree = &self.lanes[lane.index()];
+        let mut front = None;
+        for item in tree.scan_prefix([keys::HEADER_PREFIX]) {
+            let (k, v) = item?;
+            if let (Some(first), Some(h)) = (keys::seq_of(&k), BlockHeader::decode(&v)) {
+                front = Some((first, h));
+                break;
+            }
+        }
+        let min = self.min_cursor(st, lane);
+        let mut acked_in_front = 0;
+        if let Some((first, h)) = front {
+            if first <= min && h.last_seq > min {
+                acked_in_front = match tree.get(keys::block_key(first))? {
+                    Some(v) => block::decode(first, &v)
+                        .map(|e| e.iter().filter(|x| x.0 <= min).count() as u64)
+                        .unwrap_or(0),
+                    None => 0,
+                };
+            }
+        }
+        let ls = &mut st.lanes[lane.index()];
+        ls.front = front;
+        ls.acked_in_front = acked_in_front;
+        Ok(())
+    }
+
+    /// Delete the front block, counting its un-acked records under `why`.
+    fn remove_front(&self, st: &mut State, lane: Lane, why: Removal) -> Result<(), BufferError> {
+        let Some((first, h)) = st.lanes[lane.index()].front else {
+            return Ok(());
+        };
+        let mut batch = sled::Batch::default();
+        batch.remove(&keys::header_key(first));
+        batch.remove(&keys::block_key(first));
+        self.lanes[lane.index()].apply_batch(batch)?;
+        let ls = &mut st.lanes[lane.index()];
+        let lost = u64::from(h.count) - ls.acked_in_front;
+        match why {
+            Removal::Acked => {}
+            Removal::Quota => ls.dropped_quota += lost,
+            Removal::Expired => ls.expired += lost,
+        }
+        ls.stored_records -= u64::from(h.count);
+        ls.bytes -= u64::from(h.stored_bytes);
+        ls.blocks -= 1;
+        if ls.tail.as_ref().is_some_and(|t| t.first_seq == first) {
+            ls.tail = None;
+        }
+        self.refresh_front(st, lane)
+    }
+
+    /// Delete every block all consumers have acked entirely.
+    pub(crate) fn gc_acked(&self, st: &mut State, lane: Lane) -> Result<(), BufferError> {
+        let min = self.min_cursor(st, lane);
+        while let Some((_, h)) = st.lanes[lane.index()].front {
+            if h.last_seq > min {
+                break;
+            }
+            self.remove_front(st, lane, Removal::Acked)?;
+        }
+        // The front may have become partially acked without being deleted.
+        self.refresh_front(st, lane)
+    }
+
+    /// Evict oldest blocks while the lane is over quota (drop_oldest only). The newest block is
+    /// never evicted, so a lane may exceed its quota by at most one block.
+    pub(crate) fn enforce_quota(&self, st: &mut State, lane: Lane) -> Result<(), BufferError> {
+        if self.opts.when_full != WhenFull::DropOldest {
+            return Ok(());
+        }
+        let max = self.opts.max_bytes(lane);
+        while st.lanes[lane.index()].bytes > max && st.lanes[lane.index()].blocks > 1 {
+            self.remove_front(st, lane, Removal::Quota)?;
+        }
+        Ok(())
+    }
+
+    /// Delete blocks last written more than `max_age_s` ago. Returns records expired.
+    pub(crate) fn expire(&self, st: &mut State, now_ms: i64) -> Result<u64, BufferError> {
+        if self.opts.max_age_s == 0 {
+            return Ok(0);
+        }
+        let max_age_ms =
+            i64::try_from(self.opts.max_age_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let mut n = 0;
+        for lane in Lane::ALL {
+            while let Some((_, h)) = st.lanes[lane.index()].front {
+                if now_ms.saturating_sub(h.last_commit_ms) < max_age_ms {
+                    break;
+                }
+                let before = st.lanes[lane.index()].expired;
+                self.remove_front(st, lane, Removal::Expired)?;
+                n += st.lanes[lane.index()].expired - before;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Whether an append touching `lane` must be refused now.
+    pub(crate) fn lane_full(&self, st: &State, lane: Lane) -> bool {
+        self.opts.when_full == WhenFull::Block
+            && st.lanes[lane.index()].bytes >= self.opts.max_bytes(lane)
+    }
+
+    /// Write `records` (seq-ordered, one lane) as blocks, merging into the tail block while it
+    /// has room. One sled batch, so a crash leaves either all of it or none.
+    pub(crate) fn write_lane(
+        &self,
+        st: &mut State,
+        lane: Lane,
+        records: &[(u64, &Record)],
+        now_ms: i64,
+    ) -> Result<(), BufferError> {
+        let Some(&(first_seq, _)) = records.first() else {
+            return Ok(());
+        };
+        let mut batch = sled::Batch::default();
+        let mut cur = match st.lanes[lane.index()].tail.take() {
+            Some(t) if !t.is_full() => t,
+            _ => RawBlock::new(first_seq, now_ms),
+        };
+        let mut sealed = Vec::new();
+        for &(seq, record) in records {
+            if cur.is_full() {
+                let next = RawBlock::new(seq, now_ms);
+                sealed.push(std::mem::replace(&mut cur, next));
+            }
+            cur.push(seq, record)?;
+        }
+        sealed.push(cur);
+        let n = sealed.len();
+        for (i, mut b) in sealed.into_iter().enumerate() {
+            let (h, value) = b.seal(&mut st.compressor, now_ms);
+            batch.insert(&keys::header_key(b.first_seq), h.encode());
+            batch.insert(&keys::block_key(b.first_seq), value);
+            let ls = &mut st.lanes[lane.index()];
+            match b.written {
+                Some(old) => {
+                    ls.stored_records += u64::from(h.count - old.count);
+                    ls.bytes = ls.bytes - u64::from(old.stored_bytes) + u64::from(h.stored_bytes);
+                }
+                None => {
+                    ls.stored_records += u64::from(h.count);
+                    ls.bytes += u64::from(h.stored_bytes);
+                    ls.blocks += 1;
+                }
+            }
+            match ls.front {
+                None => ls.front = Some((b.first_seq, h)),
+                Some((f, _)) if f == b.first_seq => ls.front = Some((f, h)),
+                _ => {}
+            }
+            b.written = Some(h);
+            if i + 1 == n {
+                ls.tail = Some(b);
+            }
+        }
+        st.lanes[lane.index()].appended += records.len() as u64;
+        self.lanes[lane.index()].apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// A block that does not decode: move its bytes to the dead letters and drop it from the
+    /// lane, so the lane keeps flowing.
+    pub(crate) fn quarantine_block(
+        &self,
+        lane: Lane,
+        first: u64,
+        value: Vec<u8>,
+        why: &str,
+    ) -> Result<(), BufferError> {
+        let mut st = self.lock();
+        let tree = &self.lanes[lane.index()];
+        let header = tree
+            .get(keys::header_key(first))?
+            .and_then(|v| BlockHeader::decode(&v));
+        let mut batch = sled::Batch::default();
+        batch.remove(&keys::header_key(first));
+        batch.remove(&keys::block_key(first));
+        tree.apply_batch(batch)?;
+        error!(%lane, first, why, "buffer: undecodable block moved to dead letters");
+        let is_front = st.lanes[lane.index()].front.map(|f| f.0) == Some(first);
+        let ls = &mut st.lanes[lane.index()];
+        if let Some(h) = header {
+            let acked = if is_front { ls.acked_in_front } else { 0 };
+            ls.undecodable += u64::from(h.count) - acked;
+            ls.stored_records -= u64::from(h.count);
+            ls.bytes -= u64::from(h.stored_bytes);
+            ls.blocks -= 1;
+        }
+        if ls.tail.as_ref().is_some_and(|t| t.first_seq == first) {
+            ls.tail = None;
+        }
+        self.put_dead_quietly(&mut st, "undecodable_block", lane, why.to_string(), value);
+        self.mark_dirty();
+        if is_front {
+            self.refresh_front(&mut st, lane)?;
+        }
+        Ok(())
+    }
+
+    /// Dead-letter internal garbage; failure to park it is logged, not returned.
+    fn put_dead_quietly(
+        &self,
+        st: &mut State,
+        reason: &str,
+        lane: Lane,
+        detail: String,
+        raw: Vec<u8>,
+    ) {
+        let input = DeadLetterInput {
+            reason: reason.to_string(),
+            origin: format!("buffer/{lane}"),
+            detail,
+            payload: DeadPayload::Raw(raw),
+        };
+        if let Err(e) = self.put_dead(st, input) {
+            st.dead.dropped += 1;
+            error!(error = %e, "buffer: could not keep an undecodable payload as a dead letter");
+        }
+    }
+
+    pub(crate) fn put_dead(
+        &self,
+        st: &mut State,
+        input: DeadLetterInput,
+    ) -> Result<u64, BufferError> {
+        let id = st.dead.next_id.max(1);
+        let letter = DeadLetter {
+            id,
+            received_ms: self.opts.clock.now_ms(),
+            reason: input.reason,
+            origin: input.origin,
+            detail: input.detail,
+            payload: input.payload,
+        };
+        let value = postcard::to_stdvec(&letter)?;
+        let len = value.len() as u64;
+        let max = self.opts.dead_letter_max_bytes;
+        if len > max {
+            st.dead.dropped += 1;
+            return Err(BufferError::DeadLetterTooLarge { bytes: len, max });
+        }
+        while st.dead.bytes + len > max {
+            let Some((k, v)) = self.dead.pop_min()? else {
+                break;
+            };
+            let _ = k;
+            st.dead.count -= 1;
+            st.dead.bytes = st.dead.bytes.saturating_sub(v.len() as u64);
+            st.dead.dropped += 1;
+        }
+        self.dead.insert(id.to_be_bytes(), value)?;
+        st.dead.next_id = id + 1;
+        self.meta
+            .insert(keys::DEAD_NEXT_ID_KEY, &st.dead.next_id.to_be_bytes())?;
+        st.dead.count += 1;
+        st.dead.bytes += len;
+        self.mark_dirty();
+        Ok(id)
+    }
+
+    pub(crate) fn decode_dead(&self, v: &[u8]) -> Option<DeadLetter> {
+        match postcard::from_bytes(v) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!(error = %e, "buffer: skipping an unreadable dead letter");
+                None
+            }
+        }
+    }
+
+    /// Persist the seq counter (rides on the same flush as the blocks).
+    pub(crate) fn persist_next_seq(&self, next_seq: u64) -> Result<(), BufferError> {
+        self.meta
+            .insert(keys::NEXT_SEQ_KEY, &next_seq.to_be_bytes())?;
+        Ok(())
+    }
+}

@@ -1,0 +1,75 @@
+//! Counters and gauges served by [`crate::Buffer::stats`]; all kept in memory, updated as the
+//! buffer works, computed once at open from block headers. Counters (`*_total`, `dropped_*`,
+//! `expired`, `undecodable`) count since this open.
+
+use crate::record::Lane;
+
+/// One lane.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LaneStats {
+    /// Records not yet acked by every consumer (the depth).
+    pub records: u64,
+    /// Bytes of stored blocks (compressed sled values; sled's own overhead is not included).
+    pub bytes: u64,
+    /// Stored blocks.
+    pub blocks: u64,
+    /// Smallest record `ts_ms` in the oldest stored block.
+    pub oldest_ts_ms: Option<i64>,
+    /// When the oldest stored block was first written (gateway clock).
+    pub oldest_stored_ms: Option<i64>,
+    /// Age of the oldest stored block, ms (now − `oldest_stored_ms`).
+    pub oldest_age_ms: Option<i64>,
+    /// Records appended since open.
+    pub appended_total: u64,
+    /// Records evicted un-acked by the byte quota (`drop_oldest`).
+    pub dropped_quota: u64,
+    /// Records deleted un-acked by `max_age_s`.
+    pub expired: u64,
+    /// Records lost because their block no longer decoded (its bytes are in the dead letters).
+    pub undecodable: u64,
+    /// Requeued records waiting (gauge).
+    pub requeued: u64,
+}
+
+impl LaneStats {
+    /// Every record lost without being acked, whatever the reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_quota + self.expired + self.undecodable
+    }
+}
+
+/// The dead-letter store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeadLetterStats {
+    /// Letters kept.
+    pub count: u64,
+    /// Their encoded bytes.
+    pub bytes: u64,
+    /// Letters dropped since open because of `dead_letter_max_bytes`.
+    pub dropped: u64,
+}
+
+/// Everything [`crate::Buffer::stats`] reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BufferStats {
+    /// The alarms lane.
+    pub alarms: LaneStats,
+    /// The readings lane.
+    pub readings: LaneStats,
+    /// Dead letters.
+    pub dead_letters: DeadLetterStats,
+    /// Databases moved aside at this open because sled could not open them (0 or 1).
+    pub moved_aside: u64,
+    /// The last durable seq.
+    pub last_durable_seq: u64,
+}
+
+impl BufferStats {
+    /// The stats of one lane.
+    pub fn lane(&self, lane: Lane) -> &LaneStats {
+        match lane {
+            Lane::Alarms => &self.alarms,
+            Lane::Readings => &self.readings,
+        }
+    }
+}
