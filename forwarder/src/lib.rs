@@ -1,1 +1,78 @@
-//! (being built)
+//! Micro-batching upstream forwarder: drains the durable buffer to the cloud's HTTP endpoint.
+//!
+//! The forwarder is a consumer (`"upstream"`) of [`gateway_buffer::Buffer`] with its own cursor
+//! per lane. It reads each lane in seq order, cuts batches of one lane each by
+//! `batch_max_records`, `batch_max_bytes` (uncompressed JSON body) or `linger_ms` from the
+//! batch's first record, whichever comes first, and POSTs them in the WIRE.md §3 format with an
+//! `Idempotency-Key: {gateway_id}:{lane}:{first_seq}-{last_seq}`. The alarm lane is read first,
+//! never lingers, and while an alarm batch is in flight no new readings batch is started.
+//!
+//! Shape: [`Forwarder::new`] returns a [`ForwarderHandle`] (stats, cheap to clone) and a
+//! [`ForwarderDriver`] whose [`ForwarderDriver::run`] future the caller spawns; the crate spawns
+//! nothing. The decisions are pure state machines with the clock and I/O outside them:
+//! [`Batcher`] (when to cut), [`Backoff`] (when to retry), [`Outcome`] (what a response means),
+//! [`AckOrder`] (how far the cursor may move).
+//!
+//! # Guarantees
+//! - **At least once, never dropped.** A batch is acked in the buffer only after a 2xx, or
+//!   after it was parked as a dead letter (reason `upstream_rejected`, origin `upstream`,
+//!   payload [`gateway_buffer::DeadPayload::Records`] with the original seqs, detail = status +
+//!   the first 1 KiB of the response body) because the upstream refused it with a status the
+//!   [`RetryPolicy`] does not retry. Retryable failures — 408, 429, 5xx (configurable), 1xx/3xx,
+//!   timeouts, connection and TLS errors — are retried forever.
+//! - **Same batch, same bytes.** A batch is encoded (and gzipped) once and every retry sends the
+//!   identical body and Idempotency-Key. Before its first send its seq range is written to
+//!   consumer meta (`inflight.alarms` / `inflight.readings`); after a restart those ranges are
+//!   re-read and sent first, so the cloud sees the same records under the same key.
+//! - **Order.** With `max_in_flight = 1` batches of a lane reach the upstream in seq order. With
+//!   more, the cursor is acked only up to the highest batch below which every batch is done.
+//! - **Backoff.** Exponential with full jitter: attempt *n* waits a uniform draw from
+//!   `0..=min(retry_max, retry_initial·2ⁿ)`, raised to at least `retry_initial`; a `Retry-After`
+//!   (seconds or HTTP date) is a floor on that wait (capped at one hour).
+//! - **Bounded memory.** At most one batch per lane is being filled and `max_in_flight` per lane
+//!   are in flight; a backlog is streamed from disk one batch at a time.
+//! - **Replays first.** Records put back with [`gateway_buffer::Buffer::requeue`] (dead-letter
+//!   replay) are sent, one batch at a time, before the lane's normal records.
+//! - **Shutdown.** When the token is cancelled no new batch starts, batches waiting to retry
+//!   give up their wait, sends on the wire get until the grace period ends, and the buffer is
+//!   flushed so acks are durable.
+//!
+//! # Non-guarantees
+//! - **Duplicates happen**: a batch delivered but not yet acked durably when the process dies is
+//!   sent again (same key and seqs); the cloud deduplicates on `(gateway_id, seq)`.
+//! - **A re-sent batch may shrink**: if the buffer evicted (`drop_oldest`) or expired records of
+//!   an in-flight range while we were down, the re-sent batch carries the survivors under the
+//!   original key.
+//! - **Replayed batches are re-formed** from the requeue store after a restart rather than
+//!   persisted as ranges; their seqs are unchanged, their grouping may differ.
+//! - **Alarm priority is by start, not by wire**: an alarm arriving while a readings batch is
+//!   already being sent goes out concurrently with it, not before it.
+//! - **A rejection is final for that batch** even if only one record in it was bad; the whole
+//!   batch is parked so an operator can inspect and replay it.
+
+mod ack;
+mod backoff;
+mod batcher;
+mod driver;
+mod error;
+mod options;
+mod outcome;
+mod sender;
+mod stats;
+mod wire;
+
+pub use ack::{AckOrder, SeqRange};
+pub use backoff::{Backoff, MAX_RETRY_AFTER, parse_retry_after};
+pub use batcher::{BatchLimits, Batcher, Cut};
+pub use driver::{
+    DEAD_LETTER_ORIGIN, DEAD_LETTER_REASON, Forwarder, ForwarderDriver, ForwarderHandle,
+};
+pub use error::ForwarderError;
+pub use options::{CONSUMER, Compression, ForwarderOptions};
+pub use outcome::{Outcome, RetryPolicy, RetryReason};
+pub use sender::MAX_REJECTION_BODY_BYTES;
+pub use stats::{
+    DOWN_AFTER_FAILURES, ForwarderStats, LATENCY_BUCKETS_S, LatencyHistogram, PerLane,
+    UpstreamState,
+};
+pub use wire::{encode_body, idempotency_key};

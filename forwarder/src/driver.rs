@@ -1,0 +1,620 @@
+//! The forwarder's handle and driver: the only part with tasks, timers and the buffer.
+//!
+//! One driver future owns both lanes. Each loop turn it (1) starts every batch the lanes may
+//! start, alarms first, then (2) waits for the first of: shutdown, a send finishing, new durable
+//! data, or the readings linger deadline. Sends are futures polled by the driver itself (no
+//! spawning); each one runs its own attempt/backoff loop until the batch is delivered or
+//! rejected, so a slow or dead upstream never blocks the loop that starts alarm batches.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use gateway_buffer::{Buffer, BufferError, DeadLetterInput, DeadPayload, Lane, Stored};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::ack::{AckOrder, SeqRange};
+use crate::backoff::Backoff;
+use crate::batcher::{BatchLimits, Batcher, Cut};
+use crate::error::ForwarderError;
+use crate::options::ForwarderOptions;
+use crate::outcome::{Outcome, RetryReason};
+use crate::sender::{EncodedBatch, HttpSender};
+use crate::stats::{ForwarderStats, Metrics};
+use crate::wire;
+
+/// Dead letters written by the forwarder carry this reason.
+pub const DEAD_LETTER_REASON: &str = "upstream_rejected";
+/// ... and this origin.
+pub const DEAD_LETTER_ORIGIN: &str = "upstream";
+
+/// Records asked of the buffer per read when re-reading an in-flight range after a restart.
+const RECOVERY_READ_RECORDS: usize = 1024;
+
+/// Builds a forwarder.
+#[derive(Debug)]
+pub struct Forwarder;
+
+impl Forwarder {
+    /// Validates the options and builds the HTTP client. The driver must be run (spawned by the
+    /// caller) for anything to be sent; the handle reads its stats from anywhere.
+    ///
+    /// The buffer must list [`ForwarderOptions::consumer`] among its consumers.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(
+        buffer: Buffer,
+        options: ForwarderOptions,
+    ) -> Result<(ForwarderHandle, ForwarderDriver), ForwarderError> {
+        options.validate()?;
+        let sender = Arc::new(HttpSender::new(&options)?);
+        let metrics = Arc::new(Metrics::default());
+        let handle = ForwarderHandle {
+            metrics: metrics.clone(),
+        };
+        let driver = ForwarderDriver {
+            buffer,
+            options,
+            sender,
+            metrics,
+        };
+        Ok((handle, driver))
+    }
+}
+
+/// Read-only view of a running forwarder. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ForwarderHandle {
+    metrics: Arc<Metrics>,
+}
+
+impl ForwarderHandle {
+    /// A snapshot of the counters and gauges.
+    pub fn stats(&self) -> ForwarderStats {
+        self.metrics.snapshot()
+    }
+}
+
+/// The forwarder's work loop; run it with [`ForwarderDriver::run`].
+#[derive(Debug)]
+pub struct ForwarderDriver {
+    buffer: Buffer,
+    options: ForwarderOptions,
+    sender: Arc<HttpSender>,
+    metrics: Arc<Metrics>,
+}
+
+/// Normal batches come from the lane's queue and move the consumer cursor; requeued ones are
+/// replayed dead letters and are acked in the requeue store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Normal,
+    Requeued,
+}
+
+/// How a send ended.
+#[derive(Debug)]
+enum Delivery {
+    Delivered,
+    Rejected {
+        status: u16,
+        body: String,
+    },
+    /// Shutdown came while the batch waited to retry: it stays un-acked and is re-sent, as the
+    /// same batch, after a restart.
+    Abandoned,
+}
+
+struct Completion {
+    id: u64,
+    kind: Kind,
+    batch: Arc<EncodedBatch>,
+    delivery: Delivery,
+}
+
+/// A record and its encoded JSON, as held by the batcher.
+type Encoded = (Stored, Vec<u8>);
+
+struct LaneState {
+    lane: Lane,
+    batcher: Batcher<Encoded>,
+    /// Last seq handed to the batcher; `None`: start after the acked cursor.
+    cursor: Option<u64>,
+    /// The last read found nothing new; set back when the buffer reports new durable data.
+    caught_up: bool,
+    order: AckOrder,
+    /// Batches that were in flight when the process stopped, re-read from their seq ranges.
+    recovered: VecDeque<Vec<Stored>>,
+    /// A replayed dead-letter batch is being sent; normal records of the lane wait behind it.
+    requeue_in_flight: bool,
+    meta_key: String,
+}
+
+impl LaneState {
+    fn in_flight(&self) -> usize {
+        self.order.len() + usize::from(self.requeue_in_flight)
+    }
+}
+
+fn meta_key(lane: Lane) -> String {
+    format!("inflight.{}", lane.as_str())
+}
+
+impl ForwarderDriver {
+    /// Forwards until `shutdown` is cancelled, then stops starting batches, lets sends already on
+    /// the wire finish for up to `grace`, makes acks durable and returns.
+    ///
+    /// Batches waiting to retry when shutdown comes are not retried; like any batch not
+    /// delivered by the deadline, they stay un-acked and are sent again, with the same seqs and
+    /// Idempotency-Key, by the next run.
+    ///
+    /// Returns an error only if the buffer fails; upstream trouble is retried or dead-lettered.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> Result<(), ForwarderError> {
+        let result = self.forward(&shutdown, grace).await;
+        // Acks and consumer meta are flushed lazily by the buffer; make them durable now so a
+        // restart does not re-send what was just delivered.
+        if let Err(e) = self.buffer.flush().await {
+            warn!(error = %e, "forwarder: flushing acks at shutdown failed");
+        }
+        result
+    }
+
+    async fn forward(
+        &self,
+        shutdown: &CancellationToken,
+        grace: Duration,
+    ) -> Result<(), ForwarderError> {
+        let opts = &self.options;
+        let mut lanes = Lane::ALL.map(|lane| LaneState {
+            lane,
+            batcher: Batcher::new(
+                BatchLimits {
+                    max_records: opts.batch_max_records,
+                    max_bytes: opts.batch_max_bytes,
+                    // WIRE.md §3: the alarm lane does not wait for linger_ms.
+                    linger: match lane {
+                        Lane::Alarms => Duration::ZERO,
+                        Lane::Readings => opts.linger,
+                    },
+                },
+                wire::envelope_len(&opts.gateway_id, lane),
+            ),
+            cursor: None,
+            caught_up: false,
+            order: AckOrder::default(),
+            recovered: VecDeque::new(),
+            requeue_in_flight: false,
+            meta_key: meta_key(lane),
+        });
+        for state in &mut lanes {
+            self.recover(state)?;
+        }
+
+        let mut durable = self.buffer.subscribe();
+        let mut durable_open = true;
+        let mut sends: FuturesUnordered<BoxFuture<'static, Completion>> = FuturesUnordered::new();
+        let mut next_id = 0u64;
+        let mut drain_deadline: Option<Instant> = None;
+
+        loop {
+            if drain_deadline.is_none() {
+                self.fill(&mut lanes, &mut sends, &mut next_id, shutdown)?;
+            } else if sends.is_empty() {
+                break;
+            }
+            self.metrics.set_in_flight(sends.len());
+            let linger_deadline = if drain_deadline.is_none() {
+                self.linger_deadline(&lanes)
+            } else {
+                None
+            };
+
+            tokio::select! {
+                // Cancel-safe: `cancelled()` holds no state.
+                () = shutdown.cancelled(), if drain_deadline.is_none() => {
+                    info!(in_flight = sends.len(), ?grace, "forwarder: shutting down");
+                    drain_deadline = Some(Instant::now() + grace);
+                }
+                () = sleep_until(drain_deadline.unwrap_or_else(Instant::now)),
+                    if drain_deadline.is_some() =>
+                {
+                    warn!(
+                        abandoned = sends.len(),
+                        "forwarder: grace period over with sends in flight; they will be re-sent \
+                         after restart"
+                    );
+                    break;
+                }
+                // Cancel-safe: a completion not taken stays in the set.
+                Some(done) = sends.next(), if !sends.is_empty() => {
+                    self.complete(&mut lanes, done)?;
+                }
+                // Cancel-safe: `changed()` only marks the version seen when it returns.
+                changed = durable.changed(), if durable_open && drain_deadline.is_none() => {
+                    if changed.is_err() {
+                        durable_open = false;
+                    }
+                    for state in &mut lanes {
+                        state.caught_up = false;
+                    }
+                }
+                () = sleep_until(linger_deadline.unwrap_or_else(Instant::now)),
+                    if linger_deadline.is_some() => {}
+            }
+        }
+        self.metrics.set_in_flight(0);
+        Ok(())
+    }
+
+    /// Re-reads the batches that were in flight when the last run stopped.
+    fn recover(&self, state: &mut LaneState) -> Result<(), ForwarderError> {
+        let consumer = &self.options.consumer;
+        let Some(bytes) = self.buffer.consumer_meta(consumer, &state.meta_key)? else {
+            return Ok(());
+        };
+        for range in SeqRange::decode_list(&bytes) {
+            let mut records = Vec::new();
+            let mut after = range.first.checked_sub(1);
+            'read: loop {
+                let chunk = self.buffer.read(
+                    consumer,
+                    state.lane,
+                    after,
+                    RECOVERY_READ_RECORDS,
+                    usize::MAX,
+                )?;
+                if chunk.is_empty() {
+                    break;
+                }
+                for stored in chunk {
+                    if stored.seq > range.last {
+                        break 'read;
+                    }
+                    after = Some(stored.seq);
+                    records.push(stored);
+                }
+            }
+            // Whatever happens to this range, reading resumes after it.
+            state.cursor = Some(state.cursor.map_or(range.last, |c| c.max(range.last)));
+            if records.is_empty() {
+                // Acked just before the stop (the meta update did not make it to disk).
+                continue;
+            }
+            info!(
+                lane = %state.lane,
+                first_seq = records[0].seq,
+                last_seq = range.last,
+                records = records.len(),
+                "forwarder: re-sending the batch that was in flight before the restart"
+            );
+            state.recovered.push_back(records);
+        }
+        Ok(())
+    }
+
+    /// Starts every batch the lanes may start now: alarms first, and readings only while no
+    /// alarm batch is in flight, so an alarm never queues behind a backlog of readings.
+    fn fill(
+        &self,
+        lanes: &mut [LaneState; 2],
+        sends: &mut FuturesUnordered<BoxFuture<'static, Completion>>,
+        next_id: &mut u64,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ForwarderError> {
+        let [alarms, readings] = lanes;
+        self.fill_lane(alarms, sends, next_id, shutdown)?;
+        if alarms.in_flight() == 0 {
+            self.fill_lane(readings, sends, next_id, shutdown)?;
+        }
+        Ok(())
+    }
+
+    fn fill_lane(
+        &self,
+        state: &mut LaneState,
+        sends: &mut FuturesUnordered<BoxFuture<'static, Completion>>,
+        next_id: &mut u64,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ForwarderError> {
+        while state.in_flight() < self.options.max_in_flight {
+            let Some((kind, records, json)) = self.next_batch(state)? else {
+                break;
+            };
+            *next_id += 1;
+            let id = *next_id;
+            let first_seq = records[0].seq;
+            let last_seq = records[records.len() - 1].seq;
+            match kind {
+                Kind::Normal => {
+                    state.order.start(
+                        id,
+                        SeqRange {
+                            first: first_seq,
+                            last: last_seq,
+                        },
+                    );
+                    // Before the first send: a restart must re-send exactly this range.
+                    self.persist_in_flight(state)?;
+                }
+                Kind::Requeued => state.requeue_in_flight = true,
+            }
+            let json_len = json.len();
+            let body = if self.sender.gzip() {
+                wire::gzip(&json)
+            } else {
+                bytes::Bytes::from(json)
+            };
+            let batch = Arc::new(EncodedBatch {
+                lane: state.lane,
+                last_seq,
+                idempotency_key: wire::idempotency_key(
+                    &self.options.gateway_id,
+                    state.lane,
+                    first_seq,
+                    last_seq,
+                ),
+                body,
+                records,
+            });
+            debug!(
+                lane = %state.lane,
+                key = %batch.idempotency_key,
+                records = batch.records.len(),
+                json_bytes = json_len,
+                body_bytes = batch.body.len(),
+                "forwarder: sending batch"
+            );
+            let send = deliver(
+                self.sender.clone(),
+                self.metrics.clone(),
+                Backoff::new(self.options.retry_initial, self.options.retry_max),
+                shutdown.clone(),
+                batch.clone(),
+            )
+            .map(move |delivery| Completion {
+                id,
+                kind,
+                batch,
+                delivery,
+            });
+            sends.push(send.boxed());
+        }
+        Ok(())
+    }
+
+    /// The next batch of a lane, if one is ready: a batch recovered from before a restart, then
+    /// replayed dead letters, then the lane's queue through the batcher.
+    fn next_batch(
+        &self,
+        state: &mut LaneState,
+    ) -> Result<Option<(Kind, Vec<Stored>, Vec<u8>)>, ForwarderError> {
+        let opts = &self.options;
+        if let Some(records) = state.recovered.pop_front() {
+            let json = wire::encode_body(&opts.gateway_id, state.lane, &records);
+            return Ok(Some((Kind::Normal, records, json)));
+        }
+        if state.requeue_in_flight {
+            return Ok(None);
+        }
+        let requeued = self
+            .buffer
+            .read_requeued(state.lane, opts.batch_max_records)?;
+        if !requeued.is_empty() {
+            // Cut by bytes like any batch; what does not fit stays queued for the next one.
+            let mut batcher = Batcher::new(
+                BatchLimits {
+                    max_records: opts.batch_max_records,
+                    max_bytes: opts.batch_max_bytes,
+                    linger: Duration::ZERO,
+                },
+                wire::envelope_len(&opts.gateway_id, state.lane),
+            );
+            let now = Instant::now();
+            for stored in requeued {
+                let mut encoded = Vec::new();
+                wire::encode_record(&stored, &mut encoded);
+                let len = encoded.len();
+                batcher.push((stored, encoded), len, now);
+            }
+            let cut = batcher
+                .flush()
+                .expect("at least one requeued record was pushed");
+            let (records, json) = self.assemble(state.lane, cut);
+            return Ok(Some((Kind::Requeued, records, json)));
+        }
+        loop {
+            if let Some(cut) = state.batcher.poll(Instant::now()) {
+                let (records, json) = self.assemble(state.lane, cut);
+                return Ok(Some((Kind::Normal, records, json)));
+            }
+            if state.caught_up {
+                return Ok(None);
+            }
+            // Streams from disk: at most one batch worth of records is read per turn.
+            let chunk = self.buffer.read(
+                &opts.consumer,
+                state.lane,
+                state.cursor,
+                opts.batch_max_records,
+                opts.batch_max_bytes,
+            )?;
+            if chunk.is_empty() {
+                state.caught_up = true;
+                continue;
+            }
+            let now = Instant::now();
+            for stored in chunk {
+                state.cursor = Some(stored.seq);
+                let mut encoded = Vec::with_capacity(160);
+                wire::encode_record(&stored, &mut encoded);
+                let len = encoded.len();
+                state.batcher.push((stored, encoded), len, now);
+            }
+        }
+    }
+
+    fn assemble(&self, lane: Lane, cut: Cut<Encoded>) -> (Vec<Stored>, Vec<u8>) {
+        let json = wire::assemble_body(
+            &self.options.gateway_id,
+            lane,
+            cut.items.iter().map(|(_, e)| e.as_slice()),
+            cut.bytes,
+        );
+        debug_assert_eq!(json.len(), cut.bytes);
+        let records = cut.items.into_iter().map(|(s, _)| s).collect();
+        (records, json)
+    }
+
+    /// The earliest linger deadline of a lane that could start a batch when it expires.
+    fn linger_deadline(&self, lanes: &[LaneState; 2]) -> Option<Instant> {
+        let alarms_idle = lanes[0].in_flight() == 0;
+        lanes
+            .iter()
+            .filter(|s| s.in_flight() < self.options.max_in_flight)
+            .filter(|s| s.lane == Lane::Alarms || alarms_idle)
+            .filter_map(|s| s.batcher.deadline())
+            .min()
+    }
+
+    fn complete(&self, lanes: &mut [LaneState; 2], done: Completion) -> Result<(), ForwarderError> {
+        let batch = &done.batch;
+        let state = lanes
+            .iter_mut()
+            .find(|s| s.lane == batch.lane)
+            .expect("every lane has a state");
+        match done.delivery {
+            Delivery::Abandoned => return Ok(()),
+            Delivery::Delivered => {}
+            Delivery::Rejected { status, body } => {
+                let detail = format!("HTTP {status}: {body}");
+                error!(
+                    lane = %batch.lane,
+                    key = %batch.idempotency_key,
+                    records = batch.records.len(),
+                    %detail,
+                    "forwarder: upstream rejected the batch; parked in dead letters"
+                );
+                self.park(batch.lane, batch.records.clone(), &detail)?;
+                self.metrics.dead_lettered(batch.lane, batch.records.len());
+            }
+        }
+        match done.kind {
+            Kind::Normal => {
+                if let Some(up_to) = state.order.complete(done.id) {
+                    self.buffer.ack(&self.options.consumer, state.lane, up_to)?;
+                    self.persist_in_flight(state)?;
+                }
+            }
+            Kind::Requeued => {
+                self.buffer.ack_requeued(state.lane, batch.last_seq)?;
+                state.requeue_in_flight = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Parks rejected records as dead letters, split in halves if one letter would exceed the
+    /// dead-letter quota.
+    fn park(&self, lane: Lane, records: Vec<Stored>, detail: &str) -> Result<(), ForwarderError> {
+        let store = self.buffer.dead_letters();
+        let mut pending = vec![records];
+        while let Some(records) = pending.pop() {
+            let input = DeadLetterInput {
+                reason: DEAD_LETTER_REASON.to_string(),
+                origin: DEAD_LETTER_ORIGIN.to_string(),
+                detail: detail.to_string(),
+                payload: DeadPayload::Records {
+                    lane,
+                    records: records.clone(),
+                },
+            };
+            match store.put(input) {
+                Ok(_) => {}
+                Err(BufferError::DeadLetterTooLarge { .. }) if records.len() > 1 => {
+                    let mut first = records;
+                    let second = first.split_off(first.len() / 2);
+                    // Popped last-in-first-out: keep the letters in seq order.
+                    pending.push(second);
+                    pending.push(first);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn persist_in_flight(&self, state: &LaneState) -> Result<(), ForwarderError> {
+        let value = SeqRange::encode_list(state.order.ranges());
+        self.buffer
+            .set_consumer_meta(&self.options.consumer, &state.meta_key, &value)?;
+        Ok(())
+    }
+}
+
+/// Sends one batch until it is delivered or rejected, backing off between attempts. Returns
+/// `Abandoned` instead of waiting to retry once `shutdown` is cancelled.
+async fn deliver(
+    sender: Arc<HttpSender>,
+    metrics: Arc<Metrics>,
+    mut backoff: Backoff,
+    shutdown: CancellationToken,
+    batch: Arc<EncodedBatch>,
+) -> Delivery {
+    let mut rng = SmallRng::from_os_rng();
+    let mut is_retry = false;
+    loop {
+        metrics.attempt(is_retry);
+        let attempt = sender.attempt(&batch).await;
+        if let Some(latency) = attempt.latency {
+            metrics.response_latency(latency);
+        }
+        match attempt.outcome {
+            Outcome::Delivered { .. } => {
+                metrics.delivered(batch.lane, batch.records.len(), batch.body.len());
+                return Delivery::Delivered;
+            }
+            Outcome::Rejected { status, body } => {
+                metrics.rejected(format!(
+                    "{} rejected with HTTP {status}",
+                    batch.idempotency_key
+                ));
+                return Delivery::Rejected { status, body };
+            }
+            Outcome::Retry {
+                reason,
+                retry_after,
+            } => {
+                let delay = backoff.next_delay(&mut rng, retry_after);
+                let timeout = reason == RetryReason::Timeout;
+                warn!(
+                    key = %batch.idempotency_key,
+                    %reason,
+                    attempt = backoff.attempts(),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "forwarder: upstream attempt failed; will retry"
+                );
+                metrics.failed_retryable(
+                    timeout,
+                    format!("{}: {reason}", batch.idempotency_key),
+                    delay,
+                );
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return Delivery::Abandoned,
+                    () = sleep(delay) => {}
+                }
+                is_retry = true;
+            }
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Why the forwarder could not be built, or stopped.
+
+use std::path::PathBuf;
+
+use gateway_buffer::BufferError;
+
+/// Errors of [`crate::Forwarder::new`] and [`crate::ForwarderDriver::run`]. Upstream failures are
+/// never errors here: they are retried or dead-lettered, and counted.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwarderError {
+    /// A field of [`crate::ForwarderOptions`] is out of range; the message names it.
+    #[error("invalid upstream option `{field}`: {reason}")]
+    InvalidOptions {
+        /// The config key (without the `upstream.` prefix).
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The CA file could not be read.
+    #[error("cannot read upstream CA file {path}: {source}")]
+    CaFileRead {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The CA file holds no usable PEM certificate.
+    #[error("upstream CA file {path} holds no usable PEM certificate: {reason}")]
+    CaFileInvalid {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The URL does not parse, or the bearer token is not a valid header value.
+    #[error("invalid upstream `{field}`: {reason}")]
+    InvalidRequest {
+        /// `url` or `bearer_token_env`.
+        field: &'static str,
+        /// What was wrong (the token itself is never included).
+        reason: String,
+    },
+    /// The HTTP client could not be built (TLS backend initialisation).
+    #[error("cannot build the upstream HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// Reading, acking, or parking a dead letter in the buffer failed. The forwarder stops: every
+    /// un-acked record is still in the buffer and is sent after a restart.
+    #[error("buffer failed under the forwarder: {0}")]
+    Buffer(#[from] BufferError),
+}
