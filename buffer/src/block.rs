@@ -182,7 +182,7 @@ fn inflate(value: &[u8]) -> Result<Vec<u8>, BlockError> {
         let (in0, out0) = (d.total_in(), d.total_out());
         let consumed = usize::try_from(in0).unwrap_or(usize::MAX);
         let status = d
-            .decompress_vec(&body[consumed..], &mut out, FlushDecompress::Finish)
+            .decompress_vec(&body[consumed..], &mut out, FlushDecompress::None)
             .map_err(|e| BlockError::Inflate(e.to_string()))?;
         if status == Status::StreamEnd {
             return Ok(out);
@@ -261,5 +261,36 @@ mod tests {
         v[n - 1] ^= 0x55;
         assert!(matches!(decode(1, &v), Err(BlockError::Checksum)));
         assert!(decode(1, &v[..3]).is_err());
+    }
+}
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+    use crate::record::{Reading, Source};
+    #[test]
+    fn a_full_block_of_similar_readings_round_trips() {
+        let mut b = RawBlock::new(1, 0);
+        for i in 0..300u64 {
+            if b.is_full() {
+                break;
+            }
+            b.push(
+                i + 1,
+                &Record::Reading(Reading {
+                    device: "dev-0042".into(),
+                    metric: "temperature".into(),
+                    value: 20.0,
+                    unit: Some("C".into()),
+                    ts_ms: 1_764_081_600_000 + i as i64,
+                    source: Source::Mqtt,
+                }),
+            )
+            .unwrap();
+        }
+        let (h, v) = b.seal(&mut new_compressor(), 0);
+        assert_eq!(h.count, BLOCK_MAX_RECORDS);
+        assert!(v.len() < b.raw.len() / 4, "similar readings compress well");
+        let d = decode(1, &v).map_err(|e| e.to_string()).unwrap();
+        assert_eq!(d.len() as u32, h.count);
     }
 }

@@ -1,0 +1,93 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use gateway_buffer::{
+    AlarmEvent, AlarmState, Buffer, BufferError, BufferOptions, Lane, Reading, Record, Severity,
+    Source,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const TS0: i64 = 1_764_081_600_000;
+
+pub fn reading(i: u64) -> Record {
+    Record::Reading(Reading {
+        device: "dev-0042".into(),
+        metric: "temperature".into(),
+        value: 20.0 + (i % 100) as f64 / 10.0,
+        unit: Some("C".into()),
+        ts_ms: TS0 + i as i64 * 1000,
+        source: Source::Mqtt,
+    })
+}
+
+pub fn alarm(i: u64) -> Record {
+    Record::Alarm(AlarmEvent {
+        alarm: "overheat".into(),
+        state: if i % 2 == 0 {
+            AlarmState::Raised
+        } else {
+            AlarmState::Cleared
+        },
+        severity: Severity::Critical,
+        device: format!("dev-{i}"),
+        metric: "temperature".into(),
+        value: 36.0 + i as f64,
+        threshold: Some(35.0),
+        ts_ms: TS0 + i as i64,
+    })
+}
+
+/// Small options for tests: fast commits, tiny cache.
+pub fn opts(dir: &Path) -> BufferOptions {
+    let mut o = BufferOptions::new(dir);
+    o.commit_interval_ms = 0;
+    o.cache_capacity_bytes = 1024 * 1024;
+    o
+}
+
+/// An open buffer whose committer runs on the current runtime.
+pub struct Running {
+    pub buffer: Buffer,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), BufferError>>,
+}
+
+impl Running {
+    pub fn open(o: BufferOptions) -> Running {
+        let (buffer, committer) = Buffer::open(o).expect("open");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(committer.run(shutdown.clone()));
+        Running {
+            buffer,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Stop the committer and drop every handle, so the database can be reopened.
+    pub async fn close(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("committer task")
+            .expect("final flush");
+        drop(self.buffer);
+    }
+}
+
+/// Read the whole lane for `consumer` from its cursor.
+pub fn read_all(b: &Buffer, consumer: &str, lane: Lane) -> Vec<gateway_buffer::Stored> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let batch = b.read(consumer, lane, after, 1000, usize::MAX).unwrap();
+        match batch.last() {
+            Some(s) => after = Some(s.seq),
+            None => return out,
+        }
+        out.extend(batch);
+    }
+}
