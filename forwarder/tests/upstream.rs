@@ -1,0 +1,590 @@
+//! The forwarder against a real HTTP server that fails on a script, over a real buffer.
+//!
+//! Time is real here: paused tokio time auto-advances whenever the runtime waits on a socket,
+//! which would fire per-attempt timeouts while the server is still answering. Durations are kept
+//! short instead; the batching triggers are also covered with made-up instants in
+//! `src/batcher.rs`.
+
+mod support;
+
+use std::time::Duration;
+
+use gateway_buffer::{DeadPayload, Lane, Record, Stored};
+use gateway_forwarder::{
+    Compression, DEAD_LETTER_ORIGIN, DEAD_LETTER_REASON, Forwarder, ForwarderError, UpstreamState,
+    encode_body,
+};
+use support::{Reply, Running, TestBuffer, Upstream, alarm, options, reading};
+use tokio::time::Instant;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn append(buffer: &gateway_buffer::Buffer, records: Vec<Record>) -> Vec<Stored> {
+    let seqs = buffer.append(records.clone()).await.unwrap();
+    seqs.into_iter()
+        .zip(records)
+        .map(|(seq, record)| Stored { seq, record })
+        .collect()
+}
+
+#[tokio::test]
+async fn batches_are_cut_at_the_record_count_with_exactly_those_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    let upstream = Upstream::start([]).await;
+    let mut o = options(&upstream.url());
+    o.batch_max_records = 3;
+    o.linger = Duration::from_secs(30);
+    let stored = append(&tb.buffer, (0..7).map(reading).collect()).await;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle, driver);
+
+    upstream.wait_until(WAIT, |r| r.len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got = upstream.received();
+    assert_eq!(got.len(), 2, "the seventh record lingers");
+    assert_eq!(
+        got[0].json,
+        encode_body("gw-test", Lane::Readings, &stored[0..3])
+    );
+    assert_eq!(
+        got[1].json,
+        encode_body("gw-test", Lane::Readings, &stored[3..6])
+    );
+    assert_eq!(
+        got[0].key(),
+        format!("gw-test:readings:{}-{}", stored[0].seq, stored[2].seq)
+    );
+    fwd.stop().await;
+    assert_eq!(
+        tb.buffer.acked("upstream", Lane::Readings),
+        Some(stored[5].seq)
+    );
+    tb.close().await;
+}
+
+#[tokio::test]
+async fn batches_are_cut_before_the_record_that_would_exceed_the_byte_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    let upstream = Upstream::start([]).await;
+    let mut o = options(&upstream.url());
+    o.batch_max_records = 1_000;
+    o.batch_max_bytes = 700;
+    o.linger = Duration::from_millis(50);
+    let stored = append(&tb.buffer, (0..40).map(reading).collect()).await;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle, driver);
+
+    upstream
+        .wait_until(WAIT, |r| {
+            r.iter().map(|r| r.seqs().len()).sum::<usize>() == 40
+        })
+        .await;
+    let got = upstream.received();
+    assert!(got.len() > 1);
+    let mut next = 0;
+    for (i, req) in got.iter().enumerate() {
+        let n = req.seqs().len();
+        let batch = &stored[next..next + n];
+        assert_eq!(req.json, encode_body("gw-test", Lane::Readings, batch));
+        assert!(
+            req.json.len() <= 700,
+            "batch {i} is {} bytes",
+            req.json.len()
+        );
+        if next + n < stored.len() {
+            let grown = encode_body("gw-test", Lane::Readings, &stored[next..=next + n]);
+            assert!(grown.len() > 700, "batch {i} was cut early");
+        }
+        next += n;
+    }
+    assert_eq!(next, 40);
+    fwd.stop().await;
+    tb.close().await;
+}
+
+#[tokio::test]
+async fn a_partial_batch_goes_out_when_linger_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    let upstream = Upstream::start([]).await;
+    let mut o = options(&upstream.url());
+    o.batch_max_records = 100;
+    o.linger = Duration::from_millis(300);
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle, driver);
+
+    let first = append(&tb.buffer, (0..3).map(reading).collect()).await;
+    let appended_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = append(&tb.buffer, (3..5).map(reading).collect()).await;
+    upstream.wait_until(WAIT, |r| !r.is_empty()).await;
+    let got = upstream.received();
+    let waited = got[0].at - appended_at;
+    assert!(
+        waited >= Duration::from_millis(290),
+        "sent after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(2_000),
+        "sent after {waited:?}"
+    );
+    let all: Vec<Stored> = first.into_iter().chain(second).collect();
+    assert_eq!(got[0].json, encode_body("gw-test", Lane::Readings, &all));
+    fwd.stop().await;
+    tb.close().await;
+}
+
+#[tokio::test]
+async fn a_batch_answered_503_503_200_is_delivered_once_with_the_same_key_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    let upstream = Upstream::start([Reply::Status(503), Reply::Status(503)]).await;
+    let mut o = options(&upstream.url());
+    o.compression = Compression::Gzip;
+    o.linger = Duration::ZERO;
+    let stored = append(&tb.buffer, (0..3).map(reading).collect()).await;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle.clone(), driver);
+
+    upstream.wait_until(WAIT, |r| r.len() >= 3).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got = upstream.received();
+    assert_eq!(got.len(), 3, "delivered exactly once");
+    let key = format!("gw-test:readings:{}-{}", stored[0].seq, stored[2].seq);
+    for req in &got {
+        assert_eq!(req.key(), key);
+        assert_eq!(req.raw, got[0].raw, "every retry sends the same bytes");
+    }
+    assert_eq!(got[0].json, encode_body("gw-test", Lane::Readings, &stored));
+    let stats = handle.stats();
+    assert_eq!(stats.batches_sent, 1);
+    assert_eq!(stats.attempts, 3);
+    assert_eq!(stats.retries, 2);
+    assert_eq!(stats.failed_retryable, 2);
+    assert_eq!(stats.records_delivered.readings, 3);
+    assert_eq!(stats.upstream, UpstreamState::Ok);
+    assert_eq!(stats.latency.count, 3);
+    fwd.stop().await;
+    assert_eq!(
+        tb.buffer.acked("upstream", Lane::Readings),
+        Some(stored[2].seq)
+    );
+    tb.close().await;
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_2_delays_the_next_attempt_by_at_least_two_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    let upstream = Upstream::start([Reply::RetryAfter(429, "2")]).await;
+    let mut o = options(&upstream.url());
+    o.linger = Duration::ZERO;
+    append(&tb.buffer, vec![reading(0)]).await;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle.clone(), driver);
+
+    upstream.wait_until(WAIT, |r| r.len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(handle.stats().backoff_ms >= 2_000);
+    upstream.wait_until(WAIT, |r| r.len() == 2).await;
+    let got = upstream.received();
+    let gap = got[1].at - got[0].at;
+    assert!(gap >= Duration::from_secs(2), "retried after {gap:?}");
+    assert_eq!(got[0].key(), got[1].key());
+    fwd.stop().await;
+    tb.close().await;
+}
+
+#[tokio::test]
+async fn a_400_parks_the_batch_as_a_dead_letter_and_the_next_batch_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    let upstream = Upstream::start([Reply::StatusBody(400, "record 2: bad unit")]).await;
+    let mut o = options(&upstream.url());
+    o.batch_max_records = 2;
+    let stored = append(&tb.buffer, (0..4).map(reading).collect()).await;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle.clone(), driver);
+
+    upstream.wait_until(WAIT, |r| r.len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(upstream.received().len(), 2, "a rejection is not retried");
+    assert_eq!(
+        upstream.delivered_seqs("readings"),
+        vec![stored[2].seq, stored[3].seq]
+    );
+    fwd.stop().await;
+
+    let letters = tb.buffer.dead_letters().list(10, None).unwrap();
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(letter.reason, DEAD_LETTER_REASON);
+    assert_eq!(letter.origin, DEAD_LETTER_ORIGIN);
+    assert!(letter.detail.contains("400"), "{}", letter.detail);
+    assert!(
+        letter.detail.contains("record 2: bad unit"),
+        "{}",
+        letter.detail
+    );
+    assert_eq!(
+        letter.payload,
+        DeadPayload::Records {
+            lane: Lane::Readings,
+            records: stored[0..2].to_vec()
+        }
+    );
+    let stats = handle.stats();
+    assert_eq!(stats.failed_permanent, 1);
+    assert_eq!(stats.dead_lettered_batches, 1);
+    assert_eq!(stats.records_dead_lettered.readings, 2);
+    assert_eq!(
+        tb.buffer.acked("upstream", Lane::Readings),
+        Some(stored[3].seq)
+    );
+    tb.close().await;
+}
+
+#[tokio::test]
+async fn everything_appended_while_the_server_is_down_arrives_in_order_once_it_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    // Take a free port, then leave it closed: connections are refused until the server starts.
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut o = options(&format!("http://{addr}/ingest"));
+    o.batch_max_records = 10;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle.clone(), driver);
+
+    let mut expected = Vec::new();
+    for chunk in 0..5 {
+        let stored = append(
+            &tb.buffer,
+            (chunk * 7..chunk * 7 + 7).map(reading).collect(),
+        )
+        .await;
+        expected.extend(stored.iter().map(|s| s.seq));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let stats = handle.stats();
+    assert!(stats.failed_retryable >= 3, "{stats:?}");
+    assert_eq!(stats.upstream, UpstreamState::Down);
+    assert!(stats.down_since_ms.is_some());
+
+    let upstream = Upstream::start_on(addr, []).await;
+    upstream
+        .wait_until(WAIT, |r| {
+            r.iter().map(|r| r.seqs().len()).sum::<usize>() == expected.len()
+        })
+        .await;
+    assert_eq!(upstream.delivered_seqs("readings"), expected);
+    assert_eq!(handle.stats().upstream, UpstreamState::Ok);
+    fwd.stop().await;
+    tb.close().await;
+}
+
+#[tokio::test]
+async fn a_hanging_server_trips_the_timeout_and_the_batch_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    let upstream = Upstream::start([Reply::Hang(Duration::from_secs(5))]).await;
+    let mut o = options(&upstream.url());
+    o.timeout = Duration::from_millis(200);
+    o.linger = Duration::ZERO;
+    let stored = append(&tb.buffer, (0..2).map(reading).collect()).await;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle.clone(), driver);
+
+    upstream.wait_until(WAIT, |r| r.len() >= 2).await;
+    let got = upstream.received();
+    let gap = got[1].at - got[0].at;
+    assert!(gap >= Duration::from_millis(200), "retried after {gap:?}");
+    assert!(gap < Duration::from_secs(3), "retried after {gap:?}");
+    assert_eq!(got[0].key(), got[1].key());
+    assert_eq!(got[0].raw, got[1].raw);
+    upstream
+        .wait_until(WAIT, |_| handle.stats().batches_sent == 1)
+        .await;
+    let stats = handle.stats();
+    assert_eq!(stats.timeouts, 1);
+    assert_eq!(stats.records_delivered.readings, 2);
+    fwd.stop().await;
+    assert_eq!(
+        tb.buffer.acked("upstream", Lane::Readings),
+        Some(stored[1].seq)
+    );
+    tb.close().await;
+}
+
+#[tokio::test]
+async fn gzip_bodies_decode_to_the_same_json_and_carry_the_wire_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    let upstream = Upstream::start([]).await;
+    let mut o = options(&upstream.url());
+    o.compression = Compression::Gzip;
+    o.bearer_token = Some("t0ken".into());
+    o.batch_max_records = 50;
+    let readings = append(&tb.buffer, (0..50).map(reading).collect()).await;
+    let alarms = append(&tb.buffer, (0..2).map(alarm).collect()).await;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle, driver);
+
+    upstream.wait_until(WAIT, |r| r.len() >= 2).await;
+    let got = upstream.received();
+    let alarm_req = got.iter().find(|r| r.lane() == "alarms").unwrap();
+    let reading_req = got.iter().find(|r| r.lane() == "readings").unwrap();
+    assert_eq!(
+        alarm_req.json,
+        encode_body("gw-test", Lane::Alarms, &alarms)
+    );
+    assert_eq!(
+        reading_req.json,
+        encode_body("gw-test", Lane::Readings, &readings)
+    );
+    assert!(reading_req.raw.len() < reading_req.json.len() / 3);
+    for req in &got {
+        assert_eq!(req.headers["content-encoding"], "gzip");
+        assert_eq!(req.headers["content-type"], "application/json");
+        assert_eq!(req.headers["authorization"], "Bearer t0ken");
+    }
+    let v = reading_req.value();
+    assert_eq!(v["gateway_id"], "gw-test");
+    assert_eq!(v["records"][1]["unit"], serde_json::Value::Null);
+    assert_eq!(v["records"][0]["source"], "serial");
+    assert_eq!(alarm_req.value()["records"][0]["state"], "raised");
+    fwd.stop().await;
+    tb.close().await;
+}
+
+#[tokio::test]
+async fn alarms_appended_behind_a_10000_reading_backlog_reach_the_server_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    let upstream = Upstream::start([]).await;
+    let mut o = options(&upstream.url());
+    o.batch_max_records = 500;
+    for chunk in 0..10 {
+        append(
+            &tb.buffer,
+            (chunk * 1_000..(chunk + 1) * 1_000).map(reading).collect(),
+        )
+        .await;
+    }
+    let alarms = append(&tb.buffer, (0..3).map(alarm).collect()).await;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle.clone(), driver);
+
+    upstream
+        .wait_until(WAIT, |_| {
+            handle.stats().records_delivered.readings == 10_000
+        })
+        .await;
+    let got = upstream.received();
+    assert_eq!(got[0].lane(), "alarms");
+    assert_eq!(
+        got[0].seqs(),
+        alarms.iter().map(|s| s.seq).collect::<Vec<_>>()
+    );
+    assert_eq!(got.len(), 1 + 20);
+    fwd.stop().await;
+    tb.close().await;
+}
+
+#[tokio::test]
+async fn an_alarm_appended_while_a_backlog_drains_overtakes_the_rest_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    // A slow upstream: each readings batch takes a while, so the backlog drains for seconds.
+    let upstream = Upstream::start((0..40).map(|_| Reply::Hang(Duration::from_millis(50)))).await;
+    let mut o = options(&upstream.url());
+    o.batch_max_records = 250;
+    append(&tb.buffer, (0..10_000).map(reading).collect()).await;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle.clone(), driver);
+
+    upstream.wait_until(WAIT, |r| r.len() >= 3).await;
+    append(&tb.buffer, vec![alarm(1)]).await;
+    upstream
+        .wait_until(WAIT, |r| r.iter().any(|r| r.lane() == "alarms"))
+        .await;
+    let readings_before_alarm = upstream.received().len() - 1;
+    assert!(
+        readings_before_alarm < 10,
+        "the alarm waited behind {readings_before_alarm} readings batches"
+    );
+    fwd.stop().await;
+    tb.close().await;
+}
+
+#[tokio::test]
+async fn a_restart_in_the_middle_of_a_retry_loop_resends_the_same_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start((0..1_000).map(|_| Reply::Status(503))).await;
+    let stored;
+    let failing_key;
+    let failing_body;
+    {
+        let tb = TestBuffer::open(dir.path());
+        let mut o = options(&upstream.url());
+        o.batch_max_records = 5;
+        o.compression = Compression::Gzip;
+        stored = append(&tb.buffer, (0..12).map(reading).collect()).await;
+        let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+        let fwd = Running::spawn(handle, driver);
+        upstream.wait_until(WAIT, |r| r.len() >= 3).await;
+        // Drop everything, as a crash would: no graceful shutdown of the forwarder.
+        fwd.task.abort();
+        let _ = fwd.task.await;
+        let got = upstream.received();
+        failing_key = got[0].key();
+        failing_body = got[0].raw.clone();
+        assert!(got.iter().all(|r| r.key() == failing_key));
+        assert_eq!(
+            failing_key,
+            format!("gw-test:readings:{}-{}", stored[0].seq, stored[4].seq)
+        );
+        tb.close().await;
+    }
+
+    let upstream = Upstream::start([]).await;
+    let tb = TestBuffer::open(dir.path());
+    let more = append(&tb.buffer, (12..20).map(reading).collect()).await;
+    let mut o = options(&upstream.url());
+    // Even with different batching the in-flight batch is re-sent as it was.
+    o.batch_max_records = 100;
+    o.compression = Compression::Gzip;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle.clone(), driver);
+    upstream
+        .wait_until(WAIT, |_| handle.stats().records_delivered.readings == 20)
+        .await;
+    let got = upstream.received();
+    assert_eq!(got[0].key(), failing_key);
+    assert_eq!(got[0].raw, failing_body, "the same bytes after the restart");
+    assert_eq!(
+        got[0].seqs(),
+        stored[0..5].iter().map(|s| s.seq).collect::<Vec<_>>()
+    );
+    let expected: Vec<u64> = stored.iter().chain(&more).map(|s| s.seq).collect();
+    assert_eq!(upstream.delivered_seqs("readings"), expected);
+    fwd.stop().await;
+    tb.close().await;
+}
+
+#[tokio::test]
+async fn several_batches_in_flight_all_arrive_and_the_cursor_reaches_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    let script = [
+        Reply::Hang(Duration::from_millis(100)),
+        Reply::Status(503),
+        Reply::Status(200),
+        Reply::Status(500),
+    ];
+    let upstream = Upstream::start(script).await;
+    let mut o = options(&upstream.url());
+    o.batch_max_records = 10;
+    o.max_in_flight = 4;
+    let stored = append(&tb.buffer, (0..100).map(reading).collect()).await;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle.clone(), driver);
+
+    upstream
+        .wait_until(WAIT, |_| handle.stats().records_delivered.readings == 100)
+        .await;
+    let mut delivered = upstream.delivered_seqs("readings");
+    delivered.sort_unstable();
+    assert_eq!(delivered, stored.iter().map(|s| s.seq).collect::<Vec<_>>());
+    fwd.stop().await;
+    assert_eq!(
+        tb.buffer.acked("upstream", Lane::Readings),
+        Some(stored[99].seq)
+    );
+    tb.close().await;
+}
+
+#[tokio::test]
+async fn replayed_dead_letters_are_sent_before_newer_records_with_their_original_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    let upstream = Upstream::start([]).await;
+    let old = append(&tb.buffer, (0..3).map(reading).collect()).await;
+    // As if these had been rejected, acked, and then replayed by an operator.
+    tb.buffer
+        .ack("upstream", Lane::Readings, old[2].seq)
+        .unwrap();
+    tb.buffer.requeue(Lane::Readings, old.clone()).unwrap();
+    let new = append(&tb.buffer, (3..6).map(reading).collect()).await;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), options(&upstream.url())).unwrap();
+    let fwd = Running::spawn(handle.clone(), driver);
+
+    upstream
+        .wait_until(WAIT, |_| handle.stats().records_delivered.readings == 6)
+        .await;
+    let got = upstream.received();
+    assert_eq!(got[0].json, encode_body("gw-test", Lane::Readings, &old));
+    assert_eq!(got[1].json, encode_body("gw-test", Lane::Readings, &new));
+    assert!(
+        tb.buffer
+            .read_requeued(Lane::Readings, 10)
+            .unwrap()
+            .is_empty()
+    );
+    fwd.stop().await;
+    tb.close().await;
+}
+
+#[tokio::test]
+async fn shutdown_with_the_server_down_returns_promptly_and_keeps_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    let upstream = Upstream::start((0..1_000).map(|_| Reply::Status(503))).await;
+    let mut o = options(&upstream.url());
+    o.retry_initial = Duration::from_secs(5);
+    o.retry_max = Duration::from_secs(10);
+    append(&tb.buffer, (0..3).map(reading).collect()).await;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle, driver);
+    upstream.wait_until(WAIT, |r| !r.is_empty()).await;
+
+    let started = Instant::now();
+    fwd.stop().await;
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(tb.buffer.acked("upstream", Lane::Readings), None);
+    let meta = tb
+        .buffer
+        .consumer_meta("upstream", "inflight.readings")
+        .unwrap()
+        .unwrap();
+    assert!(!meta.is_empty(), "the in-flight range is remembered");
+    tb.close().await;
+}
+
+#[tokio::test]
+async fn a_bad_ca_file_or_url_is_refused_at_construction() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    let mut o = options("http://127.0.0.1:1/ingest");
+    o.ca_file = Some(dir.path().join("missing.pem"));
+    assert!(matches!(
+        Forwarder::new(tb.buffer.clone(), o.clone()),
+        Err(ForwarderError::CaFileRead { .. })
+    ));
+    let pem = dir.path().join("garbage.pem");
+    std::fs::write(&pem, "not a certificate").unwrap();
+    o.ca_file = Some(pem);
+    assert!(matches!(
+        Forwarder::new(tb.buffer.clone(), o),
+        Err(ForwarderError::CaFileInvalid { .. })
+    ));
+    assert!(matches!(
+        Forwarder::new(tb.buffer.clone(), options("ftp://x/")),
+        Err(ForwarderError::InvalidRequest { field: "url", .. })
+    ));
+    tb.close().await;
+}
