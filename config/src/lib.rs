@@ -1,1 +1,145 @@
-//! (being built)
+//! Typed, validated configuration of the edge gateway.
+//!
+//! The gateway reads one TOML file (see [`DEFAULT_CONFIG_TOML`] for every key, its unit, default
+//! and allowed values) once at start-up, through [`Config::load`], into a [`Config`] that the rest
+//! of the program uses read-only. Every key has a default, so an empty file is a valid config:
+//! an embedded MQTT broker on `127.0.0.1:1883`, no serial ports, upstream
+//! `http://127.0.0.1:8080/ingest`, admin on `127.0.0.1:9100`, no alarm rules.
+//!
+//! Loading happens in three steps: the text is parsed by `toml_edit` to learn where every key is
+//! (module `locate`), read by serde into types that say what was written (module `raw`), then
+//! checked and completed into the public types with `*_env` secrets read from the environment
+//! (module `validate`). Defaults live in [`defaults`].
+//!
+//! # Guarantees
+//!
+//! - A file that loads uses only known keys: every table is `deny_unknown_fields`, and an unknown
+//!   key is an error that lists the allowed ones. The contract file
+//!   (`docs/gateway.contract.toml`) loads exactly as written.
+//! - Every error except an unreadable file names the dotted key (`alarm[1].clear_above`; indices
+//!   from 0) and its line, and says what is allowed: see [`ConfigError`].
+//! - A loaded [`Config`] has passed every check: positive quotas, batch sizes and intervals;
+//!   `retry_initial_ms <= retry_max_ms`; at least one source; topic templates with `{device}`;
+//!   `mqtt://`/`mqtts://` and `http://`/`https://` URLs without credentials; socket addresses;
+//!   compiled alarm globs; unique alarm names; hysteresis on the right side of its trigger; a
+//!   `gateway_id` safe for the `Idempotency-Key` and MQTT topics; a token for a non-loopback
+//!   admin address.
+//! - Secrets are read at load time (a missing variable fails the load, naming key and variable)
+//!   and held as [`Secret`], whose `Debug` and `Display` print `***`; so does `{:?}` of a
+//!   [`Config`].
+//! - [`DEFAULT_CONFIG_TOML`] loads to [`Config::default`] plus the contract's four example alarm
+//!   rules (tested).
+//!
+//! # Not promised
+//!
+//! - Files named by the config (`ca_file`, serial `port`, `data_dir`) are not opened or checked
+//!   for existence here; the component that uses them reports that.
+//! - Only the first problem of a file is reported.
+//! - A [`Config`] is validated when it is built. Mutating its fields afterwards (tests do) is not
+//!   re-checked, and changing `alarm[].device`/`metric` does not recompile the rule's globs.
+//! - The environment is read once; a changed secret needs a restart.
+
+pub mod defaults;
+mod error;
+mod locate;
+mod model;
+mod raw;
+mod secret;
+mod validate;
+
+pub use error::ConfigError;
+pub use model::{
+    AdminConfig, AlarmCondition, AlarmRule, BufferConfig, Compression, Config, Limit, MqttConfig,
+    MqttMode, SerialConfig, Severity, TopicMatch, TopicTemplate, UpstreamConfig, WhenFull,
+};
+pub use secret::Secret;
+
+use std::path::Path;
+
+/// The shipped example config (`config/gateway.toml.example`): every key, commented with unit,
+/// default and allowed values. It loads to [`Config::default`] plus the contract's example alarm
+/// rules; `gateway print-default-config` prints it.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../gateway.toml.example");
+
+/// [`DEFAULT_CONFIG_TOML`], as a function.
+pub fn default_config_toml() -> &'static str {
+    DEFAULT_CONFIG_TOML
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`, resolving `*_env` secrets from the process
+    /// environment.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, real_env)
+    }
+
+    /// [`Config::load`] with the environment lookup supplied by the caller.
+    pub fn load_with_env(
+        path: impl AsRef<Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_with_env(&text, &path.display().to_string(), env)
+    }
+
+    /// Parses and validates config text; `origin` names it in errors (a file name, `"<stdin>"`).
+    /// `*_env` secrets come from the process environment.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Self::parse_with_env(text, origin, real_env)
+    }
+
+    /// [`Config::parse`] with the environment lookup supplied by the caller, so tests can
+    /// provide secrets without touching the process environment:
+    ///
+    /// ```
+    /// # use gateway_config::Config;
+    /// let text = "[admin]\nlisten = \"0.0.0.0:9100\"\ntoken_env = \"ADMIN_TOKEN\"\n";
+    /// let config = Config::parse_with_env(text, "example", |name| {
+    ///     (name == "ADMIN_TOKEN").then(|| "s3cret".to_owned())
+    /// })
+    /// .unwrap();
+    /// assert_eq!(config.admin.token.as_ref().unwrap().expose(), "s3cret");
+    /// assert!(!format!("{config:?}").contains("s3cret"));
+    /// ```
+    pub fn parse_with_env(
+        text: &str,
+        origin: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        // The spanned parse comes first: a syntax error is reported once, from it, and every
+        // later error can be placed on its line.
+        let index = locate::SpanIndex::build(text, origin)?;
+        let raw: raw::RawConfig =
+            toml::from_str(text).map_err(|e| locate::from_serde(&index, text, origin, &e))?;
+        let cx = validate::Ctx {
+            index: &index,
+            origin,
+            env: &env,
+        };
+        validate::resolve(raw, &cx)
+    }
+}
+
+impl Default for Config {
+    /// The config of an empty file.
+    fn default() -> Self {
+        let index = locate::SpanIndex::default();
+        let cx = validate::Ctx {
+            index: &index,
+            origin: "<defaults>",
+            env: &|_| None,
+        };
+        // The defaults are constants checked by the `empty_file_is_valid_and_equals_defaults`
+        // test; failing here would be a bug in this crate, not in anybody's config.
+        validate::resolve(raw::RawConfig::default(), &cx).expect("built-in defaults are valid")
+    }
+}
+
+/// The process environment; a variable that is not UTF-8 counts as not set.
+fn real_env(name: &str) -> Option<String> {
+    std::env::var_os(name).and_then(|v| v.into_string().ok())
+}

@@ -1,0 +1,83 @@
+//! The default of every key, in one place, so the docs, the shipped example config and the code
+//! cannot drift apart (a test parses the example and compares it with these).
+
+/// `gateway_id`.
+pub const GATEWAY_ID: &str = "gateway";
+/// `data_dir`, relative to the working directory of the process.
+pub const DATA_DIR: &str = "./data";
+/// `shutdown_grace_s`: seconds to flush and ack after SIGTERM before giving up.
+pub const SHUTDOWN_GRACE_S: u64 = 10;
+/// `alarm_max_series`: rule × device × metric states the alarm engine tracks at most.
+pub const ALARM_MAX_SERIES: usize = 100_000;
+
+/// `mqtt.url` when it is not written (only used in external mode).
+pub const MQTT_URL: &str = "mqtt://127.0.0.1:1883";
+/// Port of an `mqtt://` URL that names none.
+pub const MQTT_PORT: u16 = 1883;
+/// Port of an `mqtts://` URL that names none.
+pub const MQTTS_PORT: u16 = 8883;
+/// `mqtt.embedded_listen`.
+pub const MQTT_EMBEDDED_LISTEN: &str = "127.0.0.1:1883";
+/// `mqtt.topics`.
+pub const MQTT_TOPICS: &[&str] = &["sensors/#"];
+/// `mqtt.topic_templates`.
+pub const MQTT_TOPIC_TEMPLATES: &[&str] = &["sensors/{device}/{metric}", "sensors/{device}"];
+/// `mqtt.max_inflight`: QoS 1 messages the broker may have in flight to us.
+pub const MQTT_MAX_INFLIGHT: u16 = 100;
+/// `mqtt.max_payload_bytes`.
+pub const MQTT_MAX_PAYLOAD_BYTES: usize = 65_536;
+/// `mqtt.keep_alive_s`.
+pub const MQTT_KEEP_ALIVE_S: u16 = 30;
+/// `mqtt.reconnect_max_ms`.
+pub const MQTT_RECONNECT_MAX_MS: u64 = 30_000;
+
+/// `serial[].baud`.
+pub const SERIAL_BAUD: u32 = 115_200;
+/// `serial[].max_line_bytes` (WIRE.md §2: at most 1024 bytes per line).
+pub const SERIAL_MAX_LINE_BYTES: usize = 1024;
+/// `serial[].reopen_max_ms`.
+pub const SERIAL_REOPEN_MAX_MS: u64 = 30_000;
+
+/// `buffer.max_bytes` (256 MiB).
+pub const BUFFER_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// `buffer.max_age_s` (7 days).
+pub const BUFFER_MAX_AGE_S: u64 = 7 * 24 * 3600;
+/// `buffer.alarm_max_bytes` (16 MiB).
+pub const BUFFER_ALARM_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// `buffer.commit_interval_ms`.
+pub const BUFFER_COMMIT_INTERVAL_MS: u64 = 5;
+/// `buffer.commit_max_records`.
+pub const BUFFER_COMMIT_MAX_RECORDS: usize = 1000;
+/// `buffer.cache_capacity_bytes` (8 MiB).
+pub const BUFFER_CACHE_CAPACITY_BYTES: u64 = 8 * 1024 * 1024;
+/// `buffer.dead_letter_max_bytes` (16 MiB).
+pub const BUFFER_DEAD_LETTER_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// `upstream.url`.
+pub const UPSTREAM_URL: &str = "http://127.0.0.1:8080/ingest";
+/// `upstream.batch_max_records`.
+pub const UPSTREAM_BATCH_MAX_RECORDS: usize = 500;
+/// `upstream.batch_max_bytes`.
+pub const UPSTREAM_BATCH_MAX_BYTES: usize = 262_144;
+/// `upstream.linger_ms`.
+pub const UPSTREAM_LINGER_MS: u64 = 1000;
+/// `upstream.timeout_ms`.
+pub const UPSTREAM_TIMEOUT_MS: u64 = 10_000;
+/// `upstream.retry_initial_ms`.
+pub const UPSTREAM_RETRY_INITIAL_MS: u64 = 200;
+/// `upstream.retry_max_ms`.
+pub const UPSTREAM_RETRY_MAX_MS: u64 = 60_000;
+/// `upstream.max_in_flight`.
+pub const UPSTREAM_MAX_IN_FLIGHT: usize = 1;
+/// `upstream.retry_on_status` (WIRE.md §3: 408 and 429; 5xx via `retry_on_5xx`).
+pub const UPSTREAM_RETRY_ON_STATUS: &[u16] = &[408, 429];
+/// `upstream.retry_on_5xx`.
+pub const UPSTREAM_RETRY_ON_5XX: bool = true;
+
+/// `admin.listen`.
+pub const ADMIN_LISTEN: &str = "127.0.0.1:9100";
+
+/// `alarm[].device` and `alarm[].metric`: every device / every metric.
+pub const ALARM_GLOB: &str = "*";
+/// `alarm[].for_s` and `alarm[].clear_for_s`.
+pub const ALARM_FOR_S: u64 = 0;

@@ -1,0 +1,493 @@
+//! The validated configuration: what the rest of the gateway codes against.
+//!
+//! Every value here has passed validation, every default is filled in and every `*_env` secret is
+//! resolved. Field names are the TOML key names; units are in the names.
+
+use globset::GlobMatcher;
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use url::Url;
+
+use crate::secret::Secret;
+
+/// The whole gateway configuration. Build it with [`Config::load`], [`Config::parse`] or
+/// [`Config::default`]; all three return a validated value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Name of this gateway, sent in every upstream batch, in the `Idempotency-Key` and in every
+    /// alarm event. Non-empty, at most 128 bytes, no whitespace, control characters, `:`, `/`,
+    /// `+` or `#`. Default `"gateway"`.
+    pub gateway_id: String,
+    /// Directory of the sled buffer, alarm state and dead letters; a relative path is relative to
+    /// the working directory. Default `"./data"`.
+    pub data_dir: PathBuf,
+    /// Seconds the gateway may spend flushing and acking after SIGTERM/SIGINT before it exits
+    /// anyway. Default 10.
+    pub shutdown_grace_s: u64,
+    /// Most rule × device × metric states the alarm engine tracks; bounds memory when devices
+    /// churn. Positive. Default 100000.
+    pub alarm_max_series: usize,
+    /// `[mqtt]`: MQTT ingest.
+    pub mqtt: MqttConfig,
+    /// `[[serial]]`: serial ports to read, one entry per port. Default: none.
+    pub serial: Vec<SerialConfig>,
+    /// `[buffer]`: the durable on-disk buffer.
+    pub buffer: BufferConfig,
+    /// `[upstream]`: the HTTP endpoint batches are sent to.
+    pub upstream: UpstreamConfig,
+    /// `[admin]`: the local admin HTTP server.
+    pub admin: AdminConfig,
+    /// `[[alarm]]`: alarm rules, in file order. Default: none.
+    pub alarm: Vec<AlarmRule>,
+}
+
+/// Where MQTT readings come from (`mqtt.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MqttMode {
+    /// `"embedded"`: run the built-in broker on `embedded_listen`; devices connect to it.
+    Embedded,
+    /// `"external"`: connect to the broker at `url`.
+    External,
+    /// `"disabled"` (project extension): no MQTT source at all; serial ports only.
+    Disabled,
+}
+
+/// `[mqtt]`: MQTT ingest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttConfig {
+    /// `"embedded"`, `"external"` or `"disabled"`. Default: `"external"` when `url` is written,
+    /// else `"embedded"`.
+    pub mode: MqttMode,
+    /// Broker to connect to in external mode: `mqtt://host[:port]` (plain, port 1883 by default)
+    /// or `mqtts://host[:port]` (TLS, port 8883 by default). No credentials in the URL.
+    /// Default `"mqtt://127.0.0.1:1883"`. See [`MqttConfig::broker_host`].
+    pub url: Url,
+    /// MQTT client id of our persistent session (the broker keeps QoS 1 messages for it while we
+    /// are away). Non-empty. Default: `gateway_id`.
+    pub client_id: String,
+    /// Username sent to the broker. Default: none.
+    pub username: Option<String>,
+    /// Name of the environment variable holding the broker password. Requires `username`.
+    /// Default: none.
+    pub password_env: Option<String>,
+    /// The password read from `password_env` at load time. `Some` exactly when `password_env` is.
+    pub password: Option<Secret>,
+    /// PEM file of the CA that signs the broker's certificate (`mqtts://` only). Default: the
+    /// platform's roots. Not opened at load time.
+    pub ca_file: Option<PathBuf>,
+    /// Embedded mode: socket address the built-in broker listens on. Default `127.0.0.1:1883`.
+    pub embedded_listen: SocketAddr,
+    /// Topic filters subscribed with QoS 1 (`+` and `#` wildcards allowed as whole levels).
+    /// At least one unless disabled. Default `["sensors/#"]`.
+    pub topics: Vec<String>,
+    /// How device and metric are read from a topic, tried in order; a topic no template matches is
+    /// rejected and counted. Default `["sensors/{device}/{metric}", "sensors/{device}"]`.
+    pub topic_templates: Vec<TopicTemplate>,
+    /// QoS 1 messages the broker may have in flight to us before it waits for acks (MQTT receive
+    /// maximum). 1..=65535. Default 100.
+    pub max_inflight: u16,
+    /// Largest payload accepted, in bytes; bigger ones are dead-lettered. Positive. Default 65536.
+    pub max_payload_bytes: usize,
+    /// MQTT keep-alive interval in seconds; 0 turns keep-alive off. Default 30.
+    pub keep_alive_s: u16,
+    /// Ceiling of the reconnect backoff, in milliseconds. Positive. Default 30000.
+    pub reconnect_max_ms: u64,
+}
+
+impl MqttConfig {
+    /// Host of [`MqttConfig::url`].
+    pub fn broker_host(&self) -> &str {
+        // Validation rejects a URL without a host, so the fallback is never used.
+        self.url.host_str().unwrap_or_default()
+    }
+
+    /// Port of [`MqttConfig::url`], or 1883 (`mqtt://`) / 8883 (`mqtts://`) when it names none.
+    pub fn broker_port(&self) -> u16 {
+        self.url.port().unwrap_or(if self.uses_tls() {
+            crate::defaults::MQTTS_PORT
+        } else {
+            crate::defaults::MQTT_PORT
+        })
+    }
+
+    /// Whether [`MqttConfig::url`] is `mqtts://`.
+    pub fn uses_tls(&self) -> bool {
+        self.url.scheme() == "mqtts"
+    }
+}
+
+/// One entry of `mqtt.topic_templates`, checked: levels separated by `/`, `{device}` exactly
+/// once, `{metric}` at most once, each placeholder a whole level, no wildcards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicTemplate {
+    template: String,
+}
+
+/// Device and metric read from a topic by a [`TopicTemplate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicMatch<'t> {
+    /// The level that matched `{device}`.
+    pub device: &'t str,
+    /// The level that matched `{metric}`; `None` when the template has no `{metric}` (the payload
+    /// then names its metrics).
+    pub metric: Option<&'t str>,
+}
+
+impl TopicTemplate {
+    /// Checks one template; the error says what is wrong, without key or line.
+    pub(crate) fn new(template: &str) -> Result<Self, String> {
+        if template.is_empty() {
+            return Err("a topic template must not be empty".into());
+        }
+        let (mut devices, mut metrics) = (0, 0);
+        for level in template.split('/') {
+            match level {
+                "{device}" => devices += 1,
+                "{metric}" => metrics += 1,
+                _ if level.contains(['{', '}']) => {
+                    return Err(format!(
+                        "level \"{level}\" of \"{template}\": the only placeholders are \
+                         {{device}} and {{metric}}, each a whole level"
+                    ));
+                }
+                _ if level.contains(['+', '#']) => {
+                    return Err(format!(
+                        "\"{template}\" contains a wildcard; templates name levels with \
+                         {{device}} and {{metric}}, wildcards belong in mqtt.topics"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if devices != 1 {
+            return Err(format!(
+                "\"{template}\" must contain {{device}} exactly once (found {devices} times)"
+            ));
+        }
+        if metrics > 1 {
+            return Err(format!(
+                "\"{template}\" must contain {{metric}} at most once (found {metrics} times)"
+            ));
+        }
+        Ok(Self {
+            template: template.to_owned(),
+        })
+    }
+
+    /// The template as written.
+    pub fn as_str(&self) -> &str {
+        &self.template
+    }
+
+    /// Reads device and metric from `topic`, or `None` when the topic does not have this shape
+    /// (different number of levels, a literal level differs, or a placeholder level is empty).
+    pub fn match_topic<'t>(&self, topic: &'t str) -> Option<TopicMatch<'t>> {
+        let mut device = None;
+        let mut metric = None;
+        let mut topic_levels = topic.split('/');
+        for level in self.template.split('/') {
+            let got = topic_levels.next()?;
+            match level {
+                "{device}" if !got.is_empty() => device = Some(got),
+                "{metric}" if !got.is_empty() => metric = Some(got),
+                "{device}" | "{metric}" => return None,
+                literal if literal == got => {}
+                _ => return None,
+            }
+        }
+        if topic_levels.next().is_some() {
+            return None;
+        }
+        Some(TopicMatch {
+            device: device?,
+            metric,
+        })
+    }
+}
+
+impl fmt::Display for TopicTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.template)
+    }
+}
+
+/// `[[serial]]`: one serial port.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerialConfig {
+    /// Device path of the port, e.g. `/dev/ttyUSB0`. Required; unique across entries.
+    pub port: PathBuf,
+    /// Line speed in baud. Positive. Default 115200.
+    pub baud: u32,
+    /// Device id for lines that carry none. Non-empty, no `/`, `+` or `#`. Default: the file
+    /// name of `port` (`ttyUSB0`).
+    pub device: String,
+    /// Longest accepted line in bytes, terminator excluded; longer lines are counted and dropped.
+    /// Positive. Default 1024.
+    pub max_line_bytes: usize,
+    /// Ceiling of the backoff between attempts to reopen a vanished port, in milliseconds.
+    /// Positive. Default 30000.
+    pub reopen_max_ms: u64,
+}
+
+/// What the buffer does when the readings lane reaches `buffer.max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// `"drop_oldest"`: evict the oldest readings (counted) to make room.
+    DropOldest,
+    /// `"block"`: stop accepting (and acking MQTT) until there is room; the broker holds the rest.
+    Block,
+}
+
+/// `[buffer]`: the durable on-disk buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BufferConfig {
+    /// Quota of the readings lane on disk, in bytes. Positive. Default 268435456 (256 MiB).
+    pub max_bytes: u64,
+    /// `"drop_oldest"` or `"block"`. Default `"drop_oldest"`.
+    pub when_full: WhenFull,
+    /// Readings older than this many seconds are expired (and counted). Positive. Default 604800
+    /// (7 days).
+    pub max_age_s: u64,
+    /// Separate quota of the alarm lane, in bytes; readings never evict alarms. Positive. Default
+    /// 16777216 (16 MiB).
+    pub alarm_max_bytes: u64,
+    /// Group-commit window in milliseconds: appends within it share one fsync, then are acked.
+    /// Positive. Default 5.
+    pub commit_interval_ms: u64,
+    /// A group commit happens early once this many records wait. Positive. Default 1000.
+    pub commit_max_records: usize,
+    /// sled page cache, in bytes. Positive. Default 8388608 (8 MiB).
+    pub cache_capacity_bytes: u64,
+    /// Quota of the dead-letter store, in bytes; the oldest dead letters go first. Positive.
+    /// Default 16777216 (16 MiB).
+    pub dead_letter_max_bytes: u64,
+}
+
+/// Body compression of upstream batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// `"gzip"`: gzip the body and send `Content-Encoding: gzip`.
+    Gzip,
+    /// `"none"`: send the JSON as is.
+    None,
+}
+
+/// `[upstream]`: the HTTP endpoint batches are sent to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// Endpoint batches are POSTed to; `http://` or `https://`, no credentials in the URL.
+    /// Default `"http://127.0.0.1:8080/ingest"`.
+    pub url: Url,
+    /// Name of the environment variable holding the bearer token. Default: none (no
+    /// `Authorization` header).
+    pub bearer_token_env: Option<String>,
+    /// The token read from `bearer_token_env` at load time. `Some` exactly when
+    /// `bearer_token_env` is.
+    pub bearer_token: Option<Secret>,
+    /// PEM file of the CA that signs the endpoint's certificate (`https://` only). Default: the
+    /// platform's roots. Not opened at load time.
+    pub ca_file: Option<PathBuf>,
+    /// Most records in one batch. Positive. Default 500.
+    pub batch_max_records: usize,
+    /// Most bytes of uncompressed JSON body in one batch. Positive. Default 262144.
+    pub batch_max_bytes: usize,
+    /// Milliseconds a readings batch waits to fill; alarm batches never wait. Default 1000.
+    pub linger_ms: u64,
+    /// `"gzip"` or `"none"`. Default `"gzip"`.
+    pub compression: Compression,
+    /// Timeout of one attempt, in milliseconds. Positive. Default 10000.
+    pub timeout_ms: u64,
+    /// First retry backoff in milliseconds (exponential with full jitter up to `retry_max_ms`).
+    /// Positive, at most `retry_max_ms`. Default 200.
+    pub retry_initial_ms: u64,
+    /// Ceiling of the retry backoff in milliseconds. Default 60000.
+    pub retry_max_ms: u64,
+    /// Batches outstanding at once; 1 keeps upstream order. Positive. Default 1.
+    pub max_in_flight: usize,
+    /// HTTP statuses (400..=599) that are retried besides timeouts and connection errors; any
+    /// other non-2xx status dead-letters the batch. Default `[408, 429]`.
+    pub retry_on_status: Vec<u16>,
+    /// Whether every 5xx status is retried as well. Default `true`. Together with
+    /// `retry_on_status` this gives WIRE.md §3: retry 408, 429 and 5xx.
+    pub retry_on_5xx: bool,
+}
+
+impl UpstreamConfig {
+    /// Whether a response with this HTTP status is retried (per `retry_on_status` and
+    /// `retry_on_5xx`) rather than dead-lettered. 2xx is never retried.
+    pub fn is_retryable_status(&self, status: u16) -> bool {
+        self.retry_on_status.contains(&status)
+            || (self.retry_on_5xx && (500..=599).contains(&status))
+    }
+}
+
+/// `[admin]`: the local admin HTTP server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// Socket address of `/healthz`, `/metrics` and `/status`. A non-loopback address requires
+    /// `token_env`. Default `127.0.0.1:9100`.
+    pub listen: SocketAddr,
+    /// Name of the environment variable holding the admin bearer token. Default: none.
+    pub token_env: Option<String>,
+    /// The token read from `token_env` at load time. `Some` exactly when `token_env` is.
+    pub token: Option<Secret>,
+}
+
+/// How bad an alarm is; copied into its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// `"info"`.
+    Info,
+    /// `"warning"` (the default).
+    Warning,
+    /// `"critical"`.
+    Critical,
+}
+
+/// A trigger level with its clear level (hysteresis).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limit {
+    /// Level that raises the alarm (`above` or `below`).
+    pub trigger: f64,
+    /// Level that clears it (`clear_below` for an upper limit, `clear_above` for a lower one);
+    /// equal to `trigger` when not written.
+    pub clear: f64,
+}
+
+/// The one kind of condition of an alarm rule.
+///
+/// A rule sets keys of exactly one kind: threshold (`above`, `below`, `clear_below`,
+/// `clear_above`), rate (`rate_above_per_s`) or silence (`no_data_s`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AlarmCondition {
+    /// Raised while `value > above.trigger` or `value < below.trigger` (at least one is set; both
+    /// make a band). Cleared when every set limit is back: `value <= above.clear` and
+    /// `value >= below.clear`. Validation guarantees `above.clear <= above.trigger`,
+    /// `below.clear >= below.trigger`, and with both, `below.trigger < above.trigger` and
+    /// `below.clear <= above.clear`.
+    Threshold {
+        /// Upper limit: `above` / `clear_below`.
+        above: Option<Limit>,
+        /// Lower limit: `below` / `clear_above`.
+        below: Option<Limit>,
+    },
+    /// Raised while |change| between consecutive readings, per second, exceeds
+    /// `rate_above_per_s` (positive, finite); cleared when it no longer does.
+    Rate {
+        /// Rate limit in units of the metric per second.
+        rate_above_per_s: f64,
+    },
+    /// Raised when a device+metric that was seen sends nothing for `no_data_s` seconds
+    /// (positive); cleared by its next reading. `for_s`/`clear_for_s` must be 0.
+    NoData {
+        /// Silence in seconds.
+        no_data_s: u64,
+    },
+}
+
+/// `[[alarm]]`: one alarm rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlarmRule {
+    /// Name of the rule, unique, used in events and in the `alarms/{device}/{rule}` topic.
+    /// Required; non-empty, no `/`, `+` or `#`.
+    pub name: String,
+    /// Glob over device ids. Default `"*"`.
+    pub device: String,
+    /// Glob over metric names. Default `"*"`.
+    pub metric: String,
+    /// What raises and clears the alarm; built from `above`, `below`, `clear_below`,
+    /// `clear_above`, `rate_above_per_s` and `no_data_s`.
+    pub condition: AlarmCondition,
+    /// Seconds the condition must hold before the alarm raises. Default 0.
+    pub for_s: u64,
+    /// Seconds the clear condition must hold before the alarm clears. Default 0.
+    pub clear_for_s: u64,
+    /// `"info"`, `"warning"` or `"critical"`. Default `"warning"`.
+    pub severity: Severity,
+    pub(crate) device_glob: CompiledGlob,
+    pub(crate) metric_glob: CompiledGlob,
+}
+
+impl AlarmRule {
+    /// The compiled `device` glob (compiled once at load time).
+    pub fn device_glob(&self) -> &GlobMatcher {
+        &self.device_glob.0
+    }
+
+    /// The compiled `metric` glob (compiled once at load time).
+    pub fn metric_glob(&self) -> &GlobMatcher {
+        &self.metric_glob.0
+    }
+
+    /// Whether this rule watches `metric` of `device`.
+    pub fn matches(&self, device: &str, metric: &str) -> bool {
+        self.device_glob.0.is_match(device) && self.metric_glob.0.is_match(metric)
+    }
+}
+
+/// A compiled glob that compares and prints as its pattern (a `GlobMatcher` has no `PartialEq`,
+/// and its `Debug` dumps the whole regex).
+#[derive(Clone)]
+pub(crate) struct CompiledGlob(pub(crate) GlobMatcher);
+
+impl PartialEq for CompiledGlob {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.glob() == other.0.glob()
+    }
+}
+
+impl fmt::Debug for CompiledGlob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0.glob().glob())
+    }
+}
+
+macro_rules! names {
+    ($ty:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The TOML spelling of this value.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $name),+ }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+names!(MqttMode { Embedded => "embedded", External => "external", Disabled => "disabled" });
+names!(WhenFull { DropOldest => "drop_oldest", Block => "block" });
+names!(Compression { Gzip => "gzip", None => "none" });
+names!(Severity { Info => "info", Warning => "warning", Critical => "critical" });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_with_placeholders_inside_a_level_are_refused() {
+        assert!(TopicTemplate::new("sensors/dev-{device}").is_err());
+        assert!(TopicTemplate::new("sensors/{device}/{metric}/{metric}").is_err());
+        assert!(TopicTemplate::new("sensors/{device}/{device}").is_err());
+        assert!(TopicTemplate::new("sensors/+/{device}").is_err());
+        assert!(TopicTemplate::new("").is_err());
+        assert!(TopicTemplate::new("{device}").is_ok());
+    }
+
+    #[test]
+    fn template_literal_levels_must_match_exactly() {
+        let t = TopicTemplate::new("site/{device}/data/{metric}").unwrap();
+        let m = t.match_topic("site/d1/data/rh").unwrap();
+        assert_eq!((m.device, m.metric), ("d1", Some("rh")));
+        assert!(t.match_topic("site/d1/info/rh").is_none());
+    }
+}

@@ -1,0 +1,111 @@
+//! The config exactly as written: what serde reads from TOML, before defaults and validation.
+//!
+//! Every field is an `Option` (or a `Vec` that defaults to empty) so that [`crate::validate`] can
+//! tell "absent" from "written": some defaults depend on other keys (`mqtt.client_id` defaults to
+//! `gateway_id`, `mqtt.mode` to whether `url` was written, a clear threshold to its trigger).
+//! Values whose check needs a good message (URLs, socket addresses, globs) stay strings here and are
+//! parsed in validation, where the key and its line are known. Enums are real enums: serde's
+//! "unknown variant" error already lists the allowed values and is reworded in [`crate::locate`].
+
+use serde::Deserialize;
+use std::path::PathBuf;
+
+use crate::model::{Compression, MqttMode, Severity, WhenFull};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub gateway_id: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub shutdown_grace_s: Option<u64>,
+    pub alarm_max_series: Option<usize>,
+    pub mqtt: RawMqtt,
+    pub serial: Vec<RawSerial>,
+    pub buffer: RawBuffer,
+    pub upstream: RawUpstream,
+    pub admin: RawAdmin,
+    pub alarm: Vec<RawAlarm>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawMqtt {
+    pub mode: Option<MqttMode>,
+    pub url: Option<String>,
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub embedded_listen: Option<String>,
+    pub topics: Option<Vec<String>>,
+    pub topic_templates: Option<Vec<String>>,
+    pub max_inflight: Option<u16>,
+    pub max_payload_bytes: Option<usize>,
+    pub keep_alive_s: Option<u16>,
+    pub reconnect_max_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawSerial {
+    pub port: Option<PathBuf>,
+    pub baud: Option<u32>,
+    pub device: Option<String>,
+    pub max_line_bytes: Option<usize>,
+    pub reopen_max_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawBuffer {
+    pub max_bytes: Option<u64>,
+    pub when_full: Option<WhenFull>,
+    pub max_age_s: Option<u64>,
+    pub alarm_max_bytes: Option<u64>,
+    pub commit_interval_ms: Option<u64>,
+    pub commit_max_records: Option<usize>,
+    pub cache_capacity_bytes: Option<u64>,
+    pub dead_letter_max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    pub url: Option<String>,
+    pub bearer_token_env: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub batch_max_records: Option<usize>,
+    pub batch_max_bytes: Option<usize>,
+    pub linger_ms: Option<u64>,
+    pub compression: Option<Compression>,
+    pub timeout_ms: Option<u64>,
+    pub retry_initial_ms: Option<u64>,
+    pub retry_max_ms: Option<u64>,
+    pub max_in_flight: Option<usize>,
+    pub retry_on_status: Option<Vec<u16>>,
+    pub retry_on_5xx: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub listen: Option<String>,
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawAlarm {
+    pub name: Option<String>,
+    pub device: Option<String>,
+    pub metric: Option<String>,
+    pub above: Option<f64>,
+    pub below: Option<f64>,
+    pub clear_below: Option<f64>,
+    pub clear_above: Option<f64>,
+    pub for_s: Option<u64>,
+    pub clear_for_s: Option<u64>,
+    pub rate_above_per_s: Option<f64>,
+    pub no_data_s: Option<u64>,
+    pub severity: Option<Severity>,
+}

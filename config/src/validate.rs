@@ -1,0 +1,723 @@
+//! From what was written ([`crate::raw`]) to what the gateway runs with ([`crate::model`]):
+//! defaults filled in, secrets resolved, every value and every cross-field rule checked.
+//!
+//! Each check names the dotted key it is about; the key's line comes from the [`SpanIndex`].
+//! The first failing check wins, in file order of sections, so a fix-and-retry loop walks down
+//! the file.
+
+use globset::GlobBuilder;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use url::Url;
+
+use crate::defaults as d;
+use crate::error::ConfigError;
+use crate::locate::SpanIndex;
+use crate::model::*;
+use crate::raw::*;
+use crate::secret::Secret;
+
+/// Looks up an environment variable; injectable so tests need not touch the real environment.
+pub(crate) type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub(crate) struct Ctx<'a> {
+    pub(crate) index: &'a SpanIndex,
+    pub(crate) origin: &'a str,
+    pub(crate) env: EnvLookup<'a>,
+}
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+impl Ctx<'_> {
+    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.origin.to_owned(),
+            key: key.to_owned(),
+            line: self.index.line_of(key),
+            message: message.into(),
+        }
+    }
+
+    fn missing(&self, key: &str) -> ConfigError {
+        ConfigError::MissingKey {
+            origin: self.origin.to_owned(),
+            key: key.to_owned(),
+            line: self.index.line_of(key),
+        }
+    }
+
+    /// Checks that a quota, size or interval is not zero.
+    fn positive<T: Default + PartialEq>(&self, key: &str, value: T) -> Result<T> {
+        if value == T::default() {
+            return Err(self.invalid(key, "must be greater than 0, found 0"));
+        }
+        Ok(value)
+    }
+
+    /// Reads the secret a `*_env` key names.
+    fn secret(&self, key: &str, variable: Option<&String>) -> Result<Option<Secret>> {
+        let Some(variable) = variable else {
+            return Ok(None);
+        };
+        if variable.trim().is_empty() {
+            return Err(self.invalid(
+                key,
+                "expected the name of an environment variable, found an empty string",
+            ));
+        }
+        let missing = |problem| ConfigError::MissingSecret {
+            origin: self.origin.to_owned(),
+            key: key.to_owned(),
+            line: self.index.line_of(key),
+            variable: variable.clone(),
+            problem,
+        };
+        match (self.env)(variable) {
+            None => Err(missing("not set")),
+            Some(value) if value.is_empty() => Err(missing("empty")),
+            Some(value) => Ok(Some(Secret::new(value))),
+        }
+    }
+
+    fn socket_addr(&self, key: &str, written: Option<String>, default: &str) -> Result<SocketAddr> {
+        let text = written.as_deref().unwrap_or(default);
+        text.parse().map_err(|_| {
+            self.invalid(
+                key,
+                format!(
+                    "expected a socket address IP:PORT such as \"127.0.0.1:9100\" or \
+                     \"[::1]:9100\", found \"{text}\""
+                ),
+            )
+        })
+    }
+
+    fn url(
+        &self,
+        key: &str,
+        written: Option<String>,
+        default: &str,
+        schemes: &[&str],
+    ) -> Result<Url> {
+        let text = written.as_deref().unwrap_or(default);
+        let allowed = schemes
+            .iter()
+            .map(|s| format!("{s}://"))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let url = Url::parse(text).map_err(|e| {
+            self.invalid(
+                key,
+                format!("expected a {allowed} URL, found \"{text}\" ({e})"),
+            )
+        })?;
+        if !schemes.contains(&url.scheme()) {
+            return Err(self.invalid(
+                key,
+                format!(
+                    "expected a {allowed} URL, found scheme \"{}\" in \"{text}\"",
+                    url.scheme()
+                ),
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(self.invalid(key, format!("\"{text}\" has no host")));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(self.invalid(
+                key,
+                "credentials do not belong in the URL (it is logged); use the username and \
+                 *_env keys",
+            ));
+        }
+        Ok(url)
+    }
+
+    /// A name that ends up as one MQTT topic level or inside the `Idempotency-Key`.
+    fn name_part(&self, key: &str, value: &str, forbidden: &[char]) -> Result<()> {
+        if value.is_empty() {
+            return Err(self.invalid(key, "must not be empty"));
+        }
+        if let Some(c) = value
+            .chars()
+            .find(|c| forbidden.contains(c) || c.is_control() || c.is_whitespace())
+        {
+            let list: Vec<String> = forbidden.iter().map(|c| format!("'{c}'")).collect();
+            return Err(self.invalid(
+                key,
+                format!(
+                    "{value:?} contains {c:?}; not allowed: whitespace, control characters, {}",
+                    list.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Characters that would break an MQTT topic level.
+const TOPIC_LEVEL_FORBIDDEN: &[char] = &['/', '+', '#'];
+/// …and, for `gateway_id`, the `Idempotency-Key` (`{gateway_id}:{lane}:…`) as well.
+const GATEWAY_ID_FORBIDDEN: &[char] = &[':', '/', '+', '#'];
+/// Longest `gateway_id`, in bytes: it is also the default MQTT client id.
+const GATEWAY_ID_MAX_BYTES: usize = 128;
+
+pub(crate) fn resolve(raw: RawConfig, cx: &Ctx<'_>) -> Result<Config> {
+    let gateway_id = raw.gateway_id.unwrap_or_else(|| d::GATEWAY_ID.to_owned());
+    cx.name_part("gateway_id", &gateway_id, GATEWAY_ID_FORBIDDEN)?;
+    if gateway_id.len() > GATEWAY_ID_MAX_BYTES {
+        return Err(cx.invalid(
+            "gateway_id",
+            format!(
+                "must be at most {GATEWAY_ID_MAX_BYTES} bytes, found {}",
+                gateway_id.len()
+            ),
+        ));
+    }
+    let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from(d::DATA_DIR));
+    if data_dir.as_os_str().is_empty() {
+        return Err(cx.invalid("data_dir", "must not be empty"));
+    }
+    let shutdown_grace_s = raw.shutdown_grace_s.unwrap_or(d::SHUTDOWN_GRACE_S);
+    let alarm_max_series = cx.positive(
+        "alarm_max_series",
+        raw.alarm_max_series.unwrap_or(d::ALARM_MAX_SERIES),
+    )?;
+
+    let mqtt = mqtt(raw.mqtt, &gateway_id, cx)?;
+    let serial = serial(raw.serial, cx)?;
+    if mqtt.mode == MqttMode::Disabled && serial.is_empty() {
+        return Err(cx.invalid(
+            "mqtt.mode",
+            "\"disabled\" leaves no source of readings; use \"embedded\" or \"external\", or add \
+             a [[serial]] port",
+        ));
+    }
+    let buffer = buffer(raw.buffer, cx)?;
+    let upstream = upstream(raw.upstream, cx)?;
+    let admin = admin(raw.admin, cx)?;
+    let alarm = alarms(raw.alarm, cx)?;
+
+    Ok(Config {
+        gateway_id,
+        data_dir,
+        shutdown_grace_s,
+        alarm_max_series,
+        mqtt,
+        serial,
+        buffer,
+        upstream,
+        admin,
+        alarm,
+    })
+}
+
+fn mqtt(raw: RawMqtt, gateway_id: &str, cx: &Ctx<'_>) -> Result<MqttConfig> {
+    let mode = raw.mode.unwrap_or(if raw.url.is_some() {
+        MqttMode::External
+    } else {
+        MqttMode::Embedded
+    });
+    let url = cx.url("mqtt.url", raw.url, d::MQTT_URL, &["mqtt", "mqtts"])?;
+    let client_id = raw.client_id.unwrap_or_else(|| gateway_id.to_owned());
+    if client_id.is_empty() {
+        // An empty client id means a clean session: the broker would drop our QoS 1 backlog.
+        return Err(cx.invalid(
+            "mqtt.client_id",
+            "must not be empty (the persistent session needs a client id)",
+        ));
+    }
+    if raw.password_env.is_some() && raw.username.is_none() {
+        return Err(cx.invalid(
+            "mqtt.password_env",
+            "needs mqtt.username: MQTT sends a password only with a username",
+        ));
+    }
+    let password = cx.secret("mqtt.password_env", raw.password_env.as_ref())?;
+    if raw.ca_file.is_some() && mode == MqttMode::External && url.scheme() != "mqtts" {
+        return Err(cx.invalid(
+            "mqtt.ca_file",
+            format!("only used with an mqtts:// url, but mqtt.url is \"{url}\""),
+        ));
+    }
+    let embedded_listen = cx.socket_addr(
+        "mqtt.embedded_listen",
+        raw.embedded_listen,
+        d::MQTT_EMBEDDED_LISTEN,
+    )?;
+
+    let topics = raw
+        .topics
+        .unwrap_or_else(|| d::MQTT_TOPICS.iter().map(|t| (*t).to_owned()).collect());
+    if topics.is_empty() && mode != MqttMode::Disabled {
+        return Err(cx.invalid(
+            "mqtt.topics",
+            "expected at least one topic filter such as \"sensors/#\" (or mode = \"disabled\")",
+        ));
+    }
+    for (i, topic) in topics.iter().enumerate() {
+        check_topic_filter(topic).map_err(|why| cx.invalid(&format!("mqtt.topics[{i}]"), why))?;
+    }
+
+    let written = raw.topic_templates.unwrap_or_else(|| {
+        d::MQTT_TOPIC_TEMPLATES
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect()
+    });
+    if written.is_empty() && mode != MqttMode::Disabled {
+        return Err(cx.invalid(
+            "mqtt.topic_templates",
+            "expected at least one template such as \"sensors/{device}/{metric}\"",
+        ));
+    }
+    let topic_templates = written
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            TopicTemplate::new(t)
+                .map_err(|why| cx.invalid(&format!("mqtt.topic_templates[{i}]"), why))
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+    Ok(MqttConfig {
+        mode,
+        url,
+        client_id,
+        username: raw.username,
+        password_env: raw.password_env,
+        password,
+        ca_file: raw.ca_file,
+        embedded_listen,
+        topics,
+        topic_templates,
+        max_inflight: cx.positive(
+            "mqtt.max_inflight",
+            raw.max_inflight.unwrap_or(d::MQTT_MAX_INFLIGHT),
+        )?,
+        max_payload_bytes: cx.positive(
+            "mqtt.max_payload_bytes",
+            raw.max_payload_bytes.unwrap_or(d::MQTT_MAX_PAYLOAD_BYTES),
+        )?,
+        keep_alive_s: raw.keep_alive_s.unwrap_or(d::MQTT_KEEP_ALIVE_S),
+        reconnect_max_ms: cx.positive(
+            "mqtt.reconnect_max_ms",
+            raw.reconnect_max_ms.unwrap_or(d::MQTT_RECONNECT_MAX_MS),
+        )?,
+    })
+}
+
+/// MQTT topic filter rules: non-empty, `+` and `#` only as whole levels, `#` only last.
+fn check_topic_filter(filter: &str) -> std::result::Result<(), String> {
+    if filter.is_empty() {
+        return Err("a topic filter must not be empty".into());
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        let wildcard_inside = level.len() > 1 && level.contains(['+', '#']);
+        let hash_not_last = *level == "#" && i + 1 != levels.len();
+        if wildcard_inside || hash_not_last || level.contains('\0') {
+            return Err(format!(
+                "\"{filter}\" is not a valid MQTT topic filter: '+' and '#' must be whole levels \
+                 and '#' only the last one"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn serial(raw: Vec<RawSerial>, cx: &Ctx<'_>) -> Result<Vec<SerialConfig>> {
+    let mut ports = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, s) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("serial[{i}].{k}");
+        let port = s.port.ok_or_else(|| cx.missing(&key("port")))?;
+        if port.as_os_str().is_empty() {
+            return Err(cx.invalid(
+                &key("port"),
+                "expected a device path such as \"/dev/ttyUSB0\"",
+            ));
+        }
+        if !ports.insert(port.clone()) {
+            return Err(cx.invalid(
+                &key("port"),
+                format!(
+                    "{} is already used by an earlier [[serial]] entry",
+                    port.display()
+                ),
+            ));
+        }
+        let device = match s.device {
+            Some(device) => device,
+            None => port
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| {
+                    cx.invalid(
+                        &key("device"),
+                        format!(
+                            "cannot default to the file name of \"{}\"; set device",
+                            port.display()
+                        ),
+                    )
+                })?,
+        };
+        cx.name_part(&key("device"), &device, TOPIC_LEVEL_FORBIDDEN)?;
+        out.push(SerialConfig {
+            baud: cx.positive(&key("baud"), s.baud.unwrap_or(d::SERIAL_BAUD))?,
+            max_line_bytes: cx.positive(
+                &key("max_line_bytes"),
+                s.max_line_bytes.unwrap_or(d::SERIAL_MAX_LINE_BYTES),
+            )?,
+            reopen_max_ms: cx.positive(
+                &key("reopen_max_ms"),
+                s.reopen_max_ms.unwrap_or(d::SERIAL_REOPEN_MAX_MS),
+            )?,
+            port,
+            device,
+        });
+    }
+    Ok(out)
+}
+
+fn buffer(raw: RawBuffer, cx: &Ctx<'_>) -> Result<BufferConfig> {
+    Ok(BufferConfig {
+        max_bytes: cx.positive(
+            "buffer.max_bytes",
+            raw.max_bytes.unwrap_or(d::BUFFER_MAX_BYTES),
+        )?,
+        when_full: raw.when_full.unwrap_or(WhenFull::DropOldest),
+        max_age_s: cx.positive(
+            "buffer.max_age_s",
+            raw.max_age_s.unwrap_or(d::BUFFER_MAX_AGE_S),
+        )?,
+        alarm_max_bytes: cx.positive(
+            "buffer.alarm_max_bytes",
+            raw.alarm_max_bytes.unwrap_or(d::BUFFER_ALARM_MAX_BYTES),
+        )?,
+        commit_interval_ms: cx.positive(
+            "buffer.commit_interval_ms",
+            raw.commit_interval_ms
+                .unwrap_or(d::BUFFER_COMMIT_INTERVAL_MS),
+        )?,
+        commit_max_records: cx.positive(
+            "buffer.commit_max_records",
+            raw.commit_max_records
+                .unwrap_or(d::BUFFER_COMMIT_MAX_RECORDS),
+        )?,
+        cache_capacity_bytes: cx.positive(
+            "buffer.cache_capacity_bytes",
+            raw.cache_capacity_bytes
+                .unwrap_or(d::BUFFER_CACHE_CAPACITY_BYTES),
+        )?,
+        dead_letter_max_bytes: cx.positive(
+            "buffer.dead_letter_max_bytes",
+            raw.dead_letter_max_bytes
+                .unwrap_or(d::BUFFER_DEAD_LETTER_MAX_BYTES),
+        )?,
+    })
+}
+
+fn upstream(raw: RawUpstream, cx: &Ctx<'_>) -> Result<UpstreamConfig> {
+    let url = cx.url("upstream.url", raw.url, d::UPSTREAM_URL, &["http", "https"])?;
+    if raw.ca_file.is_some() && url.scheme() != "https" {
+        return Err(cx.invalid(
+            "upstream.ca_file",
+            format!("only used with an https:// url, but upstream.url is \"{url}\""),
+        ));
+    }
+    let bearer_token = cx.secret("upstream.bearer_token_env", raw.bearer_token_env.as_ref())?;
+    let retry_initial_ms = cx.positive(
+        "upstream.retry_initial_ms",
+        raw.retry_initial_ms.unwrap_or(d::UPSTREAM_RETRY_INITIAL_MS),
+    )?;
+    let retry_max_ms = raw.retry_max_ms.unwrap_or(d::UPSTREAM_RETRY_MAX_MS);
+    if retry_initial_ms > retry_max_ms {
+        return Err(cx.invalid(
+            "upstream.retry_initial_ms",
+            format!("must be <= upstream.retry_max_ms ({retry_max_ms}), found {retry_initial_ms}"),
+        ));
+    }
+    let retry_on_status = raw
+        .retry_on_status
+        .unwrap_or_else(|| d::UPSTREAM_RETRY_ON_STATUS.to_vec());
+    for (i, status) in retry_on_status.iter().enumerate() {
+        if !(400..=599).contains(status) {
+            return Err(cx.invalid(
+                &format!("upstream.retry_on_status[{i}]"),
+                format!("expected an HTTP error status from 400 to 599, found {status}"),
+            ));
+        }
+    }
+    Ok(UpstreamConfig {
+        url,
+        bearer_token_env: raw.bearer_token_env,
+        bearer_token,
+        ca_file: raw.ca_file,
+        batch_max_records: cx.positive(
+            "upstream.batch_max_records",
+            raw.batch_max_records
+                .unwrap_or(d::UPSTREAM_BATCH_MAX_RECORDS),
+        )?,
+        batch_max_bytes: cx.positive(
+            "upstream.batch_max_bytes",
+            raw.batch_max_bytes.unwrap_or(d::UPSTREAM_BATCH_MAX_BYTES),
+        )?,
+        linger_ms: raw.linger_ms.unwrap_or(d::UPSTREAM_LINGER_MS),
+        compression: raw.compression.unwrap_or(Compression::Gzip),
+        timeout_ms: cx.positive(
+            "upstream.timeout_ms",
+            raw.timeout_ms.unwrap_or(d::UPSTREAM_TIMEOUT_MS),
+        )?,
+        retry_initial_ms,
+        retry_max_ms,
+        max_in_flight: cx.positive(
+            "upstream.max_in_flight",
+            raw.max_in_flight.unwrap_or(d::UPSTREAM_MAX_IN_FLIGHT),
+        )?,
+        retry_on_status,
+        retry_on_5xx: raw.retry_on_5xx.unwrap_or(d::UPSTREAM_RETRY_ON_5XX),
+    })
+}
+
+fn admin(raw: RawAdmin, cx: &Ctx<'_>) -> Result<AdminConfig> {
+    let listen = cx.socket_addr("admin.listen", raw.listen, d::ADMIN_LISTEN)?;
+    if !listen.ip().is_loopback() && raw.token_env.is_none() {
+        return Err(cx.invalid(
+            "admin.listen",
+            format!(
+                "{listen} is reachable from the network; set admin.token_env, or listen on a \
+                 loopback address such as 127.0.0.1"
+            ),
+        ));
+    }
+    let token = cx.secret("admin.token_env", raw.token_env.as_ref())?;
+    Ok(AdminConfig {
+        listen,
+        token_env: raw.token_env,
+        token,
+    })
+}
+
+fn alarms(raw: Vec<RawAlarm>, cx: &Ctx<'_>) -> Result<Vec<AlarmRule>> {
+    let mut names = HashSet::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let rule = alarm(i, rule, cx)?;
+            if !names.insert(rule.name.clone()) {
+                return Err(cx.invalid(
+                    &format!("alarm[{i}].name"),
+                    format!(
+                        "\"{}\" is already the name of an earlier rule; names must be unique",
+                        rule.name
+                    ),
+                ));
+            }
+            Ok(rule)
+        })
+        .collect()
+}
+
+fn alarm(i: usize, raw: RawAlarm, cx: &Ctx<'_>) -> Result<AlarmRule> {
+    let key = |k: &str| format!("alarm[{i}].{k}");
+    let name = raw.name.ok_or_else(|| cx.missing(&key("name")))?;
+    cx.name_part(&key("name"), &name, TOPIC_LEVEL_FORBIDDEN)?;
+    let rule = format!("rule \"{name}\"");
+
+    for (k, v) in [
+        ("above", raw.above),
+        ("below", raw.below),
+        ("clear_below", raw.clear_below),
+        ("clear_above", raw.clear_above),
+        ("rate_above_per_s", raw.rate_above_per_s),
+    ] {
+        if let Some(v) = v.filter(|v| !v.is_finite()) {
+            return Err(cx.invalid(
+                &key(k),
+                format!("expected a finite number, found {v} ({rule})"),
+            ));
+        }
+    }
+
+    let threshold_keys: Vec<&str> = [
+        ("above", raw.above.is_some()),
+        ("below", raw.below.is_some()),
+        ("clear_below", raw.clear_below.is_some()),
+        ("clear_above", raw.clear_above.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
+    let kinds: Vec<&str> = [
+        threshold_keys.first().copied(),
+        raw.rate_above_per_s.map(|_| "rate_above_per_s"),
+        raw.no_data_s.map(|_| "no_data_s"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let condition = match kinds.as_slice() {
+        [] => {
+            return Err(cx.invalid(
+                &format!("alarm[{i}]"),
+                format!(
+                    "{rule} has no condition; set above and/or below (thresholds), \
+                     rate_above_per_s, or no_data_s"
+                ),
+            ));
+        }
+        [_, second, ..] => {
+            return Err(cx.invalid(
+                &key(second),
+                format!(
+                    "{rule} mixes kinds of condition ({}); a rule has exactly one: thresholds \
+                     (above/below/clear_*), rate_above_per_s, or no_data_s",
+                    kinds.join(" and ")
+                ),
+            ));
+        }
+        ["rate_above_per_s"] => {
+            let rate = raw.rate_above_per_s.unwrap_or_default();
+            if rate <= 0.0 {
+                return Err(cx.invalid(
+                    &key("rate_above_per_s"),
+                    format!("must be greater than 0, found {rate} ({rule})"),
+                ));
+            }
+            AlarmCondition::Rate {
+                rate_above_per_s: rate,
+            }
+        }
+        ["no_data_s"] => {
+            let no_data_s = cx.positive(&key("no_data_s"), raw.no_data_s.unwrap_or_default())?;
+            for (k, v) in [("for_s", raw.for_s), ("clear_for_s", raw.clear_for_s)] {
+                if v.is_some_and(|v| v != 0) {
+                    return Err(cx.invalid(
+                        &key(k),
+                        format!("not used with no_data_s, whose value already is the delay ({rule}); remove it or set 0"),
+                    ));
+                }
+            }
+            AlarmCondition::NoData { no_data_s }
+        }
+        [_] => threshold(
+            raw.above,
+            raw.below,
+            raw.clear_below,
+            raw.clear_above,
+            &key,
+            &rule,
+            cx,
+        )?,
+    };
+
+    let device = raw.device.unwrap_or_else(|| d::ALARM_GLOB.to_owned());
+    let metric = raw.metric.unwrap_or_else(|| d::ALARM_GLOB.to_owned());
+    let device_glob = glob(&key("device"), &device, cx)?;
+    let metric_glob = glob(&key("metric"), &metric, cx)?;
+    Ok(AlarmRule {
+        name,
+        device,
+        metric,
+        condition,
+        for_s: raw.for_s.unwrap_or(d::ALARM_FOR_S),
+        clear_for_s: raw.clear_for_s.unwrap_or(d::ALARM_FOR_S),
+        severity: raw.severity.unwrap_or(Severity::Warning),
+        device_glob,
+        metric_glob,
+    })
+}
+
+fn threshold(
+    above: Option<f64>,
+    below: Option<f64>,
+    clear_below: Option<f64>,
+    clear_above: Option<f64>,
+    key: &dyn Fn(&str) -> String,
+    rule: &str,
+    cx: &Ctx<'_>,
+) -> Result<AlarmCondition> {
+    if clear_below.is_some() && above.is_none() {
+        return Err(cx.invalid(
+            &key("clear_below"),
+            format!("only applies with above, which is not set ({rule})"),
+        ));
+    }
+    if clear_above.is_some() && below.is_none() {
+        return Err(cx.invalid(
+            &key("clear_above"),
+            format!("only applies with below, which is not set ({rule})"),
+        ));
+    }
+    let upper = above.map(|trigger| Limit {
+        trigger,
+        clear: clear_below.unwrap_or(trigger),
+    });
+    let lower = below.map(|trigger| Limit {
+        trigger,
+        clear: clear_above.unwrap_or(trigger),
+    });
+    if let Some(l) = upper.filter(|l| l.clear > l.trigger) {
+        return Err(cx.invalid(
+            &key("clear_below"),
+            format!(
+                "must be <= above ({:?}), found {:?}: the alarm would clear while still raised \
+                 ({rule})",
+                l.trigger, l.clear
+            ),
+        ));
+    }
+    if let Some(l) = lower.filter(|l| l.clear < l.trigger) {
+        return Err(cx.invalid(
+            &key("clear_above"),
+            format!(
+                "must be >= below ({:?}), found {:?}: the alarm would clear while still raised \
+                 ({rule})",
+                l.trigger, l.clear
+            ),
+        ));
+    }
+    if let (Some(u), Some(l)) = (upper, lower) {
+        if l.trigger >= u.trigger {
+            return Err(cx.invalid(
+                &key("below"),
+                format!(
+                    "must be < above ({:?}) when both are set, found {:?}: every value would be \
+                     an alarm ({rule})",
+                    u.trigger, l.trigger
+                ),
+            ));
+        }
+        if l.clear > u.clear {
+            return Err(cx.invalid(
+                &key("clear_above"),
+                format!(
+                    "must be <= clear_below ({:?}), found {:?}: no value could clear the alarm \
+                     ({rule})",
+                    u.clear, l.clear
+                ),
+            ));
+        }
+    }
+    Ok(AlarmCondition::Threshold {
+        above: upper,
+        below: lower,
+    })
+}
+
+fn glob(key: &str, pattern: &str, cx: &Ctx<'_>) -> Result<CompiledGlob> {
+    GlobBuilder::new(pattern)
+        .build()
+        .map(|g| CompiledGlob(g.compile_matcher()))
+        .map_err(|e| {
+            cx.invalid(
+                key,
+                format!(
+                    "expected a glob such as \"*\", \"temp*\" or \"{{a,b}}\", found \"{pattern}\": {}",
+                    e.kind()
+                ),
+            )
+        })
+}

@@ -1,0 +1,417 @@
+//! The contract file, the shipped example and the defaults agree with each other.
+
+use gateway_config::{
+    AlarmCondition, Compression, Config, DEFAULT_CONFIG_TOML, Limit, MqttMode, Severity, WhenFull,
+    default_config_toml,
+};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The project's own copy of the contract, inside the repository.
+const PROJECT_CONTRACT: &str = include_str!("../../docs/gateway.contract.toml");
+/// The shared contract, outside the repository (absent in a fresh clone elsewhere).
+const SHARED_CONTRACT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/spec/gateway.example.toml"
+);
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn parse(text: &str) -> Config {
+    Config::parse_with_env(text, "test.toml", no_env).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn project_copy_of_the_contract_loads_with_every_value_as_written() {
+    let config = parse(PROJECT_CONTRACT);
+    assert_eq!(config.gateway_id, "gw-greenhouse-01");
+    assert_eq!(config.data_dir, PathBuf::from("./data"));
+    assert_eq!(config.mqtt.mode, MqttMode::External);
+    assert_eq!(config.mqtt.url.as_str(), "mqtt://127.0.0.1:1883");
+    assert_eq!(
+        (config.mqtt.broker_host(), config.mqtt.broker_port()),
+        ("127.0.0.1", 1883)
+    );
+    assert_eq!(config.mqtt.client_id, "gw-greenhouse-01");
+    assert_eq!(config.mqtt.topics, ["sensors/#"]);
+    let templates: Vec<&str> = config
+        .mqtt
+        .topic_templates
+        .iter()
+        .map(|t| t.as_str())
+        .collect();
+    assert_eq!(templates, ["sensors/{device}/{metric}", "sensors/{device}"]);
+
+    assert_eq!(config.serial.len(), 1);
+    assert_eq!(config.serial[0].port, PathBuf::from("/dev/ttyUSB0"));
+    assert_eq!(config.serial[0].baud, 115_200);
+    assert_eq!(config.serial[0].device, "uart-0");
+
+    assert_eq!(config.buffer.max_bytes, 268_435_456);
+    assert_eq!(config.buffer.when_full, WhenFull::DropOldest);
+    assert_eq!(config.buffer.max_age_s, 604_800);
+    assert_eq!(config.buffer.alarm_max_bytes, 16_777_216);
+    assert_eq!(config.buffer.commit_interval_ms, 5);
+
+    let up = &config.upstream;
+    assert_eq!(up.url.as_str(), "http://127.0.0.1:8080/ingest");
+    assert_eq!((up.batch_max_records, up.batch_max_bytes), (500, 262_144));
+    assert_eq!((up.linger_ms, up.timeout_ms), (1000, 10_000));
+    assert_eq!(up.compression, Compression::Gzip);
+    assert_eq!(
+        (up.retry_initial_ms, up.retry_max_ms, up.max_in_flight),
+        (200, 60_000, 1)
+    );
+    assert!(up.bearer_token.is_none());
+
+    assert_eq!(
+        config.admin.listen,
+        "127.0.0.1:9100".parse::<SocketAddr>().unwrap()
+    );
+
+    let rules: Vec<_> = config
+        .alarm
+        .iter()
+        .map(|r| (r.name.as_str(), r.severity))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("overheat", Severity::Critical),
+            ("freezing", Severity::Warning),
+            ("pressure-jump", Severity::Warning),
+            ("silent", Severity::Warning),
+        ]
+    );
+    assert_eq!(
+        config.alarm[0].condition,
+        AlarmCondition::Threshold {
+            above: Some(Limit {
+                trigger: 35.0,
+                clear: 33.0
+            }),
+            below: None
+        }
+    );
+    assert_eq!(config.alarm[0].for_s, 10);
+    assert_eq!(
+        config.alarm[1].condition,
+        AlarmCondition::Threshold {
+            above: None,
+            below: Some(Limit {
+                trigger: 0.0,
+                clear: 1.0
+            })
+        }
+    );
+    assert_eq!(
+        config.alarm[2].condition,
+        AlarmCondition::Rate {
+            rate_above_per_s: 5.0
+        }
+    );
+    assert_eq!(
+        config.alarm[3].condition,
+        AlarmCondition::NoData { no_data_s: 120 }
+    );
+    assert!(config.alarm[0].matches("dev-7", "temperature"));
+    assert!(!config.alarm[0].matches("dev-7", "humidity"));
+    assert!(config.alarm[3].metric_glob().is_match("anything"));
+}
+
+#[test]
+fn shared_contract_file_loads_and_matches_the_project_copy() {
+    let path = Path::new(SHARED_CONTRACT);
+    if !path.exists() {
+        eprintln!("skipped: {SHARED_CONTRACT} is not present outside this checkout");
+        return;
+    }
+    Config::load_with_env(path, no_env).unwrap_or_else(|e| panic!("{e}"));
+    let shared = std::fs::read_to_string(path).unwrap();
+    assert_eq!(
+        shared, PROJECT_CONTRACT,
+        "docs/gateway.contract.toml must stay a copy of the shared contract"
+    );
+}
+
+#[test]
+fn empty_file_is_valid_and_equals_defaults() {
+    let config = parse("");
+    assert_eq!(config, Config::default());
+    assert_eq!(config.gateway_id, "gateway");
+    assert_eq!(config.data_dir, PathBuf::from("./data"));
+    assert_eq!(
+        (config.shutdown_grace_s, config.alarm_max_series),
+        (10, 100_000)
+    );
+    assert_eq!(config.mqtt.mode, MqttMode::Embedded);
+    assert_eq!(config.mqtt.client_id, "gateway");
+    assert_eq!(
+        config.mqtt.embedded_listen,
+        "127.0.0.1:1883".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        (
+            config.mqtt.max_inflight,
+            config.mqtt.max_payload_bytes,
+            config.mqtt.keep_alive_s
+        ),
+        (100, 65_536, 30)
+    );
+    assert!(config.serial.is_empty());
+    assert_eq!(config.buffer.commit_max_records, 1000);
+    assert_eq!(config.buffer.cache_capacity_bytes, 8 * 1024 * 1024);
+    assert_eq!(config.buffer.dead_letter_max_bytes, 16 * 1024 * 1024);
+    assert_eq!(config.upstream.url.as_str(), "http://127.0.0.1:8080/ingest");
+    assert_eq!(config.upstream.retry_on_status, [408, 429]);
+    assert!(config.upstream.retry_on_5xx);
+    assert_eq!(
+        config.admin.listen,
+        "127.0.0.1:9100".parse::<SocketAddr>().unwrap()
+    );
+    assert!(config.alarm.is_empty());
+}
+
+#[test]
+fn shipped_example_loads_to_the_defaults_plus_the_contract_rules() {
+    assert_eq!(DEFAULT_CONFIG_TOML, default_config_toml());
+    let example = parse(DEFAULT_CONFIG_TOML);
+    let expected = Config {
+        alarm: parse(PROJECT_CONTRACT).alarm,
+        ..Config::default()
+    };
+    assert_eq!(example, expected);
+}
+
+#[test]
+fn shipped_example_mentions_every_key_of_the_contract() {
+    let key_of = |line: &str| -> Option<String> {
+        let line = line.trim_start_matches('#').trim_start();
+        let (key, _) = line.split_once(" = ")?;
+        let key = key.trim();
+        key.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            .then(|| key.to_owned())
+    };
+    let example_keys: Vec<String> = DEFAULT_CONFIG_TOML.lines().filter_map(key_of).collect();
+    for line in PROJECT_CONTRACT.lines() {
+        if let Some(key) = key_of(line) {
+            assert!(
+                example_keys.contains(&key),
+                "example lacks contract key {key}"
+            );
+        }
+    }
+    for key in [
+        "shutdown_grace_s",
+        "alarm_max_series",
+        "max_inflight",
+        "commit_max_records",
+        "cache_capacity_bytes",
+        "dead_letter_max_bytes",
+        "retry_on_status",
+        "retry_on_5xx",
+        "max_payload_bytes",
+        "keep_alive_s",
+        "reconnect_max_ms",
+        "max_line_bytes",
+        "reopen_max_ms",
+    ] {
+        assert!(
+            example_keys.iter().any(|k| k == key),
+            "example lacks project key {key}"
+        );
+    }
+}
+
+#[test]
+fn every_key_of_the_shipped_example_has_a_comment_before_it() {
+    let body = DEFAULT_CONFIG_TOML.split("\n[[alarm]]").next().unwrap();
+    let lines: Vec<&str> = body.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.contains(" = ") && !line.starts_with('#') {
+            assert!(
+                i > 0 && lines[i - 1].starts_with('#'),
+                "line {}: `{line}` has no comment above it",
+                i + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn mqtt_mode_is_external_when_only_a_url_is_written() {
+    let config = parse("[mqtt]\nurl = \"mqtts://broker.example\"\n");
+    assert_eq!(config.mqtt.mode, MqttMode::External);
+    assert!(config.mqtt.uses_tls());
+    assert_eq!(config.mqtt.broker_port(), 8883);
+    assert_eq!(config.mqtt.broker_host(), "broker.example");
+}
+
+#[test]
+fn disabled_mqtt_with_a_serial_port_is_a_valid_source() {
+    let config = parse("[mqtt]\nmode = \"disabled\"\n[[serial]]\nport = \"/dev/ttyACM3\"\n");
+    assert_eq!(config.mqtt.mode, MqttMode::Disabled);
+    assert_eq!(
+        config.serial[0].device, "ttyACM3",
+        "device defaults to the port's file name"
+    );
+    assert_eq!(config.serial[0].max_line_bytes, 1024);
+    assert_eq!(config.serial[0].reopen_max_ms, 30_000);
+}
+
+#[test]
+fn client_id_defaults_to_the_gateway_id() {
+    let config = parse("gateway_id = \"gw-7\"\n");
+    assert_eq!(config.mqtt.client_id, "gw-7");
+}
+
+#[test]
+fn integer_thresholds_and_band_rules_are_accepted() {
+    let config = parse(
+        "[[alarm]]\nname = \"band\"\nabove = 30\nbelow = 10\nclear_below = 28\nclear_above = 12\n",
+    );
+    assert_eq!(
+        config.alarm[0].condition,
+        AlarmCondition::Threshold {
+            above: Some(Limit {
+                trigger: 30.0,
+                clear: 28.0
+            }),
+            below: Some(Limit {
+                trigger: 10.0,
+                clear: 12.0
+            }),
+        }
+    );
+}
+
+#[test]
+fn clear_threshold_defaults_to_the_trigger() {
+    let config = parse("[[alarm]]\nname = \"hot\"\nabove = 30.0\n");
+    assert_eq!(
+        config.alarm[0].condition,
+        AlarmCondition::Threshold {
+            above: Some(Limit {
+                trigger: 30.0,
+                clear: 30.0
+            }),
+            below: None
+        }
+    );
+    assert_eq!(config.alarm[0].severity, Severity::Warning);
+    assert_eq!(
+        (
+            config.alarm[0].device.as_str(),
+            config.alarm[0].metric.as_str()
+        ),
+        ("*", "*")
+    );
+}
+
+#[test]
+fn retryable_statuses_follow_the_wire_contract_by_default() {
+    let up = Config::default().upstream;
+    for status in [408, 429, 500, 503, 599] {
+        assert!(up.is_retryable_status(status), "{status}");
+    }
+    for status in [200, 400, 401, 404, 413] {
+        assert!(!up.is_retryable_status(status), "{status}");
+    }
+    let strict = parse("[upstream]\nretry_on_status = []\nretry_on_5xx = false\n").upstream;
+    assert!(!strict.is_retryable_status(503));
+}
+
+#[test]
+fn debug_of_a_config_with_secrets_shows_no_secret_value() {
+    let env = |name: &str| -> Option<String> { Some(format!("value-of-{name}-s3cret")) };
+    let text = "[mqtt]\nusername = \"gw\"\npassword_env = \"MQTT_PW\"\n\
+                [upstream]\nurl = \"https://cloud.example/ingest\"\nbearer_token_env = \"UP_TOKEN\"\n\
+                [admin]\nlisten = \"0.0.0.0:9100\"\ntoken_env = \"ADMIN_TOKEN\"\n";
+    let config = Config::parse_with_env(text, "secrets.toml", env).unwrap();
+    assert_eq!(
+        config.mqtt.password.as_ref().unwrap().expose(),
+        "value-of-MQTT_PW-s3cret"
+    );
+    assert_eq!(
+        config.upstream.bearer_token.as_ref().unwrap().expose(),
+        "value-of-UP_TOKEN-s3cret"
+    );
+    assert!(
+        config
+            .admin
+            .token
+            .as_ref()
+            .unwrap()
+            .matches("value-of-ADMIN_TOKEN-s3cret")
+    );
+    assert!(
+        !config
+            .admin
+            .token
+            .as_ref()
+            .unwrap()
+            .matches("value-of-ADMIN_TOKEN-s3creT")
+    );
+    for shown in [format!("{config:?}"), format!("{config:#?}")] {
+        assert!(!shown.contains("s3cret"), "secret leaked: {shown}");
+        assert!(shown.contains("***"));
+        assert!(shown.contains("MQTT_PW"), "the variable name is not secret");
+    }
+    assert_eq!(
+        config.upstream.bearer_token.as_ref().unwrap().to_string(),
+        "***"
+    );
+}
+
+#[test]
+fn parse_reads_secrets_from_the_process_environment() {
+    // PATH is set in every test environment; setting a variable would need `unsafe`.
+    let config = Config::parse("[admin]\ntoken_env = \"PATH\"\n", "env.toml").unwrap();
+    let path = std::env::var("PATH").unwrap();
+    assert_eq!(config.admin.token.as_ref().unwrap().expose(), path);
+    assert!(!format!("{config:?}").contains(&path));
+}
+
+#[test]
+fn load_reads_a_file_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        "gateway_id = \"from-disk\"\n[buffer]\nwhen_full = \"block\"\n",
+    )
+    .unwrap();
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.gateway_id, "from-disk");
+    assert_eq!(config.buffer.when_full, WhenFull::Block);
+}
+
+#[test]
+fn topic_templates_read_device_and_metric_from_topics() {
+    let config = Config::default();
+    let [with_metric, without_metric] = &config.mqtt.topic_templates[..] else {
+        panic!("two default templates");
+    };
+    let m = with_metric
+        .match_topic("sensors/dev-7/temperature")
+        .unwrap();
+    assert_eq!((m.device, m.metric), ("dev-7", Some("temperature")));
+    assert!(with_metric.match_topic("sensors/dev-7").is_none());
+    assert!(with_metric.match_topic("sensors/dev-7/a/b").is_none());
+    assert!(with_metric.match_topic("other/dev-7/temperature").is_none());
+    assert!(with_metric.match_topic("sensors//temperature").is_none());
+    let m = without_metric.match_topic("sensors/dev-7").unwrap();
+    assert_eq!((m.device, m.metric), ("dev-7", None));
+}
+
+#[test]
+fn enums_print_their_toml_spelling() {
+    assert_eq!(WhenFull::DropOldest.to_string(), "drop_oldest");
+    assert_eq!(MqttMode::Disabled.as_str(), "disabled");
+    assert_eq!(Compression::None.as_str(), "none");
+    assert_eq!(Severity::Critical.to_string(), "critical");
+    assert!(Severity::Critical > Severity::Warning);
+}
