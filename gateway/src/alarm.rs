@@ -40,8 +40,11 @@ pub struct Rule {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {
     /// Raised when `value > above` or `value < below`; cleared when the value is back on the
-    /// inside of the clear thresholds (`< clear_below` and `> clear_above`).
-    Threshold { above: Option<Band>, below: Option<Band> },
+    /// inside of the clear thresholds (`<= clear_below` and `>= clear_above`).
+    Threshold {
+        above: Option<Band>,
+        below: Option<Band>,
+    },
     /// Raised when |Δvalue| / Δt between consecutive readings exceeds this, per second.
     Rate { above_per_s: f64 },
     /// Raised when a series that was seen sends nothing for this long.
@@ -60,7 +63,11 @@ pub struct Band {
 pub enum RuleError {
     /// A `device` or `metric` pattern is not a valid glob.
     #[error("alarm {rule:?}: bad glob {pattern:?}: {reason}")]
-    BadGlob { rule: String, pattern: String, reason: String },
+    BadGlob {
+        rule: String,
+        pattern: String,
+        reason: String,
+    },
 }
 
 impl Rule {
@@ -74,11 +81,13 @@ impl Rule {
         severity: Severity,
     ) -> Result<Rule, RuleError> {
         let glob = |pattern: &str| {
-            Glob::new(pattern).map(|g| g.compile_matcher()).map_err(|e| RuleError::BadGlob {
-                rule: name.to_owned(),
-                pattern: pattern.to_owned(),
-                reason: e.kind().to_string(),
-            })
+            Glob::new(pattern)
+                .map(|g| g.compile_matcher())
+                .map_err(|e| RuleError::BadGlob {
+                    rule: name.to_owned(),
+                    pattern: pattern.to_owned(),
+                    reason: e.kind().to_string(),
+                })
         };
         Ok(Rule {
             name: name.to_owned(),
@@ -116,9 +125,15 @@ fn secs_to_ms(s: u64) -> i64 {
 pub enum Phase {
     Normal,
     /// The condition holds since `since_ms`, not yet for long enough.
-    Pending { since_ms: i64 },
+    Pending {
+        since_ms: i64,
+    },
     /// Raised. `clearing_since_ms` is set while the clear condition holds but not yet long enough.
-    Active { raised_ms: i64, threshold: Option<f64>, clearing_since_ms: Option<i64> },
+    Active {
+        raised_ms: i64,
+        threshold: Option<f64>,
+        clearing_since_ms: Option<i64>,
+    },
 }
 
 /// The state of one (rule, device, metric) series; what a restart must not forget.
@@ -141,7 +156,8 @@ pub struct ActiveAlarm {
     pub alarm: String,
     pub device: String,
     pub metric: String,
-    pub severity: Severity,
+    /// `"info"`, `"warning"` or `"critical"`.
+    pub severity: &'static str,
     pub threshold: Option<f64>,
     pub since_ms: i64,
 }
@@ -169,7 +185,12 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(rules: Vec<Rule>, max_series: usize) -> Engine {
-        Engine { rules, series: HashMap::new(), max_series, stats: EngineStats::default() }
+        Engine {
+            rules,
+            series: HashMap::new(),
+            max_series,
+            stats: EngineStats::default(),
+        }
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -177,7 +198,10 @@ impl Engine {
     }
 
     pub fn stats(&self) -> EngineStats {
-        EngineStats { series: self.series.len(), ..self.stats }
+        EngineStats {
+            series: self.series.len(),
+            ..self.stats
+        }
     }
 
     /// Evaluates one reading against every rule that matches it; returns the events it causes.
@@ -188,19 +212,16 @@ impl Engine {
                 continue;
             }
             let key = (rule.name.clone(), r.device.clone(), r.metric.clone());
-            let series = match self.series.get_mut(&key) {
-                Some(s) => s,
-                None if self.series.len() >= self.max_series => {
-                    self.stats.series_refused += 1;
-                    continue;
-                }
-                None => self.series.entry(key).or_insert(Series {
-                    phase: Phase::Normal,
-                    last_ts_ms: None,
-                    last_value: r.value,
-                    last_seen_ms: now_ms,
-                }),
-            };
+            if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
+                self.stats.series_refused += 1;
+                continue;
+            }
+            let series = self.series.entry(key).or_insert(Series {
+                phase: Phase::Normal,
+                last_ts_ms: None,
+                last_value: r.value,
+                last_seen_ms: now_ms,
+            });
             if let Some(e) = step(rule, series, r, now_ms, &mut self.stats) {
                 events.push(e);
             }
@@ -212,14 +233,31 @@ impl Engine {
     pub fn tick(&mut self, now_ms: i64) -> Vec<AlarmEvent> {
         let mut events = Vec::new();
         for rule in &self.rules {
-            let Condition::Silence { no_data_ms } = rule.condition else { continue };
+            let Condition::Silence { no_data_ms } = rule.condition else {
+                continue;
+            };
             for ((name, device, metric), s) in self.series.iter_mut() {
-                if name != &rule.name || s.phase != Phase::Normal || now_ms - s.last_seen_ms < no_data_ms {
+                if name != &rule.name
+                    || s.phase != Phase::Normal
+                    || now_ms - s.last_seen_ms < no_data_ms
+                {
                     continue;
                 }
-                s.phase = Phase::Active { raised_ms: now_ms, threshold: None, clearing_since_ms: None };
+                s.phase = Phase::Active {
+                    raised_ms: now_ms,
+                    threshold: None,
+                    clearing_since_ms: None,
+                };
                 self.stats.raised += 1;
-                events.push(event(rule, device, metric, AlarmState::Raised, s.last_value, None, now_ms));
+                events.push(event(
+                    rule,
+                    device,
+                    metric,
+                    AlarmState::Raised,
+                    s.last_value,
+                    None,
+                    now_ms,
+                ));
             }
         }
         events
@@ -233,7 +271,8 @@ impl Engine {
             .filter(|new| self.rules.iter().any(|old| old.same_as(new)))
             .map(|r| r.name.as_str())
             .collect();
-        self.series.retain(|(name, _, _), _| kept.contains(&name.as_str()));
+        self.series
+            .retain(|(name, _, _), _| kept.contains(&name.as_str()));
         self.rules = rules;
     }
 
@@ -243,11 +282,20 @@ impl Engine {
             .series
             .iter()
             .filter_map(|((name, device, metric), s)| match s.phase {
-                Phase::Active { raised_ms, threshold, .. } => Some(ActiveAlarm {
+                Phase::Active {
+                    raised_ms,
+                    threshold,
+                    ..
+                } => Some(ActiveAlarm {
                     alarm: name.clone(),
                     device: device.clone(),
                     metric: metric.clone(),
-                    severity: self.rules.iter().find(|r| &r.name == name).map_or(Severity::Warning, |r| r.severity),
+                    severity: self
+                        .rules
+                        .iter()
+                        .find(|r| &r.name == name)
+                        .map_or(Severity::Warning, |r| r.severity)
+                        .as_str(),
                     threshold,
                     since_ms: raised_ms,
                 }),
@@ -260,7 +308,13 @@ impl Engine {
 
     /// The state to persist so that a restart neither repeats a raise nor forgets an alarm.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot { series: self.series.iter().map(|(k, v)| (k.clone(), v.clone())).collect() }
+        Snapshot {
+            series: self
+                .series
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
     }
 
     /// Restores persisted state; series of rules that no longer exist are dropped.
@@ -280,7 +334,13 @@ pub struct Snapshot {
 }
 
 /// Advances one series by one reading.
-fn step(rule: &Rule, s: &mut Series, r: &Reading, now_ms: i64, stats: &mut EngineStats) -> Option<AlarmEvent> {
+fn step(
+    rule: &Rule,
+    s: &mut Series,
+    r: &Reading,
+    now_ms: i64,
+    stats: &mut EngineStats,
+) -> Option<AlarmEvent> {
     let previous = s.last_ts_ms.map(|ts| (ts, s.last_value));
     s.last_seen_ms = s.last_seen_ms.max(now_ms);
     if let Condition::Silence { .. } = rule.condition {
@@ -293,7 +353,15 @@ fn step(rule: &Rule, s: &mut Series, r: &Reading, now_ms: i64, stats: &mut Engin
             Phase::Active { .. } => {
                 s.phase = Phase::Normal;
                 stats.cleared += 1;
-                Some(event(rule, &r.device, &r.metric, AlarmState::Cleared, r.value, None, r.ts_ms))
+                Some(event(
+                    rule,
+                    &r.device,
+                    &r.metric,
+                    AlarmState::Cleared,
+                    r.value,
+                    None,
+                    r.ts_ms,
+                ))
             }
             _ => None,
         };
@@ -313,21 +381,39 @@ fn step(rule: &Rule, s: &mut Series, r: &Reading, now_ms: i64, stats: &mut Engin
         Condition::Threshold { above, below } => {
             let up = above.filter(|b| r.value > b.trigger);
             let down = below.filter(|b| r.value < b.trigger);
-            let clears = above.is_none_or(|b| r.value < b.clear) && below.is_none_or(|b| r.value > b.clear);
+            let clears = above.is_none_or(|b| r.value <= b.clear)
+                && below.is_none_or(|b| r.value >= b.clear);
             let trigger = up.or(down).map(|b| b.trigger);
             let active_band = match s.phase {
-                Phase::Active { threshold, .. } => [above, below].into_iter().flatten().find(|b| Some(b.trigger) == threshold),
+                Phase::Active { threshold, .. } => [above, below]
+                    .into_iter()
+                    .flatten()
+                    .find(|b| Some(b.trigger) == threshold),
                 _ => None,
             };
-            (trigger.is_some(), clears, r.value, trigger, active_band.map(|b| b.clear))
+            (
+                trigger.is_some(),
+                clears,
+                r.value,
+                trigger,
+                active_band.map(|b| b.clear),
+            )
         }
         Condition::Rate { above_per_s } => {
             let rate = match previous {
-                Some((ts, v)) if r.ts_ms > ts => (r.value - v).abs() * 1000.0 / (r.ts_ms - ts) as f64,
+                Some((ts, v)) if r.ts_ms > ts => {
+                    (r.value - v).abs() * 1000.0 / (r.ts_ms - ts) as f64
+                }
                 // The first reading, or two at the same instant: no rate to judge.
                 _ => return None,
             };
-            (rate > above_per_s, rate <= above_per_s, rate, Some(above_per_s), Some(above_per_s))
+            (
+                rate > above_per_s,
+                rate <= above_per_s,
+                rate,
+                Some(above_per_s),
+                Some(above_per_s),
+            )
         }
         Condition::Silence { .. } => return None,
     };
@@ -339,9 +425,21 @@ fn step(rule: &Rule, s: &mut Series, r: &Reading, now_ms: i64, stats: &mut Engin
                 _ => r.ts_ms,
             };
             if r.ts_ms - since >= rule.for_ms {
-                s.phase = Phase::Active { raised_ms: r.ts_ms, threshold: trigger, clearing_since_ms: None };
+                s.phase = Phase::Active {
+                    raised_ms: r.ts_ms,
+                    threshold: trigger,
+                    clearing_since_ms: None,
+                };
                 stats.raised += 1;
-                Some(event(rule, &r.device, &r.metric, AlarmState::Raised, value, trigger, r.ts_ms))
+                Some(event(
+                    rule,
+                    &r.device,
+                    &r.metric,
+                    AlarmState::Raised,
+                    value,
+                    trigger,
+                    r.ts_ms,
+                ))
             } else {
                 s.phase = Phase::Pending { since_ms: since };
                 None
@@ -352,18 +450,38 @@ fn step(rule: &Rule, s: &mut Series, r: &Reading, now_ms: i64, stats: &mut Engin
             None
         }
         Phase::Normal => None,
-        Phase::Active { raised_ms, threshold, clearing_since_ms } => {
+        Phase::Active {
+            raised_ms,
+            threshold,
+            clearing_since_ms,
+        } => {
             if !clears {
-                s.phase = Phase::Active { raised_ms, threshold, clearing_since_ms: None };
+                s.phase = Phase::Active {
+                    raised_ms,
+                    threshold,
+                    clearing_since_ms: None,
+                };
                 return None;
             }
             let since = clearing_since_ms.unwrap_or(r.ts_ms);
             if r.ts_ms - since >= rule.clear_for_ms {
                 s.phase = Phase::Normal;
                 stats.cleared += 1;
-                Some(event(rule, &r.device, &r.metric, AlarmState::Cleared, value, clear_at.or(threshold), r.ts_ms))
+                Some(event(
+                    rule,
+                    &r.device,
+                    &r.metric,
+                    AlarmState::Cleared,
+                    value,
+                    clear_at.or(threshold),
+                    r.ts_ms,
+                ))
             } else {
-                s.phase = Phase::Active { raised_ms, threshold, clearing_since_ms: Some(since) };
+                s.phase = Phase::Active {
+                    raised_ms,
+                    threshold,
+                    clearing_since_ms: Some(since),
+                };
                 None
             }
         }

@@ -16,7 +16,10 @@ use std::time::Duration;
 pub enum BrokerError {
     /// The listen address is taken or not ours to bind.
     #[error("mqtt.embedded_listen {addr}: cannot listen: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     /// The broker thread did not start accepting connections in time.
     #[error("embedded broker on {addr} did not start accepting connections")]
     NotReady { addr: SocketAddr },
@@ -24,10 +27,19 @@ pub enum BrokerError {
 
 /// Starts the broker on its own threads (rumqttd runs its own runtimes) and waits until it
 /// accepts connections. The broker lives as long as the process.
-pub async fn start(listen: SocketAddr, max_payload_bytes: usize) -> Result<SocketAddr, BrokerError> {
+pub async fn start(
+    listen: SocketAddr,
+    max_payload_bytes: usize,
+) -> Result<SocketAddr, BrokerError> {
     // rumqttd only logs a failed bind from its server thread; probe first to fail clearly.
-    let probe = std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind { addr: listen, source })?;
-    let addr = probe.local_addr().map_err(|source| BrokerError::Bind { addr: listen, source })?;
+    let probe = std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let addr = probe.local_addr().map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
     drop(probe);
 
     let server = ServerSettings {

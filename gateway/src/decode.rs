@@ -79,7 +79,9 @@ impl fmt::Display for Reject {
             Reject::BadJson(e) => write!(f, "bad JSON: {e}"),
             Reject::BadValue(v) => write!(f, "value is not a finite number: {v}"),
             Reject::BadTimestamp(v) => write!(f, "unreadable timestamp: {v}"),
-            Reject::TooLarge { size, limit } => write!(f, "payload of {size} bytes is over the {limit}-byte limit"),
+            Reject::TooLarge { size, limit } => {
+                write!(f, "payload of {size} bytes is over the {limit}-byte limit")
+            }
             Reject::BadLine(why) => write!(f, "unreadable line: {why}"),
             other => f.write_str(other.reason()),
         }
@@ -136,7 +138,10 @@ impl TopicTemplate {
                 _ => return None,
             }
         }
-        Some(TopicNames { device: device?, metric })
+        Some(TopicNames {
+            device: device?,
+            metric,
+        })
     }
 }
 
@@ -150,7 +155,10 @@ pub struct MqttDecoder {
 impl MqttDecoder {
     pub fn new<S: AsRef<str>>(templates: &[S], max_payload_bytes: usize) -> MqttDecoder {
         MqttDecoder {
-            templates: templates.iter().map(|t| TopicTemplate::new(t.as_ref())).collect(),
+            templates: templates
+                .iter()
+                .map(|t| TopicTemplate::new(t.as_ref()))
+                .collect(),
             max_payload_bytes,
         }
     }
@@ -158,20 +166,30 @@ impl MqttDecoder {
     /// The readings in one message, or why there are none. `now_ms` stands in for a missing `ts`.
     pub fn decode(&self, topic: &str, payload: &[u8], now_ms: i64) -> Result<Vec<Reading>, Reject> {
         if payload.len() > self.max_payload_bytes {
-            return Err(Reject::TooLarge { size: payload.len(), limit: self.max_payload_bytes });
+            return Err(Reject::TooLarge {
+                size: payload.len(),
+                limit: self.max_payload_bytes,
+            });
         }
         let names = self
             .templates
             .iter()
             .find_map(|t| t.match_topic(topic))
             .ok_or(Reject::UnknownTopic)?;
-        let text = std::str::from_utf8(payload).map_err(|_| Reject::BadUtf8)?.trim();
+        let text = std::str::from_utf8(payload)
+            .map_err(|_| Reject::BadUtf8)?
+            .trim();
         let mut out = Vec::new();
         match text.as_bytes().first() {
             None => return Err(Reject::Empty),
             Some(b'{') => {
                 let obj: Map<String, Value> = parse_json(text)?;
-                let ctx = Context { device: Some(names.device), metric: names.metric, source: Source::Mqtt, now_ms };
+                let ctx = Context {
+                    device: Some(names.device),
+                    metric: names.metric,
+                    source: Source::Mqtt,
+                    now_ms,
+                };
                 object_readings(&obj, &ctx, &mut out)?;
             }
             Some(b'[') => {
@@ -181,7 +199,14 @@ impl MqttDecoder {
             Some(_) => {
                 let metric = names.metric.ok_or(Reject::UnknownTopic)?;
                 let value = parse_number(text)?;
-                out.push(reading(names.device, metric, value, None, now_ms, Source::Mqtt));
+                out.push(reading(
+                    names.device,
+                    metric,
+                    value,
+                    None,
+                    now_ms,
+                    Source::Mqtt,
+                ));
             }
         }
         Ok(out)
@@ -196,20 +221,29 @@ pub struct SerialDecoder {
 
 impl SerialDecoder {
     pub fn new(default_device: impl Into<String>) -> SerialDecoder {
-        SerialDecoder { default_device: default_device.into() }
+        SerialDecoder {
+            default_device: default_device.into(),
+        }
     }
 
     /// The readings on one line, or why there are none.
     pub fn decode(&self, line: &[u8], now_ms: i64) -> Result<Vec<Reading>, Reject> {
         let line = verify_checksum(line)?;
-        let text = std::str::from_utf8(line).map_err(|_| Reject::BadUtf8)?.trim();
+        let text = std::str::from_utf8(line)
+            .map_err(|_| Reject::BadUtf8)?
+            .trim();
         if text.is_empty() {
             return Err(Reject::Empty);
         }
         let mut out = Vec::new();
         if text.starts_with('{') {
             let obj: Map<String, Value> = parse_json(text)?;
-            let ctx = Context { device: Some(&self.default_device), metric: None, source: Source::Serial, now_ms };
+            let ctx = Context {
+                device: Some(&self.default_device),
+                metric: None,
+                source: Source::Serial,
+                now_ms,
+            };
             object_readings(&obj, &ctx, &mut out)?;
         } else {
             out.push(self.csv_reading(text, now_ms)?);
@@ -225,19 +259,28 @@ impl SerialDecoder {
         }
         // A number in the second field means the device was left out.
         let (device, rest) = match fields.as_slice() {
-            [_, second, ..] if second.parse::<f64>().is_ok() => (self.default_device.as_str(), &fields[..]),
+            [_, second, ..] if second.parse::<f64>().is_ok() => {
+                (self.default_device.as_str(), &fields[..])
+            }
             [device, rest @ ..] => (*device, rest),
             [] => return Err(Reject::Empty),
         };
         let (metric, value, ts) = match rest {
             [metric, value] => (*metric, *value, None),
             [metric, value, ts] => (*metric, *value, Some(*ts)),
-            _ => return Err(Reject::BadLine(format!("expected 3 or 4 fields, found {}", fields.len()))),
+            _ => {
+                return Err(Reject::BadLine(format!(
+                    "expected 3 or 4 fields, found {}",
+                    fields.len()
+                )));
+            }
         };
         let value = parse_number(value)?;
         let ts_ms = match ts {
             None => now_ms,
-            Some(ts) => ts.parse::<i64>().map_err(|_| Reject::BadTimestamp(ts.to_owned()))?,
+            Some(ts) => ts
+                .parse::<i64>()
+                .map_err(|_| Reject::BadTimestamp(ts.to_owned()))?,
         };
         Ok(reading(device, metric, value, None, ts_ms, Source::Serial))
     }
@@ -251,7 +294,11 @@ pub fn verify_checksum(line: &[u8]) -> Result<&[u8], Reject> {
         let hex = std::str::from_utf8(hex).map_err(|_| Reject::BadChecksum)?;
         let want = u8::from_str_radix(hex, 16).map_err(|_| Reject::BadChecksum)?;
         let got = body.iter().fold(0u8, |acc, b| acc ^ b);
-        return if want == got { Ok(body) } else { Err(Reject::BadChecksum) };
+        return if want == got {
+            Ok(body)
+        } else {
+            Err(Reject::BadChecksum)
+        };
     }
     Ok(line)
 }
@@ -272,10 +319,18 @@ struct Context<'a> {
 const RESERVED_KEYS: [&str; 5] = ["device", "metric", "value", "ts", "unit"];
 
 /// A one-metric object (`value` present) or a multi-metric object (every other numeric key).
-fn object_readings(obj: &Map<String, Value>, ctx: &Context<'_>, out: &mut Vec<Reading>) -> Result<(), Reject> {
+fn object_readings(
+    obj: &Map<String, Value>,
+    ctx: &Context<'_>,
+    out: &mut Vec<Reading>,
+) -> Result<(), Reject> {
     let device = match obj.get("device") {
         Some(Value::String(d)) if !d.is_empty() => d.as_str(),
-        Some(other) => return Err(Reject::BadLine(format!("device must be a non-empty string, found {other}"))),
+        Some(other) => {
+            return Err(Reject::BadLine(format!(
+                "device must be a non-empty string, found {other}"
+            )));
+        }
         None => ctx.device.ok_or(Reject::UnknownTopic)?,
     };
     let ts_ms = match obj.get("ts") {
@@ -290,14 +345,35 @@ fn object_readings(obj: &Map<String, Value>, ctx: &Context<'_>, out: &mut Vec<Re
     if let Some(value) = obj.get("value") {
         let metric = match obj.get("metric") {
             Some(Value::String(m)) if !m.is_empty() => m.as_str(),
-            Some(other) => return Err(Reject::BadLine(format!("metric must be a non-empty string, found {other}"))),
+            Some(other) => {
+                return Err(Reject::BadLine(format!(
+                    "metric must be a non-empty string, found {other}"
+                )));
+            }
             None => ctx.metric.ok_or(Reject::UnknownTopic)?,
         };
-        out.push(reading(device, metric, json_number(value)?, unit, ts_ms, ctx.source));
+        out.push(reading(
+            device,
+            metric,
+            json_number(value)?,
+            unit,
+            ts_ms,
+            ctx.source,
+        ));
         return Ok(());
     }
-    for (metric, value) in obj.iter().filter(|(k, _)| !RESERVED_KEYS.contains(&k.as_str())) {
-        out.push(reading(device, metric, json_number(value)?, unit.clone(), ts_ms, ctx.source));
+    for (metric, value) in obj
+        .iter()
+        .filter(|(k, _)| !RESERVED_KEYS.contains(&k.as_str()))
+    {
+        out.push(reading(
+            device,
+            metric,
+            json_number(value)?,
+            unit.clone(),
+            ts_ms,
+            ctx.source,
+        ));
     }
     if out.is_empty() {
         return Err(Reject::NoValue);
@@ -307,15 +383,27 @@ fn object_readings(obj: &Map<String, Value>, ctx: &Context<'_>, out: &mut Vec<Re
 
 /// RFC 8428 SenML: base name/time/unit/value, names `bn`+`n` split at the last `/` into device
 /// and metric (a name without `/` belongs to the topic's device), times in seconds.
-fn senml_readings(pack: &[Value], topic_device: &str, now_ms: i64, out: &mut Vec<Reading>) -> Result<(), Reject> {
+fn senml_readings(
+    pack: &[Value],
+    topic_device: &str,
+    now_ms: i64,
+    out: &mut Vec<Reading>,
+) -> Result<(), Reject> {
     let (mut bn, mut bt, mut bu, mut bv) = (String::new(), 0.0f64, None::<String>, 0.0f64);
     for rec in pack {
-        let rec = rec.as_object().ok_or_else(|| Reject::BadJson("SenML record is not an object".into()))?;
+        let rec = rec
+            .as_object()
+            .ok_or_else(|| Reject::BadJson("SenML record is not an object".into()))?;
         if let Some(v) = rec.get("bn") {
-            bn = v.as_str().ok_or_else(|| Reject::BadJson("bn must be a string".into()))?.to_owned();
+            bn = v
+                .as_str()
+                .ok_or_else(|| Reject::BadJson("bn must be a string".into()))?
+                .to_owned();
         }
         if let Some(v) = rec.get("bt") {
-            bt = v.as_f64().ok_or_else(|| Reject::BadTimestamp(v.to_string()))?;
+            bt = v
+                .as_f64()
+                .ok_or_else(|| Reject::BadTimestamp(v.to_string()))?;
         }
         if let Some(v) = rec.get("bu") {
             bu = v.as_str().map(str::to_owned);
@@ -326,23 +414,42 @@ fn senml_readings(pack: &[Value], topic_device: &str, now_ms: i64, out: &mut Vec
         let value = match rec.get("v") {
             Some(v) => json_number(v)? + bv,
             // A record of only base fields, or with a string/bool/data value, carries no reading.
-            None if rec.contains_key("vs") || rec.contains_key("vb") || rec.contains_key("vd") => continue,
+            None if rec.contains_key("vs") || rec.contains_key("vb") || rec.contains_key("vd") => {
+                continue;
+            }
             None if rec.contains_key("n") => return Err(Reject::NoValue),
             None => continue,
         };
         let name = format!("{bn}{}", rec.get("n").and_then(Value::as_str).unwrap_or(""));
         let (device, metric) = match name.rsplit_once('/') {
             Some((d, m)) if !d.is_empty() && !m.is_empty() => (d, m),
-            Some(_) => return Err(Reject::BadJson(format!("SenML name {name:?} has an empty part"))),
+            Some(_) => {
+                return Err(Reject::BadJson(format!(
+                    "SenML name {name:?} has an empty part"
+                )));
+            }
             None if !name.is_empty() => (topic_device, name.as_str()),
             None => return Err(Reject::BadJson("SenML record has no name".into())),
         };
         let t = match rec.get("t") {
-            Some(v) => v.as_f64().ok_or_else(|| Reject::BadTimestamp(v.to_string()))?,
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| Reject::BadTimestamp(v.to_string()))?,
             None => 0.0,
         };
-        let unit = rec.get("u").and_then(Value::as_str).map(str::to_owned).or_else(|| bu.clone());
-        out.push(reading(device, metric, value, unit, senml_time_ms(bt + t, now_ms)?, Source::Mqtt));
+        let unit = rec
+            .get("u")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| bu.clone());
+        out.push(reading(
+            device,
+            metric,
+            value,
+            unit,
+            senml_time_ms(bt + t, now_ms)?,
+            Source::Mqtt,
+        ));
     }
     if out.is_empty() {
         return Err(Reject::Empty);
@@ -402,8 +509,22 @@ fn parse_ts(v: &Value) -> Result<i64, Reject> {
     }
 }
 
-fn reading(device: &str, metric: &str, value: f64, unit: Option<String>, ts_ms: i64, source: Source) -> Reading {
-    Reading { device: device.to_owned(), metric: metric.to_owned(), value, unit, ts_ms, source }
+fn reading(
+    device: &str,
+    metric: &str,
+    value: f64,
+    unit: Option<String>,
+    ts_ms: i64,
+    source: Source,
+) -> Reading {
+    Reading {
+        device: device.to_owned(),
+        metric: metric.to_owned(),
+        value,
+        unit,
+        ts_ms,
+        source,
+    }
 }
 
 /// Keeps error texts short: they end up in logs and dead letters.

@@ -26,7 +26,11 @@ pub struct LineFramer {
 
 impl LineFramer {
     pub fn new(max_line_bytes: usize) -> LineFramer {
-        LineFramer { max_line_bytes, buf: Vec::with_capacity(max_line_bytes.min(4096)), skipping: false }
+        LineFramer {
+            max_line_bytes,
+            buf: Vec::with_capacity(max_line_bytes.min(4096)),
+            skipping: false,
+        }
     }
 
     /// Feeds bytes read from the port; returns the frames they complete.
@@ -92,7 +96,10 @@ mod tests {
     fn lines_split_across_reads_are_joined_and_crlf_is_stripped() {
         let mut f = LineFramer::new(64);
         assert!(f.push(b"dev-3,temp").is_empty());
-        assert_eq!(lines(f.push(b"erature,21.5\r\nx,y,1\n")), ["dev-3,temperature,21.5", "x,y,1"]);
+        assert_eq!(
+            lines(f.push(b"erature,21.5\r\nx,y,1\n")),
+            ["dev-3,temperature,21.5", "x,y,1"]
+        );
     }
 
     #[test]
@@ -106,7 +113,10 @@ mod tests {
     #[test]
     fn a_line_of_exactly_the_limit_passes_with_or_without_cr() {
         let mut f = LineFramer::new(4);
-        assert_eq!(lines(f.push(b"abcd\nabcd\r\nabcde\n")), ["abcd", "abcd", "<line_too_long>"]);
+        assert_eq!(
+            lines(f.push(b"abcd\nabcd\r\nabcde\n")),
+            ["abcd", "abcd", "<line_too_long>"]
+        );
     }
 
     #[test]

@@ -24,14 +24,23 @@ pub fn topic(device: &str, rule: &str) -> String {
 }
 
 /// Runs until `shutdown`.
-pub async fn run(settings: MqttSettings, buffer: Buffer, gateway_json: impl Fn(&Stored) -> Vec<u8> + Send, shutdown: CancellationToken) {
-    let mut opts = MqttOptions::new(format!("{}-alarms", settings.client_id), &settings.host, settings.port);
-    opts.set_clean_session(true).set_keep_alive(settings.keep_alive);
+pub async fn run(settings: MqttSettings, buffer: Buffer, shutdown: CancellationToken) {
+    let mut opts = MqttOptions::new(
+        format!("{}-alarms", settings.client_id),
+        &settings.host,
+        settings.port,
+    );
+    opts.set_clean_session(true)
+        .set_keep_alive(settings.keep_alive);
     if let Some((user, pass)) = &settings.credentials {
         opts.set_credentials(user, pass);
     }
     if let Some(ca) = &settings.tls_ca {
-        opts.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple { ca: ca.clone(), alpn: None, client_auth: None }));
+        opts.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
+            ca: ca.clone(),
+            alpn: None,
+            client_auth: None,
+        }));
     }
     let (client, mut eventloop) = AsyncClient::new(opts, MAX_PER_ROUND + 8);
     let mut durable = buffer.subscribe();
@@ -48,10 +57,15 @@ pub async fn run(settings: MqttSettings, buffer: Buffer, gateway_json: impl Fn(&
                     for stored in &batch {
                         if let Record::Alarm(e) = &stored.record {
                             let (payload, retain) = match e.state {
-                                AlarmState::Raised => (gateway_json(stored), true),
+                                AlarmState::Raised => (json(stored), true),
                                 AlarmState::Cleared => (Vec::new(), true),
                             };
-                            if let Err(err) = client.try_publish(topic(&e.device, &e.alarm), QoS::AtLeastOnce, retain, payload) {
+                            if let Err(err) = client.try_publish(
+                                topic(&e.device, &e.alarm),
+                                QoS::AtLeastOnce,
+                                retain,
+                                payload,
+                            ) {
                                 tracing::warn!(error = %err, "alarm publish not queued");
                             }
                         }
@@ -101,4 +115,35 @@ pub async fn run(settings: MqttSettings, buffer: Buffer, gateway_json: impl Fn(&
         }
     }
     let _ = client.try_disconnect();
+}
+
+/// The event as the JSON object of its upstream alarm record (WIRE.md §3 and §4).
+fn json(stored: &Stored) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Wire<'a> {
+        seq: u64,
+        alarm: &'a str,
+        state: &'a str,
+        severity: &'a str,
+        device: &'a str,
+        metric: &'a str,
+        value: f64,
+        threshold: Option<f64>,
+        ts: i64,
+    }
+    let Record::Alarm(e) = &stored.record else {
+        return Vec::new();
+    };
+    let wire = Wire {
+        seq: stored.seq,
+        alarm: &e.alarm,
+        state: e.state.as_str(),
+        severity: e.severity.as_str(),
+        device: &e.device,
+        metric: &e.metric,
+        value: e.value,
+        threshold: e.threshold,
+        ts: e.ts_ms,
+    };
+    serde_json::to_vec(&wire).unwrap_or_default()
 }

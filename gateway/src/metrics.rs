@@ -5,7 +5,7 @@
 
 use crate::decode::Reject;
 use gateway_buffer::Source;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 /// Ingest counters. Labels are fixed at construction so rendering never allocates per label.
 #[derive(Debug)]
@@ -21,6 +21,8 @@ pub struct IngestMetrics {
     pub alarm_events: AtomicU64,
     /// Readings refused by the alarm engine's series bound (the reading itself is kept).
     pub alarm_series_refused: AtomicU64,
+    mqtt_enabled: AtomicBool,
+    mqtt_connected: AtomicBool,
 }
 
 impl Default for IngestMetrics {
@@ -33,6 +35,8 @@ impl Default for IngestMetrics {
             source_disconnects: AtomicU64::new(0),
             alarm_events: AtomicU64::new(0),
             alarm_series_refused: AtomicU64::new(0),
+            mqtt_enabled: AtomicBool::new(false),
+            mqtt_connected: AtomicBool::new(false),
         }
     }
 }
@@ -52,15 +56,36 @@ impl IngestMetrics {
         }
     }
 
+    /// Called by the MQTT source on every connect (`true`) and connection loss (`false`).
+    pub fn set_mqtt_connected(&self, connected: bool) {
+        self.mqtt_enabled.store(true, Relaxed);
+        self.mqtt_connected.store(connected, Relaxed);
+    }
+
+    pub fn mqtt_connected(&self) -> bool {
+        self.mqtt_connected.load(Relaxed)
+    }
+
+    /// Whether an MQTT source runs at all.
+    pub fn mqtt_enabled(&self) -> bool {
+        self.mqtt_enabled.load(Relaxed)
+    }
+
     pub fn add_rejected(&self, reason: &Reject) {
-        if let Some(i) = Reject::ALL_REASONS.iter().position(|r| *r == reason.reason()) {
+        if let Some(i) = Reject::ALL_REASONS
+            .iter()
+            .position(|r| *r == reason.reason())
+        {
             self.rejected[i].fetch_add(1, Relaxed);
         }
     }
 
     /// (reason, count) for every reason, zeros included.
     pub fn rejected(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        Reject::ALL_REASONS.iter().zip(&self.rejected).map(|(r, c)| (*r, c.load(Relaxed)))
+        Reject::ALL_REASONS
+            .iter()
+            .zip(&self.rejected)
+            .map(|(r, c)| (*r, c.load(Relaxed)))
     }
 
     pub fn rejected_total(&self) -> u64 {

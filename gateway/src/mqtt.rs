@@ -13,7 +13,7 @@ use crate::decode::MqttDecoder;
 use crate::pipeline::{IngestError, Pipeline};
 use futures::stream::{FuturesOrdered, StreamExt};
 use gateway_buffer::Source;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -42,7 +42,10 @@ pub struct MqttSettings {
 pub enum MqttError {
     /// The CA file for `mqtts://` could not be read.
     #[error("mqtt.ca_file {path}: {source}")]
-    CaFile { path: String, source: std::io::Error },
+    CaFile {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 type Pending = Pin<Box<dyn Future<Output = (Publish, Result<(), IngestError>)> + Send>>;
@@ -56,12 +59,19 @@ impl MqttSettings {
             .set_inflight(self.max_inflight.max(1))
             // Room for the envelope around the largest payload we accept; bigger messages are
             // still read (and rejected as too_large by the decoder) up to 4x the limit.
-            .set_max_packet_size(self.max_payload_bytes.saturating_mul(4).max(16 * 1024), 256 * 1024);
+            .set_max_packet_size(
+                self.max_payload_bytes.saturating_mul(4).max(16 * 1024),
+                256 * 1024,
+            );
         if let Some((user, pass)) = &self.credentials {
             o.set_credentials(user, pass);
         }
         if let Some(ca) = &self.tls_ca {
-            o.set_transport(Transport::Tls(TlsConfiguration::Simple { ca: ca.clone(), alpn: None, client_auth: None }));
+            o.set_transport(Transport::Tls(TlsConfiguration::Simple {
+                ca: ca.clone(),
+                alpn: None,
+                client_auth: None,
+            }));
         }
         o
     }
@@ -81,6 +91,7 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
     let appends = CancellationToken::new();
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
     let mut backoff = Duration::from_millis(100);
+    pipeline.metrics().set_mqtt_connected(false);
 
     loop {
         tokio::select! {
@@ -95,6 +106,7 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
                 }
                 Ok(Event::Incoming(Packet::ConnAck(c))) => {
                     backoff = Duration::from_millis(100);
+                    pipeline.metrics().set_mqtt_connected(true);
                     tracing::info!(host = %settings.host, port = settings.port, session_present = c.session_present, "connected to broker");
                     // Subscribe on every connect: cheap, and correct if the broker lost our session.
                     for topic in &settings.topics {
@@ -109,6 +121,7 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
                 Ok(_) => {}
                 Err(e) => {
                     pipeline.metrics().source_disconnects.fetch_add(1, Relaxed);
+                    pipeline.metrics().set_mqtt_connected(false);
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -149,24 +162,28 @@ impl UnsubscribeAll for AsyncClient {
     fn try_unsubscribe_all(&self, topics: &[String]) -> Result<(), rumqttc::ClientError> {
         // Unsubscribing does not end the persistent session; it only stops new deliveries while
         // we drain. The next start subscribes again.
-        topics.iter().try_for_each(|t| self.try_unsubscribe(t.as_str()))
+        topics
+            .iter()
+            .try_for_each(|t| self.try_unsubscribe(t.as_str()))
     }
 }
 
 /// Decodes and appends one message; resolves once it may be acked (or must not be).
-fn process(decoder: &MqttDecoder, pipeline: &Pipeline, publish: Publish, cancel: CancellationToken) -> Pending {
+fn process(
+    decoder: &MqttDecoder,
+    pipeline: &Pipeline,
+    publish: Publish,
+    cancel: CancellationToken,
+) -> Pending {
     let now = pipeline.now_ms();
-    let decoded = std::str::from_utf8(&publish.topic)
-        .map_err(|_| crate::decode::Reject::UnknownTopic)
-        .and_then(|topic| decoder.decode(topic, &publish.payload, now));
+    let decoded = decoder.decode(&publish.topic, &publish.payload, now);
     let pipeline = pipeline.clone();
     Box::pin(async move {
         let result = match decoded {
             Ok(readings) => pipeline.ingest(Source::Mqtt, readings, &cancel).await,
             Err(why) => {
                 // Poison is acked, or it would come back forever.
-                let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-                pipeline.reject(&topic, &publish.payload, &why);
+                pipeline.reject(&publish.topic, &publish.payload, &why);
                 Ok(())
             }
         };
@@ -182,7 +199,9 @@ fn ack(client: &AsyncClient, publish: &Publish, result: Result<(), IngestError>)
                 tracing::warn!(error = %e, pkid = publish.pkid, "could not queue PUBACK");
             }
         }
-        Err(e) => tracing::warn!(error = %e, pkid = publish.pkid, "message left unacknowledged; the broker will redeliver it"),
+        Err(e) => {
+            tracing::warn!(error = %e, pkid = publish.pkid, "message left unacknowledged; the broker will redeliver it")
+        }
     }
 }
 

@@ -43,23 +43,39 @@ pub enum IngestError {
 
 /// The wall clock in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Pipeline {
     /// Builds the pipeline and restores the alarm engine's persisted state.
-    pub fn new(buffer: Buffer, rules: Vec<Rule>, max_series: usize, metrics: Arc<IngestMetrics>) -> Pipeline {
+    pub fn new(
+        buffer: Buffer,
+        rules: Vec<Rule>,
+        max_series: usize,
+        metrics: Arc<IngestMetrics>,
+    ) -> Pipeline {
         let mut engine = Engine::new(rules, max_series);
         match buffer.consumer_meta(ENGINE_STATE_OWNER, ENGINE_STATE_KEY) {
             Ok(Some(bytes)) => match postcard::from_bytes(&bytes) {
                 Ok(snapshot) => engine.restore(snapshot),
-                Err(e) => tracing::error!(error = %e, "alarm state unreadable; starting with no active alarms"),
+                Err(e) => {
+                    tracing::error!(error = %e, "alarm state unreadable; starting with no active alarms")
+                }
             },
             Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "alarm state could not be read; starting with no active alarms"),
+            Err(e) => {
+                tracing::error!(error = %e, "alarm state could not be read; starting with no active alarms")
+            }
         }
-        Pipeline { buffer, engine: Arc::new(Mutex::new(engine)), metrics, clock: now_ms }
+        Pipeline {
+            buffer,
+            engine: Arc::new(Mutex::new(engine)),
+            metrics,
+            clock: now_ms,
+        }
     }
 
     pub fn metrics(&self) -> &Arc<IngestMetrics> {
@@ -76,9 +92,18 @@ impl Pipeline {
 
     /// Evaluates the rules and appends readings and alarm events durably. With the buffer full
     /// and set to block, waits (with backoff) until space returns or `cancel` fires.
-    pub async fn ingest(&self, source: Source, readings: Vec<Reading>, cancel: &CancellationToken) -> Result<(), IngestError> {
+    pub async fn ingest(
+        &self,
+        source: Source,
+        readings: Vec<Reading>,
+        cancel: &CancellationToken,
+    ) -> Result<(), IngestError> {
         let n = readings.len() as u64;
-        let mut records: Vec<Record> = self.evaluate(&readings).into_iter().map(Record::Alarm).collect();
+        let mut records: Vec<Record> = self
+            .evaluate(&readings)
+            .into_iter()
+            .map(Record::Alarm)
+            .collect();
         records.extend(readings.into_iter().map(Record::Reading));
         let mut wait = FULL_RETRY_MIN;
         let mut counted_block = false;
@@ -87,7 +112,9 @@ impl Pipeline {
                 Ok(_) => break,
                 Err(AppendError::Full { .. }) => {
                     if !counted_block {
-                        self.metrics.blocked_full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.metrics
+                            .blocked_full
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         counted_block = true;
                     }
                     tokio::select! {
@@ -109,10 +136,15 @@ impl Pipeline {
         let now = self.now_ms();
         let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
         let refused_before = engine.stats().series_refused;
-        let events: Vec<_> = readings.iter().flat_map(|r| engine.on_reading(r, now)).collect();
+        let events: Vec<_> = readings
+            .iter()
+            .flat_map(|r| engine.on_reading(r, now))
+            .collect();
         let refused = engine.stats().series_refused - refused_before;
         if refused > 0 {
-            self.metrics.alarm_series_refused.fetch_add(refused, std::sync::atomic::Ordering::Relaxed);
+            self.metrics
+                .alarm_series_refused
+                .fetch_add(refused, std::sync::atomic::Ordering::Relaxed);
         }
         if !events.is_empty() {
             self.persist_engine(&engine);
@@ -135,7 +167,10 @@ impl Pipeline {
             return Ok(());
         }
         self.note_events(&events);
-        self.buffer.append(events.into_iter().map(Record::Alarm).collect()).await.map(|_| ())
+        self.buffer
+            .append(events.into_iter().map(Record::Alarm).collect())
+            .await
+            .map(|_| ())
     }
 
     /// Saves the engine state now (periodically, and on shutdown), so silence tracking survives.
@@ -147,14 +182,20 @@ impl Pipeline {
     fn persist_engine(&self, engine: &Engine) {
         let result = postcard::to_stdvec(&engine.snapshot())
             .map_err(|e| e.to_string())
-            .and_then(|bytes| self.buffer.set_consumer_meta(ENGINE_STATE_OWNER, ENGINE_STATE_KEY, &bytes).map_err(|e| e.to_string()));
+            .and_then(|bytes| {
+                self.buffer
+                    .set_consumer_meta(ENGINE_STATE_OWNER, ENGINE_STATE_KEY, &bytes)
+                    .map_err(|e| e.to_string())
+            });
         if let Err(e) = result {
             tracing::error!(error = %e, "could not persist alarm state");
         }
     }
 
     fn note_events(&self, events: &[gateway_buffer::AlarmEvent]) {
-        self.metrics.alarm_events.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .alarm_events
+            .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for e in events {
             tracing::warn!(alarm = %e.alarm, device = %e.device, metric = %e.metric, state = ?e.state, value = e.value, "alarm");
         }
@@ -175,11 +216,17 @@ impl Pipeline {
     }
 
     pub fn active_alarms(&self) -> Vec<ActiveAlarm> {
-        self.engine.lock().unwrap_or_else(|p| p.into_inner()).active()
+        self.engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .active()
     }
 
     pub fn engine_stats(&self) -> EngineStats {
-        self.engine.lock().unwrap_or_else(|p| p.into_inner()).stats()
+        self.engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stats()
     }
 
     /// Swaps in new rules; states of unchanged rules are kept.

@@ -18,26 +18,58 @@ use Step::*;
 type Want = (&'static str, &'static str, &'static str, i64);
 
 fn above(name: &str, trigger: f64, clear: f64, for_s: u64, clear_for_s: u64) -> Rule {
-    let c = Condition::Threshold { above: Some(Band { trigger, clear }), below: None };
-    Rule::new(name, "*", "temperature", c, for_s, clear_for_s, Severity::Critical).unwrap()
+    let c = Condition::Threshold {
+        above: Some(Band { trigger, clear }),
+        below: None,
+    };
+    Rule::new(
+        name,
+        "*",
+        "temperature",
+        c,
+        for_s,
+        clear_for_s,
+        Severity::Critical,
+    )
+    .unwrap()
 }
 
 fn below(name: &str, trigger: f64, clear: f64) -> Rule {
-    let c = Condition::Threshold { above: None, below: Some(Band { trigger, clear }) };
+    let c = Condition::Threshold {
+        above: None,
+        below: Some(Band { trigger, clear }),
+    };
     Rule::new(name, "*", "temperature", c, 0, 0, Severity::Warning).unwrap()
 }
 
 fn rate(name: &str, per_s: f64) -> Rule {
-    Rule::new(name, "*", "pressure", Condition::Rate { above_per_s: per_s }, 0, 0, Severity::Warning).unwrap()
+    Rule::new(
+        name,
+        "*",
+        "pressure",
+        Condition::Rate { above_per_s: per_s },
+        0,
+        0,
+        Severity::Warning,
+    )
+    .unwrap()
 }
 
 fn silent(name: &str, no_data_s: i64) -> Rule {
-    let c = Condition::Silence { no_data_ms: no_data_s * 1000 };
+    let c = Condition::Silence {
+        no_data_ms: no_data_s * 1000,
+    };
     Rule::new(name, "*", "*", c, 0, 0, Severity::Warning).unwrap()
 }
 
 fn globbed(name: &str, device: &str, metric: &str) -> Rule {
-    let c = Condition::Threshold { above: Some(Band { trigger: 35.0, clear: 33.0 }), below: None };
+    let c = Condition::Threshold {
+        above: Some(Band {
+            trigger: 35.0,
+            clear: 33.0,
+        }),
+        below: None,
+    };
     Rule::new(name, device, metric, c, 0, 0, Severity::Info).unwrap()
 }
 
@@ -57,7 +89,9 @@ fn play(engine: &mut Engine, steps: &[Step]) -> Vec<AlarmEvent> {
     for step in steps {
         match *step {
             R(d, m, v, t) => out.extend(engine.on_reading(&reading(d, m, v, t), t * 1000)),
-            Late(d, m, v, ts, now) => out.extend(engine.on_reading(&reading(d, m, v, ts), now * 1000)),
+            Late(d, m, v, ts, now) => {
+                out.extend(engine.on_reading(&reading(d, m, v, ts), now * 1000))
+            }
             Tick(t) => out.extend(engine.tick(t * 1000)),
         }
     }
@@ -72,13 +106,20 @@ fn summary(events: &[AlarmEvent]) -> Vec<(String, String, String, i64)> {
                 AlarmState::Raised => "raised",
                 AlarmState::Cleared => "cleared",
             };
-            (state.to_owned(), e.alarm.clone(), e.device.clone(), e.ts_ms / 1000)
+            (
+                state.to_owned(),
+                e.alarm.clone(),
+                e.device.clone(),
+                e.ts_ms / 1000,
+            )
         })
         .collect()
 }
 
 fn want(w: &[Want]) -> Vec<(String, String, String, i64)> {
-    w.iter().map(|(s, a, d, t)| (s.to_string(), a.to_string(), d.to_string(), *t)).collect()
+    w.iter()
+        .map(|(s, a, d, t)| (s.to_string(), a.to_string(), d.to_string(), *t))
+        .collect()
 }
 
 const T: &str = "temperature";
@@ -90,19 +131,34 @@ fn scripted_cases() {
         (
             "above raises once and does not repeat while active",
             vec![above("hot", 35.0, 33.0, 0, 0)],
-            vec![R("d1", T, 34.0, 1), R("d1", T, 36.0, 2), R("d1", T, 37.0, 3), R("d1", T, 38.0, 4)],
+            vec![
+                R("d1", T, 34.0, 1),
+                R("d1", T, 36.0, 2),
+                R("d1", T, 37.0, 3),
+                R("d1", T, 38.0, 4),
+            ],
             vec![("raised", "hot", "d1", 2)],
         ),
         (
             "no flapping inside the hysteresis band",
             vec![above("hot", 35.0, 33.0, 0, 0)],
-            vec![R("d1", T, 36.0, 1), R("d1", T, 34.0, 2), R("d1", T, 35.5, 3), R("d1", T, 33.5, 4), R("d1", T, 36.0, 5)],
+            vec![
+                R("d1", T, 36.0, 1),
+                R("d1", T, 34.0, 2),
+                R("d1", T, 35.5, 3),
+                R("d1", T, 33.5, 4),
+                R("d1", T, 36.0, 5),
+            ],
             vec![("raised", "hot", "d1", 1)],
         ),
         (
             "clears once below the clear threshold",
             vec![above("hot", 35.0, 33.0, 0, 0)],
-            vec![R("d1", T, 36.0, 1), R("d1", T, 32.9, 2), R("d1", T, 31.0, 3)],
+            vec![
+                R("d1", T, 36.0, 1),
+                R("d1", T, 32.9, 2),
+                R("d1", T, 31.0, 3),
+            ],
             vec![("raised", "hot", "d1", 1), ("cleared", "hot", "d1", 2)],
         ),
         (
@@ -120,55 +176,112 @@ fn scripted_cases() {
         (
             "for_s raises only after the hold time",
             vec![above("hot", 35.0, 33.0, 10, 0)],
-            vec![R("d1", T, 36.0, 0), R("d1", T, 36.0, 5), R("d1", T, 36.0, 9), R("d1", T, 36.0, 10), R("d1", T, 36.0, 11)],
+            vec![
+                R("d1", T, 36.0, 0),
+                R("d1", T, 36.0, 5),
+                R("d1", T, 36.0, 9),
+                R("d1", T, 36.0, 10),
+                R("d1", T, 36.0, 11),
+            ],
             vec![("raised", "hot", "d1", 10)],
         ),
         (
             "for_s restarts when the condition is interrupted",
             vec![above("hot", 35.0, 33.0, 10, 0)],
-            vec![R("d1", T, 36.0, 0), R("d1", T, 34.0, 5), R("d1", T, 36.0, 6), R("d1", T, 36.0, 12), R("d1", T, 36.0, 16)],
+            vec![
+                R("d1", T, 36.0, 0),
+                R("d1", T, 34.0, 5),
+                R("d1", T, 36.0, 6),
+                R("d1", T, 36.0, 12),
+                R("d1", T, 36.0, 16),
+            ],
             vec![("raised", "hot", "d1", 16)],
         ),
         (
             "clear_for_s clears only after the clear hold time",
             vec![above("hot", 35.0, 33.0, 0, 10)],
-            vec![R("d1", T, 36.0, 0), R("d1", T, 30.0, 20), R("d1", T, 30.0, 25), R("d1", T, 30.0, 30)],
+            vec![
+                R("d1", T, 36.0, 0),
+                R("d1", T, 30.0, 20),
+                R("d1", T, 30.0, 25),
+                R("d1", T, 30.0, 30),
+            ],
             vec![("raised", "hot", "d1", 0), ("cleared", "hot", "d1", 30)],
         ),
         (
             "clear_for_s restarts when the value leaves the clear zone",
             vec![above("hot", 35.0, 33.0, 0, 10)],
-            vec![R("d1", T, 36.0, 0), R("d1", T, 30.0, 20), R("d1", T, 34.0, 25), R("d1", T, 30.0, 26), R("d1", T, 30.0, 35), R("d1", T, 30.0, 36)],
+            vec![
+                R("d1", T, 36.0, 0),
+                R("d1", T, 30.0, 20),
+                R("d1", T, 34.0, 25),
+                R("d1", T, 30.0, 26),
+                R("d1", T, 30.0, 35),
+                R("d1", T, 30.0, 36),
+            ],
             vec![("raised", "hot", "d1", 0), ("cleared", "hot", "d1", 36)],
         ),
         (
             "below raises and clears above its clear threshold",
             vec![below("freezing", 0.0, 1.0)],
-            vec![R("d1", T, 2.0, 0), R("d1", T, -1.0, 1), R("d1", T, 0.5, 2), R("d1", T, -3.0, 3), R("d1", T, 1.5, 4)],
-            vec![("raised", "freezing", "d1", 1), ("cleared", "freezing", "d1", 4)],
+            vec![
+                R("d1", T, 2.0, 0),
+                R("d1", T, -1.0, 1),
+                R("d1", T, 0.5, 2),
+                R("d1", T, -3.0, 3),
+                R("d1", T, 1.5, 4),
+            ],
+            vec![
+                ("raised", "freezing", "d1", 1),
+                ("cleared", "freezing", "d1", 4),
+            ],
         ),
         (
             "one rule with both bands raises on either side",
-            vec![Rule::new(
-                "band",
-                "*",
-                T,
-                Condition::Threshold {
-                    above: Some(Band { trigger: 30.0, clear: 28.0 }),
-                    below: Some(Band { trigger: 10.0, clear: 12.0 }),
-                },
-                0,
-                0,
-                Severity::Warning,
-            )
-            .unwrap()],
-            vec![R("d1", T, 35.0, 0), R("d1", T, 20.0, 1), R("d1", T, 5.0, 2), R("d1", T, 11.0, 3), R("d1", T, 20.0, 4)],
-            vec![("raised", "band", "d1", 0), ("cleared", "band", "d1", 1), ("raised", "band", "d1", 2), ("cleared", "band", "d1", 4)],
+            vec![
+                Rule::new(
+                    "band",
+                    "*",
+                    T,
+                    Condition::Threshold {
+                        above: Some(Band {
+                            trigger: 30.0,
+                            clear: 28.0,
+                        }),
+                        below: Some(Band {
+                            trigger: 10.0,
+                            clear: 12.0,
+                        }),
+                    },
+                    0,
+                    0,
+                    Severity::Warning,
+                )
+                .unwrap(),
+            ],
+            vec![
+                R("d1", T, 35.0, 0),
+                R("d1", T, 20.0, 1),
+                R("d1", T, 5.0, 2),
+                R("d1", T, 11.0, 3),
+                R("d1", T, 20.0, 4),
+            ],
+            vec![
+                ("raised", "band", "d1", 0),
+                ("cleared", "band", "d1", 1),
+                ("raised", "band", "d1", 2),
+                ("cleared", "band", "d1", 4),
+            ],
         ),
         (
             "a rising rate raises and a calm rate clears",
             vec![rate("jump", 5.0)],
-            vec![R("d1", P, 1000.0, 0), R("d1", P, 1001.0, 1), R("d1", P, 1010.0, 2), R("d1", P, 1012.0, 3)],
+            vec![
+                R("d1", P, 1000.0, 0),
+                R("d1", P, 1001.0, 1),
+                R("d1", P, 1010.0, 2),
+                R("d1", P, 1012.0, 3),
+            ],
             vec![("raised", "jump", "d1", 2), ("cleared", "jump", "d1", 3)],
         ),
         (
@@ -180,7 +293,11 @@ fn scripted_cases() {
         (
             "rates are per second, not per reading",
             vec![rate("jump", 5.0)],
-            vec![R("d1", P, 1000.0, 0), R("d1", P, 1040.0, 10), R("d1", P, 1060.0, 12)],
+            vec![
+                R("d1", P, 1000.0, 0),
+                R("d1", P, 1040.0, 10),
+                R("d1", P, 1060.0, 12),
+            ],
             vec![("raised", "jump", "d1", 12)],
         ),
         (
@@ -192,8 +309,20 @@ fn scripted_cases() {
         (
             "silence raises once on the clock and clears on the next reading",
             vec![silent("silent", 120)],
-            vec![R("d1", T, 20.0, 0), Tick(60), Tick(119), Tick(120), Tick(130), Tick(500), R("d1", T, 20.0, 501), Tick(502)],
-            vec![("raised", "silent", "d1", 120), ("cleared", "silent", "d1", 501)],
+            vec![
+                R("d1", T, 20.0, 0),
+                Tick(60),
+                Tick(119),
+                Tick(120),
+                Tick(130),
+                Tick(500),
+                R("d1", T, 20.0, 501),
+                Tick(502),
+            ],
+            vec![
+                ("raised", "silent", "d1", 120),
+                ("cleared", "silent", "d1", 501),
+            ],
         ),
         (
             "a series never seen is never silent",
@@ -204,14 +333,32 @@ fn scripted_cases() {
         (
             "silence is tracked per device and metric",
             vec![silent("silent", 10)],
-            vec![R("d1", T, 1.0, 0), R("d2", T, 1.0, 0), R("d2", T, 1.0, 8), Tick(10), Tick(18)],
-            vec![("raised", "silent", "d1", 10), ("raised", "silent", "d2", 18)],
+            vec![
+                R("d1", T, 1.0, 0),
+                R("d2", T, 1.0, 0),
+                R("d2", T, 1.0, 8),
+                Tick(10),
+                Tick(18),
+            ],
+            vec![
+                ("raised", "silent", "d1", 10),
+                ("raised", "silent", "d2", 18),
+            ],
         ),
         (
             "a device glob matches several devices independently",
             vec![globbed("hot", "dev-*", T)],
-            vec![R("dev-1", T, 36.0, 0), R("dev-2", T, 30.0, 1), R("dev-2", T, 36.0, 2), R("dev-1", T, 30.0, 3)],
-            vec![("raised", "hot", "dev-1", 0), ("raised", "hot", "dev-2", 2), ("cleared", "hot", "dev-1", 3)],
+            vec![
+                R("dev-1", T, 36.0, 0),
+                R("dev-2", T, 30.0, 1),
+                R("dev-2", T, 36.0, 2),
+                R("dev-1", T, 30.0, 3),
+            ],
+            vec![
+                ("raised", "hot", "dev-1", 0),
+                ("raised", "hot", "dev-2", 2),
+                ("cleared", "hot", "dev-1", 3),
+            ],
         ),
         (
             "devices outside the glob are ignored",
@@ -222,13 +369,22 @@ fn scripted_cases() {
         (
             "a metric glob matches several metrics as separate series",
             vec![globbed("hot", "*", "temp*")],
-            vec![R("d1", "temperature", 36.0, 0), R("d1", "temp_in", 36.0, 1), R("d1", "humidity", 99.0, 2)],
+            vec![
+                R("d1", "temperature", 36.0, 0),
+                R("d1", "temp_in", 36.0, 1),
+                R("d1", "humidity", 99.0, 2),
+            ],
             vec![("raised", "hot", "d1", 0), ("raised", "hot", "d1", 1)],
         ),
         (
             "an out-of-order reading neither clears nor raises",
             vec![above("hot", 35.0, 33.0, 0, 0)],
-            vec![R("d1", T, 36.0, 10), Late("d1", T, 20.0, 5, 11), R("d1", T, 34.0, 12), Late("d1", T, 20.0, 11, 13)],
+            vec![
+                R("d1", T, 36.0, 10),
+                Late("d1", T, 20.0, 5, 11),
+                R("d1", T, 34.0, 12),
+                Late("d1", T, 20.0, 11, 13),
+            ],
             vec![("raised", "hot", "d1", 10)],
         ),
         (
@@ -249,26 +405,43 @@ fn scripted_cases() {
 #[test]
 fn raised_events_carry_value_threshold_and_severity() {
     let mut engine = Engine::new(vec![above("overheat", 35.0, 33.0, 0, 0)], 10);
-    let events = play(&mut engine, &[R("dev-7", T, 36.2, 1), R("dev-7", T, 32.0, 2)]);
+    let events = play(
+        &mut engine,
+        &[R("dev-7", T, 36.2, 1), R("dev-7", T, 32.0, 2)],
+    );
     assert_eq!(events[0].value, 36.2);
     assert_eq!(events[0].threshold, Some(35.0));
     assert_eq!(events[0].severity, Severity::Critical);
     assert_eq!(events[0].metric, "temperature");
-    assert_eq!(events[1].threshold, Some(33.0), "a clear reports the clear threshold");
+    assert_eq!(
+        events[1].threshold,
+        Some(33.0),
+        "a clear reports the clear threshold"
+    );
 }
 
 #[test]
 fn a_restart_neither_repeats_a_raise_nor_forgets_an_active_alarm() {
     let rules = || vec![above("hot", 35.0, 33.0, 10, 0)];
     let mut engine = Engine::new(rules(), 10);
-    assert_eq!(play(&mut engine, &[R("d1", T, 36.0, 0), R("d1", T, 36.0, 10)]).len(), 1);
+    assert_eq!(
+        play(&mut engine, &[R("d1", T, 36.0, 0), R("d1", T, 36.0, 10)]).len(),
+        1
+    );
     play(&mut engine, &[R("d2", T, 36.0, 20)]); // d2 pending since 20
     let bytes = postcard::to_stdvec(&engine.snapshot()).unwrap();
 
     let mut restarted = Engine::new(rules(), 10);
     restarted.restore(postcard::from_bytes(&bytes).unwrap());
     assert_eq!(restarted.active().len(), 1);
-    let events = play(&mut restarted, &[R("d1", T, 37.0, 40), R("d2", T, 36.0, 30), R("d1", T, 30.0, 41)]);
+    let events = play(
+        &mut restarted,
+        &[
+            R("d1", T, 37.0, 40),
+            R("d2", T, 36.0, 30),
+            R("d1", T, 30.0, 41),
+        ],
+    );
     assert_eq!(
         summary(&events),
         want(&[("raised", "hot", "d2", 30), ("cleared", "hot", "d1", 41)]),
@@ -278,24 +451,44 @@ fn a_restart_neither_repeats_a_raise_nor_forgets_an_active_alarm() {
 
 #[test]
 fn reload_keeps_states_of_unchanged_rules_and_resets_changed_ones() {
-    let mut engine = Engine::new(vec![above("hot", 35.0, 33.0, 0, 0), below("cold", 0.0, 1.0)], 10);
+    let mut engine = Engine::new(
+        vec![above("hot", 35.0, 33.0, 0, 0), below("cold", 0.0, 1.0)],
+        10,
+    );
     play(&mut engine, &[R("d1", T, 36.0, 0)]);
     play(&mut engine, &[R("d2", T, -5.0, 0)]);
     assert_eq!(engine.active().len(), 2);
 
-    engine.reload(vec![above("hot", 35.0, 33.0, 0, 0), below("cold", -10.0, -9.0)]);
+    engine.reload(vec![
+        above("hot", 35.0, 33.0, 0, 0),
+        below("cold", -10.0, -9.0),
+    ]);
     let active: Vec<String> = engine.active().into_iter().map(|a| a.alarm).collect();
     assert_eq!(active, ["hot"], "the changed rule starts afresh");
-    assert!(play(&mut engine, &[R("d1", T, 37.0, 1)]).is_empty(), "no repeat of the kept alarm");
+    assert!(
+        play(&mut engine, &[R("d1", T, 37.0, 1)]).is_empty(),
+        "no repeat of the kept alarm"
+    );
 }
 
 #[test]
 fn series_past_the_bound_are_refused_and_counted() {
     let mut engine = Engine::new(vec![above("hot", 35.0, 33.0, 0, 0)], 2);
-    let events = play(&mut engine, &[R("d1", T, 36.0, 0), R("d2", T, 36.0, 0), R("d3", T, 36.0, 0), R("d3", T, 36.0, 1)]);
+    let events = play(
+        &mut engine,
+        &[
+            R("d1", T, 36.0, 0),
+            R("d2", T, 36.0, 0),
+            R("d3", T, 36.0, 0),
+            R("d3", T, 36.0, 1),
+        ],
+    );
     assert_eq!(events.len(), 2);
     let stats = engine.stats();
-    assert_eq!((stats.series, stats.series_refused, stats.raised), (2, 2, 2));
+    assert_eq!(
+        (stats.series, stats.series_refused, stats.raised),
+        (2, 2, 2)
+    );
 }
 
 #[test]
@@ -304,6 +497,12 @@ fn active_alarms_are_listed_with_their_start() {
     play(&mut engine, &[R("d1", T, 36.0, 3), Tick(9)]);
     let active = engine.active();
     assert_eq!(active.len(), 2);
-    assert_eq!((active[0].alarm.as_str(), active[0].since_ms), ("hot", 3000));
-    assert_eq!((active[1].alarm.as_str(), active[1].since_ms), ("quiet", 9000));
+    assert_eq!(
+        (active[0].alarm.as_str(), active[0].since_ms),
+        ("hot", 3000)
+    );
+    assert_eq!(
+        (active[1].alarm.as_str(), active[1].since_ms),
+        ("quiet", 9000)
+    );
 }

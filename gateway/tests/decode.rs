@@ -14,7 +14,14 @@ fn serial() -> SerialDecoder {
     SerialDecoder::new("uart-0")
 }
 
-fn r(device: &str, metric: &str, value: f64, unit: Option<&str>, ts_ms: i64, source: Source) -> Reading {
+fn r(
+    device: &str,
+    metric: &str,
+    value: f64,
+    unit: Option<&str>,
+    ts_ms: i64,
+    source: Source,
+) -> Reading {
     Reading {
         device: device.into(),
         metric: metric.into(),
@@ -35,7 +42,9 @@ fn s(device: &str, metric: &str, value: f64, ts_ms: i64) -> Reading {
 
 #[test]
 fn a_bare_number_takes_device_and_metric_from_the_topic_and_the_receive_time() {
-    let got = mqtt().decode("sensors/dev-7/temperature", b"21.5", NOW).unwrap();
+    let got = mqtt()
+        .decode("sensors/dev-7/temperature", b"21.5", NOW)
+        .unwrap();
     assert_eq!(got, [m("dev-7", "temperature", 21.5, None, NOW)]);
 }
 
@@ -43,7 +52,16 @@ fn a_bare_number_takes_device_and_metric_from_the_topic_and_the_receive_time() {
 fn a_one_metric_object_keeps_its_ts_and_unit() {
     let p = br#"{"value": 21.5, "ts": 1764081600123, "unit": "C"}"#;
     let got = mqtt().decode("sensors/dev-7/temperature", p, NOW).unwrap();
-    assert_eq!(got, [m("dev-7", "temperature", 21.5, Some("C"), 1_764_081_600_123)]);
+    assert_eq!(
+        got,
+        [m(
+            "dev-7",
+            "temperature",
+            21.5,
+            Some("C"),
+            1_764_081_600_123
+        )]
+    );
 }
 
 #[test]
@@ -76,12 +94,17 @@ fn a_senml_pack_takes_names_from_base_name_and_times_in_seconds() {
 fn senml_relative_times_and_base_units_and_values_apply() {
     let p = br#"[{"bn":"dev-1/","bu":"Pa","bv":100000,"n":"pressure","v":13,"t":-2}]"#;
     let got = mqtt().decode("sensors/dev-1", p, NOW).unwrap();
-    assert_eq!(got, [m("dev-1", "pressure", 100_013.0, Some("Pa"), NOW - 2000)]);
+    assert_eq!(
+        got,
+        [m("dev-1", "pressure", 100_013.0, Some("Pa"), NOW - 2000)]
+    );
 }
 
 #[test]
 fn a_senml_name_without_slash_belongs_to_the_topic_device() {
-    let got = mqtt().decode("sensors/dev-2", br#"[{"n":"co2","v":415}]"#, NOW).unwrap();
+    let got = mqtt()
+        .decode("sensors/dev-2", br#"[{"n":"co2","v":415}]"#, NOW)
+        .unwrap();
     assert_eq!(got, [m("dev-2", "co2", 415.0, None, NOW)]);
 }
 
@@ -96,26 +119,45 @@ fn an_rfc3339_ts_is_accepted() {
 fn csv_lines_with_and_without_ts_and_device() {
     let d = serial();
     assert_eq!(
-        d.decode(b"dev-3,temperature,21.5,1764081600123", NOW).unwrap(),
+        d.decode(b"dev-3,temperature,21.5,1764081600123", NOW)
+            .unwrap(),
         [s("dev-3", "temperature", 21.5, 1_764_081_600_123)]
     );
-    assert_eq!(d.decode(b"dev-3,humidity,40.2", NOW).unwrap(), [s("dev-3", "humidity", 40.2, NOW)]);
-    assert_eq!(d.decode(b"humidity,40.2", NOW).unwrap(), [s("uart-0", "humidity", 40.2, NOW)]);
-    assert_eq!(d.decode(b"humidity,40.2,17", NOW).unwrap(), [s("uart-0", "humidity", 40.2, 17)]);
+    assert_eq!(
+        d.decode(b"dev-3,humidity,40.2", NOW).unwrap(),
+        [s("dev-3", "humidity", 40.2, NOW)]
+    );
+    assert_eq!(
+        d.decode(b"humidity,40.2", NOW).unwrap(),
+        [s("uart-0", "humidity", 40.2, NOW)]
+    );
+    assert_eq!(
+        d.decode(b"humidity,40.2,17", NOW).unwrap(),
+        [s("uart-0", "humidity", 40.2, 17)]
+    );
 }
 
 #[test]
 fn json_lines_one_metric_and_several() {
     let d = serial();
     let one = br#"{"device":"dev-3","metric":"temperature","value":21.5,"ts":1764081600123}"#;
-    assert_eq!(d.decode(one, NOW).unwrap(), [s("dev-3", "temperature", 21.5, 1_764_081_600_123)]);
+    assert_eq!(
+        d.decode(one, NOW).unwrap(),
+        [s("dev-3", "temperature", 21.5, 1_764_081_600_123)]
+    );
     let many = br#"{"device":"dev-3","ts":1764081600123,"temperature":21.5,"humidity":40.2}"#;
     assert_eq!(
         d.decode(many, NOW).unwrap(),
-        [s("dev-3", "temperature", 21.5, 1_764_081_600_123), s("dev-3", "humidity", 40.2, 1_764_081_600_123)]
+        [
+            s("dev-3", "temperature", 21.5, 1_764_081_600_123),
+            s("dev-3", "humidity", 40.2, 1_764_081_600_123)
+        ]
     );
     let no_device = br#"{"metric":"temperature","value":3}"#;
-    assert_eq!(d.decode(no_device, NOW).unwrap(), [s("uart-0", "temperature", 3.0, NOW)]);
+    assert_eq!(
+        d.decode(no_device, NOW).unwrap(),
+        [s("uart-0", "temperature", 3.0, NOW)]
+    );
 }
 
 #[test]
@@ -143,9 +185,17 @@ fn malformed_inputs_map_to_their_reasons() {
         ("sensors/dev-7", br#"{"ts": 1764081600123}"#, "no_value"),
         ("sensors/dev-7", br#"{}"#, "no_value"),
         ("sensors/dev-7", br#"[{"n":"dev-7/t"}]"#, "no_value"),
-        ("sensors/dev-7/t", br#"{"value": 1, "ts": "yesterday"}"#, "bad_ts"),
+        (
+            "sensors/dev-7/t",
+            br#"{"value": 1, "ts": "yesterday"}"#,
+            "bad_ts",
+        ),
         ("sensors/dev-7/t", br#"{"value": 1, "ts": [1]}"#, "bad_ts"),
-        ("sensors/dev-7", br#"[{"n":"dev-7/t","v":1,"t":"now"}]"#, "bad_ts"),
+        (
+            "sensors/dev-7",
+            br#"[{"n":"dev-7/t","v":1,"t":"now"}]"#,
+            "bad_ts",
+        ),
         ("other/dev-7/t", b"21.5", "unknown_topic"),
         ("sensors/dev-7/t/extra", b"21.5", "unknown_topic"),
         ("sensors//t", b"21.5", "unknown_topic"),
@@ -158,8 +208,15 @@ fn malformed_inputs_map_to_their_reasons() {
         ("sensors/dev-7", b"[]", "empty"),
     ];
     for (topic, payload, want) in mqtt_cases {
-        let got = mqtt().decode(topic, payload, NOW).expect_err(&format!("{topic} {payload:?}"));
-        assert_eq!(got.reason(), *want, "{topic} {:?}: {got}", String::from_utf8_lossy(payload));
+        let got = mqtt()
+            .decode(topic, payload, NOW)
+            .expect_err(&format!("{topic} {payload:?}"));
+        assert_eq!(
+            got.reason(),
+            *want,
+            "{topic} {:?}: {got}",
+            String::from_utf8_lossy(payload)
+        );
     }
     let line_cases: &[(&[u8], &str)] = &[
         (b"dev-3,temperature,21.5*00", "bad_checksum"),
@@ -175,7 +232,12 @@ fn malformed_inputs_map_to_their_reasons() {
     ];
     for (line, want) in line_cases {
         let got = serial().decode(line, NOW).expect_err(&format!("{line:?}"));
-        assert_eq!(got.reason(), *want, "{:?}: {got}", String::from_utf8_lossy(line));
+        assert_eq!(
+            got.reason(),
+            *want,
+            "{:?}: {got}",
+            String::from_utf8_lossy(line)
+        );
     }
     assert!(mqtt_cases.len() + line_cases.len() >= 25);
 }

@@ -1,0 +1,379 @@
+//! `gateway run`: wires sources → alarm engine → buffer → forwarder as tasks under one
+//! cancellation protocol, and takes them down in the order that loses nothing.
+//!
+//! Shutdown order: stop the sources (they finish their appends and send those acks), then give
+//! the forwarder `shutdown_grace_s` to deliver what it has in flight, then let the committer
+//! commit anything still queued and flush the buffer.
+
+use crate::admin::{self, AdminState};
+use crate::alarm::{Band, Condition, Rule, RuleError};
+use crate::mqtt::MqttSettings;
+use crate::pipeline::Pipeline;
+use crate::serial::SerialSettings;
+use crate::{broker, demo, local_alarms, metrics::IngestMetrics, mqtt, serial};
+use gateway_buffer::{Buffer, BufferOptions, Severity, SystemClock};
+use gateway_config::{AlarmCondition, Config, MqttMode};
+use gateway_forwarder::{Forwarder, ForwarderOptions, RetryPolicy};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How `run` was asked to run, beyond the config.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// The file the config came from, re-read on reload. `None`: built-in defaults.
+    pub config_path: Option<PathBuf>,
+    /// Start the demo receiver on `upstream.url` (a stand-in for the cloud).
+    pub demo_receiver: bool,
+    /// Fires on SIGHUP (or anything else that wants the rules re-read).
+    pub reload: Option<tokio::sync::mpsc::Receiver<()>>,
+}
+
+/// Why the gateway could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The buffer could not be opened (`data_dir`).
+    #[error("buffer in {dir}: {source}")]
+    Buffer {
+        dir: PathBuf,
+        source: gateway_buffer::BufferError,
+    },
+    /// An alarm rule could not be built.
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    /// The embedded broker could not start.
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    /// The forwarder could not be built from `[upstream]`.
+    #[error("upstream: {0}")]
+    Forwarder(#[from] gateway_forwarder::ForwarderError),
+    /// The admin or demo listener could not bind.
+    #[error("{what} {addr}: cannot listen: {source}")]
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The MQTT CA file could not be read.
+    #[error("mqtt.ca_file {path}: {source}")]
+    CaFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A task that must not stop (the buffer's committer, the forwarder) failed.
+    #[error("{task} failed: {reason}")]
+    TaskFailed { task: &'static str, reason: String },
+}
+
+/// The alarm rules of a config, ready for the engine.
+pub fn rules_from_config(config: &Config) -> Result<Vec<Rule>, RuleError> {
+    config
+        .alarm
+        .iter()
+        .map(|a| {
+            let band = |l: gateway_config::Limit| Band {
+                trigger: l.trigger,
+                clear: l.clear,
+            };
+            let condition = match a.condition {
+                AlarmCondition::Threshold { above, below } => Condition::Threshold {
+                    above: above.map(band),
+                    below: below.map(band),
+                },
+                AlarmCondition::Rate { rate_above_per_s } => Condition::Rate {
+                    above_per_s: rate_above_per_s,
+                },
+                AlarmCondition::NoData { no_data_s } => Condition::Silence {
+                    no_data_ms: i64::try_from(no_data_s.saturating_mul(1000)).unwrap_or(i64::MAX),
+                },
+            };
+            let severity = match a.severity {
+                gateway_config::Severity::Info => Severity::Info,
+                gateway_config::Severity::Warning => Severity::Warning,
+                gateway_config::Severity::Critical => Severity::Critical,
+            };
+            Rule::new(
+                &a.name,
+                &a.device,
+                &a.metric,
+                condition,
+                a.for_s,
+                a.clear_for_s,
+                severity,
+            )
+        })
+        .collect()
+}
+
+/// The buffer's options from the config.
+pub fn buffer_options(config: &Config) -> BufferOptions {
+    let mut consumers = vec![gateway_forwarder::CONSUMER.to_owned()];
+    if config.mqtt.mode != MqttMode::Disabled {
+        consumers.push(local_alarms::CONSUMER.to_owned());
+    }
+    BufferOptions {
+        dir: config.data_dir.join("buffer"),
+        readings_max_bytes: config.buffer.max_bytes,
+        alarms_max_bytes: config.buffer.alarm_max_bytes,
+        when_full: match config.buffer.when_full {
+            gateway_config::WhenFull::DropOldest => gateway_buffer::WhenFull::DropOldest,
+            gateway_config::WhenFull::Block => gateway_buffer::WhenFull::Block,
+        },
+        max_age_s: config.buffer.max_age_s,
+        commit_interval_ms: config.buffer.commit_interval_ms,
+        commit_max_records: config.buffer.commit_max_records,
+        cache_capacity_bytes: config.buffer.cache_capacity_bytes,
+        dead_letter_max_bytes: config.buffer.dead_letter_max_bytes,
+        consumers,
+        clock: Arc::new(SystemClock),
+    }
+}
+
+/// The forwarder's options from the config.
+pub fn forwarder_options(config: &Config) -> ForwarderOptions {
+    let up = &config.upstream;
+    let mut o = ForwarderOptions::new(&config.gateway_id, up.url.as_str());
+    o.bearer_token = up.bearer_token.as_ref().map(|s| s.expose().to_owned());
+    o.ca_file = up.ca_file.clone();
+    o.batch_max_records = up.batch_max_records;
+    o.batch_max_bytes = up.batch_max_bytes;
+    o.linger = Duration::from_millis(up.linger_ms);
+    o.compression = match up.compression {
+        gateway_config::Compression::Gzip => gateway_forwarder::Compression::Gzip,
+        gateway_config::Compression::None => gateway_forwarder::Compression::None,
+    };
+    o.timeout = Duration::from_millis(up.timeout_ms);
+    o.retry_initial = Duration::from_millis(up.retry_initial_ms);
+    o.retry_max = Duration::from_millis(up.retry_max_ms);
+    o.max_in_flight = up.max_in_flight;
+    o.retry_policy = RetryPolicy::new(up.retry_on_status.iter().copied(), up.retry_on_5xx);
+    o
+}
+
+/// Where the gateway's own MQTT clients connect, from the config (`None`: MQTT disabled).
+fn mqtt_settings(
+    config: &Config,
+    embedded: Option<SocketAddr>,
+) -> Result<Option<MqttSettings>, RunError> {
+    let m = &config.mqtt;
+    let (host, port, tls) = match (m.mode, embedded) {
+        (MqttMode::Disabled, _) => return Ok(None),
+        (MqttMode::Embedded, Some(addr)) => {
+            let ip = if addr.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                addr.ip().to_string()
+            };
+            (ip, addr.port(), false)
+        }
+        _ => (m.broker_host().to_owned(), m.broker_port(), m.uses_tls()),
+    };
+    let tls_ca = match (&m.ca_file, tls) {
+        (Some(path), true) => Some(std::fs::read(path).map_err(|source| RunError::CaFile {
+            path: path.clone(),
+            source,
+        })?),
+        _ => None,
+    };
+    let credentials = m.username.as_ref().map(|u| {
+        (
+            u.clone(),
+            m.password
+                .as_ref()
+                .map(|p| p.expose().to_owned())
+                .unwrap_or_default(),
+        )
+    });
+    Ok(Some(MqttSettings {
+        host,
+        port,
+        tls_ca,
+        client_id: m.client_id.clone(),
+        credentials,
+        topics: m.topics.clone(),
+        templates: m
+            .topic_templates
+            .iter()
+            .map(|t| t.as_str().to_owned())
+            .collect(),
+        max_inflight: m.max_inflight,
+        max_payload_bytes: m.max_payload_bytes,
+        keep_alive: Duration::from_secs(u64::from(m.keep_alive_s)),
+        reconnect_max: Duration::from_millis(m.reconnect_max_ms),
+    }))
+}
+
+/// Runs the gateway until `shutdown` resolves, then stops it cleanly. `Ok` means everything
+/// that was acknowledged to a source is durable and the buffer is flushed.
+pub async fn run(
+    config: Config,
+    mut options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let dir = config.data_dir.join("buffer");
+    let (buffer, committer) =
+        Buffer::open(buffer_options(&config)).map_err(|source| RunError::Buffer {
+            dir: dir.clone(),
+            source,
+        })?;
+    let rules = rules_from_config(&config)?;
+    let metrics = Arc::new(IngestMetrics::default());
+    let pipeline = Pipeline::new(buffer.clone(), rules, config.alarm_max_series, metrics);
+
+    // Tokens in shutdown order: sources first, then the forwarder and sinks, the committer last.
+    let sources = CancellationToken::new();
+    let sinks = CancellationToken::new();
+    let storage = CancellationToken::new();
+    let source_tasks = TaskTracker::new();
+    let sink_tasks = TaskTracker::new();
+    // A task that must not stop reports here; the gateway then shuts down with its error.
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<RunError>(4);
+
+    let committer_task = {
+        let storage = storage.clone();
+        let fatal = fatal_tx.clone();
+        tokio::spawn(async move {
+            let result = committer.run(storage.clone()).await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "buffer committer: final flush failed");
+            }
+            // Before shutdown it returns only if something is broken.
+            if !storage.is_cancelled() {
+                let reason = result
+                    .err()
+                    .map_or_else(|| "stopped".to_owned(), |e| e.to_string());
+                let _ = fatal.try_send(RunError::TaskFailed {
+                    task: "buffer committer",
+                    reason,
+                });
+            }
+        })
+    };
+
+    let embedded = match config.mqtt.mode {
+        MqttMode::Embedded => {
+            Some(broker::start(config.mqtt.embedded_listen, config.mqtt.max_payload_bytes).await?)
+        }
+        _ => None,
+    };
+    let mqtt = mqtt_settings(&config, embedded)?;
+    if let Some(settings) = &mqtt {
+        source_tasks.spawn(mqtt::run(
+            settings.clone(),
+            pipeline.clone(),
+            sources.clone(),
+        ));
+        sink_tasks.spawn(local_alarms::run(
+            settings.clone(),
+            buffer.clone(),
+            sinks.clone(),
+        ));
+    }
+    for port in &config.serial {
+        let settings = SerialSettings {
+            port: port.port.clone(),
+            baud: port.baud,
+            device: port.device.clone(),
+            max_line_bytes: port.max_line_bytes,
+            reopen_max: Duration::from_millis(port.reopen_max_ms),
+        };
+        source_tasks.spawn(serial::run(settings, pipeline.clone(), sources.clone()));
+    }
+    source_tasks.spawn(alarm_clock(pipeline.clone(), sources.clone()));
+
+    if options.demo_receiver {
+        demo::start(&config.upstream.url).await?;
+    }
+    let (forwarder, driver) = Forwarder::new(buffer.clone(), forwarder_options(&config))?;
+    let grace = Duration::from_secs(config.shutdown_grace_s);
+    let forwarder_task = {
+        let sinks = sinks.clone();
+        let fatal = fatal_tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = driver.run(sinks.clone(), grace).await {
+                let _ = fatal.try_send(RunError::TaskFailed {
+                    task: "forwarder",
+                    reason: e.to_string(),
+                });
+            }
+        })
+    };
+
+    let admin_state = AdminState::new(
+        &config,
+        pipeline.clone(),
+        forwarder,
+        options.config_path.clone(),
+    );
+    let admin_addr = admin::serve(config.admin.listen, admin_state.clone(), sinks.clone()).await?;
+    tracing::info!(gateway_id = %config.gateway_id, admin = %admin_addr, data_dir = %config.data_dir.display(), "gateway running");
+
+    // Wait for the end, reloading rules on request meanwhile.
+    tokio::pin!(shutdown);
+    let mut reload = options.reload.take();
+    let failure = loop {
+        tokio::select! {
+            _ = &mut shutdown => break None,
+            Some(e) = fatal_rx.recv() => break Some(e),
+            Some(()) = async { match reload.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                match admin_state.reload() {
+                    Ok(msg) => tracing::info!("{msg}"),
+                    Err(msg) => tracing::error!("{msg}"),
+                }
+            }
+        }
+    };
+    if let Some(e) = &failure {
+        tracing::error!(error = %e, "stopping after a failure");
+    }
+
+    tracing::info!("stopping: sources first");
+    sources.cancel();
+    source_tasks.close();
+    // Sources end promptly: they only finish the appends in progress and send those acks.
+    let _ = tokio::time::timeout(grace, source_tasks.wait()).await;
+    pipeline.save_engine_state();
+    tracing::info!(
+        grace_s = grace.as_secs(),
+        "stopping: forwarder delivers what it can"
+    );
+    sinks.cancel();
+    let _ = tokio::time::timeout(grace + Duration::from_secs(1), forwarder_task).await;
+    sink_tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), sink_tasks.wait()).await;
+    storage.cancel();
+    let _ = committer_task.await;
+    if let Err(e) = buffer.flush().await {
+        tracing::error!(error = %e, "final buffer flush failed");
+    }
+    tracing::info!("stopped");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Silence rules on the clock, and a periodic save of the engine state (last-seen times).
+async fn alarm_clock(pipeline: Pipeline, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {
+                if let Err(e) = pipeline.tick().await {
+                    tracing::error!(error = %e, "silence alarms could not be stored");
+                }
+                n += 1;
+                if n.is_multiple_of(10) {
+                    pipeline.save_engine_state();
+                }
+            }
+        }
+    }
+}

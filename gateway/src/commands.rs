@@ -1,0 +1,267 @@
+//! The one-shot subcommands: `status` and `dead-letters list|replay`.
+
+use crate::app::buffer_options;
+use crate::decode::{MqttDecoder, SerialDecoder};
+use gateway_buffer::{Buffer, DeadPayload, Record, Source};
+use gateway_config::Config;
+use serde_json::Value;
+use std::fmt::Write as _;
+use tokio_util::sync::CancellationToken;
+
+/// A one-shot command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The buffer could not be opened; most often the gateway is running and holds its lock.
+    #[error("cannot open the buffer in {dir} (is the gateway running? stop it first): {source}")]
+    Buffer {
+        dir: String,
+        source: gateway_buffer::BufferError,
+    },
+    /// Reading or replaying a dead letter failed.
+    #[error("dead letters: {0}")]
+    DeadLetters(String),
+    /// The admin API did not answer as expected.
+    #[error("admin API at {url}: {reason}")]
+    Admin { url: String, reason: String },
+}
+
+/// Fetches `/status` from a running gateway.
+pub async fn fetch_status(admin: &str, token: Option<&str>) -> Result<Value, CommandError> {
+    let url = format!("{}/status", admin.trim_end_matches('/'));
+    let err = |reason: String| CommandError::Admin {
+        url: url.clone(),
+        reason,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    let mut req = client.get(&url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| err(format!("no answer ({e}); is the gateway running?")))?;
+    if !resp.status().is_success() {
+        return Err(err(format!("HTTP {}", resp.status())));
+    }
+    let body = resp.bytes().await.map_err(|e| err(e.to_string()))?;
+    serde_json::from_slice(&body).map_err(|e| err(format!("not JSON: {e}")))
+}
+
+/// A terminal summary of `/status`.
+pub fn render_status(s: &Value) -> String {
+    let mut out = String::new();
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "gateway {} (v{}), up {} s",
+        s["gateway_id"].as_str().unwrap_or("?"),
+        s["version"].as_str().unwrap_or("?"),
+        n(&s["uptime_s"])
+    );
+    let i = &s["ingest"];
+    let _ = writeln!(
+        out,
+        "ingest:    {} readings over MQTT ({}), {} over serial; {} rejected",
+        n(&i["readings"]["mqtt"]),
+        if i["mqtt_connected"].as_bool() == Some(true) {
+            "connected"
+        } else {
+            "not connected"
+        },
+        n(&i["readings"]["serial"]),
+        n(&i["rejected_total"])
+    );
+    for lane in ["alarms", "readings"] {
+        let l = &s["buffer"]["lanes"][lane];
+        let age = l["oldest_age_s"]
+            .as_f64()
+            .map_or("-".to_owned(), |a| format!("{a:.1} s"));
+        let _ = writeln!(
+            out,
+            "buffer:    {lane:<8} {} records, {} bytes, oldest {age}; dropped {}, expired {}",
+            n(&l["records"]),
+            n(&l["bytes"]),
+            n(&l["dropped"]),
+            n(&l["expired"])
+        );
+    }
+    let u = &s["upstream"];
+    let _ = writeln!(
+        out,
+        "upstream:  {} (backoff {} ms); {} batches sent, {} readings and {} alarms delivered, {} retries{}",
+        u["state"].as_str().unwrap_or("?"),
+        n(&u["backoff_ms"]),
+        n(&u["batches_sent"]),
+        n(&u["records_delivered"]["readings"]),
+        n(&u["records_delivered"]["alarms"]),
+        n(&u["retries"]),
+        u["last_error"]
+            .as_str()
+            .map(|e| format!("; last error: {e}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "dead:      {} dead letters",
+        n(&s["buffer"]["dead_letters"]["count"])
+    );
+    let active = s["alarms"]["active"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let _ = writeln!(out, "alarms:    {} active", active.len());
+    for a in active {
+        let _ = writeln!(
+            out,
+            "  {:<9} {} on {}/{} since {}",
+            a["severity"].as_str().unwrap_or("?"),
+            a["alarm"].as_str().unwrap_or("?"),
+            a["device"].as_str().unwrap_or("?"),
+            a["metric"].as_str().unwrap_or("?"),
+            a["since_ms"]
+        );
+    }
+    out
+}
+
+/// Opens the buffer of a stopped gateway and runs `f` with it, committer running.
+async fn with_buffer<T>(
+    config: &Config,
+    f: impl AsyncFnOnce(&Buffer) -> Result<T, CommandError>,
+) -> Result<T, CommandError> {
+    let opts = buffer_options(config);
+    let dir = opts.dir.display().to_string();
+    let (buffer, committer) =
+        Buffer::open(opts).map_err(|source| CommandError::Buffer { dir, source })?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(committer.run(stop.clone()));
+    let result = f(&buffer).await;
+    let _ = buffer.flush().await;
+    stop.cancel();
+    let _ = task.await;
+    result
+}
+
+/// `dead-letters list`: one line per dead letter, oldest first.
+pub async fn list_dead_letters(config: &Config) -> Result<String, CommandError> {
+    with_buffer(config, async |buffer: &Buffer| {
+        let mut out = String::new();
+        let mut after = None;
+        loop {
+            let page = buffer
+                .dead_letters()
+                .list(500, after)
+                .map_err(|e| CommandError::DeadLetters(e.to_string()))?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            for d in &page {
+                let what = match &d.payload {
+                    DeadPayload::Raw(bytes) => format!("{} bytes: {}", bytes.len(), preview(bytes)),
+                    DeadPayload::Records { lane, records } => format!(
+                        "{} {} records, seq {}-{}",
+                        records.len(),
+                        lane.as_str(),
+                        records.first().map_or(0, |r| r.seq),
+                        records.last().map_or(0, |r| r.seq)
+                    ),
+                };
+                let _ = writeln!(
+                    out,
+                    "{:>6}  {}  {:<16} {:<28} {}  ({})",
+                    d.id,
+                    iso(d.received_ms),
+                    d.reason,
+                    d.origin,
+                    what,
+                    d.detail
+                );
+            }
+        }
+        if out.is_empty() {
+            out.push_str("no dead letters\n");
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// `dead-letters replay`: upstream batches go back on their lane with their original seqs;
+/// payloads are decoded again with the current config and appended if they now read. What
+/// still does not read stays a dead letter.
+pub async fn replay_dead_letters(config: &Config) -> Result<String, CommandError> {
+    let mqtt = MqttDecoder::new(
+        &config
+            .mqtt
+            .topic_templates
+            .iter()
+            .map(|t| t.as_str().to_owned())
+            .collect::<Vec<_>>(),
+        config.mqtt.max_payload_bytes,
+    );
+    with_buffer(config, async |buffer: &Buffer| {
+        let (mut requeued, mut appended, mut kept) = (0u64, 0u64, 0u64);
+        let err = |e: gateway_buffer::BufferError| CommandError::DeadLetters(e.to_string());
+        let all = buffer.dead_letters().list(usize::MAX, None).map_err(err)?;
+        for d in all {
+            match &d.payload {
+                DeadPayload::Records { lane, records } => {
+                    buffer.requeue(*lane, records.clone()).map_err(err)?;
+                    buffer.dead_letters().take(d.id).map_err(err)?;
+                    requeued += records.len() as u64;
+                }
+                DeadPayload::Raw(bytes) => {
+                    let serial = config.serial.iter().find(|p| p.port.display().to_string() == d.origin);
+                    let decoded = match serial {
+                        Some(port) => SerialDecoder::new(port.device.clone()).decode(bytes, d.received_ms),
+                        None => mqtt.decode(&d.origin, bytes, d.received_ms),
+                    };
+                    match decoded {
+                        Ok(readings) => {
+                            let n = readings.len() as u64;
+                            let source = if serial.is_some() { Source::Serial } else { Source::Mqtt };
+                            let records = readings.into_iter().map(|mut r| {
+                                r.source = source;
+                                Record::Reading(r)
+                            });
+                            buffer.append(records.collect()).await.map_err(|e| CommandError::DeadLetters(e.to_string()))?;
+                            buffer.dead_letters().take(d.id).map_err(err)?;
+                            appended += n;
+                        }
+                        Err(_) => kept += 1,
+                    }
+                }
+            }
+        }
+        Ok(format!(
+            "replayed: {requeued} upstream records back on their lanes (original seqs), {appended} readings from payloads that now decode; {kept} dead letters still unreadable and kept\n"
+        ))
+    })
+    .await
+}
+
+fn preview(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(60)]);
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_control() { '·' } else { c })
+        .collect();
+    if bytes.len() > 60 {
+        format!("{text}…")
+    } else {
+        text
+    }
+}
+
+fn iso(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
