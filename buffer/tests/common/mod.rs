@@ -56,15 +56,28 @@ pub struct Running {
 }
 
 impl Running {
+    /// Open, waiting (≤ 5 s) while a previous instance in this process still holds the
+    /// database lock: sled finishes log writes of a dropped database on its own threads, and an
+    /// aborted committer's last commit may still be running in the blocking pool.
     pub fn open(o: BufferOptions) -> Running {
-        let (buffer, committer) = Buffer::open(o).expect("open");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(committer.run(shutdown.clone()));
-        Running {
-            buffer,
-            shutdown,
-            task,
+        for _ in 0..500 {
+            match Buffer::open(o.clone()) {
+                Ok((buffer, committer)) => {
+                    let shutdown = CancellationToken::new();
+                    let task = tokio::spawn(committer.run(shutdown.clone()));
+                    return Running {
+                        buffer,
+                        shutdown,
+                        task,
+                    };
+                }
+                Err(e) if e.is_retryable() => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("open: {e}"),
+            }
         }
+        panic!("database still locked after 5 s");
     }
 
     /// Stop the committer and drop every handle, so the database can be reopened.
