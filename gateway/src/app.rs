@@ -312,12 +312,19 @@ pub async fn run(
     let admin_addr = admin::serve(config.admin.listen, admin_state.clone(), sinks.clone()).await?;
     tracing::info!(gateway_id = %config.gateway_id, admin = %admin_addr, data_dir = %config.data_dir.display(), "gateway running");
 
+    crate::sd_notify::notify("READY=1");
+    // Under systemd's watchdog, ping from this loop: a wedged runtime stops the pings.
+    let mut watchdog = crate::sd_notify::watchdog_interval().map(tokio::time::interval);
+
     // Wait for the end, reloading rules on request meanwhile.
     tokio::pin!(shutdown);
     let mut reload = options.reload.take();
     let failure = loop {
         tokio::select! {
             _ = &mut shutdown => break None,
+            _ = async { match watchdog.as_mut() { Some(w) => w.tick().await, None => std::future::pending().await } } => {
+                crate::sd_notify::notify("WATCHDOG=1");
+            }
             Some(e) = fatal_rx.recv() => break Some(e),
             Some(()) = async { match reload.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
                 match admin_state.reload() {
@@ -331,6 +338,7 @@ pub async fn run(
         tracing::error!(error = %e, "stopping after a failure");
     }
 
+    crate::sd_notify::notify("STOPPING=1");
     tracing::info!("stopping: sources first");
     sources.cancel();
     source_tasks.close();

@@ -28,6 +28,7 @@ pub mod local_alarms;
 pub mod metrics;
 pub mod mqtt;
 pub mod pipeline;
+pub mod sd_notify;
 pub mod serial;
 pub mod telemetry;
 
