@@ -121,6 +121,16 @@ struct Completion {
 /// A record and its encoded JSON, as held by the batcher.
 type Encoded = (Stored, Vec<u8>);
 
+/// Sends in progress, polled by the driver itself.
+type Sends = FuturesUnordered<BoxFuture<'static, Completion>>;
+
+/// A batch formed and encoded, not yet started.
+struct Formed {
+    kind: Kind,
+    records: Vec<Stored>,
+    json: Vec<u8>,
+}
+
 struct LaneState {
     lane: Lane,
     batcher: Batcher<Encoded>,
@@ -202,7 +212,7 @@ impl ForwarderDriver {
 
         let mut durable = self.buffer.subscribe();
         let mut durable_open = true;
-        let mut sends: FuturesUnordered<BoxFuture<'static, Completion>> = FuturesUnordered::new();
+        let mut sends = Sends::new();
         let mut next_id = 0u64;
         let mut drain_deadline: Option<Instant> = None;
 
@@ -307,7 +317,7 @@ impl ForwarderDriver {
     fn fill(
         &self,
         lanes: &mut [LaneState; 2],
-        sends: &mut FuturesUnordered<BoxFuture<'static, Completion>>,
+        sends: &mut Sends,
         next_id: &mut u64,
         shutdown: &CancellationToken,
     ) -> Result<(), ForwarderError> {
@@ -322,12 +332,17 @@ impl ForwarderDriver {
     fn fill_lane(
         &self,
         state: &mut LaneState,
-        sends: &mut FuturesUnordered<BoxFuture<'static, Completion>>,
+        sends: &mut Sends,
         next_id: &mut u64,
         shutdown: &CancellationToken,
     ) -> Result<(), ForwarderError> {
         while state.in_flight() < self.options.max_in_flight {
-            let Some((kind, records, json)) = self.next_batch(state)? else {
+            let Some(Formed {
+                kind,
+                records,
+                json,
+            }) = self.next_batch(state)?
+            else {
                 break;
             };
             *next_id += 1;
@@ -394,14 +409,15 @@ impl ForwarderDriver {
 
     /// The next batch of a lane, if one is ready: a batch recovered from before a restart, then
     /// replayed dead letters, then the lane's queue through the batcher.
-    fn next_batch(
-        &self,
-        state: &mut LaneState,
-    ) -> Result<Option<(Kind, Vec<Stored>, Vec<u8>)>, ForwarderError> {
+    fn next_batch(&self, state: &mut LaneState) -> Result<Option<Formed>, ForwarderError> {
         let opts = &self.options;
         if let Some(records) = state.recovered.pop_front() {
             let json = wire::encode_body(&opts.gateway_id, state.lane, &records);
-            return Ok(Some((Kind::Normal, records, json)));
+            return Ok(Some(Formed {
+                kind: Kind::Normal,
+                records,
+                json,
+            }));
         }
         if state.requeue_in_flight {
             return Ok(None);
@@ -430,12 +446,20 @@ impl ForwarderDriver {
                 .flush()
                 .expect("at least one requeued record was pushed");
             let (records, json) = self.assemble(state.lane, cut);
-            return Ok(Some((Kind::Requeued, records, json)));
+            return Ok(Some(Formed {
+                kind: Kind::Requeued,
+                records,
+                json,
+            }));
         }
         loop {
             if let Some(cut) = state.batcher.poll(Instant::now()) {
                 let (records, json) = self.assemble(state.lane, cut);
-                return Ok(Some((Kind::Normal, records, json)));
+                return Ok(Some(Formed {
+                    kind: Kind::Normal,
+                    records,
+                    json,
+                }));
             }
             if state.caught_up {
                 return Ok(None);
