@@ -83,7 +83,10 @@ fn bmp280_calibration_bytes_round_trip_little_endian() {
     let bytes = Calibration::DATASHEET_EXAMPLE.to_bytes();
     // dig_T1 = 27504 = 0x6B70, least significant byte first.
     assert_eq!(&bytes[..2], &[0x70, 0x6B]);
-    assert_eq!(Calibration::from_bytes(&bytes), Calibration::DATASHEET_EXAMPLE);
+    assert_eq!(
+        Calibration::from_bytes(&bytes),
+        Calibration::DATASHEET_EXAMPLE
+    );
 }
 
 #[test]
@@ -124,11 +127,11 @@ fn bmp280_skipped_pressure_reads_the_reset_value() {
 fn bmp280_reset_restores_power_on_registers() {
     let mut bus = SimBus::default();
     let mut bmp = Bmp280::new(&mut bus, bmp280::ADDRESS_PRIMARY).unwrap();
-    bmp.set_config(0b101_100_00).unwrap();
+    bmp.set_config(0b1011_0000).unwrap();
     bmp.measure_forced(Oversampling::X1, Oversampling::X1, &mut NoDelay)
         .unwrap();
     bmp.reset(&mut NoDelay).unwrap();
-    drop(bmp);
+    let _bus = bmp.release();
     assert_eq!(bus.bmp280_register(bmp280::reg::CONFIG), 0);
     assert_eq!(bus.bmp280_register(bmp280::reg::CTRL_MEAS), 0);
     assert_eq!(bus.bmp280_register(bmp280::reg::PRESS_MSB), 0x80);

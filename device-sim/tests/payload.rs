@@ -165,7 +165,10 @@ fn checksum_is_two_uppercase_hex_digits_of_the_xor_of_every_byte_before_the_star
         let (b, hex) = line.rsplit_once('*').unwrap();
         assert_eq!(b, body);
         assert_eq!(hex.len(), 2);
-        assert!(hex.chars().all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c)));
+        assert!(
+            hex.chars()
+                .all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c))
+        );
         let xor = body.bytes().fold(0u8, |a, x| a ^ x);
         assert_eq!(u8::from_str_radix(hex, 16).unwrap(), xor);
         assert_eq!(checksum(body.as_bytes()), xor);

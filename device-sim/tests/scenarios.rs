@@ -47,7 +47,10 @@ fn scenario_specs_parse_with_windows_and_device_ranges() {
     assert_eq!(r.for_ms, Some(5_000));
     assert_eq!(r.devices, DeviceSelector::Range(2, 2));
     let d: Scenario = "dropout".parse().unwrap();
-    assert_eq!((d.at_ms, d.for_ms, d.devices), (0, None, DeviceSelector::All));
+    assert_eq!(
+        (d.at_ms, d.for_ms, d.devices),
+        (0, None, DeviceSelector::All)
+    );
     let g: Scenario = "garbage".parse().unwrap();
     assert_eq!(g.kind, ScenarioKind::Garbage { fraction: 0.2 });
 }
@@ -83,7 +86,12 @@ fn bad_scenario_specs_are_rejected_naming_the_problem() {
 #[test]
 fn spike_holds_temperature_above_35_for_its_window_then_returns_below_33() {
     // The overheat rule of the example config: above 35 for 10 s, clear below 33.
-    let mut d = device(1, 1.0, 42, &["spike:at=10s,for=20s,metric=temperature,to=40"]);
+    let mut d = device(
+        1,
+        1.0,
+        42,
+        &["spike:at=10s,for=20s,metric=temperature,to=40"],
+    );
     let ticks: Vec<_> = (0..45).map(|_| d.next_tick()).collect();
     for t in &ticks {
         let v = value(t, Metric::Temperature);
@@ -131,10 +139,19 @@ fn burst_multiplies_the_rate_within_its_window() {
 fn stuck_repeats_the_value_it_had_when_the_window_opened() {
     let mut d = device(1, 1.0, 5, &["stuck:at=3s,for=5s,metric=humidity"]);
     let ticks: Vec<_> = (0..12).map(|_| d.next_tick()).collect();
-    let stuck: Vec<f64> = ticks[3..8].iter().map(|t| value(t, Metric::Humidity)).collect();
+    let stuck: Vec<f64> = ticks[3..8]
+        .iter()
+        .map(|t| value(t, Metric::Humidity))
+        .collect();
     assert!(stuck.windows(2).all(|w| w[0] == w[1]), "{stuck:?}");
-    let temps: Vec<f64> = ticks[3..8].iter().map(|t| value(t, Metric::Temperature)).collect();
-    assert!(temps.windows(2).any(|w| w[0] != w[1]), "temperature is not stuck");
+    let temps: Vec<f64> = ticks[3..8]
+        .iter()
+        .map(|t| value(t, Metric::Temperature))
+        .collect();
+    assert!(
+        temps.windows(2).any(|w| w[0] != w[1]),
+        "temperature is not stuck"
+    );
 }
 
 #[test]
@@ -172,7 +189,12 @@ fn timestamps_strictly_increase_per_device_even_above_1000_hz() {
 #[test]
 fn the_same_seed_gives_the_same_readings_and_another_seed_does_not() {
     let run = |seed| {
-        let mut d = device(4, 2.0, seed, &["garbage:fraction=0.1", "spike:at=5s,for=2s"]);
+        let mut d = device(
+            4,
+            2.0,
+            seed,
+            &["garbage:fraction=0.1", "spike:at=5s,for=2s"],
+        );
         (0..300).map(|_| d.next_tick()).collect::<Vec<_>>()
     };
     assert_eq!(run(7), run(7));
