@@ -144,7 +144,7 @@ impl Stats {
         );
         for (sc, c) in scenarios.iter().zip(&self.scenarios) {
             s.push_str(&format!(
-                "  | {}: {} affected {} skipped {} garbage {} reconnects",
+                "  | {}: affected {}, skipped {}, garbage {}, reconnects {}",
                 sc.kind.name(),
                 c.affected.load(Relaxed),
                 c.skipped_ticks.load(Relaxed),
