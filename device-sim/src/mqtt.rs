@@ -610,6 +610,9 @@ pub async fn run_fleet(
     {
         tokio::pin!(shutdown);
         tokio::pin!(deadline);
+        // Both futures are polled only until they first complete: an async block must not be
+        // resumed after it has returned.
+        let mut stopping = false;
         loop {
             tokio::select! {
                 joined = devices.join_next() => match joined {
@@ -617,8 +620,8 @@ pub async fn run_fleet(
                     Some(Err(e)) => tracing::error!(error = %e, "device task failed"),
                     None => break,
                 },
-                _ = &mut deadline => { stop_tx.send_replace(true); }
-                _ = &mut shutdown => { stop_tx.send_replace(true); }
+                _ = &mut deadline, if !stopping => { stopping = true; stop_tx.send_replace(true); }
+                _ = &mut shutdown, if !stopping => { stopping = true; stop_tx.send_replace(true); }
             }
         }
     }

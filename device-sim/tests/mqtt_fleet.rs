@@ -171,6 +171,26 @@ async fn pooled_load_mode_acknowledges_every_reading_exactly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_bounded_by_duration_stops_cleanly_at_its_deadline() {
+    let Some(m) = Mosquitto::start() else { return };
+    let mut cfg = config(&m);
+    cfg.devices = 2;
+    cfg.rate_hz = 20.0;
+    cfg.duration = Some(Duration::from_millis(700));
+    let started = Instant::now();
+    let s = run_fleet(cfg, std::future::pending())
+        .await
+        .unwrap()
+        .summary;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the deadline ends the run"
+    );
+    assert!(s.totals.readings_sent > 0);
+    assert_eq!(s.totals.readings_acked, s.totals.readings_sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn qos0_counts_written_messages_and_no_acks() {
     let Some(m) = Mosquitto::start() else { return };
     let mut cfg = config(&m);
