@@ -1,0 +1,413 @@
+//! The real `gateway` binary as a child process on a generated config.
+
+use crate::util::free_port;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Where the gateway gets its MQTT from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttSetup {
+    /// An external broker (mosquitto) on 127.0.0.1:port.
+    External { port: u16 },
+    /// The embedded broker on 127.0.0.1:port.
+    Embedded { port: u16 },
+    /// No MQTT (serial only).
+    Disabled,
+}
+
+/// What goes into the generated config. Fields are raw TOML appended to their table.
+#[derive(Debug, Clone)]
+pub struct GatewaySpec {
+    pub gateway_id: String,
+    pub mqtt: MqttSetup,
+    pub upstream_url: String,
+    /// Extra lines of `[mqtt]`.
+    pub mqtt_extra: String,
+    /// Extra lines of `[buffer]`.
+    pub buffer_extra: String,
+    /// Extra lines of `[upstream]`.
+    pub upstream_extra: String,
+    /// `[[serial]]` and `[[alarm]]` tables, appended at the end.
+    pub tables: String,
+}
+
+impl GatewaySpec {
+    /// A gateway on `mqtt`, sending to `upstream_url`, with quick retries and a 50 ms linger.
+    pub fn new(mqtt: MqttSetup, upstream_url: &str) -> GatewaySpec {
+        GatewaySpec {
+            gateway_id: "gw-e2e".to_owned(),
+            mqtt,
+            upstream_url: upstream_url.to_owned(),
+            mqtt_extra: String::new(),
+            buffer_extra: String::new(),
+            upstream_extra: String::new(),
+            tables: String::new(),
+        }
+    }
+
+    fn toml(&self, data_dir: &Path, admin_port: u16) -> String {
+        let mqtt = match self.mqtt {
+            MqttSetup::External { port } => {
+                format!("mode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\n")
+            }
+            MqttSetup::Embedded { port } => {
+                format!("mode = \"embedded\"\nembedded_listen = \"127.0.0.1:{port}\"\n")
+            }
+            MqttSetup::Disabled => "mode = \"disabled\"\n".to_owned(),
+        };
+        let mqtt_common = if self.mqtt == MqttSetup::Disabled {
+            String::new()
+        } else {
+            format!(
+                "client_id = \"{}\"\ntopics = [\"sensors/#\"]\nmax_inflight = 100\nreconnect_max_ms = 1000\n",
+                self.gateway_id
+            )
+        };
+        format!(
+            "gateway_id = \"{id}\"\n\
+             data_dir = \"{data}\"\n\
+             shutdown_grace_s = 10\n\
+             \n[mqtt]\n{mqtt}{mqtt_common}{mqtt_extra}\n\
+             \n[buffer]\n{buffer_extra}\n\
+             \n[upstream]\nurl = \"{up}\"\nlinger_ms = 50\nretry_initial_ms = 50\nretry_max_ms = 500\ntimeout_ms = 5000\n{upstream_extra}\n\
+             \n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+             \n{tables}\n",
+            id = self.gateway_id,
+            data = data_dir.display(),
+            mqtt_extra = self.mqtt_extra,
+            buffer_extra = self.buffer_extra,
+            up = self.upstream_url,
+            upstream_extra = self.upstream_extra,
+            tables = self.tables,
+        )
+    }
+}
+
+/// The `gateway` binary: `$GATEWAY_BIN`, else `target/<profile>/gateway` next to this test
+/// executable, built once per test process with `cargo build -p gateway --bin gateway` (skipped
+/// with `E2E_NO_BUILD=1`; if the build fails an existing binary is used, with a warning).
+pub fn gateway_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("GATEWAY_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().expect("current_exe");
+        // target/debug/deps/<test> → target/debug/gateway
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test executable in target/<profile>/deps");
+        let bin = profile_dir.join("gateway");
+        if std::env::var_os("E2E_NO_BUILD").is_none() || !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("workspace dir");
+            let mut cmd = Command::new(cargo);
+            cmd.current_dir(workspace)
+                .args(["build", "--quiet", "-p", "gateway", "--bin", "gateway"]);
+            if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
+                cmd.arg("--release");
+            }
+            let out = cmd.output().expect("run cargo build");
+            if !out.status.success() {
+                let why = String::from_utf8_lossy(&out.stderr);
+                if bin.exists() {
+                    eprintln!(
+                        "warning: cargo build -p gateway failed; testing the existing {}:\n{why}",
+                        bin.display()
+                    );
+                } else {
+                    panic!("cargo build -p gateway --bin gateway failed:\n{why}");
+                }
+            }
+        }
+        assert!(bin.exists(), "no gateway binary at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A gateway child process with its own temp dir (config, data, logs). Killed on drop.
+#[derive(Debug)]
+pub struct GatewayProcess {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    admin_port: u16,
+    child: Option<Child>,
+    starts: u32,
+    http: reqwest::Client,
+}
+
+impl GatewayProcess {
+    /// Writes the config and starts the gateway (not waiting for it: see [`Self::wait_ready`]).
+    pub fn start(spec: &GatewaySpec) -> GatewayProcess {
+        let dir = tempfile::Builder::new()
+            .prefix("e2e-gateway-")
+            .tempdir()
+            .expect("temp dir");
+        let admin_port = free_port();
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, spec.toml(&dir.path().join("data"), admin_port))
+            .expect("write config");
+        let mut g = GatewayProcess {
+            dir,
+            config,
+            admin_port,
+            child: None,
+            starts: 0,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("http client"),
+        };
+        g.spawn();
+        g
+    }
+
+    /// Starts the binary again on the same config and data dir (after a stop or kill).
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "spawn: the gateway is still running");
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path(self.starts)).expect("stderr log");
+        let child = Command::new(gateway_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .current_dir(self.dir.path())
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_GATEWAY_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn gateway");
+        self.child = Some(child);
+    }
+
+    fn log_path(&self, start: u32) -> PathBuf {
+        self.dir.path().join(format!("stderr-{start}.log"))
+    }
+
+    /// The config file (for `gateway dead-letters list --config`).
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// The temp dir the gateway runs in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `http://127.0.0.1:PORT` of the admin API.
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    /// The last lines of the gateway's stderr (every run), for failure messages.
+    pub fn stderr_tail(&self) -> String {
+        let mut out = String::new();
+        for start in 1..=self.starts {
+            let text = std::fs::read_to_string(self.log_path(start)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(40);
+            out.push_str(&format!(
+                "--- gateway run {start} stderr (last {} of {} lines) ---\n",
+                lines.len() - from,
+                lines.len()
+            ));
+            out.push_str(&lines[from..].join("\n"));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Panics with the stderr tail if the process has exited.
+    fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            panic!(
+                "the gateway exited unexpectedly ({status})\n{}",
+                self.stderr_tail()
+            );
+        }
+    }
+
+    /// `/status`, or `None` if the admin API does not answer.
+    pub async fn try_status(&self) -> Option<Value> {
+        let resp = self
+            .http
+            .get(format!("{}/status", self.admin_url()))
+            .send()
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        serde_json::from_slice(&resp.bytes().await.ok()?).ok()
+    }
+
+    /// `/status`; panics (with the stderr tail) if it does not answer.
+    pub async fn status(&self) -> Value {
+        match self.try_status().await {
+            Some(v) => v,
+            None => panic!("/status did not answer\n{}", self.stderr_tail()),
+        }
+    }
+
+    /// Waits until `/status` answers (60 s).
+    pub async fn wait_ready(&mut self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.assert_running();
+            if let Some(v) = self.try_status().await {
+                return v;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "the gateway's /status did not answer within 60 s\n{}",
+                    self.stderr_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls `/status` until `check` returns `Some`; panics after `timeout` with `what`, the last
+    /// status and the stderr tail.
+    pub async fn wait_status<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Value) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        loop {
+            self.assert_running();
+            if let Some(s) = self.try_status().await {
+                if let Some(v) = check(&s) {
+                    return v;
+                }
+                last = s;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\nlast /status: {last:#}\n{}",
+                    self.stderr_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Proves the MQTT path is up (connected and subscribed): publishes a probe reading
+    /// (device [`crate::workload::PROBE_DEVICE`]) to the broker on `port` every 500 ms until
+    /// `/status` counts an MQTT reading. Messages published before the gateway subscribed would
+    /// be lost to it, so tests call this before publishing what they check.
+    pub async fn wait_mqtt_ingest(&mut self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut n = 0u32;
+        loop {
+            self.assert_running();
+            n += 1;
+            let probe = crate::Message {
+                topic: format!("sensors/{}/ready", crate::workload::PROBE_DEVICE),
+                payload: n.to_string().into_bytes(),
+            };
+            let opts = crate::PublisherOptions::new(port, format!("probe-{}", std::process::id()));
+            let publisher = crate::Publisher::spawn(opts, vec![probe]);
+            let until = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < until {
+                if let Some(s) = self.try_status().await
+                    && s["ingest"]["readings"]["mqtt"].as_u64().unwrap_or(0) > 0
+                {
+                    let _ = publisher.stop().await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            let _ = publisher.stop().await;
+            if Instant::now() >= deadline {
+                panic!(
+                    "no probe reading reached the gateway over MQTT within 60 s\n{}",
+                    self.stderr_tail()
+                );
+            }
+        }
+    }
+
+    /// Sends SIGTERM (the graceful stop of WIRE.md §6).
+    pub fn sigterm(&mut self) {
+        self.signal(Signal::SIGTERM);
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn sigkill(&mut self) {
+        self.signal(Signal::SIGKILL);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&mut self, sig: Signal) {
+        let c = self.child.as_ref().expect("the gateway is not running");
+        kill(Pid::from_raw(c.id() as i32), sig).expect("kill(2)");
+    }
+
+    /// Waits for the process to exit (after a signal); panics after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let c = self.child.as_mut().expect("the gateway is not running");
+        loop {
+            if let Some(status) = c.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "the gateway did not exit within {timeout:?}\n{}",
+                    self.stderr_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Runs `gateway ARGS…` to completion (e.g. `dead-letters list --config FILE`).
+    pub fn run_cli(&self, args: &[&str]) -> Output {
+        Command::new(gateway_bin())
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run gateway CLI")
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() || std::env::var_os("E2E_KEEP").is_some() {
+            eprintln!("{}", self.stderr_tail());
+        }
+        if std::env::var_os("E2E_KEEP").is_some() {
+            let dir = std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("placeholder temp dir"),
+            );
+            eprintln!("keeping {}", dir.keep().display());
+        }
+    }
+}
