@@ -53,6 +53,9 @@ impl Forwarder {
         options: ForwarderOptions,
     ) -> Result<(ForwarderHandle, ForwarderDriver), ForwarderError> {
         options.validate()?;
+        // Fail now, not at the first read, if the buffer does not know our consumer name (a
+        // zero-record read checks the name and touches nothing).
+        buffer.read(&options.consumer, Lane::Alarms, Some(u64::MAX), 0, 0)?;
         let sender = Arc::new(HttpSender::new(&options)?);
         let metrics = Arc::new(Metrics::default());
         let handle = ForwarderHandle {

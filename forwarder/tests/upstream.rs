@@ -566,7 +566,7 @@ async fn shutdown_with_the_server_down_returns_promptly_and_keeps_the_batch() {
 }
 
 #[tokio::test]
-async fn a_bad_ca_file_or_url_is_refused_at_construction() {
+async fn a_bad_ca_file_url_or_consumer_is_refused_at_construction() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
     let mut o = options("http://127.0.0.1:1/ingest");
@@ -585,6 +585,14 @@ async fn a_bad_ca_file_or_url_is_refused_at_construction() {
     assert!(matches!(
         Forwarder::new(tb.buffer.clone(), options("ftp://x/")),
         Err(ForwarderError::InvalidRequest { field: "url", .. })
+    ));
+    let mut o = options("http://127.0.0.1:1/ingest");
+    o.consumer = "not-a-consumer".into();
+    assert!(matches!(
+        Forwarder::new(tb.buffer.clone(), o),
+        Err(ForwarderError::Buffer(
+            gateway_buffer::BufferError::UnknownConsumer(_)
+        ))
     ));
     tb.close().await;
 }
