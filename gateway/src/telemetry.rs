@@ -33,3 +33,54 @@ pub fn init(format: LogFormat, default_filter: &str) {
             .try_init(),
     };
 }
+
+/// Lets a repeated log line through at most once per interval and counts the ones held back,
+/// so a failure that repeats per message (a broken disk, a full request queue) costs one line
+/// per interval instead of thousands per second. One `static` per call site:
+///
+/// ```
+/// use gateway::telemetry::Throttle;
+/// use std::time::Duration;
+/// static PUBACK_FAILED: Throttle = Throttle::new(Duration::from_secs(10));
+/// if let Some(suppressed) = PUBACK_FAILED.allow() {
+///     tracing::warn!(suppressed, "could not queue PUBACK");
+/// }
+/// ```
+#[derive(Debug)]
+pub struct Throttle {
+    every: std::time::Duration,
+    /// When a line last went out, and how many were held back since. A std `Mutex`: held for
+    /// two assignments, never across an await.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttle {
+    pub const fn new(every: std::time::Duration) -> Throttle {
+        Throttle {
+            every,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(n)` when this occurrence should be logged, `n` being how many were held back since
+    /// the last logged one; `None` when it is held back.
+    pub fn allow(&self) -> Option<u64> {
+        self.allow_at(std::time::Instant::now())
+    }
+
+    /// [`Throttle::allow`] at a given time, for tests.
+    pub fn allow_at(&self, now: std::time::Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, suppressed) = &mut *state;
+        match last {
+            Some(at) if now.saturating_duration_since(*at) < self.every => {
+                *suppressed += 1;
+                None
+            }
+            _ => {
+                *last = Some(now);
+                Some(std::mem::take(suppressed))
+            }
+        }
+    }
+}
