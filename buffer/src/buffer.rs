@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -47,6 +47,8 @@ pub(crate) struct Inner {
     /// Something other than appended blocks (acks, consumer meta, dead letters, requeues) was
     /// written since the last flush; the committer flushes it on its next idle tick.
     dirty: AtomicBool,
+    /// Group commits since open (for stats).
+    pub(crate) commits: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -174,6 +176,7 @@ impl Buffer {
             state: Mutex::new(state),
             durable_tx,
             dirty: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
         });
         inner.recover()?;
         let (tx, rx) = mpsc::channel(APPEND_QUEUE_CAPACITY);
@@ -348,6 +351,7 @@ impl Buffer {
             },
             moved_aside: st.moved_aside,
             last_durable_seq: *self.inner.durable_tx.borrow(),
+            commits: self.inner.commits.load(Ordering::Relaxed),
         }
     }
 

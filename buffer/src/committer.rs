@@ -190,6 +190,9 @@ fn commit_group(inner: &Inner, calls: Vec<Vec<Record>>) -> Vec<Result<Vec<u64>, 
     let outcome = written.and_then(|()| inner.durable_flush());
     match outcome {
         Ok(()) => {
+            inner
+                .commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             inner.durable_tx.send_if_modified(|v| {
                 let changed = *v != durable_seq;
                 *v = durable_seq;

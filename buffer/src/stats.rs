@@ -62,6 +62,8 @@ pub struct BufferStats {
     pub moved_aside: u64,
     /// The last durable seq.
     pub last_durable_seq: u64,
+    /// Group commits (one flush each) since open; `appended_total / commits` is the mean group.
+    pub commits: u64,
 }
 
 impl BufferStats {

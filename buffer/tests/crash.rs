@@ -170,6 +170,7 @@ fn every_printed_seq_survives_sigkill_at_random_moments() {
     let mut printed: BTreeMap<u64, (char, u64)> = BTreeMap::new();
     let mut acked_alarms = 0u64;
     let mut total_printed = 0usize;
+    let mut first_lines: Vec<String> = Vec::new();
 
     for trial in 1..=trials {
         let mut child = Command::new(&exe)
@@ -200,8 +201,14 @@ fn every_printed_seq_survives_sigkill_at_random_moments() {
         let lines = reader.join().unwrap();
 
         let mut this_trial = 0;
+        first_lines = lines.iter().take(4).cloned().collect();
         for line in &lines {
-            let parts: Vec<&str> = line.split_whitespace().collect();
+            // libtest prints "test <name> ... " without a newline before the test body runs,
+            // so the child's first line arrives glued to it: parse from our own marker.
+            let Some(at) = ["SEQ ", "ACK "].iter().filter_map(|m| line.find(m)).min() else {
+                continue;
+            };
+            let parts: Vec<&str> = line[at..].split_whitespace().collect();
             match parts.as_slice() {
                 ["SEQ", lane, seq, id] => {
                     let seq: u64 = seq.parse().unwrap();
@@ -234,10 +241,22 @@ fn every_printed_seq_survives_sigkill_at_random_moments() {
                 if l != lane_char(lane) || (lane == Lane::Alarms && seq <= acked_alarms) {
                     continue;
                 }
-                assert!(
-                    present.contains(&seq),
-                    "durable seq {seq} ({lane}) lost after kill in trial {trial} (seed {seed})"
-                );
+                if !present.contains(&seq) {
+                    let st = buffer.stats();
+                    let near: Vec<u64> = got
+                        .iter()
+                        .map(|g| g.0)
+                        .filter(|s| s.abs_diff(seq) < 40)
+                        .collect();
+                    let kept = dir.keep();
+                    panic!(
+                        "durable seq {seq} ({lane}) lost after kill in trial {trial} (seed {seed}); \
+                         acked cursor {:?}, printed acks up to {acked_alarms}, near: {near:?}, \
+                         stats: {st:?}, db kept at {}, first lines of the trial {first_lines:?}",
+                        buffer.acked("forwarder", lane),
+                        kept.display()
+                    );
+                }
                 assert_eq!(
                     by_seq[&seq], id,
                     "seq {seq} holds another record (seed {seed})"
