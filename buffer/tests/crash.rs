@@ -170,7 +170,6 @@ fn every_printed_seq_survives_sigkill_at_random_moments() {
     let mut printed: BTreeMap<u64, (char, u64)> = BTreeMap::new();
     let mut acked_alarms = 0u64;
     let mut total_printed = 0usize;
-    let mut first_lines: Vec<String> = Vec::new();
 
     for trial in 1..=trials {
         let mut child = Command::new(&exe)
@@ -201,7 +200,7 @@ fn every_printed_seq_survives_sigkill_at_random_moments() {
         let lines = reader.join().unwrap();
 
         let mut this_trial = 0;
-        first_lines = lines.iter().take(4).cloned().collect();
+        let first_lines: Vec<String> = lines.iter().take(4).cloned().collect();
         for line in &lines {
             // libtest prints "test <name> ... " without a newline before the test body runs,
             // so the child's first line arrives glued to it: parse from our own marker.
