@@ -346,6 +346,39 @@ impl GatewayProcess {
         }
     }
 
+    /// A barrier through the whole pipeline: publishes one probe reading with a fresh value to
+    /// the broker on `port` and waits until the receiver has it. Readings are forwarded in seq
+    /// order, so everything the gateway stored before the probe has been delivered by then.
+    pub async fn barrier(&mut self, port: u16, receiver: &crate::Receiver) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let value = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as f64;
+        let probe = crate::Message {
+            topic: format!("sensors/{}/barrier", crate::workload::PROBE_DEVICE),
+            payload: format!("{value}").into_bytes(),
+        };
+        let opts = crate::PublisherOptions::new(port, format!("barrier-{}", std::process::id()));
+        crate::Publisher::publish_all(opts, vec![probe], Duration::from_secs(30)).await;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            self.assert_running();
+            let arrived = receiver.delivered_records("readings").iter().any(|r| {
+                r["device"] == crate::workload::PROBE_DEVICE
+                    && r["metric"] == "barrier"
+                    && r["value"].as_f64() == Some(value)
+            });
+            if arrived {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "barrier probe {value} did not reach the receiver within 90 s\n{}",
+                    self.stderr_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Sends SIGTERM (the graceful stop of WIRE.md §6).
     pub fn sigterm(&mut self) {
         self.signal(Signal::SIGTERM);

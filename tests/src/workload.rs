@@ -380,3 +380,81 @@ pub fn check_seq_stable(batches: &[crate::Batch]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A workload being published by one [`crate::Publisher`] per client.
+#[derive(Debug)]
+pub struct Stream {
+    pub work: Workload,
+    publishers: Vec<crate::Publisher>,
+}
+
+impl Stream {
+    /// Starts `work` on the broker at `port`, each client paced at `rate_per_s` (if any).
+    pub fn start(work: Workload, port: u16, rate_per_s: Option<f64>, label: &str) -> Stream {
+        let publishers = (0..work.clients.len())
+            .map(|c| {
+                let mut o = crate::PublisherOptions::new(
+                    port,
+                    format!("{label}-{}-{c}", std::process::id()),
+                );
+                o.rate_per_s = rate_per_s;
+                crate::Publisher::spawn(o, work.messages(c))
+            })
+            .collect();
+        Stream { work, publishers }
+    }
+
+    /// Messages acknowledged so far, all clients.
+    pub fn acked(&self) -> usize {
+        self.publishers
+            .iter()
+            .map(crate::Publisher::acked_count)
+            .sum()
+    }
+
+    /// Waits until every message is acknowledged; returns (readings of acknowledged messages,
+    /// every reading published) — the required and allowed sets of [`compare`].
+    pub async fn finish(self, timeout: std::time::Duration) -> (Vec<Expected>, Vec<Expected>) {
+        let mut required = Vec::new();
+        for (c, p) in self.publishers.into_iter().enumerate() {
+            let outcome = p.finish(timeout).await;
+            if outcome.reconnects > 0 {
+                eprintln!(
+                    "publisher {c}: {} reconnects, {} PUBLISH packets for {} messages",
+                    outcome.reconnects,
+                    outcome.publishes,
+                    outcome.acked.len()
+                );
+            }
+            required.extend(self.work.expected_for(c, &outcome.acked));
+        }
+        (required, self.work.all_expected())
+    }
+}
+
+/// Waits until every `required` reading has been delivered, then returns the comparison.
+pub async fn wait_delivered(
+    receiver: &crate::Receiver,
+    required: &[Expected],
+    allowed: &[Expected],
+    timeout: std::time::Duration,
+) -> Comparison {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let cmp = compare(
+            required,
+            allowed,
+            &parse_readings(&receiver.delivered_records("readings")),
+        );
+        if cmp.missing.is_empty() {
+            return cmp;
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!(
+                "not every acknowledged reading was delivered within {timeout:?}: {}",
+                cmp.describe()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
