@@ -175,19 +175,36 @@ pub struct EngineStats {
 }
 
 /// The rules and the state of every series they track.
+///
+/// Series are kept per device, then per metric, each with the rules that match that pair: the
+/// globs are matched once per new (device, metric), not once per reading, and a reading finds its
+/// series without allocating.
 #[derive(Debug)]
 pub struct Engine {
     rules: Vec<Rule>,
-    series: HashMap<SeriesKey, Series>,
+    routes: HashMap<String, HashMap<String, Route>>,
+    /// Series with state, over all routes (what `max_series` bounds).
+    n_series: usize,
+    /// Routes known, including those no rule matches (bounded like series).
+    n_routes: usize,
     max_series: usize,
     stats: EngineStats,
+}
+
+/// The rules matching one (device, metric), by index into `Engine::rules`, and their series
+/// (`None` until the first reading after a restore or reload).
+#[derive(Debug, Default)]
+struct Route {
+    entries: Vec<(usize, Option<Series>)>,
 }
 
 impl Engine {
     pub fn new(rules: Vec<Rule>, max_series: usize) -> Engine {
         Engine {
             rules,
-            series: HashMap::new(),
+            routes: HashMap::new(),
+            n_series: 0,
+            n_routes: 0,
             max_series,
             stats: EngineStats::default(),
         }
@@ -199,7 +216,7 @@ impl Engine {
 
     pub fn stats(&self) -> EngineStats {
         EngineStats {
-            series: self.series.len(),
+            series: self.n_series,
             ..self.stats
         }
     }
@@ -207,57 +224,101 @@ impl Engine {
     /// Evaluates one reading against every rule that matches it; returns the events it causes.
     pub fn on_reading(&mut self, r: &Reading, now_ms: i64) -> Vec<AlarmEvent> {
         let mut events = Vec::new();
-        for rule in &self.rules {
-            if !rule.matches(&r.device, &r.metric) {
-                continue;
-            }
-            let key = (rule.name.clone(), r.device.clone(), r.metric.clone());
-            if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
-                self.stats.series_refused += 1;
-                continue;
-            }
-            let series = self.series.entry(key).or_insert(Series {
-                phase: Phase::Normal,
-                last_ts_ms: None,
-                last_value: r.value,
-                last_seen_ms: now_ms,
+        if !self.has_route(&r.device, &r.metric) && !self.add_route(&r.device, &r.metric) {
+            return events;
+        }
+        let Some(route) = self
+            .routes
+            .get_mut(r.device.as_str())
+            .and_then(|m| m.get_mut(r.metric.as_str()))
+        else {
+            return events;
+        };
+        for (rule_idx, slot) in &mut route.entries {
+            let series = slot.get_or_insert_with(|| {
+                self.n_series += 1;
+                Series {
+                    phase: Phase::Normal,
+                    last_ts_ms: None,
+                    last_value: r.value,
+                    last_seen_ms: now_ms,
+                }
             });
-            if let Some(e) = step(rule, series, r, now_ms, &mut self.stats) {
+            if let Some(e) = step(&self.rules[*rule_idx], series, r, now_ms, &mut self.stats) {
                 events.push(e);
             }
         }
         events
     }
 
+    fn has_route(&self, device: &str, metric: &str) -> bool {
+        self.routes
+            .get(device)
+            .is_some_and(|m| m.contains_key(metric))
+    }
+
+    /// Matches the globs for a new (device, metric). Refuses (and counts) when the series it
+    /// would add, or the route itself, are past the bound; the reading is then not evaluated.
+    fn add_route(&mut self, device: &str, metric: &str) -> bool {
+        let matching: Vec<usize> = (0..self.rules.len())
+            .filter(|&i| self.rules[i].matches(device, metric))
+            .collect();
+        if self.n_series + matching.len() > self.max_series || self.n_routes >= self.max_series {
+            self.stats.series_refused += matching.len().max(1) as u64;
+            return false;
+        }
+        let entries = matching.into_iter().map(|i| (i, None)).collect();
+        self.routes
+            .entry(device.to_owned())
+            .or_default()
+            .insert(metric.to_owned(), Route { entries });
+        self.n_routes += 1;
+        true
+    }
+
+    /// Every series with state: (rule, device, metric, series).
+    fn each_series(&self) -> impl Iterator<Item = (&Rule, &str, &str, &Series)> {
+        self.routes.iter().flat_map(move |(device, metrics)| {
+            metrics.iter().flat_map(move |(metric, route)| {
+                route.entries.iter().filter_map(move |(i, s)| {
+                    s.as_ref()
+                        .map(|s| (&self.rules[*i], device.as_str(), metric.as_str(), s))
+                })
+            })
+        })
+    }
+
     /// Checks silence rules against the gateway clock; call it every second or so.
     pub fn tick(&mut self, now_ms: i64) -> Vec<AlarmEvent> {
         let mut events = Vec::new();
-        for rule in &self.rules {
-            let Condition::Silence { no_data_ms } = rule.condition else {
-                continue;
-            };
-            for ((name, device, metric), s) in self.series.iter_mut() {
-                if name != &rule.name
-                    || s.phase != Phase::Normal
-                    || now_ms - s.last_seen_ms < no_data_ms
-                {
-                    continue;
+        for (device, metrics) in &mut self.routes {
+            for (metric, route) in metrics {
+                for (i, slot) in &mut route.entries {
+                    let rule = &self.rules[*i];
+                    let (Condition::Silence { no_data_ms }, Some(s)) =
+                        (&rule.condition, slot.as_mut())
+                    else {
+                        continue;
+                    };
+                    if s.phase != Phase::Normal || now_ms - s.last_seen_ms < *no_data_ms {
+                        continue;
+                    }
+                    s.phase = Phase::Active {
+                        raised_ms: now_ms,
+                        threshold: None,
+                        clearing_since_ms: None,
+                    };
+                    self.stats.raised += 1;
+                    events.push(event(
+                        rule,
+                        device,
+                        metric,
+                        AlarmState::Raised,
+                        s.last_value,
+                        None,
+                        now_ms,
+                    ));
                 }
-                s.phase = Phase::Active {
-                    raised_ms: now_ms,
-                    threshold: None,
-                    clearing_since_ms: None,
-                };
-                self.stats.raised += 1;
-                events.push(event(
-                    rule,
-                    device,
-                    metric,
-                    AlarmState::Raised,
-                    s.last_value,
-                    None,
-                    now_ms,
-                ));
             }
         }
         events
@@ -266,36 +327,33 @@ impl Engine {
     /// Swaps in new rules. Series of rules that are unchanged keep their state; the rest start
     /// afresh (a changed rule's active alarm is forgotten without a `cleared` event).
     pub fn reload(&mut self, rules: Vec<Rule>) {
-        let kept: Vec<&str> = rules
+        let kept: Vec<String> = rules
             .iter()
             .filter(|new| self.rules.iter().any(|old| old.same_as(new)))
-            .map(|r| r.name.as_str())
+            .map(|r| r.name.clone())
             .collect();
-        self.series
-            .retain(|(name, _, _), _| kept.contains(&name.as_str()));
+        let mut snapshot = self.snapshot();
+        snapshot
+            .series
+            .retain(|(name, _, _), _| kept.contains(name));
         self.rules = rules;
+        self.restore(snapshot);
     }
 
     /// Raised alarms, sorted by rule, device, metric.
     pub fn active(&self) -> Vec<ActiveAlarm> {
         let mut out: Vec<ActiveAlarm> = self
-            .series
-            .iter()
-            .filter_map(|((name, device, metric), s)| match s.phase {
+            .each_series()
+            .filter_map(|(rule, device, metric, s)| match s.phase {
                 Phase::Active {
                     raised_ms,
                     threshold,
                     ..
                 } => Some(ActiveAlarm {
-                    alarm: name.clone(),
-                    device: device.clone(),
-                    metric: metric.clone(),
-                    severity: self
-                        .rules
-                        .iter()
-                        .find(|r| &r.name == name)
-                        .map_or(Severity::Warning, |r| r.severity)
-                        .as_str(),
+                    alarm: rule.name.clone(),
+                    device: device.to_owned(),
+                    metric: metric.to_owned(),
+                    severity: rule.severity.as_str(),
                     threshold,
                     since_ms: raised_ms,
                 }),
@@ -310,18 +368,40 @@ impl Engine {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             series: self
-                .series
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .each_series()
+                .map(|(rule, device, metric, s)| {
+                    (
+                        (rule.name.clone(), device.to_owned(), metric.to_owned()),
+                        s.clone(),
+                    )
+                })
                 .collect(),
         }
     }
 
-    /// Restores persisted state; series of rules that no longer exist are dropped.
+    /// Replaces all state with a snapshot; series of rules that no longer exist are dropped.
     pub fn restore(&mut self, snapshot: Snapshot) {
-        for (key, s) in snapshot.series {
-            if self.rules.iter().any(|r| r.name == key.0) && self.series.len() < self.max_series {
-                self.series.insert(key, s);
+        self.routes.clear();
+        self.n_series = 0;
+        self.n_routes = 0;
+        for ((name, device, metric), s) in snapshot.series {
+            let Some(rule_idx) = self.rules.iter().position(|r| r.name == name) else {
+                continue;
+            };
+            if !self.has_route(&device, &metric) && !self.add_route(&device, &metric) {
+                continue;
+            }
+            let route = self
+                .routes
+                .get_mut(&device)
+                .and_then(|m| m.get_mut(&metric));
+            if let Some((_, slot)) =
+                route.and_then(|r| r.entries.iter_mut().find(|(i, _)| *i == rule_idx))
+            {
+                if slot.is_none() {
+                    self.n_series += 1;
+                }
+                *slot = Some(s);
             }
         }
     }

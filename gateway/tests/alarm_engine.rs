@@ -506,3 +506,25 @@ fn active_alarms_are_listed_with_their_start() {
         ("quiet", 9000)
     );
 }
+
+#[test]
+fn a_device_that_stays_silent_after_a_restart_still_raises() {
+    let mut engine = Engine::new(vec![silent("silent", 60)], 10);
+    play(&mut engine, &[R("d1", T, 1.0, 0)]);
+    let mut restarted = Engine::new(vec![silent("silent", 60)], 10);
+    restarted.restore(engine.snapshot());
+    let events = play(&mut restarted, &[Tick(30), Tick(60)]);
+    assert_eq!(summary(&events), want(&[("raised", "silent", "d1", 60)]));
+}
+
+#[test]
+fn a_rule_added_by_reload_applies_to_series_already_seen() {
+    let mut engine = Engine::new(vec![below("cold", 0.0, 1.0)], 10);
+    play(&mut engine, &[R("d1", T, 20.0, 0)]);
+    engine.reload(vec![
+        below("cold", 0.0, 1.0),
+        above("hot", 35.0, 33.0, 0, 0),
+    ]);
+    let events = play(&mut engine, &[R("d1", T, 36.0, 1)]);
+    assert_eq!(summary(&events), want(&[("raised", "hot", "d1", 1)]));
+}
