@@ -195,7 +195,11 @@ impl Buffer {
         }
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(AppendRequest { records, reply })
+            .send(AppendRequest {
+                records,
+                reply,
+                arrived: tokio::time::Instant::now(),
+            })
             .await
             .map_err(|_| AppendError::Closed)?;
         rx.await.map_err(|_| AppendError::Closed)?
@@ -456,6 +460,24 @@ impl Buffer {
             .insert(keys::consumer_meta_key(consumer, key), value)?;
         self.inner.mark_dirty();
         Ok(())
+    }
+
+    /// Store a small piece of state of a component that is not a consumer (the alarm engine).
+    /// Written before an `append`, it becomes durable with that append's group commit at the
+    /// latest, so the state and the records it explains survive a crash together.
+    pub fn set_state(&self, key: &str, value: &[u8]) -> Result<(), BufferError> {
+        self.inner.meta.insert(keys::state_key(key), value)?;
+        self.inner.mark_dirty();
+        Ok(())
+    }
+
+    /// Read back what [`Buffer::set_state`] stored.
+    pub fn state(&self, key: &str) -> Result<Option<Vec<u8>>, BufferError> {
+        Ok(self
+            .inner
+            .meta
+            .get(keys::state_key(key))?
+            .map(|v| v.to_vec()))
     }
 
     /// Read back what [`Buffer::set_consumer_meta`] stored.

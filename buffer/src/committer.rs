@@ -25,6 +25,8 @@ pub(crate) const IDLE_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 pub(crate) struct AppendRequest {
     pub(crate) records: Vec<Record>,
     pub(crate) reply: oneshot::Sender<Result<Vec<u64>, AppendError>>,
+    /// When the append was queued: the commit window is measured from the group's first one.
+    pub(crate) arrived: tokio::time::Instant,
 }
 
 /// Drives group commit. Spawn `committer.run(shutdown)` once; appends complete only while it
@@ -69,9 +71,14 @@ impl Committer {
                     continue;
                 }
             };
+            let first_arrived = first.arrived;
             let mut n = first.records.len();
             let mut group = vec![first];
-            let deadline = tokio::time::Instant::now() + interval;
+            // The window runs from when the first append was queued, not from when the
+            // committer got to it: appends that queued during a slow flush have waited already,
+            // so under load groups go out back to back and the window only adds latency when
+            // the buffer is idle.
+            let deadline = first_arrived + interval;
             while n < max_records {
                 match self.rx.try_recv() {
                     Ok(r) => {

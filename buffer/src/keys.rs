@@ -23,6 +23,8 @@ pub(crate) const NEXT_SEQ_KEY: &[u8] = b"next_seq";
 pub(crate) const DEAD_NEXT_ID_KEY: &[u8] = b"dead_next_id";
 pub(crate) const ACK_PREFIX: &[u8] = b"ack\0";
 pub(crate) const CONSUMER_META_PREFIX: &[u8] = b"cmeta\0";
+/// Prefix of component state keys (the alarm engine's state).
+pub(crate) const STATE_PREFIX: &[u8] = b"state\0";
 
 pub(crate) fn prefixed(prefix: u8, seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -62,6 +64,13 @@ pub(crate) fn parse_ack_key(key: &[u8]) -> Option<(Lane, String)> {
     let lane = Lane::ALL.into_iter().find(|l| l.tag() == tag)?;
     let rest = rest.strip_prefix(&[0])?;
     Some((lane, String::from_utf8(rest.to_vec()).ok()?))
+}
+
+/// Key of [`crate::Buffer::set_state`]: state of a component that is not a consumer.
+pub(crate) fn state_key(key: &str) -> Vec<u8> {
+    let mut k = STATE_PREFIX.to_vec();
+    k.extend_from_slice(key.as_bytes());
+    k
 }
 
 pub(crate) fn consumer_meta_key(consumer: &str, key: &str) -> Vec<u8> {

@@ -69,6 +69,7 @@
 //!   "dead_next_id"                        -> u64be   next dead-letter id
 //!   "ack\0" ++ lane tag ('a'|'r') ++ "\0" ++ consumer -> u64be  acked up to (inclusive)
 //!   "cmeta\0" ++ consumer ++ "\0" ++ key  -> bytes   per-consumer state
+//!   "state\0" ++ key                      -> bytes   state of other components (alarm engine)
 //! tree "requeue"
 //!   lane tag ++ seq:u64be                 -> postcard Record (original seq kept)
 //! tree "dead"

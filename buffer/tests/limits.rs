@@ -416,6 +416,24 @@ async fn acks_and_consumer_meta_survive_a_clean_reopen() {
 }
 
 #[tokio::test]
+async fn component_state_written_before_an_append_is_durable_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Running::open(opts(dir.path()));
+    assert_eq!(r.buffer.state("alarm-engine").unwrap(), None);
+    r.buffer.set_state("alarm-engine", b"v1").unwrap();
+    r.buffer.append(vec![reading(1)]).await.unwrap();
+    r.buffer.set_state("alarm-engine", b"v2").unwrap();
+    r.close().await;
+
+    let r = Running::open(opts(dir.path()));
+    assert_eq!(
+        r.buffer.state("alarm-engine").unwrap().as_deref(),
+        Some(&b"v2"[..])
+    );
+    r.close().await;
+}
+
+#[tokio::test]
 async fn a_block_is_deleted_only_when_every_consumer_acked_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut o = opts(dir.path());

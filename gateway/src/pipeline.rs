@@ -11,9 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The consumer name under which the alarm engine keeps its state in the buffer.
-const ENGINE_STATE_OWNER: &str = "alarm-engine";
-const ENGINE_STATE_KEY: &str = "state";
+/// The key under which the alarm engine keeps its state in the buffer.
+const ENGINE_STATE_KEY: &str = "alarm-engine";
 
 /// How long to wait between append attempts while the buffer is full and set to block: long
 /// enough not to spin, short enough that ingest resumes promptly once the forwarder drains.
@@ -58,7 +57,7 @@ impl Pipeline {
         metrics: Arc<IngestMetrics>,
     ) -> Pipeline {
         let mut engine = Engine::new(rules, max_series);
-        match buffer.consumer_meta(ENGINE_STATE_OWNER, ENGINE_STATE_KEY) {
+        match buffer.state(ENGINE_STATE_KEY) {
             Ok(Some(bytes)) => match postcard::from_bytes(&bytes) {
                 Ok(snapshot) => engine.restore(snapshot),
                 Err(e) => {
@@ -184,7 +183,7 @@ impl Pipeline {
             .map_err(|e| e.to_string())
             .and_then(|bytes| {
                 self.buffer
-                    .set_consumer_meta(ENGINE_STATE_OWNER, ENGINE_STATE_KEY, &bytes)
+                    .set_state(ENGINE_STATE_KEY, &bytes)
                     .map_err(|e| e.to_string())
             });
         if let Err(e) = result {
