@@ -1,0 +1,460 @@
+//! Shutdown under load, with the real binary as a child process: readings are published
+//! continuously, the gateway gets SIGTERM, must exit 0 within its grace time, and after a restart
+//! on the same data directory every reading the broker acknowledged to the publisher reaches the
+//! upstream receiver.
+//!
+//! Peers are real: mosquitto (when installed) or the gateway's embedded broker, a rumqttc
+//! publisher, and an axum receiver in this process.
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(20);
+/// `shutdown_grace_s` of the gateway under test.
+const GRACE_S: u64 = 3;
+/// What the process may take beyond the grace time: the final commit, flush and exit.
+const EXIT_MARGIN: Duration = Duration::from_secs(3);
+/// Readings delivered upstream before the SIGTERM, so it lands in the middle of the flow.
+const LOAD_BEFORE_SIGTERM: usize = 500;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn poll<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting until {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The cloud: accepts every batch and keeps the values of the `load/counter` readings.
+#[derive(Clone, Default)]
+struct Receiver {
+    values: Arc<Mutex<BTreeSet<u64>>>,
+    records: Arc<Mutex<usize>>,
+}
+
+async fn start_receiver() -> (Receiver, String) {
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ingest", listener.local_addr().unwrap());
+    let receiver = Receiver::default();
+    async fn ingest(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+        let mut json = Vec::new();
+        if headers
+            .get("content-encoding")
+            .is_some_and(|v| v.as_bytes() == b"gzip")
+        {
+            flate2::read::GzDecoder::new(&body[..])
+                .read_to_end(&mut json)
+                .unwrap();
+        } else {
+            json = body.to_vec();
+        }
+        let batch: Value = serde_json::from_slice(&json).unwrap();
+        let records = batch["records"].as_array().cloned().unwrap_or_default();
+        *r.records.lock().unwrap() += records.len();
+        let mut values = r.values.lock().unwrap();
+        for rec in records {
+            if rec["device"] == "load" {
+                values.insert(rec["value"].as_f64().unwrap() as u64);
+            }
+        }
+        StatusCode::OK
+    }
+    let app = axum::Router::new()
+        .route("/ingest", axum::routing::post(ingest))
+        .with_state(receiver.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (receiver, url)
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// mosquitto on a free port with the settings `deploy/mosquitto.conf` recommends, or `None`
+/// when it is not installed.
+async fn start_mosquitto(dir: &Path) -> Option<(Reaped, u16)> {
+    let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())?;
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 1000\n\
+             max_queued_messages 100000\nmax_queued_bytes 0\npersistence false\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(binary)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("mosquitto.log")).unwrap())
+        .spawn()
+        .expect("mosquitto starts");
+    let child = Reaped(child);
+    poll(DEADLINE, "mosquitto listens", || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    Some((child, port))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum BrokerKind {
+    Mosquitto,
+    Embedded,
+}
+
+/// The gateway binary with a config file in a temporary directory.
+struct Daemon {
+    config: PathBuf,
+    admin: String,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn new(dir: &Path, broker: BrokerKind, mqtt_port: u16, upstream: &str) -> Daemon {
+        let admin_port = free_port();
+        let mqtt = match broker {
+            BrokerKind::Mosquitto => format!(
+                "mode = \"external\"\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"gw-shutdown-test\""
+            ),
+            BrokerKind::Embedded => {
+                format!("mode = \"embedded\"\nembedded_listen = \"127.0.0.1:{mqtt_port}\"")
+            }
+        };
+        let text = format!(
+            r#"gateway_id = "gw-shutdown-test"
+data_dir = "{data}"
+shutdown_grace_s = {GRACE_S}
+
+[mqtt]
+{mqtt}
+max_inflight = 100
+
+[upstream]
+url = "{upstream}"
+linger_ms = 20
+retry_initial_ms = 50
+retry_max_ms = 500
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+"#,
+            data = dir.join("data").display(),
+        );
+        let config = dir.join("gateway.toml");
+        std::fs::write(&config, text).unwrap();
+        Daemon {
+            config,
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            log: dir.join("gateway.log"),
+        }
+    }
+
+    /// Starts the binary and waits until its admin API answers.
+    async fn start(&self) -> Reaped {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info,rumqttd=off")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the gateway binary starts");
+        let mut child = Reaped(child);
+        let url = format!("{}/healthz", self.admin);
+        let start = Instant::now();
+        loop {
+            if reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) {
+                return child;
+            }
+            if let Some(exit) = child.0.try_wait().unwrap() {
+                panic!("the gateway exited at start ({exit}):\n{}", self.log_text());
+            }
+            assert!(start.elapsed() < DEADLINE, "the admin API never answered");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status and how long the exit took.
+    async fn terminate(&self, child: &mut Reaped) -> (ExitStatus, Duration) {
+        let pid = Pid::from_raw(i32::try_from(child.0.id()).unwrap());
+        let sent = Instant::now();
+        kill(pid, Signal::SIGTERM).unwrap();
+        let limit = Duration::from_secs(GRACE_S) + EXIT_MARGIN + Duration::from_secs(10);
+        let status = poll(limit, "the gateway exits after SIGTERM", || {
+            let exited = child.0.try_wait().unwrap();
+            async move { exited }
+        })
+        .await;
+        (status, sent.elapsed())
+    }
+}
+
+/// What the publisher saw: values the broker acknowledged, and how many it sent.
+#[derive(Default)]
+struct Published {
+    acked: BTreeSet<u64>,
+    sent: u64,
+}
+
+/// Publishes `sensors/load/counter` = 0, 1, 2, … with QoS 1, one every `PUBLISH_EVERY` (at most
+/// `OUTSTANDING` unacknowledged), until `stop`. A value counts as acknowledged on its PUBACK from
+/// the broker. When the connection drops, unacknowledged values are given up and a new session
+/// starts.
+async fn publish_continuously(port: u16, stop: Arc<AtomicBool>, out: Arc<Mutex<Published>>) {
+    /// Steady load well within what a debug build ingests, so the test is about losing nothing
+    /// rather than about throughput: about 1,000 readings a second.
+    const PUBLISH_EVERY: Duration = Duration::from_millis(1);
+    const OUTSTANDING: usize = 64;
+    let mut next = 0u64;
+    let mut session = 0;
+    let mut tick = tokio::time::interval(PUBLISH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !stop.load(Ordering::SeqCst) {
+        session += 1;
+        let mut options = MqttOptions::new(format!("load-{session}"), "127.0.0.1", port);
+        options
+            .set_keep_alive(Duration::from_secs(5))
+            .set_inflight(OUTSTANDING as u16);
+        let (client, mut eventloop) = AsyncClient::new(options, OUTSTANDING * 2);
+        // The event loop runs in its own task and hands its events over a channel, which is
+        // cancel-safe to receive from in the select below.
+        let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            loop {
+                let event = eventloop.poll().await;
+                let failed = event.is_err();
+                if events_tx.send(event).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        // Values in publish order until the event loop assigns their packet id, then by id.
+        let mut queued: VecDeque<u64> = VecDeque::new();
+        let mut in_flight: HashMap<u16, u64> = HashMap::new();
+        while !stop.load(Ordering::SeqCst) {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if queued.len() + in_flight.len() < OUTSTANDING
+                        && client
+                            .try_publish("sensors/load/counter", QoS::AtLeastOnce, false, next.to_string())
+                            .is_ok()
+                    {
+                        queued.push_back(next);
+                        out.lock().unwrap().sent += 1;
+                        next += 1;
+                    }
+                }
+                event = events.recv() => match event {
+                    Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                        let value = queued.pop_front().expect("a publish we queued");
+                        in_flight.insert(pkid, value);
+                    }
+                    Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                        if let Some(value) = in_flight.remove(&ack.pkid) {
+                            out.lock().unwrap().acked.insert(value);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => {
+                        // Broker gone (the embedded one stops with the gateway): a new session
+                        // once it is back.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = client.try_disconnect();
+        driver.abort();
+    }
+}
+
+async fn publishes_through_sigterm_and_restart_lose_nothing_acknowledged(broker: BrokerKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let (receiver, upstream) = start_receiver().await;
+    let mosquitto = match broker {
+        BrokerKind::Mosquitto => match start_mosquitto(dir.path()).await {
+            Some(m) => Some(m),
+            None => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "mosquitto is not installed, and CI must run this test"
+                );
+                eprintln!("note: mosquitto not installed; skipping");
+                return;
+            }
+        },
+        BrokerKind::Embedded => None,
+    };
+    let mqtt_port = mosquitto.as_ref().map_or_else(free_port, |(_, port)| *port);
+    let daemon = Daemon::new(dir.path(), broker, mqtt_port, &upstream);
+    let mut gateway = daemon.start().await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let published = Arc::new(Mutex::new(Published::default()));
+    let publisher = tokio::spawn(publish_continuously(
+        mqtt_port,
+        stop.clone(),
+        published.clone(),
+    ));
+    poll(DEADLINE, "readings flow to the receiver", || async {
+        (receiver.values.lock().unwrap().len() >= LOAD_BEFORE_SIGTERM).then_some(())
+    })
+    .await;
+
+    let (status, took) = daemon.terminate(&mut gateway).await;
+    let acked_at_exit = published.lock().unwrap().acked.len();
+    assert!(
+        status.success(),
+        "exit status {status}, log:\n{}",
+        daemon.log_text()
+    );
+    assert!(
+        took < Duration::from_secs(GRACE_S) + EXIT_MARGIN,
+        "the gateway took {took:?} to stop (grace {GRACE_S} s)"
+    );
+    eprintln!("{broker:?}: exit 0 after {took:?}, {acked_at_exit} readings acked so far");
+
+    // Keep publishing while the gateway is away; the broker holds the persistent session.
+    if broker == BrokerKind::Mosquitto {
+        poll(
+            DEADLINE,
+            "the broker acks while the gateway is away",
+            || async {
+                (published.lock().unwrap().acked.len() >= acked_at_exit + 100).then_some(())
+            },
+        )
+        .await;
+    }
+    let mut gateway = daemon.start().await;
+    let acked_at_restart = published.lock().unwrap().acked.len();
+    poll(DEADLINE, "the publisher gets acks again", || async {
+        (published.lock().unwrap().acked.len() >= acked_at_restart + 100).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    publisher.await.unwrap();
+
+    let (acked, sent) = {
+        let p = published.lock().unwrap();
+        (p.acked.clone(), p.sent)
+    };
+    let delivered = || receiver.values.lock().unwrap().clone();
+    let outcome = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if acked.is_subset(&delivered()) {
+                break;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
+    let got = delivered();
+    let missing: Vec<u64> = acked.difference(&got).copied().collect();
+    assert!(
+        outcome.is_ok() && missing.is_empty(),
+        "{broker:?}: {} of {} acknowledged readings never reached the receiver \
+         (sent {sent}, acked at SIGTERM exit {acked_at_exit}, at restart {acked_at_restart}); \
+         missing values: {}\nlog:\n{}",
+        missing.len(),
+        acked.len(),
+        ranges(&missing),
+        daemon.log_text()
+    );
+    eprintln!(
+        "{broker:?}: all {} acknowledged readings delivered ({} records received in all)",
+        acked.len(),
+        receiver.records.lock().unwrap()
+    );
+
+    let (status, took) = daemon.terminate(&mut gateway).await;
+    assert!(status.success(), "second exit: {status}");
+    assert!(took < Duration::from_secs(GRACE_S) + EXIT_MARGIN);
+    drop(mosquitto);
+}
+
+/// `[1, 2, 3, 7]` as `"1-3, 7"`.
+fn ranges(values: &[u64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < values.len() {
+        let start = values[i];
+        while i + 1 < values.len() && values[i + 1] == values[i] + 1 {
+            i += 1;
+        }
+        out.push(if values[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", values[i])
+        });
+        i += 1;
+    }
+    out.join(", ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_with_mosquitto_exits_0_in_time_and_loses_no_acknowledged_reading() {
+    publishes_through_sigterm_and_restart_lose_nothing_acknowledged(BrokerKind::Mosquitto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_with_the_embedded_broker_exits_0_in_time_and_loses_no_acknowledged_reading()
+ {
+    publishes_through_sigterm_and_restart_lose_nothing_acknowledged(BrokerKind::Embedded).await;
+}
