@@ -220,6 +220,9 @@ pub async fn run(
             dir: dir.clone(),
             source,
         })?;
+    // The buffer is open: any panic from here on ends the process (when the binary installed
+    // the hook), rather than leaving a task dead.
+    crate::telemetry::exit_on_panic();
     let rules = rules_from_config(&config)?;
     let metrics = Arc::new(IngestMetrics::default());
     let pipeline = Pipeline::new(buffer.clone(), rules, config.alarm_max_series, metrics);

@@ -91,6 +91,7 @@ enum DeadLetterAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format, telemetry::DEFAULT_FILTER);
+    telemetry::install_panic_hook();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

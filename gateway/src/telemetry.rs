@@ -84,3 +84,28 @@ impl Throttle {
         }
     }
 }
+
+/// Whether a panic now ends the process (armed once the buffer is open).
+static EXIT_ON_PANIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Logs every panic; once [`exit_on_panic`] was called, also ends the process with status 101,
+/// so a panicking task never leaves a half-dead daemon behind. Before that (while the buffer is
+/// opened), a panic inside sled is caught by the buffer and handled as a damaged database.
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "panic");
+        default(info);
+        if EXIT_ON_PANIC.load(std::sync::atomic::Ordering::SeqCst) {
+            eprintln!(
+                "gateway: a task panicked; exiting so the service manager restarts a whole process"
+            );
+            std::process::exit(101);
+        }
+    }));
+}
+
+/// From now on a panic anywhere ends the process (see [`install_panic_hook`]).
+pub fn exit_on_panic() {
+    EXIT_ON_PANIC.store(true, std::sync::atomic::Ordering::SeqCst);
+}
