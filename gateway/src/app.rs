@@ -204,6 +204,7 @@ fn mqtt_settings(
         max_payload_bytes: m.max_payload_bytes,
         keep_alive: Duration::from_secs(u64::from(m.keep_alive_s)),
         reconnect_max: Duration::from_millis(m.reconnect_max_ms),
+        drain_on_stop: embedded.map(|_| Duration::from_secs(1)),
     }))
 }
 
@@ -343,19 +344,31 @@ pub async fn run(
 
     crate::sd_notify::notify("STOPPING=1");
     tracing::info!("stopping: sources first");
+    // One deadline for the whole stop, so the process ends within `shutdown_grace_s` (plus the
+    // final commit and flush, which are short and must not be cut).
+    let deadline = tokio::time::Instant::now() + grace;
     sources.cancel();
     source_tasks.close();
     // Sources end promptly: they only finish the appends in progress and send those acks.
-    let _ = tokio::time::timeout(grace, source_tasks.wait()).await;
+    let _ = tokio::time::timeout_at(deadline, source_tasks.wait()).await;
     pipeline.save_engine_state();
     tracing::info!(
-        grace_s = grace.as_secs(),
+        left_ms = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .as_millis() as u64,
         "stopping: forwarder delivers what it can"
     );
     sinks.cancel();
-    let _ = tokio::time::timeout(grace + Duration::from_secs(1), forwarder_task).await;
+    let forwarder_abort = forwarder_task.abort_handle();
+    if tokio::time::timeout_at(deadline, forwarder_task)
+        .await
+        .is_err()
+    {
+        // Batches still on the wire were not acked: they are sent again, same seqs, next run.
+        forwarder_abort.abort();
+    }
     sink_tasks.close();
-    let _ = tokio::time::timeout(Duration::from_secs(2), sink_tasks.wait()).await;
+    let _ = tokio::time::timeout_at(deadline, sink_tasks.wait()).await;
     storage.cancel();
     let _ = committer_task.await;
     if let Err(e) = buffer.flush().await {
@@ -381,7 +394,7 @@ async fn alarm_clock(pipeline: Pipeline, stop: CancellationToken) {
                     tracing::error!(error = %e, "silence alarms could not be stored");
                 }
                 n += 1;
-                if n.is_multiple_of(10) {
+                if n % 10 == 0 {
                     pipeline.save_engine_state();
                 }
             }

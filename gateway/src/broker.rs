@@ -1,10 +1,19 @@
 //! The embedded MQTT broker (`mqtt.mode = "embedded"`): rumqttd on `mqtt.embedded_listen`, so a
 //! user with nothing installed can point devices at the gateway.
 //!
-//! Compared with mosquitto it keeps nothing on disk (sessions and queued messages are lost when
-//! the gateway restarts), has no username/password or TLS set up here, and speaks MQTT 3.1.1
-//! only. Devices publishing QoS 1 learn of a restart by their connection dropping and resend
-//! what was not acknowledged. For production, run mosquitto and use `mode = "external"`.
+//! Compared with mosquitto it is weaker where it matters for "never lose a reading":
+//! - It acknowledges a device's QoS 1 message when *it* receives it, before the gateway has made
+//!   it durable, and keeps it only in memory. On a graceful stop the gateway first ingests what
+//!   the broker has queued for it (until the broker goes quiet, at most 1 s), so what devices were
+//!   acknowledged before the stop began is kept; what the broker acknowledges after that, and
+//!   anything in flight inside it when the process crashes (`kill -9`, power loss: typically the
+//!   last few milliseconds of traffic), is lost.
+//! - It keeps no sessions across a restart, has no username/password or TLS set up here, and
+//!   speaks MQTT 3.1.1 only.
+//!
+//! For production, run mosquitto (see `deploy/mosquitto.conf`) and use `mode = "external"`: then
+//! a device is acknowledged by a broker that persists, and the gateway acknowledges the broker
+//! only after its own fsync.
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use std::collections::HashMap;

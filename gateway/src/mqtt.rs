@@ -11,6 +11,7 @@
 
 use crate::decode::MqttDecoder;
 use crate::pipeline::{IngestError, Pipeline};
+use crate::telemetry::Throttle;
 use futures::stream::{FuturesOrdered, StreamExt};
 use gateway_buffer::Source;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
@@ -35,6 +36,8 @@ pub struct MqttSettings {
     pub max_payload_bytes: usize,
     pub keep_alive: Duration,
     pub reconnect_max: Duration,
+    /// Embedded broker: on stop, keep ingesting what it has queued for up to this long.
+    pub drain_on_stop: Option<Duration>,
 }
 
 /// The MQTT source could not start.
@@ -133,8 +136,23 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
         }
     }
 
+    if let Some(max) = settings.drain_on_stop {
+        drain_embedded(
+            &mut eventloop,
+            &client,
+            &decoder,
+            &pipeline,
+            &mut pending,
+            &appends,
+            max,
+        )
+        .await;
+    }
+
     // Stop taking messages; finish what is being appended and send those acks.
-    let _ = client.try_unsubscribe_all(&settings.topics);
+    // The subscription stays: unsubscribing would make the broker drop what devices publish
+    // while we are away. Publishes that arrive from here on are not acked, so the broker keeps
+    // them for our session and redelivers them on the next start.
     appends.cancel();
     while let Some((publish, result)) = pending.next().await {
         ack(&client, &publish, result);
@@ -154,17 +172,37 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
     tracing::info!("mqtt source stopped");
 }
 
-trait UnsubscribeAll {
-    fn try_unsubscribe_all(&self, topics: &[String]) -> Result<(), rumqttc::ClientError>;
-}
-
-impl UnsubscribeAll for AsyncClient {
-    fn try_unsubscribe_all(&self, topics: &[String]) -> Result<(), rumqttc::ClientError> {
-        // Unsubscribing does not end the persistent session; it only stops new deliveries while
-        // we drain. The next start subscribes again.
-        topics
-            .iter()
-            .try_for_each(|t| self.try_unsubscribe(t.as_str()))
+/// The embedded broker acknowledged to devices everything it holds for us and keeps it only in
+/// memory: before stopping, ingest what it has queued until it goes quiet (or `max` passes), so
+/// that what devices were acknowledged before the stop began is not lost with the process.
+async fn drain_embedded(
+    eventloop: &mut rumqttc::EventLoop,
+    client: &AsyncClient,
+    decoder: &MqttDecoder,
+    pipeline: &Pipeline,
+    pending: &mut FuturesOrdered<Pending>,
+    appends: &CancellationToken,
+    max: Duration,
+) {
+    /// No publish for this long: the broker's queue for us is empty.
+    const QUIET: Duration = Duration::from_millis(150);
+    let until = tokio::time::Instant::now() + max;
+    let mut quiet = Box::pin(tokio::time::sleep(QUIET));
+    loop {
+        tokio::select! {
+            biased;
+            _ = tokio::time::sleep_until(until) => break,
+            Some((publish, result)) = pending.next(), if !pending.is_empty() => ack(client, &publish, result),
+            _ = &mut quiet => break,
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    pending.push_back(process(decoder, pipeline, p, appends.clone()));
+                    quiet.as_mut().reset(tokio::time::Instant::now() + QUIET);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
     }
 }
 
@@ -192,22 +230,21 @@ fn process(
 }
 
 fn ack(client: &AsyncClient, publish: &Publish, result: Result<(), IngestError>) {
+    static ACK_FAILED: Throttle = Throttle::new(Duration::from_secs(10));
+    static NOT_STORED: Throttle = Throttle::new(Duration::from_secs(10));
     match result {
         Ok(()) => {
-            if let Err(e) = client.try_ack(publish) {
+            if let Err(e) = client.try_ack(publish)
+                && let Some(suppressed) = ACK_FAILED.allow()
+            {
                 // Not acked: the broker redelivers it, which is a duplicate, not a loss.
-                tracing::warn!(error = %e, pkid = publish.pkid, "could not queue PUBACK");
+                tracing::warn!(error = %e, pkid = publish.pkid, suppressed, "could not queue PUBACK");
             }
         }
         Err(e) => {
-            tracing::warn!(error = %e, pkid = publish.pkid, "message left unacknowledged; the broker will redeliver it")
+            if let Some(suppressed) = NOT_STORED.allow() {
+                tracing::warn!(error = %e, pkid = publish.pkid, suppressed, "message left unacknowledged; the broker will redeliver it");
+            }
         }
     }
-}
-
-/// Host, port and TLS from an `mqtt://` or `mqtts://` URL (already validated by the config).
-pub fn endpoint(url: &url::Url) -> (String, u16, bool) {
-    let tls = url.scheme() == "mqtts";
-    let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
-    (url.host_str().unwrap_or("127.0.0.1").to_owned(), port, tls)
 }

@@ -6,6 +6,7 @@
 use crate::alarm::{ActiveAlarm, Engine, EngineStats, Rule};
 use crate::decode::Reject;
 use crate::metrics::IngestMetrics;
+use crate::telemetry::Throttle;
 use gateway_buffer::{AppendError, Buffer, DeadLetterInput, Reading, Record, Source};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -202,7 +203,11 @@ impl Pipeline {
 
     /// Counts an unreadable payload and parks it as a dead letter; never fails.
     pub fn reject(&self, origin: &str, payload: &[u8], why: &Reject) {
+        static LOG: Throttle = Throttle::new(Duration::from_secs(5));
         self.metrics.add_rejected(why);
+        if let Some(suppressed) = LOG.allow() {
+            tracing::warn!(origin, reason = why.reason(), detail = %why, suppressed, "payload rejected (dead-lettered; counted in /metrics)");
+        }
         let input = DeadLetterInput {
             reason: why.reason().to_owned(),
             origin: origin.to_owned(),

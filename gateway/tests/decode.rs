@@ -1,6 +1,6 @@
 //! Every payload form of WIRE.md §1 and line form of §2, and a table of malformed inputs.
 
-use gateway::decode::{MqttDecoder, Reject, SerialDecoder, checksum_suffix};
+use gateway::decode::{MqttDecoder, SerialDecoder, checksum_suffix};
 use gateway_buffer::{Reading, Source};
 use proptest::prelude::*;
 
