@@ -758,15 +758,16 @@ impl Inner {
         }
         let min = self.min_cursor(st, lane);
         let mut acked_in_front = 0;
-        if let Some((first, h)) = front {
-            if first <= min && h.last_seq > min {
-                acked_in_front = match tree.get(keys::block_key(first))? {
-                    Some(v) => block::decode(first, &v)
-                        .map(|e| e.iter().filter(|x| x.0 <= min).count() as u64)
-                        .unwrap_or(0),
-                    None => 0,
-                };
-            }
+        if let Some((first, h)) = front
+            && first <= min
+            && h.last_seq > min
+        {
+            acked_in_front = match tree.get(keys::block_key(first))? {
+                Some(v) => block::decode(first, &v)
+                    .map(|e| e.iter().filter(|x| x.0 <= min).count() as u64)
+                    .unwrap_or(0),
+                None => 0,
+            };
         }
         let ls = &mut st.lanes[lane.index()];
         ls.front = front;

@@ -30,7 +30,7 @@ fn options(dir: &Path) -> BufferOptions {
 
 /// A record whose value carries its identity, so the parent can check seq → record.
 fn record(id: u64) -> Record {
-    if id % 7 == 0 {
+    if id.is_multiple_of(7) {
         let mut r = common::alarm(id);
         if let Record::Alarm(a) = &mut r {
             a.value = id as f64;

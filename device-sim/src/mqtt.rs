@@ -690,7 +690,7 @@ impl DeviceTask {
                     _ = tokio::time::sleep_until(due) => {}
                     _ = self.stop.wait_for(|s| *s) => break,
                 }
-            } else if self.sim.ticks() % 64 == 0 {
+            } else if self.sim.ticks().is_multiple_of(64) {
                 // Unpaced: let other tasks run now and then.
                 tokio::task::yield_now().await;
             }

@@ -35,7 +35,7 @@ fn rules() -> Vec<Rule> {
                 _ => format!("dev-{:02}*", i % 100),
             };
             let condition = match i % 5 {
-                0 | 1 | 2 => Condition::Threshold {
+                0..=2 => Condition::Threshold {
                     above: Some(Band {
                         trigger: 1e6 + i as f64,
                         clear: 1e6,

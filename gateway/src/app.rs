@@ -394,7 +394,7 @@ async fn alarm_clock(pipeline: Pipeline, stop: CancellationToken) {
                     tracing::error!(error = %e, "silence alarms could not be stored");
                 }
                 n += 1;
-                if n % 10 == 0 {
+                if n.is_multiple_of(10) {
                     pipeline.save_engine_state();
                 }
             }

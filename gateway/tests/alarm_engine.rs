@@ -17,6 +17,9 @@ use Step::*;
 /// (state, rule, device, event time in seconds).
 type Want = (&'static str, &'static str, &'static str, i64);
 
+/// (name, rules, script, expected events).
+type Case = (&'static str, Vec<Rule>, Vec<Step>, Vec<Want>);
+
 fn above(name: &str, trigger: f64, clear: f64, for_s: u64, clear_for_s: u64) -> Rule {
     let c = Condition::Threshold {
         above: Some(Band { trigger, clear }),
@@ -127,7 +130,7 @@ const P: &str = "pressure";
 
 #[test]
 fn scripted_cases() {
-    let cases: Vec<(&str, Vec<Rule>, Vec<Step>, Vec<Want>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "above raises once and does not repeat while active",
             vec![above("hot", 35.0, 33.0, 0, 0)],

@@ -26,7 +26,7 @@ pub fn reading(i: u64) -> Record {
 pub fn alarm(i: u64) -> Record {
     Record::Alarm(AlarmEvent {
         alarm: "overheat".into(),
-        state: if i % 2 == 0 {
+        state: if i.is_multiple_of(2) {
             AlarmState::Raised
         } else {
             AlarmState::Cleared

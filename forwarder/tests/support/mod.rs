@@ -243,9 +243,13 @@ pub fn reading(i: usize) -> Record {
         device: format!("dev-{}", i % 10),
         metric: "temperature".into(),
         value: 20.0 + (i % 100) as f64 / 10.0,
-        unit: if i % 2 == 0 { Some("C".into()) } else { None },
+        unit: if i.is_multiple_of(2) {
+            Some("C".into())
+        } else {
+            None
+        },
         ts_ms: 1_764_081_600_000 + i as i64,
-        source: if i % 3 == 0 {
+        source: if i.is_multiple_of(3) {
             Source::Serial
         } else {
             Source::Mqtt
@@ -256,7 +260,7 @@ pub fn reading(i: usize) -> Record {
 pub fn alarm(i: usize) -> Record {
     Record::Alarm(AlarmEvent {
         alarm: "overheat".into(),
-        state: if i % 2 == 0 {
+        state: if i.is_multiple_of(2) {
             AlarmState::Raised
         } else {
             AlarmState::Cleared
