@@ -366,6 +366,9 @@ fn object_readings(
         .iter()
         .filter(|(k, _)| !RESERVED_KEYS.contains(&k.as_str()))
     {
+        if metric.trim().is_empty() {
+            return Err(Reject::BadJson("a metric name is empty".into()));
+        }
         out.push(reading(
             device,
             metric,

@@ -184,6 +184,7 @@ fn malformed_inputs_map_to_their_reasons() {
         ("sensors/dev-7", br#"{"temperature": "hot"}"#, "bad_value"),
         ("sensors/dev-7", br#"{"ts": 1764081600123}"#, "no_value"),
         ("sensors/dev-7", br#"{}"#, "no_value"),
+        ("sensors/dev-7", b"\x0c{\"\" : 0 }", "bad_json"),
         ("sensors/dev-7", br#"[{"n":"dev-7/t"}]"#, "no_value"),
         (
             "sensors/dev-7/t",
