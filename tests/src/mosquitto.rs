@@ -120,6 +120,12 @@ impl Mosquitto {
 
     fn write_config(&self) {
         let dir = self.dir.path();
+        // Started as root, mosquitto drops to the `mosquitto` user, which cannot write our temp
+        // dir (persistence and log would silently fail); stay root then.
+        let as_root = {
+            use std::os::unix::fs::MetadataExt as _;
+            std::fs::metadata(dir).is_ok_and(|m| m.uid() == 0)
+        };
         // persistence + a 1 s autosave: sessions, subscriptions and queued QoS 1 messages survive
         // a restart (all of them after SIGTERM, which saves on exit; up to 1 s is lost after
         // SIGKILL). The in-flight and queue limits are the ones the gateway's docs ask for.
@@ -137,8 +143,9 @@ impl Mosquitto {
              log_type error\n\
              log_type warning\n\
              log_type notice\n\
-             log_type information\n\
-             log_timestamp true\n",
+             log_timestamp true\n\
+             {user}",
+            user = if as_root { "user root\n" } else { "" },
             port = self.port,
             dir = dir.display(),
         );
@@ -172,6 +179,14 @@ impl Mosquitto {
                 return false;
             }
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                // Errors here (an unwritable log or persistence dir) would quietly turn off
+                // what the tests rely on.
+                let early =
+                    std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default();
+                assert!(
+                    !early.contains("Error"),
+                    "mosquitto reported errors at start:\n{early}"
+                );
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -240,7 +255,7 @@ impl Mosquitto {
         for f in ["mosquitto.log", "stdout.log"] {
             if let Ok(text) = std::fs::read_to_string(self.dir.path().join(f)) {
                 let lines: Vec<&str> = text.lines().collect();
-                let from = lines.len().saturating_sub(30);
+                let from = lines.len().saturating_sub(60);
                 s.push_str(&lines[from..].join("\n"));
                 s.push('\n');
             }
@@ -254,6 +269,16 @@ impl Drop for Mosquitto {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if std::thread::panicking() || std::env::var_os("E2E_KEEP").is_some() {
+            eprintln!("--- mosquitto log ---\n{}", self.log_tail());
+        }
+        if std::env::var_os("E2E_KEEP").is_some() {
+            let dir = std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("placeholder temp dir"),
+            );
+            eprintln!("keeping {}", dir.keep().display());
         }
     }
 }

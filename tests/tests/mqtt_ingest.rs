@@ -6,7 +6,7 @@
 use gateway_tests::workload::{self, check_seq_increasing, check_seq_stable, compare};
 use gateway_tests::{
     BrokerChoice, GatewayProcess, GatewaySpec, MqttSetup, Publisher, PublisherOptions, Receiver,
-    env_usize, free_port, wait_until,
+    env_usize, free_port,
 };
 use std::time::{Duration, Instant};
 
@@ -37,19 +37,24 @@ async fn ingest_through(setup: MqttSetup, broker_port: u16, label: &str, restart
     }
     let expected = work.all_expected();
     let want = expected.len();
-    wait_until(
-        &format!("{want} readings at the receiver"),
-        Duration::from_secs(120),
-        || async {
-            let got = workload::parse_readings(&receiver.delivered_records("readings"));
-            let real = got
-                .iter()
-                .filter(|r| r.device != workload::PROBE_DEVICE)
-                .count();
-            (real >= want).then_some(())
-        },
-    )
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = workload::parse_readings(&receiver.delivered_records("readings"));
+        let cmp = compare(&expected, &[], &got);
+        if cmp.missing.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let status = gw.status().await;
+            panic!(
+                "{label}: not every reading delivered within 120 s: {}\ningest: {}\n{}",
+                cmp.describe(),
+                status["ingest"],
+                gw.stderr_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Anything extra (a duplicate) would arrive before a probe published now.
     gw.barrier(broker_port, &receiver).await;
     let delivered = workload::parse_readings(&receiver.delivered_records("readings"));
