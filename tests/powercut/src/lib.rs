@@ -29,9 +29,15 @@
 //! - **Durable, nameless data is lost**: a file that was fsynced but whose entry never became
 //!   durable does not exist after the cut. A durable entry whose file was never fsynced comes
 //!   back as an empty file.
-//! - **Optional torn writes** ([`Options::torn_writes`]): at the cut, a random prefix (possibly
-//!   empty) of each file's *last* un-synced write survives, as if the drive had written some of
-//!   its sectors when the power went. Earlier un-synced writes are lost entirely.
+//! - **Optional torn writes** ([`Options::torn_writes`]): at the cut, each un-synced 512-byte
+//!   sector of a file whose name is durable independently survives or not (whole sectors, with
+//!   their latest contents, in no particular order), and the file's size grows to cover a
+//!   surviving sector past its durable end — a drive that wrote part of its cache, and
+//!   size metadata that went with it (as on FAT or ext4 `data=writeback`). Adversarial on
+//!   purpose: un-synced data may appear, half of it, in any mix.
+//!
+//! [`Options::journaled_namespace`] switches to a lenient, ext4-like rule instead: any fsync
+//! commits every pending directory change, everywhere.
 //!
 //! Hard links, symlinks, device nodes and xattrs are not supported (they return errors).
 //!
@@ -50,8 +56,9 @@
 //! says `on` or `cut`); then [`PowerCutMount::restore_power`] brings the disk back.
 //!
 //! # Guarantees
-//! - What was fsynced before the cut is there after it, byte for byte; nothing that was not
-//!   covered by an fsync is there, except a torn prefix when torn writes are on.
+//! - What was fsynced before the cut is there after it, byte for byte, unless torn writes
+//!   overwrote it with newer un-synced sectors; nothing that was not covered by an fsync is
+//!   there, except torn sectors when torn writes are on.
 //! - Reads before the cut see every write, synced or not.
 //! - The filesystem only runs where FUSE does: [`fuse_available`] says why not, and
 //!   [`require_fuse`] turns that into a test failure when `CI` is set.
@@ -82,10 +89,15 @@ const UNMOUNT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How the disk behaves at a cut.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
-    /// Keep a random prefix of each file's last un-synced write at a cut.
+    /// Keep random un-synced sectors at a cut (see the crate docs).
     pub torn_writes: bool,
     /// Seed for tear points (only used with `torn_writes`).
     pub seed: u64,
+    /// Lenient, ext4-like namespace: any fsync or fdatasync (of a file or a directory) also
+    /// makes every pending directory change durable, as a journal commit does. Off by default
+    /// (the strict rule above); on, it isolates a program's data-sync discipline from its
+    /// directory-sync discipline.
+    pub journaled_namespace: bool,
 }
 
 /// A mounted power-cut filesystem. Dropping it unmounts (its state is gone then).
@@ -101,7 +113,11 @@ impl PowerCutMount {
     /// `backing` (created if missing; must not be inside the mount).
     pub fn mount(backing: &Path, mountpoint: &Path, options: Options) -> io::Result<Self> {
         let torn = options.torn_writes.then_some(Rng(options.seed));
-        let model = Arc::new(Mutex::new(Model::new(backing, torn)?));
+        let model = Arc::new(Mutex::new(Model::new(
+            backing,
+            torn,
+            options.journaled_namespace,
+        )?));
         let mut m = PowerCutMount {
             mountpoint: mountpoint.to_path_buf(),
             model,

@@ -20,10 +20,8 @@ pub(crate) const CONTROL: u64 = u64::MAX >> 1;
 /// Name of the control file in the root directory.
 pub const CONTROL_NAME: &str = ".powercut";
 
-/// At most this many bytes of the last un-synced write per file are remembered for torn
-/// writes; a longer write tears inside its first `TORN_MAX` bytes (sled writes log buffers of a
-/// few hundred KiB at most).
-const TORN_MAX: usize = 4 << 20;
+/// Torn writes happen at this granularity: a drive writes whole sectors or nothing.
+const SECTOR: u64 = 512;
 /// Copy granularity when an fsync moves dirty ranges to the durable object.
 const COPY_CHUNK: usize = 1 << 20;
 
@@ -48,8 +46,6 @@ struct LiveNode {
     open_count: u32,
     /// Byte ranges `[start, end)` changed since the last fsync/fdatasync of this file.
     dirty: BTreeMap<u64, u64>,
-    /// Offset and bytes of the last write since the last sync (only with torn writes).
-    last_write: Option<(u64, Vec<u8>)>,
     /// Times of directories (files use their backing file's times).
     mtime: SystemTime,
 }
@@ -91,8 +87,8 @@ pub struct Stats {
     pub dir_fsyncs: u64,
     /// Power cuts so far.
     pub cuts: u64,
-    /// Files whose last un-synced write was torn (partly kept) at a cut.
-    pub torn_writes: u64,
+    /// Un-synced sectors that survived cuts anyway (torn writes).
+    pub torn_sectors: u64,
     /// Bytes of un-synced data thrown away by cuts (dirty ranges at the cut).
     pub lost_dirty_bytes: u64,
 }
@@ -130,6 +126,8 @@ pub(crate) struct Model {
     /// Power is off: every request fails with `EIO` until [`Model::restore`].
     frozen: bool,
     torn: Option<Rng>,
+    /// ext4-like: every fsync commits every pending namespace change (see `Options`).
+    journaled_namespace: bool,
     pub(crate) stats: Stats,
 }
 
@@ -140,7 +138,11 @@ fn eio(e: io::Error) -> Errno {
 impl Model {
     /// An empty disk in `backing` (which must be empty or absent): `live/` and `durable/` are
     /// created inside it.
-    pub(crate) fn new(backing: &Path, torn: Option<Rng>) -> io::Result<Model> {
+    pub(crate) fn new(
+        backing: &Path,
+        torn: Option<Rng>,
+        journaled_namespace: bool,
+    ) -> io::Result<Model> {
         let live_dir = backing.join("live");
         let durable_dir = backing.join("durable");
         std::fs::create_dir_all(&live_dir)?;
@@ -159,7 +161,6 @@ impl Model {
                 file: None,
                 open_count: 0,
                 dirty: BTreeMap::new(),
-                last_write: None,
                 mtime: now,
             },
         );
@@ -184,6 +185,7 @@ impl Model {
             next_fh: 1,
             frozen: false,
             torn,
+            journaled_namespace,
             stats: Stats::default(),
         })
     }
@@ -392,7 +394,6 @@ impl Model {
                 file: None,
                 open_count: 0,
                 dirty: BTreeMap::new(),
-                last_write: None,
                 mtime: SystemTime::now(),
             },
         );
@@ -508,10 +509,6 @@ impl Model {
         self.alive()?;
         self.file(ino)?.write_all_at(data, offset).map_err(eio)?;
         self.mark_dirty(ino, offset, offset + data.len() as u64)?;
-        if self.torn.is_some() {
-            let keep = data.len().min(TORN_MAX);
-            self.node_mut(ino)?.last_write = Some((offset, data[..keep].to_vec()));
-        }
         self.stats.writes += 1;
         Ok(data.len())
     }
@@ -567,7 +564,6 @@ impl Model {
         let (perm, uid, gid) = {
             let n = self.node_mut(ino)?;
             n.dirty.clear();
-            n.last_write = None;
             (n.perm, n.uid, n.gid)
         };
         let d = self.durable_node_for(ino)?;
@@ -575,6 +571,27 @@ impl Model {
             d.perm = perm;
             d.uid = uid;
             d.gid = gid;
+        }
+        if self.journaled_namespace {
+            self.commit_namespace()?;
+        }
+        Ok(())
+    }
+
+    /// Journaled mode: make every directory's entries durable, as a journal commit would.
+    fn commit_namespace(&mut self) -> Result<(), Errno> {
+        let mut dirs = Vec::new();
+        let mut stack = vec![ROOT];
+        while let Some(d) = stack.pop() {
+            dirs.push(d);
+            for &c in self.dir(d)?.children.values() {
+                if self.live.get(&c).is_some_and(|n| n.kind == Kind::Dir) {
+                    stack.push(c);
+                }
+            }
+        }
+        for d in dirs {
+            self.commit_dir(d)?;
         }
         Ok(())
     }
@@ -585,6 +602,13 @@ impl Model {
     pub(crate) fn sync_dir(&mut self, ino: u64) -> Result<(), Errno> {
         self.alive()?;
         self.stats.dir_fsyncs += 1;
+        if self.journaled_namespace {
+            return self.commit_namespace();
+        }
+        self.commit_dir(ino)
+    }
+
+    fn commit_dir(&mut self, ino: u64) -> Result<(), Errno> {
         let children = self.dir(ino)?.children.clone();
         let (perm, uid, gid) = {
             let n = self.node(ino)?;
@@ -702,8 +726,43 @@ impl Model {
         Ok(())
     }
 
-    /// After a cut: throw away everything not durable (optionally keeping a torn prefix of each
-    /// file's last un-synced write) and make the live state a copy of the durable state.
+    /// Torn writes: each un-synced sector of `ino` independently reached the disk (or not)
+    /// before the power went, whole, with its current contents; the file's durable size grows
+    /// to cover a surviving sector past its end.
+    fn tear(&mut self, ino: u64, rng: &mut Rng) -> io::Result<()> {
+        let live = File::open(self.live_path(ino))?;
+        let len = live.metadata()?.len();
+        let obj = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.durable_path(ino))?;
+        let mut buf = vec![0u8; SECTOR as usize];
+        let mut sectors: Vec<u64> = Vec::new();
+        for (&start, &end) in &self.live[&ino].dirty {
+            let mut s = start / SECTOR;
+            while s * SECTOR < end.min(len) {
+                if sectors.last() != Some(&s) {
+                    sectors.push(s);
+                }
+                s += 1;
+            }
+        }
+        for s in sectors {
+            if rng.below(2) == 0 {
+                continue;
+            }
+            let at = s * SECTOR;
+            let n = (len - at).min(SECTOR) as usize;
+            live.read_exact_at(&mut buf[..n], at)?;
+            obj.write_all_at(&buf[..n], at)?;
+            self.stats.torn_sectors += 1;
+        }
+        Ok(())
+    }
+
+    /// After a cut: throw away everything not durable (optionally keeping random un-synced
+    /// sectors) and make the live state a copy of the durable state.
     pub(crate) fn restore(&mut self) -> io::Result<()> {
         self.frozen = true;
         // Inodes reachable from the root through durable entries, with their durable parent.
@@ -720,30 +779,16 @@ impl Model {
         for n in self.live.values() {
             self.stats.lost_dirty_bytes += n.dirty.iter().map(|(s, e)| e - s).sum::<u64>();
         }
-        if let Some(rng) = self.torn.as_mut() {
+        if let Some(mut rng) = self.torn.take() {
             let mut inos: Vec<u64> = self.live.keys().copied().collect();
             inos.sort_unstable();
             for ino in inos {
-                let n = &self.live[&ino];
-                let Some((offset, bytes)) = &n.last_write else {
-                    continue;
-                };
-                if !reachable.contains_key(&ino) || bytes.is_empty() {
+                if !reachable.contains_key(&ino) || self.live[&ino].dirty.is_empty() {
                     continue;
                 }
-                // A prefix of 0..len bytes made it to the platter before the power went.
-                let keep = rng.below(bytes.len() as u64) as usize;
-                if keep == 0 {
-                    continue;
-                }
-                let obj = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(self.durable_dir.join(ino.to_string()))?;
-                obj.write_all_at(&bytes[..keep], *offset)?;
-                self.stats.torn_writes += 1;
+                self.tear(ino, &mut rng)?;
             }
+            self.torn = Some(rng);
         }
         self.durable.retain(|ino, _| reachable.contains_key(ino));
         for entry in std::fs::read_dir(&self.durable_dir)? {
@@ -784,7 +829,6 @@ impl Model {
                     file: None,
                     open_count: 0,
                     dirty: BTreeMap::new(),
-                    last_write: None,
                     mtime: now,
                 },
             );

@@ -361,38 +361,84 @@ fn the_control_file_cuts_power_for_every_process() {
 }
 
 #[test]
-fn torn_writes_keep_a_prefix_of_the_last_unsynced_write() {
+fn torn_writes_keep_random_whole_unsynced_sectors() {
     let Some(mut d) = disk(
-        "torn_writes_keep_a_prefix_of_the_last_unsynced_write",
+        "torn_writes_keep_random_whole_unsynced_sectors",
         Options {
             torn_writes: true,
             seed: 7,
+            journaled_namespace: false,
         },
     ) else {
         return;
     };
-    durable_file(&d, "w", b"base");
-    // Inside one page: the kernel splits writes that cross page boundaries into several
-    // requests, and only the last request is "the last write".
-    let last: Vec<u8> = (0..2000u32).map(|i| b'a' + (i % 26) as u8).collect();
-    let mut saw_torn = false;
-    for _ in 0..8 {
+    durable_file(&d, "w", &[b'o'; 2048]);
+    let mut saw_new = false;
+    let mut saw_old = false;
+    let mut durable_len = 2048;
+    for round in 0..8u8 {
         let f = OpenOptions::new().write(true).open(d.p("w")).unwrap();
-        f.write_all_at(b"EARLIER", 100).unwrap();
-        f.write_all_at(&last, 4).unwrap();
+        let new = vec![b'a' + round; 4096];
+        f.write_all_at(&new, 0).unwrap();
         drop(f);
         d.mount.power_cut().unwrap();
         let got = fs::read(d.p("w")).unwrap();
-        assert_eq!(&got[..4], b"base");
-        let kept = &got[4..];
-        assert!(kept.len() < last.len(), "never the whole un-synced write");
         assert!(
-            kept == &last[..kept.len()],
-            "not a prefix of the last write: {} bytes kept",
-            kept.len()
+            got.len() % 512 == 0 && got.len() >= 2048,
+            "size {}",
+            got.len()
         );
-        saw_torn |= !kept.is_empty();
+        for (i, sector) in got.chunks(512).enumerate() {
+            let first = sector[0];
+            assert!(
+                sector.iter().all(|&b| b == first),
+                "sector {i} is not whole"
+            );
+            if first == b'a' + round {
+                saw_new = true;
+            } else {
+                assert!(
+                    i < durable_len / 512 || first == 0,
+                    "sector {i} past the durable end is new or a hole"
+                );
+                saw_old = true;
+            }
+        }
+        // Make this round's result the durable base of the next.
+        File::open(d.p("w")).unwrap().sync_all().unwrap();
+        durable_len = got.len();
     }
-    assert!(saw_torn, "8 cuts and never a torn write");
-    assert!(d.mount.stats().torn_writes > 0);
+    assert!(
+        saw_new && saw_old,
+        "8 cuts and never a mix of torn and lost sectors"
+    );
+    assert!(d.mount.stats().torn_sectors > 0);
+}
+
+#[test]
+fn journaled_namespace_makes_a_new_files_name_durable_with_its_fsync() {
+    let Some(mut d) = disk(
+        "journaled_namespace_makes_a_new_files_name_durable_with_its_fsync",
+        Options {
+            journaled_namespace: true,
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    fs::create_dir_all(d.p("a/b")).unwrap();
+    fs::write(d.p("a/unsynced"), b"data").unwrap();
+    let mut f = File::create(d.p("a/b/f")).unwrap();
+    f.write_all(b"journaled").unwrap();
+    f.sync_data().unwrap();
+    drop(f);
+    fs::write(d.p("a/late"), b"after the last fsync").unwrap();
+    d.mount.power_cut().unwrap();
+    assert!(!d.p("a/late").exists());
+    assert_eq!(fs::read(d.p("a/b/f")).unwrap(), b"journaled");
+    assert_eq!(
+        fs::read(d.p("a/unsynced")).unwrap(),
+        b"",
+        "name yes, data no"
+    );
 }
