@@ -83,11 +83,12 @@ impl MqttSettings {
 /// Runs the source until `shutdown`; then stops reading, lets the appends in progress finish and
 /// sends their acks.
 pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: CancellationToken) {
-    // The request channel carries our PUBACKs and subscribes. It must never be full when we
-    // try_ack (we cannot await it while we are the task that drains it), so it holds every
-    // message that can be in flight plus the subscribe requests.
-    let request_capacity = usize::from(settings.max_inflight) * 2 + settings.topics.len() + 16;
+    // The request channel carries our PUBACKs and subscribes, and only drains while this task
+    // polls the event loop; we cannot await space in it. So acks wait in `acks` (in order) and
+    // go into the channel as room allows, on every turn of the loop; none is ever dropped.
+    let request_capacity = usize::from(settings.max_inflight).max(REQUEST_CHANNEL_MIN);
     let (client, mut eventloop) = AsyncClient::new(settings.options(), request_capacity);
+    let mut acks = AckQueue::default();
     let decoder = MqttDecoder::new(&settings.templates, settings.max_payload_bytes);
     // Appends in progress; cancelling them on shutdown would only lose acks, so they get their
     // own token that fires after the source has stopped reading.
@@ -97,11 +98,13 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
     pipeline.metrics().set_mqtt_connected(false);
 
     loop {
+        acks.flush(&client);
+        // Not biased: a burst of completed appends must not keep the event loop from running
+        // (it is what drains the acks), nor a flood of publishes keep the acks from being queued.
         tokio::select! {
-            biased;
             _ = shutdown.cancelled() => break,
             Some((publish, result)) = pending.next(), if !pending.is_empty() => {
-                ack(&client, &publish, result);
+                acks.push(publish, result);
             }
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -143,6 +146,7 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
             &decoder,
             &pipeline,
             &mut pending,
+            &mut acks,
             &appends,
             max,
         )
@@ -155,13 +159,17 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
     // them for our session and redelivers them on the next start.
     appends.cancel();
     while let Some((publish, result)) = pending.next().await {
-        ack(&client, &publish, result);
+        acks.push(publish, result);
     }
-    let _ = client.try_disconnect();
-    // Let the event loop write the acks and the disconnect; bounded so a dead broker can't hold
-    // up shutdown.
+    // Let the event loop write the acks and then the disconnect; bounded so a dead broker can't
+    // hold up shutdown.
     let flush = async {
+        let mut disconnecting = false;
         loop {
+            acks.flush(&client);
+            if acks.is_empty() && !disconnecting {
+                disconnecting = client.try_disconnect().is_ok();
+            }
             match eventloop.poll().await {
                 Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
                 Ok(_) => {}
@@ -181,6 +189,7 @@ async fn drain_embedded(
     decoder: &MqttDecoder,
     pipeline: &Pipeline,
     pending: &mut FuturesOrdered<Pending>,
+    acks: &mut AckQueue,
     appends: &CancellationToken,
     max: Duration,
 ) {
@@ -189,10 +198,10 @@ async fn drain_embedded(
     let until = tokio::time::Instant::now() + max;
     let mut quiet = Box::pin(tokio::time::sleep(QUIET));
     loop {
+        acks.flush(client);
         tokio::select! {
-            biased;
             _ = tokio::time::sleep_until(until) => break,
-            Some((publish, result)) = pending.next(), if !pending.is_empty() => ack(client, &publish, result),
+            Some((publish, result)) = pending.next(), if !pending.is_empty() => acks.push(publish, result),
             _ = &mut quiet => break,
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -229,22 +238,42 @@ fn process(
     })
 }
 
-fn ack(client: &AsyncClient, publish: &Publish, result: Result<(), IngestError>) {
-    static ACK_FAILED: Throttle = Throttle::new(Duration::from_secs(10));
-    static NOT_STORED: Throttle = Throttle::new(Duration::from_secs(10));
-    match result {
-        Ok(()) => {
-            if let Err(e) = client.try_ack(publish)
-                && let Some(suppressed) = ACK_FAILED.allow()
-            {
-                // Not acked: the broker redelivers it, which is a duplicate, not a loss.
-                tracing::warn!(error = %e, pkid = publish.pkid, suppressed, "could not queue PUBACK");
+/// Smallest request channel: room for a few subscribes and a burst of acks.
+const REQUEST_CHANNEL_MIN: usize = 256;
+
+/// PUBACKs waiting for room in rumqttc's request channel, in arrival order.
+#[derive(Debug, Default)]
+struct AckQueue {
+    waiting: std::collections::VecDeque<Publish>,
+}
+
+impl AckQueue {
+    /// Queues the ack of a message whose readings are durable; a message that could not be
+    /// stored gets none, so the broker redelivers it.
+    fn push(&mut self, publish: Publish, result: Result<(), IngestError>) {
+        static NOT_STORED: Throttle = Throttle::new(Duration::from_secs(10));
+        match result {
+            Ok(()) => self.waiting.push_back(publish),
+            Err(e) => {
+                if let Some(suppressed) = NOT_STORED.allow() {
+                    tracing::warn!(error = %e, pkid = publish.pkid, suppressed, "message left unacknowledged; the broker will redeliver it");
+                }
             }
         }
-        Err(e) => {
-            if let Some(suppressed) = NOT_STORED.allow() {
-                tracing::warn!(error = %e, pkid = publish.pkid, suppressed, "message left unacknowledged; the broker will redeliver it");
+    }
+
+    /// Moves as many acks as fit into the request channel.
+    fn flush(&mut self, client: &AsyncClient) {
+        while let Some(publish) = self.waiting.front() {
+            if client.try_ack(publish).is_err() {
+                // Full: the event loop drains it when polled; the rest go on a later turn.
+                return;
             }
+            self.waiting.pop_front();
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
     }
 }
