@@ -140,17 +140,8 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
     }
 
     if let Some(max) = settings.drain_on_stop {
-        drain_embedded(
-            &mut eventloop,
-            &client,
-            &decoder,
-            &pipeline,
-            &mut pending,
-            &mut acks,
-            &appends,
-            max,
-        )
-        .await;
+        let start = |p: Publish| process(&decoder, &pipeline, p, appends.clone());
+        drain_embedded(&mut eventloop, &client, start, &mut pending, &mut acks, max).await;
     }
 
     // Stop taking messages; finish what is being appended and send those acks.
@@ -186,11 +177,9 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
 async fn drain_embedded(
     eventloop: &mut rumqttc::EventLoop,
     client: &AsyncClient,
-    decoder: &MqttDecoder,
-    pipeline: &Pipeline,
+    start: impl Fn(Publish) -> Pending,
     pending: &mut FuturesOrdered<Pending>,
     acks: &mut AckQueue,
-    appends: &CancellationToken,
     max: Duration,
 ) {
     /// No publish for this long: the broker's queue for us is empty.
@@ -205,7 +194,7 @@ async fn drain_embedded(
             _ = &mut quiet => break,
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    pending.push_back(process(decoder, pipeline, p, appends.clone()));
+                    pending.push_back(start(p));
                     quiet.as_mut().reset(tokio::time::Instant::now() + QUIET);
                 }
                 Ok(_) => {}
