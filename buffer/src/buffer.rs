@@ -110,10 +110,7 @@ impl Buffer {
     /// complete.
     pub fn open(opts: BufferOptions) -> Result<(Buffer, Committer), BufferError> {
         opts.validate()?;
-        std::fs::create_dir_all(&opts.dir).map_err(|source| BufferError::Io {
-            path: opts.dir.clone(),
-            source,
-        })?;
+        let created = create_dirs(&opts.dir)?;
         let path = opts.dir.join(keys::DB_DIR_NAME);
         let mut moved_aside = 0;
         let db = match open_sled(&path, &opts) {
@@ -142,6 +139,10 @@ impl Buffer {
             }
             Err(OpenFailure::Other(source)) => return Err(BufferError::Open { path, source }),
         };
+        // sled fsyncs its log but never a directory, nor its `conf` file: after a power cut the
+        // whole database directory (and with it every acknowledged record) could vanish. Make
+        // the files' names durable before anything can be acknowledged.
+        sync_names(&path, &opts.dir, &created)?;
         let lanes = [
             db.open_tree(keys::lane_tree(Lane::Alarms))?,
             db.open_tree(keys::lane_tree(Lane::Readings))?,
@@ -569,7 +570,62 @@ fn move_aside(path: &Path, now_ms: i64) -> Result<PathBuf, BufferError> {
         path: path.to_path_buf(),
         source,
     })?;
+    // The rename is durable only with its directory: else, after a power cut, the damaged
+    // database would be back and the fresh one gone.
+    if let Some(parent) = path.parent() {
+        fsync_path(parent)?;
+    }
     Ok(target)
+}
+
+/// `create_dir_all`, returning the directories it created (outermost first).
+fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>, BufferError> {
+    let mut missing = Vec::new();
+    let mut d = Some(dir);
+    while let Some(p) = d {
+        if p.as_os_str().is_empty() || p.exists() {
+            break;
+        }
+        missing.push(p.to_path_buf());
+        d = p.parent();
+    }
+    std::fs::create_dir_all(dir).map_err(|source| BufferError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    missing.reverse();
+    Ok(missing)
+}
+
+/// fsyncs what makes the database's names durable: sled's `conf` and `blobs/`, the database
+/// directory, the buffer directory, and the parents of every directory `open` created.
+fn sync_names(db_dir: &Path, dir: &Path, created: &[PathBuf]) -> Result<(), BufferError> {
+    let conf = db_dir.join("conf");
+    if conf.exists() {
+        fsync_path(&conf)?;
+    }
+    let blobs = db_dir.join("blobs");
+    if blobs.exists() {
+        fsync_path(&blobs)?;
+    }
+    fsync_path(db_dir)?;
+    fsync_path(dir)?;
+    for d in created {
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fsync_path(parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// fsync of a file or directory by path.
+fn fsync_path(path: &Path) -> Result<(), BufferError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| BufferError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// `YYYYMMDDTHHMMSSZ` for ms since the epoch (civil-from-days, H. Hinnant).

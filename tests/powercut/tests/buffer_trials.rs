@@ -90,16 +90,6 @@ fn child(dir: &Path, trial: u64) {
         .unwrap();
     rt.block_on(async move {
         let (buffer, committer) = Buffer::open(options(dir)).expect("child: open");
-        if std::env::var("POWERCUT_EXPERIMENT_SYNC_DIRS").as_deref() == Ok("1") {
-            // Experiment only: what the buffer would do with the proposed fix (see README).
-            let db = dir.join(gateway_buffer::DB_DIR_NAME);
-            std::fs::File::open(db.join("conf"))
-                .unwrap()
-                .sync_all()
-                .unwrap();
-            std::fs::File::open(&db).unwrap().sync_all().unwrap();
-            std::fs::File::open(dir).unwrap().sync_all().unwrap();
-        }
         let shutdown = tokio_util::sync::CancellationToken::new();
         let committer = tokio::spawn(committer.run(shutdown.clone()));
         let deadline = Instant::now() + CHILD_LIFETIME;
