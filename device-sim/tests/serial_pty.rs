@@ -2,7 +2,9 @@
 
 mod common;
 
+use nix::poll::{PollFd, PollFlags, poll};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 
@@ -50,6 +52,12 @@ fn serial_lines_over_a_real_pty_decode_per_contract_and_match_the_records() {
             }
             if target.is_some_and(|t| all.len() as u64 >= t) {
                 return all;
+            }
+            // Wait for bytes at most 100 ms, then look for the target again: the reader may
+            // have taken every byte before the writer said how many there were.
+            let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, 100u16).unwrap() == 0 {
+                continue;
             }
             let n = reader.read(&mut buf).unwrap();
             all.extend_from_slice(&buf[..n]);
