@@ -75,4 +75,4 @@ pub use stats::{
     DOWN_AFTER_FAILURES, ForwarderStats, LATENCY_BUCKETS_S, LatencyHistogram, PerLane,
     UpstreamState,
 };
-pub use wire::{encode_body, idempotency_key};
+pub use wire::{encode_body, encode_record, idempotency_key};

@@ -123,33 +123,10 @@ pub async fn run(settings: MqttSettings, buffer: Buffer, shutdown: CancellationT
     let _ = client.try_disconnect();
 }
 
-/// The event as the JSON object of its upstream alarm record (WIRE.md §3 and §4).
+/// The event as the JSON object of its upstream alarm record (WIRE.md §4: the same JSON), from
+/// the forwarder's own encoder so the two can never differ.
 fn json(stored: &Stored) -> Vec<u8> {
-    #[derive(serde::Serialize)]
-    struct Wire<'a> {
-        seq: u64,
-        alarm: &'a str,
-        state: &'a str,
-        severity: &'a str,
-        device: &'a str,
-        metric: &'a str,
-        value: f64,
-        threshold: Option<f64>,
-        ts: i64,
-    }
-    let Record::Alarm(e) = &stored.record else {
-        return Vec::new();
-    };
-    let wire = Wire {
-        seq: stored.seq,
-        alarm: &e.alarm,
-        state: e.state.as_str(),
-        severity: e.severity.as_str(),
-        device: &e.device,
-        metric: &e.metric,
-        value: e.value,
-        threshold: e.threshold,
-        ts: e.ts_ms,
-    };
-    serde_json::to_vec(&wire).unwrap_or_default()
+    let mut out = Vec::with_capacity(256);
+    gateway_forwarder::encode_record(stored, &mut out);
+    out
 }
