@@ -11,6 +11,10 @@
 //!   temp dir; SIGTERM, SIGKILL and restart on the same data dir.
 //! - [`Publisher`]: an MQTT QoS 1 publisher (rumqttc) that records exactly which messages were
 //!   PUBACKed; [`Subscriber`] for the local alarm topics.
+//! - [`FaultyUpstream`]: a cloud that goes down (connection refused) and comes back on the same
+//!   port, answers any status, `Retry-After`, slowly or never, and refuses one poison batch.
+//! - [`fleet`]: device-sim (binary or library) as the fleet of a fault test, and the check of
+//!   the cloud's records against what device-sim says it sent and the broker acknowledged.
 //! - [`workload`]: WIRE.md §1 payloads with the readings they must become, and the comparison of
 //!   what the receiver got against them.
 //!
@@ -23,12 +27,14 @@
 //! It does not promise that the `gateway` binary is fresh unless it could build it: see
 //! [`gateway_bin`].
 
+pub mod fleet;
 mod gateway;
 mod mosquitto;
 mod publisher;
 mod receiver;
 mod serial;
 mod subscriber;
+mod upstream;
 mod util;
 pub mod workload;
 
@@ -38,4 +44,5 @@ pub use publisher::{Message, PublishOutcome, Publisher, PublisherOptions};
 pub use receiver::{Batch, Receiver, Reply};
 pub use serial::PtyPair;
 pub use subscriber::{Received, Subscriber, retained_messages};
+pub use upstream::{Fault, FaultyUpstream, Poison};
 pub use util::{env_usize, free_port, wait_until};
