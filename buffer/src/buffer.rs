@@ -191,6 +191,12 @@ impl Buffer {
     /// Cancel safety: dropping the future after it was queued does not withdraw the records;
     /// they become durable under seqs the caller never learns (a duplicate if re-appended).
     pub async fn append(&self, records: Vec<Record>) -> Result<Vec<u64>, AppendError> {
+        self.append_shared(records.into()).await
+    }
+
+    /// [`Buffer::append`] of records the caller keeps a handle to, so that a retry (after
+    /// [`AppendError::Full`]) does not copy them.
+    pub async fn append_shared(&self, records: Arc<[Record]>) -> Result<Vec<u64>, AppendError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }

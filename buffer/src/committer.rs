@@ -23,7 +23,7 @@ pub(crate) const APPEND_QUEUE_CAPACITY: usize = 1024;
 pub(crate) const IDLE_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 pub(crate) struct AppendRequest {
-    pub(crate) records: Vec<Record>,
+    pub(crate) records: Arc<[Record]>,
     pub(crate) reply: oneshot::Sender<Result<Vec<u64>, AppendError>>,
     /// When the append was queued: the commit window is measured from the group's first one.
     pub(crate) arrived: tokio::time::Instant,
@@ -158,7 +158,7 @@ impl Committer {
 }
 
 /// Assign seqs, write one block per lane, persist the counter, flush once, publish.
-fn commit_group(inner: &Inner, calls: Vec<Vec<Record>>) -> Vec<Result<Vec<u64>, AppendError>> {
+fn commit_group(inner: &Inner, calls: Vec<Arc<[Record]>>) -> Vec<Result<Vec<u64>, AppendError>> {
     let now = inner.opts.clock.now_ms();
     let mut results = Vec::with_capacity(calls.len());
     let mut st = inner.lock();
@@ -172,7 +172,7 @@ fn commit_group(inner: &Inner, calls: Vec<Vec<Record>>) -> Vec<Result<Vec<u64>, 
             continue;
         }
         let mut seqs = Vec::with_capacity(records.len());
-        for r in records {
+        for r in records.iter() {
             let seq = st.next_seq;
             st.next_seq += 1;
             per_lane[r.lane().index()].push((seq, r));

@@ -2,9 +2,10 @@
 //! are durable.
 //!
 //! One task owns the rumqttc event loop and keeps polling it (rumqttc stalls if it is not
-//! polled). Each incoming publish starts its append at once, so concurrent messages share a group
-//! commit; completions are taken in arrival order (MQTT requires PUBACKs in the order the
-//! PUBLISHes came) and each is acked as soon as it and everything before it is durable.
+//! polled). The publishes that are already read when one arrives (up to [`MAX_BATCH`]) are
+//! decoded together and start one append at once, so concurrent batches share a group commit;
+//! completions are taken in arrival order (MQTT requires PUBACKs in the order the PUBLISHes
+//! came) and each message is acked as soon as it and everything before it is durable.
 //!
 //! On a disconnect rumqttc drops PUBACKs it had not sent yet; the broker redelivers those
 //! messages on the persistent session, so they are appended again (a duplicate, never a loss).
@@ -12,6 +13,7 @@
 use crate::decode::MqttDecoder;
 use crate::pipeline::{IngestError, Pipeline};
 use crate::telemetry::Throttle;
+use futures::FutureExt;
 use futures::stream::{FuturesOrdered, StreamExt};
 use gateway_buffer::Source;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
@@ -51,7 +53,11 @@ pub enum MqttError {
     },
 }
 
-type Pending = Pin<Box<dyn Future<Output = (Publish, Result<(), IngestError>)> + Send>>;
+type Pending = Pin<Box<dyn Future<Output = (Vec<Publish>, Result<(), IngestError>)> + Send>>;
+
+/// Most publishes decoded into one append. Taking what rumqttc has already read costs no
+/// latency; the bound keeps one append (and the acks waiting on it) small.
+const MAX_BATCH: usize = 256;
 
 impl MqttSettings {
     fn options(&self) -> MqttOptions {
@@ -101,15 +107,23 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
         acks.flush(&client);
         // Not biased: a burst of completed appends must not keep the event loop from running
         // (it is what drains the acks), nor a flood of publishes keep the acks from being queued.
-        tokio::select! {
+        let event = tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some((publish, result)) = pending.next(), if !pending.is_empty() => {
-                acks.push(publish, result);
+            Some((publishes, result)) = pending.next(), if !pending.is_empty() => {
+                acks.push(publishes, result);
+                continue;
             }
-            event = eventloop.poll() => match event {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    pending.push_back(process(&decoder, &pipeline, p, appends.clone()));
-                }
+            event = eventloop.poll() => event,
+        };
+        // Take every publish rumqttc has already read, so they share one append.
+        let mut batch = Vec::new();
+        let mut lost = None;
+        let mut next = Some(event);
+        let mut turns = 0;
+        while let Some(event) = next.take() {
+            turns += 1;
+            match event {
+                Ok(Event::Incoming(Packet::Publish(p))) => batch.push(p),
                 Ok(Event::Incoming(Packet::ConnAck(c))) => {
                     backoff = Duration::from_millis(100);
                     pipeline.metrics().set_mqtt_connected(true);
@@ -126,21 +140,32 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    pipeline.metrics().source_disconnects.fetch_add(1, Relaxed);
-                    pipeline.metrics().set_mqtt_connected(false);
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(settings.reconnect_max);
+                    lost = Some(e);
+                    break;
                 }
             }
+            // Whatever else is ready (our own PUBACKs going out, mostly) does not end the batch.
+            if batch.len() < MAX_BATCH && turns < 2 * MAX_BATCH {
+                next = eventloop.poll().now_or_never();
+            }
+        }
+        if !batch.is_empty() {
+            pending.push_back(process(&decoder, &pipeline, batch, appends.clone()));
+        }
+        if let Some(e) = lost {
+            pipeline.metrics().source_disconnects.fetch_add(1, Relaxed);
+            pipeline.metrics().set_mqtt_connected(false);
+            tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(settings.reconnect_max);
         }
     }
 
     if let Some(max) = settings.drain_on_stop {
-        let start = |p: Publish| process(&decoder, &pipeline, p, appends.clone());
+        let start = |p: Publish| process(&decoder, &pipeline, vec![p], appends.clone());
         drain_embedded(&mut eventloop, &client, start, &mut pending, &mut acks, max).await;
     }
 
@@ -149,8 +174,8 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
     // while we are away. Publishes that arrive from here on are not acked, so the broker keeps
     // them for our session and redelivers them on the next start.
     appends.cancel();
-    while let Some((publish, result)) = pending.next().await {
-        acks.push(publish, result);
+    while let Some((publishes, result)) = pending.next().await {
+        acks.push(publishes, result);
     }
     // Let the event loop write the acks and then the disconnect; bounded so a dead broker can't
     // hold up shutdown.
@@ -190,7 +215,7 @@ async fn drain_embedded(
         acks.flush(client);
         tokio::select! {
             _ = tokio::time::sleep_until(until) => break,
-            Some((publish, result)) = pending.next(), if !pending.is_empty() => acks.push(publish, result),
+            Some((publishes, result)) = pending.next(), if !pending.is_empty() => acks.push(publishes, result),
             _ = &mut quiet => break,
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -204,26 +229,31 @@ async fn drain_embedded(
     }
 }
 
-/// Decodes and appends one message; resolves once it may be acked (or must not be).
+/// Decodes messages and appends their readings together; resolves once the messages may be
+/// acked (or must not be). Poison is dead-lettered at once and acked with the rest, or it would
+/// come back forever.
 fn process(
     decoder: &MqttDecoder,
     pipeline: &Pipeline,
-    publish: Publish,
+    publishes: Vec<Publish>,
     cancel: CancellationToken,
 ) -> Pending {
     let now = pipeline.now_ms();
-    let decoded = decoder.decode(&publish.topic, &publish.payload, now);
+    let mut readings = Vec::with_capacity(publishes.len());
+    for p in &publishes {
+        match decoder.decode(&p.topic, &p.payload, now) {
+            Ok(r) => readings.extend(r),
+            Err(why) => pipeline.reject(&p.topic, &p.payload, &why),
+        }
+    }
     let pipeline = pipeline.clone();
     Box::pin(async move {
-        let result = match decoded {
-            Ok(readings) => pipeline.ingest(Source::Mqtt, readings, &cancel).await,
-            Err(why) => {
-                // Poison is acked, or it would come back forever.
-                pipeline.reject(&publish.topic, &publish.payload, &why);
-                Ok(())
-            }
+        let result = if readings.is_empty() {
+            Ok(())
+        } else {
+            pipeline.ingest(Source::Mqtt, readings, &cancel).await
         };
-        (publish, result)
+        (publishes, result)
     })
 }
 
@@ -237,15 +267,15 @@ struct AckQueue {
 }
 
 impl AckQueue {
-    /// Queues the ack of a message whose readings are durable; a message that could not be
-    /// stored gets none, so the broker redelivers it.
-    fn push(&mut self, publish: Publish, result: Result<(), IngestError>) {
+    /// Queues the acks of messages whose readings are durable; messages that could not be
+    /// stored get none, so the broker redelivers them.
+    fn push(&mut self, publishes: Vec<Publish>, result: Result<(), IngestError>) {
         static NOT_STORED: Throttle = Throttle::new(Duration::from_secs(10));
         match result {
-            Ok(()) => self.waiting.push_back(publish),
+            Ok(()) => self.waiting.extend(publishes),
             Err(e) => {
                 if let Some(suppressed) = NOT_STORED.allow() {
-                    tracing::warn!(error = %e, pkid = publish.pkid, suppressed, "message left unacknowledged; the broker will redeliver it");
+                    tracing::warn!(error = %e, messages = publishes.len(), suppressed, "messages left unacknowledged; the broker will redeliver them");
                 }
             }
         }

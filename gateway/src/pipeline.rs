@@ -105,10 +105,12 @@ impl Pipeline {
             .map(Record::Alarm)
             .collect();
         records.extend(readings.into_iter().map(Record::Reading));
+        // Shared, so a retry while the buffer is full does not copy the readings.
+        let records: Arc<[Record]> = records.into();
         let mut wait = FULL_RETRY_MIN;
         let mut counted_block = false;
         loop {
-            match self.buffer.append(records.clone()).await {
+            match self.buffer.append_shared(records.clone()).await {
                 Ok(_) => break,
                 Err(AppendError::Full { .. }) => {
                     if !counted_block {
