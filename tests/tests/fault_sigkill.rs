@@ -142,7 +142,19 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_reading_and_keeps_devic
             }
             gw.wait_ready().await;
         }
-        let log = sim.finish(Duration::from_secs(120)).await;
+        // The broker is never stopped here; if it vanishes, say so rather than blame device-sim.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while sim.is_running() && Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", broker.port())).is_err() {
+                panic!(
+                    "trial {trial}: mosquitto stopped accepting connections while device-sim was \
+                     publishing (this test never stops it)\n{}",
+                    broker.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let log = sim.finish(Duration::from_secs(10)).await;
         let streamed = trial_started.elapsed();
         if let Err(e) = log.check_all_acked() {
             panic!("trial {trial}: mosquitto did not acknowledge everything: {e}\n{replay}");
