@@ -258,6 +258,11 @@ impl Mosquitto {
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Ok(Some(exit)) = self.child.try_wait()
+        {
+            eprintln!("{TEST}: mosquitto had exited ({exit}); this test never stops it");
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
@@ -674,7 +679,7 @@ fn acknowledged_readings_survive_power_cuts_of_the_whole_gateway() {
     let data = mnt.join("data");
     std::fs::create_dir(&data).unwrap();
     std::fs::File::open(&mnt).unwrap().sync_all().unwrap();
-    let broker = Mosquitto::start(&mosquitto_bin, &work.join("mosquitto"));
+    let broker = Mosquitto::start(&mosquitto_bin, &work.join("broker"));
     let port = broker.port;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -722,7 +727,8 @@ fn acknowledged_readings_survive_power_cuts_of_the_whole_gateway() {
             mqtt_readings(s) > before + 100
         });
 
-        // 3. The cut, at a random moment under load.
+        // 3. The cut, at a random moment within the next 500 ms of load (the randomness is the
+        // point, not a wait for some state).
         std::thread::sleep(Duration::from_millis(rng.below(500)));
         disk.cut_power();
         cuts += 1;
@@ -749,6 +755,7 @@ fn acknowledged_readings_survive_power_cuts_of_the_whole_gateway() {
             twice = true;
             let mut gw = Gateway::start(&bin, &work, &data, port, format!("gateway-{trial}-redo"));
             gw.wait_open();
+            // Again a random moment, not a wait for state.
             std::thread::sleep(Duration::from_millis(rng.below(300)));
             disk.cut_power();
             cuts += 1;
