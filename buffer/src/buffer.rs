@@ -206,10 +206,12 @@ impl Buffer {
                 records,
                 reply,
                 arrived: tokio::time::Instant::now(),
+                in_line: false,
+                waited: false,
             })
             .await
             .map_err(|_| AppendError::Closed)?;
-        rx.await.map_err(|_| AppendError::Closed)?
+        rx.await.map_err(|_| AppendError::Closed)?.map(|a| a.seqs)
     }
 
     /// Up to `max_records` records of `lane` with seq > max(`after_seq`, the consumer's acked

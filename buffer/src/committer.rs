@@ -1,5 +1,14 @@
 //! The group-commit driver.
+//!
+//! Appends arrive on a bounded queue and are committed in groups: one sled batch and one flush
+//! for everything that queued within `commit_interval_ms` of the group's first append.
+//!
+//! Appends made [`Buffer::append_in_line`] that find their lane full (`when_full = "block"`)
+//! are parked instead of refused, and so is every such append after them: parked appends are
+//! retried in arrival order as space returns, so a later one is never stored before an earlier
+//! one. A parked append whose caller gave up (dropped the future) is withdrawn, never written.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
-use crate::buffer::Inner;
+use crate::buffer::{Buffer, Inner};
 use crate::error::{AppendError, BufferError};
 use crate::record::{Lane, Record};
 
@@ -24,9 +33,55 @@ pub(crate) const IDLE_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 pub(crate) struct AppendRequest {
     pub(crate) records: Arc<[Record]>,
-    pub(crate) reply: oneshot::Sender<Result<Vec<u64>, AppendError>>,
+    pub(crate) reply: oneshot::Sender<Result<Appended, AppendError>>,
     /// When the append was queued: the commit window is measured from the group's first one.
     pub(crate) arrived: tokio::time::Instant,
+    /// Wait in line for space instead of failing with [`AppendError::Full`].
+    pub(crate) in_line: bool,
+    /// Whether it has been parked (reported back to the caller).
+    pub(crate) waited: bool,
+}
+
+/// A completed append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The records' seqs, in the order given.
+    pub seqs: Vec<u64>,
+    /// It found its lane full (or others waiting) and waited for space.
+    pub waited_for_space: bool,
+}
+
+/// How long parked appends wait between attempts; acks free space at any moment, so this is
+/// the most an append waits after space returns.
+const PARKED_RETRY: Duration = Duration::from_millis(50);
+
+impl Buffer {
+    /// Like [`Buffer::append_shared`], but when the buffer is full and set to block, waits for
+    /// space in line behind every earlier such append instead of failing with
+    /// [`AppendError::Full`]; so appends from one source stay in order through a full buffer.
+    ///
+    /// Cancel safety: dropping the future while it waits for space withdraws the records
+    /// (they are never written); once space was found, as [`Buffer::append`].
+    pub async fn append_in_line(&self, records: Arc<[Record]>) -> Result<Appended, AppendError> {
+        if records.is_empty() {
+            return Ok(Appended {
+                seqs: Vec::new(),
+                waited_for_space: false,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(AppendRequest {
+                records,
+                reply,
+                arrived: tokio::time::Instant::now(),
+                in_line: true,
+                waited: false,
+            })
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        rx.await.map_err(|_| AppendError::Closed)?
+    }
 }
 
 /// Drives group commit. Spawn `committer.run(shutdown)` once; appends complete only while it
@@ -35,19 +90,26 @@ pub(crate) struct AppendRequest {
 pub struct Committer {
     inner: Arc<Inner>,
     rx: mpsc::Receiver<AppendRequest>,
+    /// In-line appends waiting for space, oldest first.
+    parked: VecDeque<AppendRequest>,
 }
 
 impl std::fmt::Debug for AppendRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppendRequest")
             .field("records", &self.records.len())
+            .field("in_line", &self.in_line)
             .finish()
     }
 }
 
 impl Committer {
     pub(crate) fn new(inner: Arc<Inner>, rx: mpsc::Receiver<AppendRequest>) -> Self {
-        Committer { inner, rx }
+        Committer {
+            inner,
+            rx,
+            parked: VecDeque::new(),
+        }
     }
 
     /// Run until `shutdown` is cancelled or every [`crate::Buffer`] handle is dropped.
@@ -57,11 +119,17 @@ impl Committer {
         let max_records = self.inner.opts.commit_max_records;
         let mut tick = tokio::time::interval(IDLE_FLUSH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry = tokio::time::interval(PARKED_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // Cancel safety: `recv` and `tick` lose nothing when another branch wins.
+            // Cancel safety: `recv` and the ticks lose nothing when another branch wins.
             let first = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                _ = retry.tick(), if !self.parked.is_empty() => {
+                    self.retry_parked().await;
+                    continue;
+                }
                 r = self.rx.recv() => match r {
                     Some(r) => r,
                     None => break,
@@ -71,6 +139,11 @@ impl Committer {
                     continue;
                 }
             };
+            if first.in_line && !self.parked.is_empty() {
+                // Others are waiting for space: this one waits behind them.
+                self.park(first);
+                continue;
+            }
             let first_arrived = first.arrived;
             let mut n = first.records.len();
             let mut group = vec![first];
@@ -104,10 +177,27 @@ impl Committer {
             }
             self.commit(group).await;
         }
-        // Shutdown: refuse new appends, commit what was already queued, flush.
+        // Shutdown: refuse new appends and those waiting for space, commit what was already
+        // queued, flush.
         self.rx.close();
+        // In-line appends queued behind refused ones are refused too: committing them would
+        // store them ahead of the earlier ones, which come back later.
+        let mut refuse_in_line = !self.parked.is_empty();
+        for r in self.parked.drain(..) {
+            let lane = first_full_lane(&self.inner, &r.records).unwrap_or(Lane::Readings);
+            let _ = r.reply.send(Err(AppendError::Full { lane }));
+        }
         let mut rest = Vec::new();
         while let Ok(r) = self.rx.try_recv() {
+            if r.in_line {
+                let full = first_full_lane(&self.inner, &r.records);
+                if refuse_in_line || full.is_some() {
+                    refuse_in_line = true;
+                    let lane = full.unwrap_or(Lane::Readings);
+                    let _ = r.reply.send(Err(AppendError::Full { lane }));
+                    continue;
+                }
+            }
             rest.push(r);
         }
         if !rest.is_empty() {
@@ -140,35 +230,92 @@ impl Committer {
         }
     }
 
-    async fn commit(&self, group: Vec<AppendRequest>) {
+    fn park(&mut self, mut request: AppendRequest) {
+        request.waited = true;
+        self.parked.push_back(request);
+    }
+
+    /// Commits the parked appends that fit now, oldest first; the rest stay parked in order.
+    async fn retry_parked(&mut self) {
+        let group: Vec<AppendRequest> = self
+            .parked
+            .drain(..)
+            // The caller gave up waiting: withdrawn, never written.
+            .filter(|r| !r.reply.is_closed())
+            .collect();
+        if !group.is_empty() {
+            self.commit(group).await;
+        }
+    }
+
+    /// Commits a group; in-line appends refused for space are parked, with every in-line
+    /// append after them in the group.
+    async fn commit(&mut self, group: Vec<AppendRequest>) {
         let inner = self.inner.clone();
-        let (replies, records): (Vec<_>, Vec<_>) =
-            group.into_iter().map(|r| (r.reply, r.records)).unzip();
-        let results = tokio::task::spawn_blocking(move || commit_group(&inner, records))
+        let calls: Vec<(Arc<[Record]>, bool)> = group
+            .iter()
+            .map(|r| (r.records.clone(), r.in_line))
+            .collect();
+        let outcomes = tokio::task::spawn_blocking(move || commit_group(&inner, calls))
             .await
             .unwrap_or_else(|e| {
                 error!(error = %e, "buffer: commit task failed");
                 Vec::new()
             });
-        // A missing result (the commit task panicked) drops the reply: that caller sees Closed.
-        for (reply, result) in replies.into_iter().zip(results) {
-            let _ = reply.send(result);
+        // A missing outcome (the commit task panicked) drops the reply: that caller sees Closed.
+        for (request, outcome) in group.into_iter().zip(outcomes) {
+            match outcome {
+                Outcome::Park => self.park(request),
+                Outcome::Done(result) => {
+                    let waited = request.waited;
+                    let _ = request.reply.send(result.map(|seqs| Appended {
+                        seqs,
+                        waited_for_space: waited,
+                    }));
+                }
+            }
         }
     }
 }
 
+/// What became of one append in a group.
+enum Outcome {
+    Done(Result<Vec<u64>, AppendError>),
+    /// An in-line append that must wait for space.
+    Park,
+}
+
+/// The first lane `records` touch that is full (and set to block) now.
+fn first_full_lane(inner: &Inner, records: &[Record]) -> Option<Lane> {
+    let st = inner.lock();
+    Lane::ALL
+        .into_iter()
+        .find(|&l| records.iter().any(|r| r.lane() == l) && inner.lane_full(&st, l))
+}
+
 /// Assign seqs, write one block per lane, persist the counter, flush once, publish.
-fn commit_group(inner: &Inner, calls: Vec<Arc<[Record]>>) -> Vec<Result<Vec<u64>, AppendError>> {
+fn commit_group(inner: &Inner, calls: Vec<(Arc<[Record]>, bool)>) -> Vec<Outcome> {
     let now = inner.opts.clock.now_ms();
     let mut results = Vec::with_capacity(calls.len());
     let mut st = inner.lock();
     let mut per_lane: [Vec<(u64, &Record)>; 2] = [Vec::new(), Vec::new()];
-    for records in &calls {
+    // Once an in-line append waits, every in-line append after it waits too (order).
+    let mut parking = false;
+    for (records, in_line) in &calls {
+        if *in_line && parking {
+            results.push(Outcome::Park);
+            continue;
+        }
         let full = Lane::ALL
             .into_iter()
             .find(|&l| records.iter().any(|r| r.lane() == l) && inner.lane_full(&st, l));
         if let Some(lane) = full {
-            results.push(Err(AppendError::Full { lane }));
+            if *in_line {
+                parking = true;
+                results.push(Outcome::Park);
+            } else {
+                results.push(Outcome::Done(Err(AppendError::Full { lane })));
+            }
             continue;
         }
         let mut seqs = Vec::with_capacity(records.len());
@@ -178,7 +325,7 @@ fn commit_group(inner: &Inner, calls: Vec<Arc<[Record]>>) -> Vec<Result<Vec<u64>
             per_lane[r.lane().index()].push((seq, r));
             seqs.push(seq);
         }
-        results.push(Ok(seqs));
+        results.push(Outcome::Done(Ok(seqs)));
     }
     let written = (|| -> Result<(), BufferError> {
         for lane in Lane::ALL {
@@ -210,7 +357,7 @@ fn commit_group(inner: &Inner, calls: Vec<Arc<[Record]>>) -> Vec<Result<Vec<u64>
             error!(error = %e, "buffer: group commit failed");
             let e = Arc::new(e);
             for r in &mut results {
-                if r.is_ok() {
+                if let Outcome::Done(r @ Ok(_)) = r {
                     *r = Err(AppendError::Storage(e.clone()));
                 }
             }

@@ -87,7 +87,7 @@ pub mod record;
 mod stats;
 
 pub use buffer::Buffer;
-pub use committer::Committer;
+pub use committer::{Appended, Committer};
 pub use dead::{DeadLetter, DeadLetterInput, DeadLetters, DeadPayload};
 pub use error::{AppendError, BufferError};
 pub use options::{BufferOptions, Clock, ManualClock, SystemClock, WhenFull};

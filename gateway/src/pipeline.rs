@@ -15,10 +15,9 @@ use tokio_util::sync::CancellationToken;
 /// The key under which the alarm engine keeps its state in the buffer.
 const ENGINE_STATE_KEY: &str = "alarm-engine";
 
-/// How long to wait between append attempts while the buffer is full and set to block: long
-/// enough not to spin, short enough that ingest resumes promptly once the forwarder drains.
-const FULL_RETRY_MIN: Duration = Duration::from_millis(50);
-const FULL_RETRY_MAX: Duration = Duration::from_secs(2);
+/// On shutdown, how long an append in progress gets to complete before it is withdrawn (only
+/// one waiting for space in a full buffer takes longer than a commit).
+const CANCEL_GRACE: Duration = Duration::from_millis(500);
 
 /// Shared by every source task.
 #[derive(Debug, Clone)]
@@ -91,7 +90,7 @@ impl Pipeline {
     }
 
     /// Evaluates the rules and appends readings and alarm events durably. With the buffer full
-    /// and set to block, waits (with backoff) until space returns or `cancel` fires.
+    /// and set to block, waits in line until space returns or `cancel` fires.
     pub async fn ingest(
         &self,
         source: Source,
@@ -105,28 +104,26 @@ impl Pipeline {
             .map(Record::Alarm)
             .collect();
         records.extend(readings.into_iter().map(Record::Reading));
-        // Shared, so a retry while the buffer is full does not copy the readings.
-        let records: Arc<[Record]> = records.into();
-        let mut wait = FULL_RETRY_MIN;
-        let mut counted_block = false;
-        loop {
-            match self.buffer.append_shared(records.clone()).await {
-                Ok(_) => break,
-                Err(AppendError::Full { .. }) => {
-                    if !counted_block {
-                        self.metrics
-                            .blocked_full
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        counted_block = true;
-                    }
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Err(IngestError::Cancelled),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                    wait = (wait * 2).min(FULL_RETRY_MAX);
+        // In line: with the buffer full and set to block, this waits for space behind every
+        // earlier ingest, so readings are stored in the order they were read.
+        let append = self.buffer.append_in_line(records.into());
+        tokio::pin!(append);
+        let appended = tokio::select! {
+            biased;
+            r = &mut append => r?,
+            _ = cancel.cancelled() => {
+                // An append that is not waiting for space completes within a commit; one that
+                // waits is withdrawn by dropping it, and its input stays unacknowledged.
+                match tokio::time::timeout(CANCEL_GRACE, &mut append).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(IngestError::Cancelled),
                 }
-                Err(e) => return Err(e.into()),
             }
+        };
+        if appended.waited_for_space {
+            self.metrics
+                .blocked_full
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         self.metrics.add_readings(source, n);
         Ok(())
