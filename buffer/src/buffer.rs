@@ -17,6 +17,7 @@ use crate::keys;
 use crate::options::{BufferOptions, WhenFull};
 use crate::record::{Lane, Record, Stored};
 use crate::stats::{BufferStats, DeadLetterStats, LaneStats};
+use crate::watermark::{self, Loaded, Watermark};
 
 /// Handle on the durable queue. Cheap to clone; every clone talks to the same database.
 #[derive(Clone, Debug)]
@@ -49,6 +50,10 @@ pub(crate) struct Inner {
     dirty: AtomicBool,
     /// Group commits since open (for stats).
     pub(crate) commits: AtomicU64,
+    /// `<dir>/seq.watermark` (see `watermark.rs`). Its own mutex rather than inside `State`:
+    /// `note_durable` runs after the commit dropped the state lock, and must not make readers
+    /// and ackers wait for it.
+    watermark: Mutex<Watermark>,
 }
 
 #[derive(Debug)]
@@ -60,6 +65,8 @@ pub(crate) struct State {
     pub(crate) dead: DeadState,
     pub(crate) compressor: flate2::Compress,
     moved_aside: u64,
+    /// Seqs the database had made durable and no longer holds at this open.
+    missing_at_open: u64,
 }
 
 #[derive(Debug, Default)]
@@ -106,9 +113,25 @@ impl Buffer {
     /// `stats().moved_aside`, and a fresh one is started: nothing is ever deleted. Any other
     /// open failure (lock held by another process, permissions) is returned untouched.
     ///
+    /// Seqs never restart below ones handed out before, even when the database is moved aside
+    /// or comes back without records it had made durable (truncated, rolled back): the seq
+    /// watermark beside it (`<dir>/seq.watermark`) keeps a fsynced bound above every seq ever
+    /// handed out. Seqs a database lost are logged at error with their range and counted in
+    /// `stats().missing_at_open`; the module docs of `watermark.rs` give the rules.
+    ///
     /// The returned [`Committer`] must be run (`committer.run(shutdown).await`) for appends to
     /// complete.
     pub fn open(opts: BufferOptions) -> Result<(Buffer, Committer), BufferError> {
+        Self::open_with_seq_reserve_step(opts, watermark::RESERVE_STEP)
+    }
+
+    /// [`Buffer::open`] with another reservation step of the seq watermark (default one
+    /// million): tests use a small one so that appends cross the bound. Not for production.
+    #[doc(hidden)]
+    pub fn open_with_seq_reserve_step(
+        opts: BufferOptions,
+        seq_reserve_step: u64,
+    ) -> Result<(Buffer, Committer), BufferError> {
         opts.validate()?;
         let created = create_dirs(&opts.dir)?;
         let path = opts.dir.join(keys::DB_DIR_NAME);
@@ -152,6 +175,9 @@ impl Buffer {
         let dead = db.open_tree(keys::DEAD_TREE)?;
         let db_file_path = path.join("db");
         let db_file = File::open(&db_file_path).ok();
+        // Read only now that sled holds its lock on the database: the watermark belongs to
+        // whoever opened the database.
+        let (watermark, loaded) = Watermark::open(&opts.dir, seq_reserve_step)?;
         let state = State {
             next_seq: 1,
             lanes: Default::default(),
@@ -163,6 +189,7 @@ impl Buffer {
             dead: DeadState::default(),
             compressor: block::new_compressor(),
             moved_aside,
+            missing_at_open: 0,
         };
         let (durable_tx, _) = watch::channel(0);
         let inner = Arc::new(Inner {
@@ -178,8 +205,10 @@ impl Buffer {
             durable_tx,
             dirty: AtomicBool::new(false),
             commits: AtomicU64::new(0),
+            watermark: Mutex::new(watermark),
         });
         inner.recover()?;
+        inner.settle_seqs(loaded, moved_aside > 0)?;
         let (tx, rx) = mpsc::channel(APPEND_QUEUE_CAPACITY);
         let committer = Committer::new(inner.clone(), rx);
         Ok((Buffer { inner, tx }, committer))
@@ -363,9 +392,19 @@ impl Buffer {
                 dropped: st.dead.dropped,
             },
             moved_aside: st.moved_aside,
+            missing_at_open: st.missing_at_open,
             last_durable_seq: *self.inner.durable_tx.borrow(),
             commits: self.inner.commits.load(Ordering::Relaxed),
         }
+    }
+
+    /// The smallest seq still stored in `lane` (the first seq of its oldest block, which may
+    /// include records every consumer has acked but that are not deleted yet, because they
+    /// share a block with un-acked ones); `None` when the lane holds no block. From memory.
+    pub fn oldest_seq(&self, lane: Lane) -> Option<u64> {
+        self.inner.lock().lanes[lane.index()]
+            .front
+            .map(|(first, _)| first)
     }
 
     /// The dead-letter store.
@@ -1090,5 +1129,120 @@ impl Inner {
         self.meta
             .insert(keys::NEXT_SEQ_KEY, &next_seq.to_be_bytes())?;
         Ok(())
+    }
+
+    fn lock_watermark(&self) -> MutexGuard<'_, Watermark> {
+        // The watermark's fields are only ever raised after a successful write, so a panic
+        // while holding the lock leaves them conservative.
+        self.watermark.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Decide where seqs continue, against the seq watermark (rules in `watermark.rs`), and
+    /// make that durable before the first append: the watermark's bound first (fsynced), then
+    /// the database's counter (flushed), then the watermark's `durable`.
+    fn settle_seqs(&self, loaded: Loaded, moved_aside: bool) -> Result<(), BufferError> {
+        let mut st = self.lock();
+        let mut wm = self.lock_watermark();
+        let n = st.next_seq;
+        let stored = n - 1;
+        let step = wm.step;
+        let wm_path = self.opts.dir.join(watermark::FILE_NAME);
+        // (where seqs continue, the `durable` to keep until the database has the new counter,
+        // the bound read from the file)
+        let (start, keep_durable, old_reserved) = match loaded {
+            Loaded::Absent => {
+                if moved_aside {
+                    error!(
+                        watermark = %wm_path.display(),
+                        next_seq = n,
+                        "buffer: no seq watermark beside the database moved aside: seqs restart \
+                         at {n} and may repeat seqs handed out before"
+                    );
+                } else if stored > 0 {
+                    info!(next_seq = n, "buffer: creating the seq watermark");
+                }
+                (n, stored, 0)
+            }
+            Loaded::Unreadable(why) => {
+                let start = n.saturating_add(step);
+                if moved_aside {
+                    error!(
+                        watermark = %wm_path.display(),
+                        %why,
+                        next_seq = start,
+                        "buffer: seq watermark unreadable and the database moved aside: seqs \
+                         handed out before are unknown and may repeat"
+                    );
+                } else {
+                    warn!(
+                        watermark = %wm_path.display(),
+                        %why,
+                        next_seq = start,
+                        "buffer: seq watermark unreadable, rewriting it; seqs continue one \
+                         reservation step above the database's; records missing from the \
+                         database cannot be counted at this open"
+                    );
+                }
+                (start, stored, 0)
+            }
+            Loaded::Read { reserved, durable } => {
+                if moved_aside {
+                    let start = n.max(reserved);
+                    error!(
+                        previous_durable_seq = durable,
+                        next_seq = start,
+                        "buffer: the fresh database continues seqs above every seq handed out \
+                         before"
+                    );
+                    (start, durable, reserved)
+                } else if stored < durable {
+                    let missing = durable - stored;
+                    let start = n.max(reserved);
+                    st.missing_at_open = missing;
+                    error!(
+                        missing,
+                        first_missing_seq = n,
+                        last_missing_seq = durable,
+                        next_seq = start,
+                        "buffer: the database no longer holds {missing} seqs it had made durable \
+                         ({n}..={durable}; truncated or rolled back): records among them not yet \
+                         delivered are lost; their seqs are never reused"
+                    );
+                    (start, durable, reserved)
+                } else {
+                    (n, durable, reserved)
+                }
+            }
+        };
+        let reserved = old_reserved.max(start.saturating_add(step));
+        wm.store(&self.opts.dir, reserved, keep_durable.min(reserved - 1))?;
+        if start != n {
+            st.next_seq = start;
+            self.persist_next_seq(start)?;
+            self.durable_flush()?;
+            self.durable_tx.send_replace(start - 1);
+        }
+        wm.note_durable(start - 1);
+        Ok(())
+    }
+
+    /// Called by the group commit after it assigned seqs in memory and before it writes any
+    /// of them to sled: makes sure the watermark's fsynced bound is above every seq assigned
+    /// (all are below `st.next_seq`). One comparison, and a fsync once per reservation step.
+    /// It runs under the state lock, before anything under those seqs can reach the disk or a
+    /// reader, so no seq can become durable above a bound that is not. On error nothing of the
+    /// group is written and its appends fail.
+    pub(crate) fn reserve_seqs(&self, st: &State) -> Result<(), BufferError> {
+        let mut wm = self.lock_watermark();
+        if wm.reserve(&self.opts.dir, st.next_seq)? {
+            info!(reserved = wm.reserved, "buffer: seq watermark moved");
+        }
+        Ok(())
+    }
+
+    /// Called by the group commit after its flush succeeded: every seq up to `durable_seq`
+    /// is durable in sled (written in place, no fsync; see `watermark.rs`).
+    pub(crate) fn note_durable(&self, durable_seq: u64) {
+        self.lock_watermark().note_durable(durable_seq);
     }
 }

@@ -15,6 +15,15 @@
 //! - **Seqs** are unique across both lanes, increase in order of durability, and are never
 //!   reused after a restart or crash: the counter is persisted in the same flush as the blocks,
 //!   and at open the buffer takes max(persisted counter, last stored seq + 1).
+//! - **Seqs are not reused even when the database is lost.** A seq watermark file beside the
+//!   database keeps a fsynced bound above every seq ever handed out (moved in steps of a
+//!   million, one fsync per step) and the last seq known durable (rewritten after each group
+//!   commit, no fsync). A database moved aside, truncated or rolled back continues above that
+//!   bound. See `src/watermark.rs` for the rules.
+//! - **Lost records are never silent.** A database that opens without seqs it had made durable
+//!   (a truncated log, an older copy restored) is detected against the watermark: the missing
+//!   seq range is logged at error and counted ([`BufferStats::missing_at_open`]). The records
+//!   themselves cannot be brought back.
 //! - **Readers only see durable records**, so a seq that reached the cloud can never be
 //!   re-issued to another record after a crash.
 //! - **Per-lane order.** A consumer reads a lane in seq order from its cursor; after a reopen
@@ -53,9 +62,15 @@
 //!   Nothing is deleted either way.
 //! - **Counters restart at zero** at each open (they are process counters for metrics); the
 //!   gauges (records, bytes, oldest age) are recomputed from disk.
+//! - **The watermark lags after a power cut** (its `durable` is not fsynced), so records lost
+//!   from a database in the same power cut, after the last fsynced watermark write, are not
+//!   counted as missing; their seqs are still never reused. If the watermark file and the
+//!   database are both lost, seqs restart and may repeat.
 //!
 //! # On-disk layout
-//! One sled database in `<dir>/buffer.sled`; big-endian numbers so byte order is numeric order.
+//! One sled database in `<dir>/buffer.sled` and the seq watermark `<dir>/seq.watermark` (two
+//! checksummed copies of `reserved` and `durable`; layout in `src/watermark.rs`). In sled,
+//! big-endian numbers so byte order is numeric order.
 //!
 //! ```text
 //! tree "lane.alarms" / "lane.readings"        (one tree per lane)
@@ -85,6 +100,7 @@ mod keys;
 mod options;
 pub mod record;
 mod stats;
+mod watermark;
 
 pub use buffer::Buffer;
 pub use committer::{Appended, Committer};

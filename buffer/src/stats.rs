@@ -60,6 +60,13 @@ pub struct BufferStats {
     pub dead_letters: DeadLetterStats,
     /// Databases moved aside at this open because sled could not open them (0 or 1).
     pub moved_aside: u64,
+    /// Seqs missing from the database at this open: it came back (truncated log, an older
+    /// copy restored) with its last seq below the last seq it had made durable, so every record
+    /// in between is gone; those that had not been delivered are lost (some may have been
+    /// delivered before). The seqs are never reused. An upper bound on the records lost, from
+    /// the seq watermark beside the database; that watermark may lag after a power cut, so a
+    /// loss inside that lag is not seen.
+    pub missing_at_open: u64,
     /// The last durable seq.
     pub last_durable_seq: u64,
     /// Group commits (one flush each) since open; `appended_total / commits` is the mean group.
