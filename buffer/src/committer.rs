@@ -328,6 +328,7 @@ fn commit_group(inner: &Inner, calls: Vec<(Arc<[Record]>, bool)>) -> Vec<Outcome
         results.push(Outcome::Done(Ok(seqs)));
     }
     let written = (|| -> Result<(), BufferError> {
+        inner.reserve_seqs(&st)?;
         for lane in Lane::ALL {
             let recs = &per_lane[lane.index()];
             if !recs.is_empty() {
@@ -344,6 +345,7 @@ fn commit_group(inner: &Inner, calls: Vec<(Arc<[Record]>, bool)>) -> Vec<Outcome
     let outcome = written.and_then(|()| inner.durable_flush());
     match outcome {
         Ok(()) => {
+            inner.note_durable(durable_seq);
             inner
                 .commits
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
