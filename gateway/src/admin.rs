@@ -107,6 +107,7 @@ impl AdminState {
                 "lanes": { "alarms": lane(&b.alarms), "readings": lane(&b.readings) },
                 "dead_letters": { "count": b.dead_letters.count, "bytes": b.dead_letters.bytes, "dropped": b.dead_letters.dropped },
                 "moved_aside": b.moved_aside,
+                "missing_at_open": b.missing_at_open,
                 "last_durable_seq": b.last_durable_seq,
             },
             "upstream": {
@@ -270,6 +271,12 @@ pub fn render_metrics(state: &AdminState) -> String {
         "counter",
         "Unopenable databases moved aside at start.",
         &one(b.moved_aside),
+    );
+    family(
+        "gateway_buffer_missing_at_open_total",
+        "counter",
+        "Seqs the buffer database had made durable but no longer held at start (truncated or rolled back); undelivered records among them are lost.",
+        &one(b.missing_at_open),
     );
     family(
         "gateway_upstream_batches_sent_total",
