@@ -237,6 +237,7 @@ impl Buffer {
                 arrived: tokio::time::Instant::now(),
                 in_line: false,
                 waited: false,
+                on_wait: None,
             })
             .await
             .map_err(|_| AppendError::Closed)?;

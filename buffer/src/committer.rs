@@ -40,7 +40,12 @@ pub(crate) struct AppendRequest {
     pub(crate) in_line: bool,
     /// Whether it has been parked (reported back to the caller).
     pub(crate) waited: bool,
+    /// Called when it starts waiting for space.
+    pub(crate) on_wait: Option<OnWait>,
 }
+
+/// Called once when an in-line append starts waiting for space (for a gauge or a log line).
+pub type OnWait = Box<dyn FnOnce() + Send + Sync>;
 
 /// A completed append.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,24 +68,39 @@ impl Buffer {
     /// Cancel safety: dropping the future while it waits for space withdraws the records
     /// (they are never written); once space was found, as [`Buffer::append`].
     pub async fn append_in_line(&self, records: Arc<[Record]>) -> Result<Appended, AppendError> {
+        self.queue_in_line(records, None).await?.await
+    }
+
+    /// The first half of [`Buffer::append_in_line`]: queues the append now (waiting only while
+    /// the append queue itself is full) and returns the wait for its outcome. Appends are stored
+    /// in the order they were queued, however their waits are polled. `on_wait` is called if
+    /// and when it starts waiting for space.
+    pub async fn queue_in_line(
+        &self,
+        records: Arc<[Record]>,
+        on_wait: Option<OnWait>,
+    ) -> Result<impl Future<Output = Result<Appended, AppendError>> + Send + 'static, AppendError>
+    {
+        let (reply, rx) = oneshot::channel();
         if records.is_empty() {
-            return Ok(Appended {
+            let _ = reply.send(Ok(Appended {
                 seqs: Vec::new(),
                 waited_for_space: false,
-            });
+            }));
+        } else {
+            self.tx
+                .send(AppendRequest {
+                    records,
+                    reply,
+                    arrived: tokio::time::Instant::now(),
+                    in_line: true,
+                    waited: false,
+                    on_wait,
+                })
+                .await
+                .map_err(|_| AppendError::Closed)?;
         }
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(AppendRequest {
-                records,
-                reply,
-                arrived: tokio::time::Instant::now(),
-                in_line: true,
-                waited: false,
-            })
-            .await
-            .map_err(|_| AppendError::Closed)?;
-        rx.await.map_err(|_| AppendError::Closed)?
+        Ok(async move { rx.await.map_err(|_| AppendError::Closed)? })
     }
 }
 
@@ -232,6 +252,9 @@ impl Committer {
 
     fn park(&mut self, mut request: AppendRequest) {
         request.waited = true;
+        if let Some(on_wait) = request.on_wait.take() {
+            on_wait();
+        }
         self.parked.push_back(request);
     }
 

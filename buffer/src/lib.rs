@@ -103,7 +103,7 @@ mod stats;
 mod watermark;
 
 pub use buffer::Buffer;
-pub use committer::{Appended, Committer};
+pub use committer::{Appended, Committer, OnWait};
 pub use dead::{DeadLetter, DeadLetterInput, DeadLetters, DeadPayload};
 pub use error::{AppendError, BufferError};
 pub use options::{BufferOptions, Clock, ManualClock, SystemClock, WhenFull};

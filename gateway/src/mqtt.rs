@@ -3,8 +3,9 @@
 //!
 //! One task owns the rumqttc event loop and keeps polling it (rumqttc stalls if it is not
 //! polled). The publishes that are already read when one arrives (up to [`MAX_BATCH`]) are
-//! decoded together and start one append at once, so concurrent batches share a group commit;
-//! completions are taken in arrival order (MQTT requires PUBACKs in the order the PUBLISHes
+//! decoded together and queued as one append at once, in arrival order (so readings are stored
+//! in the order they came), and concurrent batches share a group commit; completions are taken
+//! in arrival order (MQTT requires PUBACKs in the order the PUBLISHes
 //! came) and each message is acked as soon as it and everything before it is durable.
 //!
 //! On a disconnect rumqttc drops PUBACKs it had not sent yet; the broker redelivers those
@@ -150,7 +151,7 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
             }
         }
         if !batch.is_empty() {
-            pending.push_back(process(&decoder, &pipeline, batch, appends.clone()));
+            pending.push_back(start(&decoder, &pipeline, batch, appends.clone()).await);
         }
         if let Some(e) = lost {
             pipeline.metrics().source_disconnects.fetch_add(1, Relaxed);
@@ -165,8 +166,16 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
     }
 
     if let Some(max) = settings.drain_on_stop {
-        let start = |p: Publish| process(&decoder, &pipeline, vec![p], appends.clone());
-        drain_embedded(&mut eventloop, &client, start, &mut pending, &mut acks, max).await;
+        let source = (&decoder, &pipeline, &appends);
+        drain_embedded(
+            &mut eventloop,
+            &client,
+            source,
+            &mut pending,
+            &mut acks,
+            max,
+        )
+        .await;
     }
 
     // Stop taking messages; finish what is being appended and send those acks.
@@ -202,7 +211,7 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
 async fn drain_embedded(
     eventloop: &mut rumqttc::EventLoop,
     client: &AsyncClient,
-    start: impl Fn(Publish) -> Pending,
+    (decoder, pipeline, appends): (&MqttDecoder, &Pipeline, &CancellationToken),
     pending: &mut FuturesOrdered<Pending>,
     acks: &mut AckQueue,
     max: Duration,
@@ -219,7 +228,7 @@ async fn drain_embedded(
             _ = &mut quiet => break,
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    pending.push_back(start(p));
+                    pending.push_back(start(decoder, pipeline, vec![p], appends.clone()).await);
                     quiet.as_mut().reset(tokio::time::Instant::now() + QUIET);
                 }
                 Ok(_) => {}
@@ -229,10 +238,11 @@ async fn drain_embedded(
     }
 }
 
-/// Decodes messages and appends their readings together; resolves once the messages may be
-/// acked (or must not be). Poison is dead-lettered at once and acked with the rest, or it would
-/// come back forever.
-fn process(
+/// Decodes messages and queues their readings as one append, now, so that appends are stored
+/// in the order the messages came; the returned future resolves once the messages may be acked
+/// (or must not be). Poison is dead-lettered at once and acked with the rest, or it would come
+/// back forever.
+async fn start(
     decoder: &MqttDecoder,
     pipeline: &Pipeline,
     publishes: Vec<Publish>,
@@ -246,12 +256,16 @@ fn process(
             Err(why) => pipeline.reject(&p.topic, &p.payload, &why),
         }
     }
-    let pipeline = pipeline.clone();
+    let queued = if readings.is_empty() {
+        None
+    } else {
+        Some(pipeline.queue(Source::Mqtt, readings).await)
+    };
     Box::pin(async move {
-        let result = if readings.is_empty() {
-            Ok(())
-        } else {
-            pipeline.ingest(Source::Mqtt, readings, &cancel).await
+        let result = match queued {
+            None => Ok(()),
+            Some(Ok(queued)) => queued.durable(&cancel).await,
+            Some(Err(e)) => Err(e),
         };
         (publishes, result)
     })

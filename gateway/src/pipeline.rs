@@ -7,7 +7,13 @@ use crate::alarm::{ActiveAlarm, Engine, EngineStats, Rule};
 use crate::decode::Reject;
 use crate::metrics::IngestMetrics;
 use crate::telemetry::Throttle;
-use gateway_buffer::{AppendError, Buffer, DeadLetterInput, Reading, Record, Source};
+use gateway_buffer::{
+    AppendError, Appended, Buffer, DeadLetterInput, OnWait, Reading, Record, Source,
+};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +33,46 @@ pub struct Pipeline {
     engine: Arc<Mutex<Engine>>,
     metrics: Arc<IngestMetrics>,
     clock: fn() -> i64,
+}
+
+/// An ingest whose append is queued; see [`Pipeline::queue`].
+pub struct Queued {
+    outcome: Pin<Box<dyn Future<Output = Result<Appended, AppendError>> + Send>>,
+    metrics: Arc<IngestMetrics>,
+    source: Source,
+    readings: u64,
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queued")
+            .field("source", &self.source)
+            .field("readings", &self.readings)
+            .finish()
+    }
+}
+
+impl Queued {
+    /// Resolves once the readings are durable. When `cancel` fires, an append that is not
+    /// waiting for space still completes (within a commit); one that waits is withdrawn, and the
+    /// caller must leave its input unacknowledged.
+    pub async fn durable(mut self, cancel: &CancellationToken) -> Result<(), IngestError> {
+        let appended = tokio::select! {
+            biased;
+            r = &mut self.outcome => r?,
+            _ = cancel.cancelled() => {
+                match tokio::time::timeout(CANCEL_GRACE, &mut self.outcome).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(IngestError::Cancelled),
+                }
+            }
+        };
+        if appended.waited_for_space {
+            tracing::debug!(readings = self.readings, "stored after waiting for space");
+        }
+        self.metrics.add_readings(self.source, self.readings);
+        Ok(())
+    }
 }
 
 /// Why readings could not be appended.
@@ -97,6 +143,17 @@ impl Pipeline {
         readings: Vec<Reading>,
         cancel: &CancellationToken,
     ) -> Result<(), IngestError> {
+        self.queue(source, readings).await?.durable(cancel).await
+    }
+
+    /// The first half of [`Pipeline::ingest`]: evaluates the rules and queues the append now, so
+    /// that readings are stored in the order this is called (a full append queue makes it
+    /// wait). Then await [`Queued::durable`].
+    pub async fn queue(
+        &self,
+        source: Source,
+        readings: Vec<Reading>,
+    ) -> Result<Queued, IngestError> {
         let n = readings.len() as u64;
         let mut records: Vec<Record> = self
             .evaluate(&readings)
@@ -104,29 +161,22 @@ impl Pipeline {
             .map(Record::Alarm)
             .collect();
         records.extend(readings.into_iter().map(Record::Reading));
-        // In line: with the buffer full and set to block, this waits for space behind every
-        // earlier ingest, so readings are stored in the order they were read.
-        let append = self.buffer.append_in_line(records.into());
-        tokio::pin!(append);
-        let appended = tokio::select! {
-            biased;
-            r = &mut append => r?,
-            _ = cancel.cancelled() => {
-                // An append that is not waiting for space completes within a commit; one that
-                // waits is withdrawn by dropping it, and its input stays unacknowledged.
-                match tokio::time::timeout(CANCEL_GRACE, &mut append).await {
-                    Ok(r) => r?,
-                    Err(_) => return Err(IngestError::Cancelled),
-                }
-            }
-        };
-        if appended.waited_for_space {
-            self.metrics
-                .blocked_full
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        self.metrics.add_readings(source, n);
-        Ok(())
+        // In line: with the buffer full and set to block, the append waits for space behind
+        // every earlier one.
+        let metrics = self.metrics.clone();
+        let on_wait: OnWait = Box::new(move || {
+            metrics.blocked_full.fetch_add(1, Relaxed);
+        });
+        let outcome = self
+            .buffer
+            .queue_in_line(records.into(), Some(on_wait))
+            .await?;
+        Ok(Queued {
+            outcome: Box::pin(outcome),
+            metrics: self.metrics.clone(),
+            source,
+            readings: n,
+        })
     }
 
     /// Runs the alarm rules over readings; persists the engine's state when anything changed, so
@@ -143,7 +193,7 @@ impl Pipeline {
         if refused > 0 {
             self.metrics
                 .alarm_series_refused
-                .fetch_add(refused, std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(refused, Relaxed);
         }
         if !events.is_empty() {
             self.persist_engine(&engine);
@@ -194,7 +244,7 @@ impl Pipeline {
     fn note_events(&self, events: &[gateway_buffer::AlarmEvent]) {
         self.metrics
             .alarm_events
-            .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(events.len() as u64, Relaxed);
         for e in events {
             tracing::warn!(alarm = %e.alarm, device = %e.device, metric = %e.metric, state = ?e.state, value = e.value, "alarm");
         }
