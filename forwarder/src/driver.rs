@@ -112,6 +112,9 @@ enum Delivery {
     /// Shutdown came while the batch waited to retry: it stays un-acked and is re-sent, as the
     /// same batch, after a restart.
     Abandoned,
+    /// While it waited to retry, the buffer evicted every record of it (`drop_oldest` at the
+    /// quota): those are counted as dropped there, so they are not sent after all.
+    Evicted,
 }
 
 struct Completion {
@@ -392,12 +395,18 @@ impl ForwarderDriver {
                 body_bytes = batch.body.len(),
                 "forwarder: sending batch"
             );
+            // Requeued dead letters live outside the lane: nothing evicts them.
+            let evictions = (kind == Kind::Normal).then(|| Evictions {
+                buffer: self.buffer.clone(),
+                gateway_id: self.options.gateway_id.clone(),
+            });
             let send = deliver(
                 self.sender.clone(),
                 self.metrics.clone(),
                 Backoff::new(self.options.retry_initial, self.options.retry_max),
                 shutdown.clone(),
                 batch.clone(),
+                evictions,
             )
             .map(move |delivery| Completion {
                 id,
@@ -521,7 +530,7 @@ impl ForwarderDriver {
             .expect("every lane has a state");
         match done.delivery {
             Delivery::Abandoned => return Ok(()),
-            Delivery::Delivered => {}
+            Delivery::Delivered | Delivery::Evicted => {}
             Delivery::Rejected { status, body } => {
                 let detail = format!("HTTP {status}: {body}");
                 error!(
@@ -595,7 +604,8 @@ async fn deliver(
     metrics: Arc<Metrics>,
     mut backoff: Backoff,
     shutdown: CancellationToken,
-    batch: Arc<EncodedBatch>,
+    mut batch: Arc<EncodedBatch>,
+    evictions: Option<Evictions>,
 ) -> Delivery {
     let mut rng = SmallRng::from_os_rng();
     let mut is_retry = false;
@@ -641,7 +651,78 @@ async fn deliver(
                     () = sleep(delay) => {}
                 }
                 is_retry = true;
+                if let Some(evictions) = &evictions {
+                    match evictions.trim(&batch, sender.gzip()) {
+                        Trim::Whole => {}
+                        Trim::Part(rest) => {
+                            info!(
+                                key = %batch.idempotency_key,
+                                now = %rest.idempotency_key,
+                                evicted = batch.records.len() - rest.records.len(),
+                                "forwarder: the buffer evicted part of a batch waiting to retry; sending the rest"
+                            );
+                            batch = Arc::new(rest);
+                        }
+                        Trim::Gone => {
+                            info!(key = %batch.idempotency_key, "forwarder: the buffer evicted a batch waiting to retry");
+                            return Delivery::Evicted;
+                        }
+                    }
+                }
             }
         }
+    }
+}
+
+/// What a batch waiting to retry still holds, once the buffer's quota evictions are taken out.
+enum Trim {
+    Whole,
+    Part(EncodedBatch),
+    Gone,
+}
+
+/// Lets a retrying send see what `drop_oldest` evicted since the batch was read, so a record is
+/// either counted as dropped or delivered, never both.
+struct Evictions {
+    buffer: Buffer,
+    gateway_id: String,
+}
+
+impl Evictions {
+    fn trim(&self, batch: &EncodedBatch, gzip: bool) -> Trim {
+        // Records of an un-acked batch below the lane's oldest stored seq were evicted (or
+        // expired): nothing else deletes what this consumer has not acked.
+        let oldest = self.buffer.oldest_seq(batch.lane);
+        let keep = |seq: u64| oldest.is_some_and(|o| seq >= o);
+        if batch.records.iter().all(|r| keep(r.seq)) {
+            return Trim::Whole;
+        }
+        let records: Vec<Stored> = batch
+            .records
+            .iter()
+            .filter(|r| keep(r.seq))
+            .cloned()
+            .collect();
+        let Some(first) = records.first().map(|r| r.seq) else {
+            return Trim::Gone;
+        };
+        let json = wire::encode_body(&self.gateway_id, batch.lane, &records);
+        let body = if gzip {
+            wire::gzip(&json)
+        } else {
+            bytes::Bytes::from(json)
+        };
+        Trim::Part(EncodedBatch {
+            lane: batch.lane,
+            last_seq: batch.last_seq,
+            idempotency_key: wire::idempotency_key(
+                &self.gateway_id,
+                batch.lane,
+                first,
+                batch.last_seq,
+            ),
+            body,
+            records,
+        })
     }
 }
