@@ -295,6 +295,21 @@ fn gateway_bin() -> PathBuf {
     bin
 }
 
+/// Runs `task` to completion on a new thread with a runtime of its own.
+fn on_own_thread<F>(task: F) -> std::thread::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(task)
+    })
+}
+
 #[tokio::main]
 async fn main() {
     let n_total = env_usize("BENCH_READINGS", 200_000) as u64;
@@ -312,9 +327,15 @@ async fn main() {
     let app = Router::new()
         .route("/ingest", post(receive))
         .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // The receiver and the probes (the cloud and a device) run on threads of their own, so the
+    // simulated fleet's load on this process's runtime does not delay their timestamps.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
     let recv_port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    on_own_thread(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        axum::serve(listener, app).await.unwrap()
+    });
 
     // Gateway.
     let dir = tempfile::tempdir().unwrap();
@@ -368,7 +389,7 @@ async fn main() {
     let (_, cpu_before, written_before) = proc_stats(gw.id());
 
     let stop_probes = tokio_util::sync::CancellationToken::new();
-    let probe_task = tokio::spawn(probes(broker.port, stop_probes.clone()));
+    let probe_task = on_own_thread(probes(broker.port, stop_probes.clone()));
     let started = Instant::now();
     let report = device_sim::run_fleet(
         fleet(broker.port, devices, per_device, "gw-"),
@@ -383,7 +404,10 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop_probes.cancel();
-    let _ = probe_task.await;
+    tokio::task::spawn_blocking(move || probe_task.join())
+        .await
+        .unwrap()
+        .unwrap();
     let s = seen.lock().unwrap();
     let last = s.last_at.unwrap_or_else(Instant::now);
     let e2e_rate = s.readings as f64 / (last - started).as_secs_f64();
