@@ -138,22 +138,12 @@ impl Receiver {
 
     /// Every record of `lane` in batches answered with 2xx, in arrival order (duplicates kept).
     pub fn delivered_records(&self, lane: &str) -> Vec<Value> {
-        let s = self.shared.lock().unwrap();
-        s.batches
-            .iter()
-            .filter(|b| b.delivered() && b.lane == lane)
-            .flat_map(|b| b.records.iter().cloned())
-            .collect()
+        delivered_records(&self.shared.lock().unwrap().batches, lane)
     }
 
     /// Number of records of `lane` in batches answered with 2xx.
     pub fn delivered_count(&self, lane: &str) -> usize {
-        let s = self.shared.lock().unwrap();
-        s.batches
-            .iter()
-            .filter(|b| b.delivered() && b.lane == lane)
-            .map(|b| b.records.len())
-            .sum()
+        delivered_count(&self.shared.lock().unwrap().batches, lane)
     }
 }
 
@@ -244,4 +234,22 @@ fn decode(body: &[u8], encoding: Option<&str>) -> Result<(String, String, Vec<Va
         return Err("empty batch".into());
     }
     Ok((lane, gateway_id, records))
+}
+
+/// Every record of `lane` in `batches` answered with 2xx, in arrival order (duplicates kept).
+pub(crate) fn delivered_records(batches: &[Batch], lane: &str) -> Vec<Value> {
+    batches
+        .iter()
+        .filter(|b| b.delivered() && b.lane == lane)
+        .flat_map(|b| b.records.iter().cloned())
+        .collect()
+}
+
+/// Number of records of `lane` in `batches` answered with 2xx.
+pub(crate) fn delivered_count(batches: &[Batch], lane: &str) -> usize {
+    batches
+        .iter()
+        .filter(|b| b.delivered() && b.lane == lane)
+        .map(|b| b.records.len())
+        .sum()
 }

@@ -9,7 +9,7 @@
 //! answered (a hang) is recorded with status 0, which [`crate::Batch::delivered`] treats as not
 //! delivered: the gateway never learned of a success.
 
-use crate::receiver::Batch;
+use crate::receiver::{Batch, delivered_count, delivered_records};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -225,22 +225,12 @@ impl FaultyUpstream {
 
     /// Every record of `lane` in batches answered with 2xx, in arrival order (duplicates kept).
     pub fn delivered_records(&self, lane: &str) -> Vec<Value> {
-        let s = self.shared.lock().unwrap();
-        s.batches
-            .iter()
-            .filter(|b| b.delivered() && b.lane == lane)
-            .flat_map(|b| b.records.iter().cloned())
-            .collect()
+        delivered_records(&self.shared.lock().unwrap().batches, lane)
     }
 
     /// Number of records of `lane` in batches answered with 2xx.
     pub fn delivered_count(&self, lane: &str) -> usize {
-        let s = self.shared.lock().unwrap();
-        s.batches
-            .iter()
-            .filter(|b| b.delivered() && b.lane == lane)
-            .map(|b| b.records.len())
-            .sum()
+        delivered_count(&self.shared.lock().unwrap().batches, lane)
     }
 }
 
