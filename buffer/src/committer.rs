@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
-use crate::buffer::{Buffer, Inner};
+use crate::buffer::{Buffer, Inner, State};
 use crate::error::{AppendError, BufferError};
 use crate::record::{Lane, Record};
 
@@ -204,13 +204,14 @@ impl Committer {
         // store them ahead of the earlier ones, which come back later.
         let mut refuse_in_line = !self.parked.is_empty();
         for r in self.parked.drain(..) {
-            let lane = first_full_lane(&self.inner, &r.records).unwrap_or(Lane::Readings);
+            let lane =
+                full_lane(&self.inner, &self.inner.lock(), &r.records).unwrap_or(Lane::Readings);
             let _ = r.reply.send(Err(AppendError::Full { lane }));
         }
         let mut rest = Vec::new();
         while let Ok(r) = self.rx.try_recv() {
             if r.in_line {
-                let full = first_full_lane(&self.inner, &r.records);
+                let full = full_lane(&self.inner, &self.inner.lock(), &r.records);
                 if refuse_in_line || full.is_some() {
                     refuse_in_line = true;
                     let lane = full.unwrap_or(Lane::Readings);
@@ -309,11 +310,10 @@ enum Outcome {
 }
 
 /// The first lane `records` touch that is full (and set to block) now.
-fn first_full_lane(inner: &Inner, records: &[Record]) -> Option<Lane> {
-    let st = inner.lock();
+fn full_lane(inner: &Inner, st: &State, records: &[Record]) -> Option<Lane> {
     Lane::ALL
         .into_iter()
-        .find(|&l| records.iter().any(|r| r.lane() == l) && inner.lane_full(&st, l))
+        .find(|&l| records.iter().any(|r| r.lane() == l) && inner.lane_full(st, l))
 }
 
 /// Assign seqs, write one block per lane, persist the counter, flush once, publish.
@@ -329,10 +329,7 @@ fn commit_group(inner: &Inner, calls: Vec<(Arc<[Record]>, bool)>) -> Vec<Outcome
             results.push(Outcome::Park);
             continue;
         }
-        let full = Lane::ALL
-            .into_iter()
-            .find(|&l| records.iter().any(|r| r.lane() == l) && inner.lane_full(&st, l));
-        if let Some(lane) = full {
+        if let Some(lane) = full_lane(inner, &st, records) {
             if *in_line {
                 parking = true;
                 results.push(Outcome::Park);

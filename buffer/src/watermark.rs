@@ -53,6 +53,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::buffer::fsync_path;
 use crate::error::BufferError;
 
 /// Name of the watermark file inside [`crate::BufferOptions::dir`].
@@ -154,14 +155,9 @@ impl Watermark {
     }
 
     /// Write both copies with fsyncs in between (A, fsync, B, fsync), and on the first store
-    /// after creating the file, fsync `dir` so its name survives a power cut. Only after this
+    /// after creating the file, fsync its directory so its name survives a power cut. Only after this
     /// returns may seqs below `reserved` be handed out.
-    pub(crate) fn store(
-        &mut self,
-        dir: &Path,
-        reserved: u64,
-        durable: u64,
-    ) -> Result<(), BufferError> {
+    pub(crate) fn store(&mut self, reserved: u64, durable: u64) -> Result<(), BufferError> {
         let slot = encode(reserved, durable);
         let io = |source| BufferError::Io {
             path: self.path.clone(),
@@ -172,12 +168,9 @@ impl Watermark {
         self.file.write_all_at(&slot, SLOT_B_OFFSET).map_err(io)?;
         self.file.sync_data().map_err(io)?;
         if self.created {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|source| BufferError::Io {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
+            if let Some(dir) = self.path.parent() {
+                fsync_path(dir)?;
+            }
             self.created = false;
         }
         self.reserved = reserved;
@@ -187,12 +180,12 @@ impl Watermark {
 
     /// Make sure every seq below `upto` is covered: if not, move `reserved` to `upto + step`
     /// and make it durable first. Returns whether a store happened.
-    pub(crate) fn reserve(&mut self, dir: &Path, upto: u64) -> Result<bool, BufferError> {
+    pub(crate) fn reserve(&mut self, upto: u64) -> Result<bool, BufferError> {
         if upto <= self.reserved {
             return Ok(false);
         }
         let reserved = upto.saturating_add(self.step);
-        self.store(dir, reserved, self.durable)?;
+        self.store(reserved, self.durable)?;
         Ok(true)
     }
 
@@ -272,7 +265,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut wm, loaded) = open(dir.path());
         assert_eq!(loaded, Loaded::Absent);
-        wm.store(dir.path(), 11, 0).unwrap();
+        wm.store(11, 0).unwrap();
         wm.note_durable(7);
         drop(wm);
         let (_, loaded) = open(dir.path());
@@ -289,9 +282,9 @@ mod tests {
     fn reserve_stores_only_when_the_bound_is_reached() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wm, _) = open(dir.path());
-        wm.store(dir.path(), 11, 0).unwrap();
-        assert!(!wm.reserve(dir.path(), 11).unwrap());
-        assert!(wm.reserve(dir.path(), 12).unwrap());
+        wm.store(11, 0).unwrap();
+        assert!(!wm.reserve(11).unwrap());
+        assert!(wm.reserve(12).unwrap());
         assert_eq!(wm.reserved, 22);
     }
 
@@ -299,7 +292,7 @@ mod tests {
     fn one_damaged_copy_is_enough_and_both_damaged_is_unreadable() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wm, _) = open(dir.path());
-        wm.store(dir.path(), 50, 3).unwrap();
+        wm.store(50, 3).unwrap();
         wm.note_durable(9);
         drop(wm);
         let path = dir.path().join(FILE_NAME);
