@@ -703,26 +703,16 @@ impl Evictions {
             .filter(|r| keep(r.seq))
             .cloned()
             .collect();
-        let Some(first) = records.first().map(|r| r.seq) else {
+        if records.is_empty() {
             return Trim::Gone;
-        };
+        }
         let json = wire::encode_body(&self.gateway_id, batch.lane, &records);
-        let body = if gzip {
-            wire::gzip(&json)
-        } else {
-            bytes::Bytes::from(json)
-        };
-        Trim::Part(EncodedBatch {
-            lane: batch.lane,
-            last_seq: batch.last_seq,
-            idempotency_key: wire::idempotency_key(
-                &self.gateway_id,
-                batch.lane,
-                first,
-                batch.last_seq,
-            ),
-            body,
+        Trim::Part(EncodedBatch::new(
+            &self.gateway_id,
+            batch.lane,
             records,
-        })
+            json,
+            gzip,
+        ))
     }
 }

@@ -30,6 +30,33 @@ pub struct EncodedBatch {
     pub records: Vec<Stored>,
 }
 
+impl EncodedBatch {
+    /// `records` (not empty, in seq order) with their JSON body `json`, gzipped if `gzip`, and
+    /// the idempotency key of their seq range.
+    pub fn new(
+        gateway_id: &str,
+        lane: Lane,
+        records: Vec<Stored>,
+        json: Vec<u8>,
+        gzip: bool,
+    ) -> Self {
+        let first_seq = records.first().map_or(0, |r| r.seq);
+        let last_seq = records.last().map_or(0, |r| r.seq);
+        let body = if gzip {
+            crate::wire::gzip(&json)
+        } else {
+            Bytes::from(json)
+        };
+        EncodedBatch {
+            lane,
+            last_seq,
+            idempotency_key: crate::wire::idempotency_key(gateway_id, lane, first_seq, last_seq),
+            body,
+            records,
+        }
+    }
+}
+
 /// What came of one attempt.
 #[derive(Debug)]
 pub struct Attempt {
