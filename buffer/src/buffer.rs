@@ -667,7 +667,7 @@ fn sync_names(db_dir: &Path, dir: &Path, created: &[PathBuf]) -> Result<(), Buff
 }
 
 /// fsync of a file or directory by path.
-fn fsync_path(path: &Path) -> Result<(), BufferError> {
+pub(crate) fn fsync_path(path: &Path) -> Result<(), BufferError> {
     File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(|source| BufferError::Io {
@@ -726,10 +726,15 @@ impl Inner {
         Ok(())
     }
 
+    /// The lowest ack over the consumers that read `lane` (alarms-only consumers do not hold
+    /// back the readings lane).
     fn min_cursor(&self, st: &State, lane: Lane) -> u64 {
         st.cursors
-            .values()
-            .map(|c| c[lane.index()].unwrap_or(0))
+            .iter()
+            .filter(|(name, _)| {
+                lane == Lane::Alarms || !self.opts.alarms_only_consumers.contains(name)
+            })
+            .map(|(_, c)| c[lane.index()].unwrap_or(0))
             .min()
             .unwrap_or(0)
     }
@@ -1216,7 +1221,7 @@ impl Inner {
             }
         };
         let reserved = old_reserved.max(start.saturating_add(step));
-        wm.store(&self.opts.dir, reserved, keep_durable.min(reserved - 1))?;
+        wm.store(reserved, keep_durable.min(reserved - 1))?;
         if start != n {
             st.next_seq = start;
             self.persist_next_seq(start)?;
@@ -1235,7 +1240,7 @@ impl Inner {
     /// group is written and its appends fail.
     pub(crate) fn reserve_seqs(&self, st: &State) -> Result<(), BufferError> {
         let mut wm = self.lock_watermark();
-        if wm.reserve(&self.opts.dir, st.next_seq)? {
+        if wm.reserve(st.next_seq)? {
             info!(reserved = wm.reserved, "buffer: seq watermark moved");
         }
         Ok(())

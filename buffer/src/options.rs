@@ -90,6 +90,9 @@ pub struct BufferOptions {
     /// Names of the consumers whose acks gate deletion; a block is deleted once every one of
     /// them acked all of it. Default `["forwarder"]`.
     pub consumers: Vec<String>,
+    /// Those of `consumers` that read only the alarms lane: their acks gate deletion there, and
+    /// the readings lane does not wait for them. Default none.
+    pub alarms_only_consumers: Vec<String>,
     /// Source of wall-clock time. Default [`SystemClock`].
     pub clock: Arc<dyn Clock>,
 }
@@ -108,6 +111,7 @@ impl BufferOptions {
             cache_capacity_bytes: 8 * 1024 * 1024,
             dead_letter_max_bytes: 4 * 1024 * 1024,
             consumers: vec!["forwarder".to_string()],
+            alarms_only_consumers: Vec::new(),
             clock: Arc::new(SystemClock),
         }
     }
@@ -152,6 +156,26 @@ impl BufferOptions {
                     "names must be non-empty and contain no NUL byte",
                 );
             }
+        }
+        if let Some(c) = self
+            .alarms_only_consumers
+            .iter()
+            .find(|c| !self.consumers.contains(c))
+        {
+            return bad(
+                "alarms_only_consumers",
+                &format!("`{c}` is not one of `consumers`"),
+            );
+        }
+        if self
+            .consumers
+            .iter()
+            .all(|c| self.alarms_only_consumers.contains(c))
+        {
+            return bad(
+                "alarms_only_consumers",
+                "some consumer must read the readings lane, or no reading would ever be deleted",
+            );
         }
         Ok(())
     }

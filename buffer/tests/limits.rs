@@ -554,3 +554,52 @@ fn invalid_options_name_the_field() {
         other => panic!("unexpected: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn an_alarms_only_consumer_holds_back_the_alarms_lane_but_not_the_readings_lane() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path());
+    o.consumers = vec![C.into(), "local".into()];
+    o.alarms_only_consumers = vec!["local".into()];
+    let r = Running::open(o);
+    r.buffer
+        .append(vec![reading(1), alarm(1), reading(2)])
+        .await
+        .unwrap();
+    r.buffer.ack(C, Lane::Readings, 3).unwrap();
+    r.buffer.ack(C, Lane::Alarms, 3).unwrap();
+    let s = r.buffer.stats();
+    assert_eq!(
+        s.readings.records, 0,
+        "readings go once the forwarder acked them"
+    );
+    assert_eq!(
+        s.alarms.records, 1,
+        "alarms wait for the alarms-only consumer"
+    );
+    r.buffer.ack("local", Lane::Alarms, 3).unwrap();
+    assert_eq!(r.buffer.stats().alarms.records, 0);
+    r.close().await;
+}
+
+#[test]
+fn alarms_only_consumers_must_be_consumers_and_leave_one_for_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path());
+    o.alarms_only_consumers = vec!["stranger".into()];
+    assert!(matches!(
+        Buffer::open(o.clone()),
+        Err(BufferError::InvalidOptions {
+            field: "alarms_only_consumers",
+            ..
+        })
+    ));
+    o.alarms_only_consumers = vec![C.into()];
+    assert!(matches!(
+        Buffer::open(o),
+        Err(BufferError::InvalidOptions {
+            field: "alarms_only_consumers",
+            ..
+        })
+    ));
+}

@@ -112,8 +112,10 @@ pub fn rules_from_config(config: &Config) -> Result<Vec<Rule>, RuleError> {
 /// The buffer's options from the config.
 pub fn buffer_options(config: &Config) -> BufferOptions {
     let mut consumers = vec![gateway_forwarder::CONSUMER.to_owned()];
+    let mut alarms_only_consumers = Vec::new();
     if config.mqtt.mode != MqttMode::Disabled {
         consumers.push(local_alarms::CONSUMER.to_owned());
+        alarms_only_consumers.push(local_alarms::CONSUMER.to_owned());
     }
     BufferOptions {
         dir: config.data_dir.join("buffer"),
@@ -129,6 +131,7 @@ pub fn buffer_options(config: &Config) -> BufferOptions {
         cache_capacity_bytes: config.buffer.cache_capacity_bytes,
         dead_letter_max_bytes: config.buffer.dead_letter_max_bytes,
         consumers,
+        alarms_only_consumers,
         clock: Arc::new(SystemClock),
     }
 }

@@ -78,14 +78,8 @@ pub async fn run(settings: MqttSettings, buffer: Buffer, shutdown: CancellationT
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            changed = durable.changed() => {
+            changed = durable.changed(), if awaiting.is_none() && connected => {
                 if changed.is_err() { break; }
-                // This sink reads only alarms; it lets the readings lane go at once, or the
-                // buffer (which deletes what every consumer acked) would keep every reading.
-                let durable_seq = *durable.borrow();
-                if let Err(e) = buffer.ack(CONSUMER, Lane::Readings, durable_seq) {
-                    tracing::error!(error = %e, "could not release the readings lane");
-                }
             }
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
