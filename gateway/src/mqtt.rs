@@ -4,9 +4,9 @@
 //! One task owns the rumqttc event loop and keeps polling it (rumqttc stalls if it is not
 //! polled). The publishes that are already read when one arrives (up to [`MAX_BATCH`]) are
 //! decoded together and queued as one append at once, in arrival order (so readings are stored
-//! in the order they came), and concurrent batches share a group commit; completions are taken
-//! in arrival order (MQTT requires PUBACKs in the order the PUBLISHes
-//! came) and each message is acked as soon as it and everything before it is durable.
+//! in the order they came), and concurrent batches share a group commit. Completions are taken
+//! in arrival order (MQTT requires PUBACKs in the order the PUBLISHes came) and each message is
+//! acked as soon as it and everything before it is durable.
 //!
 //! On a disconnect rumqttc drops PUBACKs it had not sent yet; the broker redelivers those
 //! messages on the persistent session, so they are appended again (a duplicate, never a loss).
