@@ -159,6 +159,8 @@ impl Committer {
                     continue;
                 }
             };
+            // Appends whose callers gave up do not hold anyone back.
+            self.parked.retain(|r| !r.reply.is_closed());
             if first.in_line && !self.parked.is_empty() {
                 // Others are waiting for space: this one waits behind them.
                 self.park(first);
@@ -261,12 +263,9 @@ impl Committer {
 
     /// Commits the parked appends that fit now, oldest first; the rest stay parked in order.
     async fn retry_parked(&mut self) {
-        let group: Vec<AppendRequest> = self
-            .parked
-            .drain(..)
-            // The caller gave up waiting: withdrawn, never written.
-            .filter(|r| !r.reply.is_closed())
-            .collect();
+        // The caller gave up waiting: withdrawn, never written.
+        self.parked.retain(|r| !r.reply.is_closed());
+        let group: Vec<AppendRequest> = self.parked.drain(..).collect();
         if !group.is_empty() {
             self.commit(group).await;
         }
