@@ -9,7 +9,6 @@ use std::path::Path;
 
 use common::{Running, alarm, opts, read_all, reading};
 use gateway_buffer::{Buffer, BufferOptions, DB_DIR_NAME, Lane, Record};
-use tokio_util::sync::CancellationToken;
 
 const C: &str = "forwarder";
 const WATERMARK: &str = "seq.watermark";
@@ -19,22 +18,7 @@ const STEP: u64 = 10;
 /// Open with the reservation step `STEP`, waiting while a previous instance still holds the
 /// database lock (as `Running::open` does).
 fn open_small_step(o: BufferOptions) -> Running {
-    for _ in 0..500 {
-        match Buffer::open_with_seq_reserve_step(o.clone(), STEP) {
-            Ok((buffer, committer)) => {
-                let shutdown = CancellationToken::new();
-                let task = tokio::spawn(committer.run(shutdown.clone()));
-                return Running {
-                    buffer,
-                    shutdown,
-                    task,
-                };
-            }
-            Err(e) if e.is_retryable() => std::thread::sleep(std::time::Duration::from_millis(10)),
-            Err(e) => panic!("open: {e}"),
-        }
-    }
-    panic!("database still locked after 5 s");
+    Running::open_with(o, |o| Buffer::open_with_seq_reserve_step(o, STEP))
 }
 
 /// Append `n` readings numbered from `from`, `per_call` to a call; returns their seqs.

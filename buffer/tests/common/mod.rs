@@ -60,8 +60,16 @@ impl Running {
     /// database lock: sled finishes log writes of a dropped database on its own threads, and an
     /// aborted committer's last commit may still be running in the blocking pool.
     pub fn open(o: BufferOptions) -> Running {
+        Running::open_with(o, Buffer::open)
+    }
+
+    /// [`Running::open`] through another opening function (same options, other knobs).
+    pub fn open_with(
+        o: BufferOptions,
+        open: impl Fn(BufferOptions) -> Result<(Buffer, gateway_buffer::Committer), BufferError>,
+    ) -> Running {
         for _ in 0..500 {
-            match Buffer::open(o.clone()) {
+            match open(o.clone()) {
                 Ok((buffer, committer)) => {
                     let shutdown = CancellationToken::new();
                     let task = tokio::spawn(committer.run(shutdown.clone()));
