@@ -262,50 +262,8 @@ impl SentLog {
 /// binary is used, with a warning).
 pub fn device_sim_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("DEVICE_SIM_BIN") {
-            return PathBuf::from(p);
-        }
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test executable in target/<profile>/deps");
-        let bin = profile_dir.join("device-sim");
-        if std::env::var_os("E2E_NO_BUILD").is_none() || !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("workspace dir");
-            let mut cmd = Command::new(cargo);
-            cmd.current_dir(workspace).args([
-                "build",
-                "--quiet",
-                "-p",
-                "device-sim",
-                "--bin",
-                "device-sim",
-            ]);
-            if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
-                cmd.arg("--release");
-            }
-            let out = cmd.output().expect("run cargo build");
-            if !out.status.success() {
-                let why = String::from_utf8_lossy(&out.stderr);
-                if bin.exists() {
-                    eprintln!(
-                        "warning: cargo build -p device-sim failed; using the existing {}:\n{why}",
-                        bin.display()
-                    );
-                } else {
-                    panic!("cargo build -p device-sim --bin device-sim failed:\n{why}");
-                }
-            }
-        }
-        assert!(bin.exists(), "no device-sim binary at {}", bin.display());
-        bin
-    })
-    .clone()
+    BIN.get_or_init(|| crate::gateway::workspace_bin("device-sim", "DEVICE_SIM_BIN"))
+        .clone()
 }
 
 /// A `device-sim mqtt` child process writing `--summary-json` and `--record-sent` into its own

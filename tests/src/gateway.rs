@@ -93,45 +93,51 @@ impl GatewaySpec {
 /// with `E2E_NO_BUILD=1`; if the build fails an existing binary is used, with a warning).
 pub fn gateway_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("GATEWAY_BIN") {
-            return PathBuf::from(p);
-        }
-        let exe = std::env::current_exe().expect("current_exe");
-        // target/debug/deps/<test> → target/debug/gateway
-        let profile_dir = exe
+    BIN.get_or_init(|| workspace_bin("gateway", "GATEWAY_BIN"))
+        .clone()
+}
+
+/// The binary `name` of the workspace package `name`: `$env_var` if set, else
+/// `target/<profile>/<name>` next to this test executable, built with `cargo build -p <name>
+/// --bin <name>` (skipped with `E2E_NO_BUILD=1` when it exists; if the build fails an existing
+/// binary is used, with a warning). Call once per process (callers cache it).
+pub(crate) fn workspace_bin(name: &str, env_var: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env_var) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/debug/deps/<test> → target/debug/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable in target/<profile>/deps");
+    let bin = profile_dir.join(name);
+    if std::env::var_os("E2E_NO_BUILD").is_none() || !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
-            .and_then(Path::parent)
-            .expect("test executable in target/<profile>/deps");
-        let bin = profile_dir.join("gateway");
-        if std::env::var_os("E2E_NO_BUILD").is_none() || !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("workspace dir");
-            let mut cmd = Command::new(cargo);
-            cmd.current_dir(workspace)
-                .args(["build", "--quiet", "-p", "gateway", "--bin", "gateway"]);
-            if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
-                cmd.arg("--release");
-            }
-            let out = cmd.output().expect("run cargo build");
-            if !out.status.success() {
-                let why = String::from_utf8_lossy(&out.stderr);
-                if bin.exists() {
-                    eprintln!(
-                        "warning: cargo build -p gateway failed; testing the existing {}:\n{why}",
-                        bin.display()
-                    );
-                } else {
-                    panic!("cargo build -p gateway --bin gateway failed:\n{why}");
-                }
+            .expect("workspace dir");
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace)
+            .args(["build", "--quiet", "-p", name, "--bin", name]);
+        if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().expect("run cargo build");
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr);
+            if bin.exists() {
+                eprintln!(
+                    "warning: cargo build -p {name} failed; using the existing {}:\n{why}",
+                    bin.display()
+                );
+            } else {
+                panic!("cargo build -p {name} --bin {name} failed:\n{why}");
             }
         }
-        assert!(bin.exists(), "no gateway binary at {}", bin.display());
-        bin
-    })
-    .clone()
+    }
+    assert!(bin.exists(), "no {name} binary at {}", bin.display());
+    bin
 }
 
 /// A gateway child process with its own temp dir (config, data, logs). Killed on drop.

@@ -204,7 +204,10 @@ async fn handle(
 }
 
 /// Body → (lane, gateway_id, records), or what is wrong with it.
-fn decode(body: &[u8], encoding: Option<&str>) -> Result<(String, String, Vec<Value>), String> {
+pub(crate) fn decode(
+    body: &[u8],
+    encoding: Option<&str>,
+) -> Result<(String, String, Vec<Value>), String> {
     let json = match encoding {
         Some("gzip") => {
             let mut out = Vec::new();

@@ -9,7 +9,7 @@
 //! answered (a hang) is recorded with status 0, which [`crate::Batch::delivered`] treats as not
 //! delivered: the gateway never learned of a success.
 
-use crate::receiver::{Batch, delivered_count, delivered_records};
+use crate::receiver::{Batch, decode, delivered_count, delivered_records};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -18,7 +18,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::Value;
 use std::collections::VecDeque;
-use std::io::Read as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -316,39 +315,6 @@ async fn handle(
         // Dropped (with the connection) when the client gives up or the relay goes down.
         Fault::Hang => std::future::pending::<Response>().await,
     }
-}
-
-/// Body → (lane, gateway_id, records), or what is wrong with it.
-fn decode(body: &[u8], encoding: Option<&str>) -> Result<(String, String, Vec<Value>), String> {
-    let json = match encoding {
-        Some("gzip") => {
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(body)
-                .read_to_end(&mut out)
-                .map_err(|e| format!("Content-Encoding: gzip but not gzip: {e}"))?;
-            out
-        }
-        None => body.to_vec(),
-        Some(other) => return Err(format!("unexpected Content-Encoding {other}")),
-    };
-    let v: Value = serde_json::from_slice(&json).map_err(|e| format!("body is not JSON: {e}"))?;
-    let lane = v["lane"]
-        .as_str()
-        .filter(|l| *l == "readings" || *l == "alarms")
-        .ok_or_else(|| format!("bad lane in {v}"))?
-        .to_owned();
-    let gateway_id = v["gateway_id"]
-        .as_str()
-        .ok_or_else(|| format!("no gateway_id in {v}"))?
-        .to_owned();
-    let records = v["records"]
-        .as_array()
-        .ok_or_else(|| format!("no records array in {v}"))?
-        .clone();
-    if records.is_empty() {
-        return Err("empty batch".into());
-    }
-    Ok((lane, gateway_id, records))
 }
 
 impl FaultyUpstream {
