@@ -62,7 +62,7 @@ fn project_copy_of_the_contract_loads_with_every_value_as_written() {
     assert_eq!(up.compression, Compression::Gzip);
     assert_eq!(
         (up.retry_initial_ms, up.retry_max_ms, up.max_in_flight),
-        (200, 60_000, 1)
+        (200, 60_000, 16)
     );
     assert!(up.bearer_token.is_none());
 
@@ -185,24 +185,65 @@ fn shipped_example_loads_to_the_defaults_plus_the_contract_rules() {
     assert_eq!(example, expected);
 }
 
+/// `(section, key)` for every `key = value` line, commented out or not, where the section is the
+/// nearest `[table]` or `[[array]]` header above it (also read through `#`). `[[modbus.register]]`
+/// is its own section.
+fn keys_by_section(text: &str) -> Vec<(String, String)> {
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim_start_matches('#').trim();
+        if let Some(header) = line.strip_prefix('[') {
+            if let Some(end) = header.find(']') {
+                section = header[..end].trim_start_matches('[').to_owned();
+            }
+            continue;
+        }
+        let Some((key, _)) = line.split_once(" = ") else {
+            continue;
+        };
+        let key = key.trim();
+        if key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            out.push((section.clone(), key.to_owned()));
+        }
+    }
+    out
+}
+
+/// Contract keys the gateway does not accept yet, each with the capability that will add it.
+/// Every entry must still be refused ([`contract_keys_not_built_yet_are_still_refused`]), so
+/// building one without taking it off this list fails a test.
+const NOT_BUILT_YET: [(&str, &str, &str); 7] = [
+    ("mqtt", "client_cert_file", "client certificates"),
+    ("upstream", "client_cert_file", "client certificates"),
+    ("sink", "*", "sinks beside [upstream]"),
+    ("modbus", "*", "Modbus polling"),
+    ("modbus.register", "*", "Modbus polling"),
+    ("window", "*", "windowed aggregation"),
+    ("deadband", "*", "report by exception"),
+];
+
+fn not_built_yet(section: &str, key: &str) -> bool {
+    let key = key.replace("client_key_file", "client_cert_file");
+    NOT_BUILT_YET
+        .iter()
+        .any(|(s, k, _)| *s == section && (*k == "*" || *k == key))
+}
+
 #[test]
 fn shipped_example_mentions_every_key_of_the_contract() {
-    let key_of = |line: &str| -> Option<String> {
-        let line = line.trim_start_matches('#').trim_start();
-        let (key, _) = line.split_once(" = ")?;
-        let key = key.trim();
-        key.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            .then(|| key.to_owned())
-    };
-    let example_keys: Vec<String> = DEFAULT_CONFIG_TOML.lines().filter_map(key_of).collect();
-    for line in PROJECT_CONTRACT.lines() {
-        if let Some(key) = key_of(line) {
-            assert!(
-                example_keys.contains(&key),
-                "example lacks contract key {key}"
-            );
+    let example_keys = keys_by_section(DEFAULT_CONFIG_TOML);
+    for (section, key) in keys_by_section(PROJECT_CONTRACT) {
+        if not_built_yet(&section, &key) {
+            continue;
         }
+        assert!(
+            example_keys.contains(&(section.clone(), key.clone())),
+            "example lacks contract key {key} of [{section}]"
+        );
     }
     for key in [
         "shutdown_grace_s",
@@ -220,8 +261,51 @@ fn shipped_example_mentions_every_key_of_the_contract() {
         "reopen_max_ms",
     ] {
         assert!(
-            example_keys.iter().any(|k| k == key),
+            example_keys.iter().any(|(_, k)| k == key),
             "example lacks project key {key}"
+        );
+    }
+}
+
+/// The contract with one optional table uncommented: its header line and the commented `key =`
+/// lines after it, up to the next blank or header line.
+fn contract_with(header: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in PROJECT_CONTRACT.lines() {
+        let bare = line.strip_prefix("# ").unwrap_or(line);
+        if bare.trim_end() == header {
+            inside = true;
+            out.push_str(bare);
+        } else if inside && bare.contains(" = ") && !bare.starts_with(['[', '#']) {
+            out.push_str(bare);
+        } else {
+            inside = inside && !(line.trim() == "#" || line.trim().is_empty());
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn contract_keys_not_built_yet_are_still_refused() {
+    for (section, key, capability) in NOT_BUILT_YET {
+        let text = match key {
+            "*" => contract_with(&format!("[[{section}]]")),
+            _ => PROJECT_CONTRACT.replace(
+                &format!("[{section}]\n"),
+                &format!("[{section}]\n{key} = \"/etc/gateway/x.pem\"\n"),
+            ),
+        };
+        if section == "modbus.register" {
+            continue; // refused with its [[modbus]] table
+        }
+        let err = Config::parse_with_env(&text, "test.toml", no_env)
+            .expect_err(&format!("[{section}] {key} ({capability}) is accepted now: take it off NOT_BUILT_YET and check it"));
+        assert!(
+            err.to_string().contains("unknown key"),
+            "{section} {key}: {err}"
         );
     }
 }
