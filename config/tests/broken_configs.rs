@@ -46,9 +46,15 @@ fn bad_enum_value_in_the_contract_names_key_line_and_allowed_words_exactly() {
     let text = CONTRACT.replace("\"drop_oldest\"  ", "\"drop_newest\"  ");
     assert_ne!(text, CONTRACT);
     let err = refuse(&text);
+    let line = 1 + CONTRACT
+        .lines()
+        .position(|l| l.starts_with("when_full = "))
+        .expect("the contract sets when_full");
     assert_eq!(
         err.to_string(),
-        r#"buffer.when_full (line 31): expected "drop_oldest" or "block", found "drop_newest""#
+        format!(
+            r#"buffer.when_full (line {line}): expected "drop_oldest" or "block", found "drop_newest""#
+        )
     );
     assert!(matches!(err, ConfigError::WrongValue { .. }));
 }

@@ -125,7 +125,11 @@ fn project_copy_of_the_contract_loads_with_every_value_as_written() {
 fn shared_contract_file_loads_and_matches_the_project_copy() {
     let path = Path::new(SHARED_CONTRACT);
     if !path.exists() {
-        eprintln!("skipped: {SHARED_CONTRACT} is not present outside this checkout");
+        test_peers::missing(
+            "contract::shared_contract_file_loads_and_matches_the_project_copy",
+            &format!("the shared contract {SHARED_CONTRACT} is not beside this checkout"),
+            "check out the project with its shared/ folder beside it",
+        );
         return;
     }
     Config::load_with_env(path, no_env).unwrap_or_else(|e| panic!("{e}"));

@@ -258,8 +258,7 @@ impl SentLog {
 
 /// The `device-sim` binary: `$DEVICE_SIM_BIN`, else `target/<profile>/device-sim` next to this
 /// test executable, built once per test process with `cargo build -p device-sim --bin
-/// device-sim` (skipped with `E2E_NO_BUILD=1` when it exists; if the build fails an existing
-/// binary is used, with a warning).
+/// device-sim` (skipped with `E2E_NO_BUILD=1` when it exists; a failed build fails the test).
 pub fn device_sim_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| crate::gateway::workspace_bin("device-sim", "DEVICE_SIM_BIN"))

@@ -90,7 +90,7 @@ impl GatewaySpec {
 
 /// The `gateway` binary: `$GATEWAY_BIN`, else `target/<profile>/gateway` next to this test
 /// executable, built once per test process with `cargo build -p gateway --bin gateway` (skipped
-/// with `E2E_NO_BUILD=1`; if the build fails an existing binary is used, with a warning).
+/// with `E2E_NO_BUILD=1`; a failed build fails the test).
 pub fn gateway_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| workspace_bin("gateway", "GATEWAY_BIN"))
@@ -99,8 +99,8 @@ pub fn gateway_bin() -> PathBuf {
 
 /// The binary `name` of the workspace package `name`: `$env_var` if set, else
 /// `target/<profile>/<name>` next to this test executable, built with `cargo build -p <name>
-/// --bin <name>` (skipped with `E2E_NO_BUILD=1` when it exists; if the build fails an existing
-/// binary is used, with a warning). Call once per process (callers cache it).
+/// --bin <name>` (skipped with `E2E_NO_BUILD=1` when it exists; a failed build fails the
+/// test). Call once per process (callers cache it).
 pub(crate) fn workspace_bin(name: &str, env_var: &str) -> PathBuf {
     if let Ok(p) = std::env::var(env_var) {
         return PathBuf::from(p);
@@ -124,17 +124,12 @@ pub(crate) fn workspace_bin(name: &str, env_var: &str) -> PathBuf {
             cmd.arg("--release");
         }
         let out = cmd.output().expect("run cargo build");
-        if !out.status.success() {
-            let why = String::from_utf8_lossy(&out.stderr);
-            if bin.exists() {
-                eprintln!(
-                    "warning: cargo build -p {name} failed; using the existing {}:\n{why}",
-                    bin.display()
-                );
-            } else {
-                panic!("cargo build -p {name} --bin {name} failed:\n{why}");
-            }
-        }
+        // A failed build fails the test: an older binary would test code that is not there.
+        assert!(
+            out.status.success(),
+            "cargo build -p {name} --bin {name} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert!(bin.exists(), "no {name} binary at {}", bin.display());
     bin

@@ -1,0 +1,95 @@
+//! What a test does when a real peer it needs is missing: mosquitto, socat, FUSE, chromium, the
+//! shared contract file.
+//!
+//! # Guarantees
+//! - With `CI` set, a missing peer fails the test: [`missing`] panics, naming the peer and the
+//!   command that provides it.
+//! - Without `CI`, the test says on stderr why it does not run for real, and its name, the
+//!   reason and that command are appended as one line to the file named by
+//!   `GATEWAY_TEST_SKIPS`. `scripts/test` (the README's test command) sets it and lists every
+//!   such test at the end of the run, so a green run never hides a test that touched no peer.
+//!
+//! It does not decide whether a peer is there; each test knows how to look for its own.
+
+use std::io::Write as _;
+
+/// The environment variable naming the file that collects tests which did not run for real.
+pub const SKIPS_ENV: &str = "GATEWAY_TEST_SKIPS";
+
+/// Reports that `test` cannot run for real because `what` (e.g. "mosquitto is not installed");
+/// `enable` is the command that would make it run (e.g. "apt-get install mosquitto").
+///
+/// Panics when `CI` is set. Otherwise records the test and returns, so the caller can return
+/// early (or go on with a stand-in, which is then also not a run for real).
+pub fn missing(test: &str, what: &str, enable: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: {what}, and CI is set: this test must run for real ({enable})");
+    }
+    eprintln!("{test}: {what}; not run for real (to run it: {enable})");
+    if let Some(path) = std::env::var_os(SKIPS_ENV) {
+        let line = format!("{test}\t{what}\t{enable}\n");
+        // One write of one short line in append mode: lines from tests running in parallel
+        // (threads or processes) do not interleave.
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            eprintln!("{test}: could not record the skip in {path:?}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_peer_is_recorded_with_its_install_command_or_fails_under_ci() {
+        let dir = std::env::temp_dir().join(format!("test-peers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("skips");
+        // The child is this test binary again, with the variables set for it alone.
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "tests::child_reports_a_missing_peer",
+                "--nocapture",
+            ])
+            .env(SKIPS_ENV, &file)
+            .env(CHILD_ENV, "1")
+            .env_remove("CI")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(
+            text,
+            "child\tthe peer is not installed\tapt-get install peer\n"
+        );
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "tests::child_reports_a_missing_peer"])
+            .env(SKIPS_ENV, &file)
+            .env(CHILD_ENV, "1")
+            .env("CI", "true")
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!status.success(), "with CI set a missing peer fails");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Set by the test above for its child runs.
+    const CHILD_ENV: &str = "TEST_PEERS_CHILD";
+
+    /// Does its work only as the child of the test above, which checks what it did.
+    #[test]
+    fn child_reports_a_missing_peer() {
+        if std::env::var_os(CHILD_ENV).is_none() {
+            return;
+        }
+        missing("child", "the peer is not installed", "apt-get install peer");
+    }
+}
