@@ -13,6 +13,7 @@ use crate::block::{self, BlockHeader, RawBlock};
 use crate::committer::{APPEND_QUEUE_CAPACITY, AppendRequest, Committer};
 use crate::dead::{DeadLetter, DeadLetterInput, DeadLetters, DeadPayload};
 use crate::error::{AppendError, BufferError};
+use crate::health::{self, BufferHealth};
 use crate::keys;
 use crate::options::{BufferOptions, WhenFull};
 use crate::record::{Lane, Record, Stored};
@@ -50,6 +51,10 @@ pub(crate) struct Inner {
     dirty: AtomicBool,
     /// Group commits since open (for stats).
     pub(crate) commits: AtomicU64,
+    /// Whether the database still takes writes (see `health.rs`).
+    health: watch::Sender<BufferHealth>,
+    /// Failed writes and flushes of the database since open.
+    write_errors: AtomicU64,
     /// `<dir>/seq.watermark` (see `watermark.rs`). Its own mutex rather than inside `State`:
     /// `note_durable` runs after the commit dropped the state lock, and must not make readers
     /// and ackers wait for it.
@@ -192,6 +197,8 @@ impl Buffer {
             missing_at_open: 0,
         };
         let (durable_tx, _) = watch::channel(0);
+        // A probe file left by a crash in the middle of a probe only takes space.
+        let _ = std::fs::remove_file(opts.dir.join(health::PROBE_FILE_NAME));
         let inner = Arc::new(Inner {
             opts,
             db,
@@ -205,6 +212,8 @@ impl Buffer {
             durable_tx,
             dirty: AtomicBool::new(false),
             commits: AtomicU64::new(0),
+            health: watch::channel(BufferHealth::Writable).0,
+            write_errors: AtomicU64::new(0),
             watermark: Mutex::new(watermark),
         });
         inner.recover()?;
@@ -334,11 +343,19 @@ impl Buffer {
             return Ok(());
         }
         *slot = Some(up);
-        inner
+        // While the database refuses writes the cursor moves in memory only (see `health.rs`).
+        if inner.is_failed() {
+            return Ok(());
+        }
+        let written = inner
             .meta
-            .insert(keys::ack_key(consumer, lane), &up.to_be_bytes())?;
-        inner.mark_dirty();
-        inner.gc_acked(&mut st, lane)
+            .insert(keys::ack_key(consumer, lane), &up.to_be_bytes())
+            .map_err(BufferError::from)
+            .and_then(|_| {
+                inner.mark_dirty();
+                inner.gc_acked(&mut st, lane)
+            });
+        inner.tolerate_write_error(written)
     }
 
     /// The consumer's acked cursor on `lane`; `None` if it never acked (or is unknown).
@@ -396,7 +413,19 @@ impl Buffer {
             missing_at_open: st.missing_at_open,
             last_durable_seq: *self.inner.durable_tx.borrow(),
             commits: self.inner.commits.load(Ordering::Relaxed),
+            write_errors: self.inner.write_errors.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether the database still takes writes; see [`BufferHealth`]. From memory.
+    pub fn health(&self) -> BufferHealth {
+        self.inner.health.borrow().clone()
+    }
+
+    /// Changes of [`Buffer::health`]: the owner waits on this for
+    /// [`BufferHealth::ReopenNeeded`].
+    pub fn watch_health(&self) -> watch::Receiver<BufferHealth> {
+        self.inner.health.subscribe()
     }
 
     /// The smallest seq still stored in `lane` (the first seq of its oldest block, which may
@@ -483,16 +512,24 @@ impl Buffer {
     /// Remove requeued records of `lane` with seq ≤ `up_to_seq`.
     pub fn ack_requeued(&self, lane: Lane, up_to_seq: u64) -> Result<(), BufferError> {
         let inner = &self.inner;
+        // Like an ack: with the database refusing writes, the records are sent again after the
+        // reopen (a duplicate, never a loss).
+        if inner.is_failed() {
+            return Ok(());
+        }
         let mut st = inner.lock();
         let range = keys::requeue_key(lane, 0)..=keys::requeue_key(lane, up_to_seq);
-        for item in inner.requeue.range(range) {
-            let (k, _) = item?;
-            if inner.requeue.remove(&k)?.is_some() {
-                st.lanes[lane.index()].requeued -= 1;
+        let removed = (|| -> Result<(), BufferError> {
+            for item in inner.requeue.range(range) {
+                let (k, _) = item?;
+                if inner.requeue.remove(&k)?.is_some() {
+                    st.lanes[lane.index()].requeued -= 1;
+                }
             }
-        }
-        inner.mark_dirty();
-        Ok(())
+            inner.mark_dirty();
+            Ok(())
+        })();
+        inner.tolerate_write_error(removed)
     }
 
     /// Store small per-consumer state (e.g. the forwarder's in-flight batch range). Flushed
@@ -504,11 +541,18 @@ impl Buffer {
         value: &[u8],
     ) -> Result<(), BufferError> {
         self.acked_checked(consumer, Lane::Alarms)?;
-        self.inner
+        // Consumer meta is flushed lazily, so a crash may lose it anyway; while the database
+        // refuses writes it is not kept at all (the consumer recovers as after such a crash).
+        if self.inner.is_failed() {
+            return Ok(());
+        }
+        let written = self
+            .inner
             .meta
-            .insert(keys::consumer_meta_key(consumer, key), value)?;
-        self.inner.mark_dirty();
-        Ok(())
+            .insert(keys::consumer_meta_key(consumer, key), value)
+            .map(|_| self.inner.mark_dirty())
+            .map_err(BufferError::from);
+        self.inner.tolerate_write_error(written)
     }
 
     /// Store a small piece of state of a component that is not a consumer (the alarm engine).
@@ -541,9 +585,15 @@ impl Buffer {
     /// Make everything written so far (acks, meta, dead letters, requeues) durable now.
     pub async fn flush(&self) -> Result<(), BufferError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.durable_flush())
-            .await
-            .map_err(|_| BufferError::Closed)?
+        tokio::task::spawn_blocking(move || {
+            let flushed = inner.durable_flush();
+            if let Err(e) = &flushed {
+                inner.note_write_error(e);
+            }
+            flushed
+        })
+        .await
+        .map_err(|_| BufferError::Closed)?
     }
 
     /// Apply `max_age_s` expiry now (the committer also does this on every commit and about
@@ -711,6 +761,75 @@ impl Inner {
 
     pub(crate) fn take_dirty(&self) -> bool {
         self.dirty.swap(false, Ordering::AcqRel)
+    }
+
+    /// A write or flush of the database failed: count it, and on the first one stop taking
+    /// appends (sled refuses every later write anyway; see `health.rs`).
+    pub(crate) fn note_write_error(&self, e: &dyn std::fmt::Display) {
+        self.write_errors.fetch_add(1, Ordering::Relaxed);
+        let error = e.to_string();
+        let now = self.opts.clock.now_ms();
+        let first = self.health.send_if_modified(|h| {
+            if h.is_writable() {
+                *h = BufferHealth::WriteFailed {
+                    error: error.clone(),
+                    since_ms: now,
+                };
+                true
+            } else {
+                false
+            }
+        });
+        if first {
+            error!(
+                %error,
+                dir = %self.opts.dir.display(),
+                "buffer: the database failed a write; appends are refused (sources stay \
+                 unacknowledged) until it is reopened; probing the disk every {}s",
+                health::PROBE_INTERVAL.as_secs()
+            );
+        }
+    }
+
+    pub(crate) fn health_ref(&self) -> watch::Ref<'_, BufferHealth> {
+        self.health.borrow()
+    }
+
+    /// Whether a write has failed since open (appends are refused).
+    pub(crate) fn is_failed(&self) -> bool {
+        !self.health.borrow().is_writable()
+    }
+
+    /// The error that stopped writes, if any.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.health.borrow().error().map(str::to_owned)
+    }
+
+    /// The probe wrote to the disk again: the database must be reopened.
+    pub(crate) fn note_probe_passed(&self) -> bool {
+        self.health.send_if_modified(|h| match h {
+            BufferHealth::WriteFailed { error, since_ms } => {
+                *h = BufferHealth::ReopenNeeded {
+                    error: std::mem::take(error),
+                    since_ms: *since_ms,
+                };
+                true
+            }
+            _ => false,
+        })
+    }
+
+    /// For writes that a crash may lose anyway (acks, consumer meta): an I/O failure of the
+    /// database is noted (the buffer stops taking appends) and otherwise ignored; other errors
+    /// are returned.
+    fn tolerate_write_error(&self, r: Result<(), BufferError>) -> Result<(), BufferError> {
+        match r {
+            Err(e @ (BufferError::Storage(sled::Error::Io(_)) | BufferError::Io { .. })) => {
+                self.note_write_error(&e);
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// sled flush (one log for all trees) followed by an `fdatasync` of the log file.

@@ -7,6 +7,10 @@
 //! are parked instead of refused, and so is every such append after them: parked appends are
 //! retried in arrival order as space returns, so a later one is never stored before an earlier
 //! one. A parked append whose caller gave up (dropped the future) is withdrawn, never written.
+//!
+//! Once a write of the database fails, the committer refuses every append at once (sled would
+//! fail it anyway: it keeps its first write error until reopened), skips its idle work, and
+//! probes the disk every [`crate::PROBE_INTERVAL`] until writes succeed again; see `health.rs`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -14,10 +18,11 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use crate::buffer::{Buffer, Inner, State};
 use crate::error::{AppendError, BufferError};
+use crate::health;
 use crate::record::{Lane, Record};
 
 /// Capacity of the append queue, in calls (not records). Bounded so a stalled disk pushes back
@@ -141,11 +146,21 @@ impl Committer {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry = tokio::time::interval(PARKED_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probe = tokio::time::interval(health::PROBE_INTERVAL);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let probing = matches!(
+                *self.inner.health_ref(),
+                health::BufferHealth::WriteFailed { .. }
+            );
             // Cancel safety: `recv` and the ticks lose nothing when another branch wins.
             let first = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                _ = probe.tick(), if probing => {
+                    self.probe().await;
+                    continue;
+                }
                 _ = retry.tick(), if !self.parked.is_empty() => {
                     self.retry_parked().await;
                     continue;
@@ -234,7 +249,30 @@ impl Committer {
         result
     }
 
+    /// Writes a probe file; once that works, the database must be reopened.
+    async fn probe(&self) {
+        let dir = self.inner.opts.dir.clone();
+        let probed = tokio::task::spawn_blocking(move || health::probe_write(&dir)).await;
+        match probed {
+            Ok(Ok(())) => {
+                if self.inner.note_probe_passed() {
+                    warn!(
+                        dir = %self.inner.opts.dir.display(),
+                        "buffer: the disk takes writes again; the database must be reopened \
+                         to resume"
+                    );
+                }
+            }
+            Ok(Err(e)) => debug!(error = %e, "buffer: the disk still refuses writes"),
+            Err(e) => error!(error = %e, "buffer: probe task failed"),
+        }
+    }
+
     async fn idle(&self) {
+        // Expiry and lazy flushes write; sled refuses that until the database is reopened.
+        if self.inner.is_failed() {
+            return;
+        }
         let inner = self.inner.clone();
         let done = tokio::task::spawn_blocking(move || -> Result<(), BufferError> {
             let now = inner.opts.clock.now_ms();
@@ -250,6 +288,7 @@ impl Committer {
         .await;
         if let Ok(Err(e)) = done {
             error!(error = %e, "buffer: idle flush failed");
+            self.inner.note_write_error(&e);
         }
     }
 
@@ -274,6 +313,17 @@ impl Committer {
     /// Commits a group; in-line appends refused for space are parked, with every in-line
     /// append after them in the group.
     async fn commit(&mut self, group: Vec<AppendRequest>) {
+        if let Some(reason) = self.inner.failure() {
+            // Refused without touching sled, in-line appends included: waiting for a disk that
+            // may not come back would only hold their sources' data in memory, and the broker
+            // keeps what is not acknowledged.
+            for request in group {
+                let _ = request.reply.send(Err(AppendError::Unavailable {
+                    reason: reason.clone(),
+                }));
+            }
+            return;
+        }
         let inner = self.inner.clone();
         let calls: Vec<(Arc<[Record]>, bool)> = group
             .iter()
@@ -376,6 +426,7 @@ fn commit_group(inner: &Inner, calls: Vec<(Arc<[Record]>, bool)>) -> Vec<Outcome
         }
         Err(e) => {
             error!(error = %e, "buffer: group commit failed");
+            inner.note_write_error(&e);
             let e = Arc::new(e);
             for r in &mut results {
                 if let Outcome::Done(r @ Ok(_)) = r {

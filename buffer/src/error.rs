@@ -119,6 +119,16 @@ pub enum AppendError {
     /// re-appending them makes a duplicate, never a loss.
     #[error("buffer append failed: {0}")]
     Storage(Arc<BufferError>),
+    /// An earlier write or flush of the database failed (disk full, I/O error), and sled
+    /// refuses every write after its first error until the database is reopened: the append
+    /// was refused at once and nothing of it was written. The caller must leave its source
+    /// unacknowledged. [`crate::Buffer::health`] says why and whether writes succeed again
+    /// (then the process must restart to reopen the database).
+    #[error("buffer unavailable: {reason}")]
+    Unavailable {
+        /// The write error that made the buffer stop accepting appends.
+        reason: String,
+    },
 }
 
 impl AppendError {
@@ -128,7 +138,17 @@ impl AppendError {
             AppendError::Full { .. } => true,
             AppendError::Closed => false,
             AppendError::Storage(e) => e.is_retryable(),
+            AppendError::Unavailable { .. } => true,
         }
+    }
+
+    /// Whether the database failed a write: this append's (`Storage`) or an earlier one
+    /// (`Unavailable`).
+    pub fn is_write_error(&self) -> bool {
+        matches!(
+            self,
+            AppendError::Storage(_) | AppendError::Unavailable { .. }
+        )
     }
 
     /// Whether this is backpressure from a full lane.

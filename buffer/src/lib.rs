@@ -39,7 +39,28 @@
 //!   the sled cache is capped by [`BufferOptions::cache_capacity_bytes`]; the append queue is
 //!   bounded.
 //!
+//! - **A failed write stops appends, never acknowledges.** sled 0.34 keeps the first error of a
+//!   log write (disk full, I/O error) and fails every later write of that `Db` until it is
+//!   opened again. At the first failed write or flush the buffer counts it
+//!   ([`BufferStats::write_errors`]), reports [`BufferHealth::WriteFailed`], and refuses every
+//!   append at once with [`AppendError::Unavailable`] (nothing written, so the caller leaves its
+//!   source unacknowledged). Every record an `append` returned seqs for was durable before that
+//!   and stays so. The committer then probes the data directory every [`PROBE_INTERVAL`]
+//!   (writes, fsyncs and removes a [`PROBE_BYTES`] file); when that succeeds the health becomes
+//!   [`BufferHealth::ReopenNeeded`] and the owner must drop the buffer and open it again (the
+//!   gateway exits non-zero and its service manager restarts it). Opening is sled's ordinary
+//!   crash recovery: the log up to the last successful flush, the torn tail dropped.
+//! - **Why not reopen in place.** Reopening needs every handle on the old `Db` gone first
+//!   (sled's file lock is held until its last `Tree` and background write are dropped), every
+//!   in-memory counter and cursor rebuilt, and the MQTT session re-established so the broker
+//!   redelivers what was left unacknowledged (brokers redeliver only on reconnect). A process
+//!   restart does all three with code paths that the crash tests already cover.
+//!
 //! # Non-guarantees (the loss and duplicate windows)
+//! - **While writes fail, acks, consumer meta and requeue acks are kept in memory only** (they
+//!   are lazily flushed, so the crash window above already allows losing them): after the
+//!   reopen, records delivered since the last durable ack are delivered again with the same
+//!   seqs. Dead letters and requeues cannot be kept and fail with the write error.
 //! - **Acks, consumer meta, dead letters and requeues are flushed lazily**: with the next
 //!   group commit or the committer's idle flush (every ~100 ms), at [`Buffer::flush`], and at
 //!   shutdown. A crash inside that window re-delivers records already acked (duplicates; the
@@ -96,6 +117,7 @@ mod buffer;
 mod committer;
 mod dead;
 mod error;
+mod health;
 mod keys;
 mod options;
 pub mod record;
@@ -106,6 +128,7 @@ pub use buffer::Buffer;
 pub use committer::{Appended, Committer, OnWait};
 pub use dead::{DeadLetter, DeadLetterInput, DeadLetters, DeadPayload};
 pub use error::{AppendError, BufferError};
+pub use health::{BufferHealth, PROBE_BYTES, PROBE_FILE_NAME, PROBE_INTERVAL};
 pub use options::{BufferOptions, Clock, ManualClock, SystemClock, WhenFull};
 pub use record::{AlarmEvent, AlarmState, Lane, Reading, Record, Severity, Source, Stored};
 pub use stats::{BufferStats, DeadLetterStats, LaneStats};

@@ -71,6 +71,10 @@ pub struct BufferStats {
     pub last_durable_seq: u64,
     /// Group commits (one flush each) since open; `appended_total / commits` is the mean group.
     pub commits: u64,
+    /// Writes and flushes of the database that failed since open (disk full, I/O error). After
+    /// the first one the buffer refuses appends until it is reopened
+    /// ([`crate::Buffer::health`]).
+    pub write_errors: u64,
 }
 
 impl BufferStats {

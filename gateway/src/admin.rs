@@ -12,7 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use gateway_buffer::{Lane, LaneStats, Source};
+use gateway_buffer::{BufferHealth, Lane, LaneStats, Source};
 use gateway_config::{Config, Secret};
 use gateway_forwarder::ForwarderHandle;
 use serde_json::{Value, json};
@@ -109,6 +109,8 @@ impl AdminState {
                 "moved_aside": b.moved_aside,
                 "missing_at_open": b.missing_at_open,
                 "last_durable_seq": b.last_durable_seq,
+                "write_errors": b.write_errors,
+                "writable": p.buffer().health().is_writable(),
             },
             "upstream": {
                 "state": f.upstream.as_str(),
@@ -134,11 +136,16 @@ impl AdminState {
         })
     }
 
-    /// `/healthz`: which parts are degraded. Ingest and buffer being up is what makes it 200.
+    /// `/healthz`: which parts are degraded. Ingest and buffer being up is what makes it 200;
+    /// a buffer that cannot write makes it 503, with the reason.
     fn health(&self) -> (StatusCode, Value) {
         let m = self.inner.pipeline.metrics();
         let f = self.inner.forwarder.stats();
         let mut degraded = Vec::new();
+        let buffer_down = buffer_unhealthy_reason(&self.inner.pipeline.buffer().health());
+        if let Some(reason) = &buffer_down {
+            degraded.push(reason.as_str());
+        }
         if m.mqtt_enabled() && !m.mqtt_connected() {
             degraded.push("mqtt: not connected to the broker");
         }
@@ -147,15 +154,30 @@ impl AdminState {
             gateway_forwarder::UpstreamState::BackingOff => degraded.push("upstream: backing off"),
             _ => {}
         }
-        let status = if degraded.is_empty() {
-            "ok"
+        let (code, status) = if buffer_down.is_some() {
+            (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
+        } else if degraded.is_empty() {
+            (StatusCode::OK, "ok")
         } else {
-            "degraded"
+            (StatusCode::OK, "degraded")
         };
-        (
-            StatusCode::OK,
-            json!({ "status": status, "degraded": degraded }),
-        )
+        (code, json!({ "status": status, "degraded": degraded }))
+    }
+}
+
+/// Why `/healthz` is 503 because of the buffer, or `None` while it writes.
+fn buffer_unhealthy_reason(health: &BufferHealth) -> Option<String> {
+    match health {
+        BufferHealth::Writable => None,
+        BufferHealth::WriteFailed { error, .. } => Some(format!(
+            "buffer: writes fail ({error}); readings are not acknowledged (MQTT messages wait at \
+             the broker); checking for free space every {}s",
+            gateway_buffer::PROBE_INTERVAL.as_secs()
+        )),
+        BufferHealth::ReopenNeeded { error, .. } => Some(format!(
+            "buffer: writes succeed again after failing ({error}); restarting to reopen the \
+             database"
+        )),
     }
 }
 
@@ -271,6 +293,26 @@ pub fn render_metrics(state: &AdminState) -> String {
         "counter",
         "Unopenable databases moved aside at start.",
         &one(b.moved_aside),
+    );
+    family(
+        "gateway_buffer_write_errors_total",
+        "counter",
+        "Failed writes and flushes of the buffer database (disk full, I/O error); after the first, appends are refused until the gateway restarts.",
+        &one(b.write_errors),
+    );
+    family(
+        "gateway_buffer_writable",
+        "gauge",
+        "1 while the buffer database takes writes, 0 after a write failed (until the restart).",
+        &one(u64::from(p.buffer().health().is_writable())),
+    );
+    family(
+        "gateway_serial_readings_dropped_total",
+        "counter",
+        "Serial readings that could not be stored (serial lines carry no ack), by reason.",
+        &m.serial_dropped()
+            .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), n as f64))
+            .collect::<Vec<_>>(),
     );
     family(
         "gateway_buffer_missing_at_open_total",

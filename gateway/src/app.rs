@@ -11,7 +11,7 @@ use crate::mqtt::MqttSettings;
 use crate::pipeline::Pipeline;
 use crate::serial::SerialSettings;
 use crate::{broker, demo, local_alarms, metrics::IngestMetrics, mqtt, serial};
-use gateway_buffer::{Buffer, BufferOptions, Severity, SystemClock};
+use gateway_buffer::{Buffer, BufferHealth, BufferOptions, Severity, SystemClock};
 use gateway_config::{AlarmCondition, Config, MqttMode};
 use gateway_forwarder::{Forwarder, ForwarderOptions, RetryPolicy};
 use std::future::Future;
@@ -64,6 +64,13 @@ pub enum RunError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The buffer's database failed a write (disk full, I/O error) and the disk takes writes
+    /// again: sled refuses writes until the database is reopened, so the gateway stops and exits
+    /// non-zero for its service manager to restart it (systemd `Restart=on-failure`).
+    #[error(
+        "buffer in {dir}: a write failed ({error}) and the disk takes writes again: exiting so that the service manager restarts the gateway and the database is reopened"
+    )]
+    BufferReopen { dir: PathBuf, error: String },
     /// A task that must not stop (the buffer's committer, the forwarder) failed.
     #[error("{task} failed: {reason}")]
     TaskFailed { task: &'static str, reason: String },
@@ -260,6 +267,35 @@ pub async fn run(
             }
         })
     };
+
+    // A database that failed a write takes none until reopened: once the disk takes writes
+    // again, stop so that the service manager restarts us (see `gateway_buffer::BufferHealth`).
+    {
+        let mut health = buffer.watch_health();
+        let fatal = fatal_tx.clone();
+        let storage = storage.clone();
+        let dir = dir.clone();
+        tokio::spawn(async move {
+            loop {
+                let error = match &*health.borrow_and_update() {
+                    BufferHealth::ReopenNeeded { error, .. } => Some(error.clone()),
+                    _ => None,
+                };
+                if let Some(error) = error {
+                    let _ = fatal.try_send(RunError::BufferReopen { dir, error });
+                    return;
+                }
+                tokio::select! {
+                    _ = storage.cancelled() => return,
+                    changed = health.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
 
     let embedded = match config.mqtt.mode {
         MqttMode::Embedded => {

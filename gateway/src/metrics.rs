@@ -23,7 +23,13 @@ pub struct IngestMetrics {
     pub alarm_series_refused: AtomicU64,
     mqtt_enabled: AtomicBool,
     mqtt_connected: AtomicBool,
+    /// Serial readings not stored, by [`SERIAL_DROP_REASONS`].
+    serial_dropped: [AtomicU64; SERIAL_DROP_REASONS.len()],
 }
+
+/// Why serial readings were not stored: the buffer failed a write (`buffer_write_error`), or
+/// shutdown cut an append short (`shutdown`).
+pub const SERIAL_DROP_REASONS: [&str; 2] = ["buffer_write_error", "shutdown"];
 
 impl Default for IngestMetrics {
     fn default() -> Self {
@@ -37,6 +43,7 @@ impl Default for IngestMetrics {
             alarm_series_refused: AtomicU64::new(0),
             mqtt_enabled: AtomicBool::new(false),
             mqtt_connected: AtomicBool::new(false),
+            serial_dropped: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -85,6 +92,21 @@ impl IngestMetrics {
         Reject::ALL_REASONS
             .iter()
             .zip(&self.rejected)
+            .map(|(r, c)| (*r, c.load(Relaxed)))
+    }
+
+    /// Counts `n` serial readings not stored for `reason` (one of [`SERIAL_DROP_REASONS`]).
+    pub fn add_serial_dropped(&self, reason: &str, n: u64) {
+        if let Some(i) = SERIAL_DROP_REASONS.iter().position(|r| *r == reason) {
+            self.serial_dropped[i].fetch_add(n, Relaxed);
+        }
+    }
+
+    /// (reason, count) for every serial drop reason, zeros included.
+    pub fn serial_dropped(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        SERIAL_DROP_REASONS
+            .iter()
+            .zip(&self.serial_dropped)
             .map(|(r, c)| (*r, c.load(Relaxed)))
     }
 

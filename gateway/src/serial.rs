@@ -7,7 +7,8 @@
 
 use crate::decode::SerialDecoder;
 use crate::framing::{Frame, LineFramer};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{IngestError, Pipeline};
+use crate::telemetry::Throttle;
 use futures::stream::{FuturesUnordered, StreamExt};
 use gateway_buffer::Source;
 use std::path::PathBuf;
@@ -76,9 +77,11 @@ pub async fn run(settings: SerialSettings, pipeline: Pipeline, shutdown: Cancell
                         // cancel an append that is waiting for buffer space any sooner than it
                         // cancels the rest.
                         let cancel = shutdown.clone();
+                        let origin = origin.clone();
                         pending.push(async move {
+                            let n = readings.len() as u64;
                             if let Err(e) = pipeline.ingest(Source::Serial, readings, &cancel).await {
-                                tracing::error!(error = %e, "serial readings not stored");
+                                not_stored(&pipeline, &origin, n, &e);
                             }
                         });
                     }
@@ -94,6 +97,21 @@ pub async fn run(settings: SerialSettings, pipeline: Pipeline, shutdown: Cancell
     }
     while pending.next().await.is_some() {}
     tracing::info!(port = %origin, "serial source stopped");
+}
+
+/// Serial readings the buffer refused: counted by reason and logged (throttled). A serial line
+/// cannot be left unacknowledged, and holding it in memory for a disk that may stay full would
+/// grow without bound, so it is dropped.
+fn not_stored(pipeline: &Pipeline, origin: &str, n: u64, e: &IngestError) {
+    static LOG: Throttle = Throttle::new(Duration::from_secs(10));
+    let reason = match e {
+        IngestError::Append(a) if a.is_write_error() => "buffer_write_error",
+        _ => "shutdown",
+    };
+    pipeline.metrics().add_serial_dropped(reason, n);
+    if let Some(suppressed) = LOG.allow() {
+        tracing::error!(port = %origin, error = %e, readings = n, reason, suppressed, "serial readings not stored (counted in /metrics)");
+    }
 }
 
 fn open(settings: &SerialSettings) -> Result<tokio_serial::SerialStream, tokio_serial::Error> {

@@ -34,6 +34,8 @@ pub struct GatewaySpec {
     pub upstream_extra: String,
     /// `[[serial]]` and `[[alarm]]` tables, appended at the end.
     pub tables: String,
+    /// `data_dir`; `None`: `data/` in the gateway's own temp dir.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl GatewaySpec {
@@ -47,6 +49,7 @@ impl GatewaySpec {
             buffer_extra: String::new(),
             upstream_extra: String::new(),
             tables: String::new(),
+            data_dir: None,
         }
     }
 
@@ -155,8 +158,11 @@ impl GatewayProcess {
             .expect("temp dir");
         let admin_port = free_port();
         let config = dir.path().join("gateway.toml");
-        std::fs::write(&config, spec.toml(&dir.path().join("data"), admin_port))
-            .expect("write config");
+        let data_dir = spec
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
+        std::fs::write(&config, spec.toml(&data_dir, admin_port)).expect("write config");
         let mut g = GatewayProcess {
             dir,
             config,
