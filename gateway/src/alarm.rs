@@ -9,14 +9,15 @@
 //!
 //! # Time
 //! - Threshold and rate rules run on *event time*, the readings' `ts`, **capped at the engine's
-//!   clock**: a reading stamped ahead of `now_ms` is taken as made at `now_ms`. A reading older
-//!   than the newest one already seen for its series (out of order) is ignored by these rules and
-//!   counted in [`EngineStats::out_of_order`]: a late reading cannot re-raise or clear an alarm.
-//!   The cap is what keeps one far-future timestamp (a device with a wrong clock, or a hostile
-//!   one) from blinding its series: without it the series' ordering point would sit in the
-//!   future and every real reading after it would be "out of order". With it the ordering point
-//!   is never ahead of the clock, so the next real reading is in order again. The event itself
-//!   still carries the reading's own `ts`.
+//!   clock**: a reading stamped ahead of `now_ms` is evaluated as made at `now_ms`, and does not
+//!   move the series' ordering point (the newest event time seen) nor its rate baseline. A
+//!   reading older than the ordering point (out of order) is ignored by these rules and counted
+//!   in [`EngineStats::out_of_order`]: a late reading cannot re-raise or clear an alarm.
+//!   This is what keeps one far-future timestamp (a device with a wrong clock, or a hostile one)
+//!   from blinding its series: were it the ordering point, every real reading after it would be
+//!   "out of order". The event itself still carries the reading's own `ts`. The price: a device
+//!   whose clock runs ahead of the gateway's has each reading judged on its own, with no rate
+//!   between them (ingest refuses readings more than `ingest.max_future_ts_s` ahead anyway).
 //! - Nothing kept in a series is trusted to lie ahead of the clock either: before a reading or a
 //!   tick is applied, stored times later than `now_ms` are brought back to `now_ms`. That heals
 //!   state persisted by an older version that stored a far-future `ts`, and a gateway clock that
@@ -702,13 +703,17 @@ fn step(
     stats: &mut EngineStats,
 ) -> Option<AlarmEvent> {
     s.heal(now_ms);
-    // Event time as the rules see it: never ahead of the clock (see the module doc).
+    // Event time as the rules see it: never ahead of the clock (see the module doc). A reading
+    // stamped ahead is evaluated as made now but does not become the series' ordering point or
+    // rate baseline: its time is not trusted, and readings decoded at the same instant (stamped
+    // with a clock read a moment before `now_ms`) must stay in order behind it.
+    let ahead = r.ts_ms > now_ms;
     let ts = r.ts_ms.min(now_ms);
     let previous = s.last_ts_ms.map(|t| (t, s.last_value));
     s.last_seen_ms = now_ms;
     if let Condition::Silence { .. } = rule.condition {
         // Any reading, late or not, ends a silence.
-        if previous.is_none_or(|(t, _)| ts >= t) {
+        if !ahead && previous.is_none_or(|(t, _)| ts >= t) {
             s.last_ts_ms = Some(ts);
             s.last_value = r.value;
         }
@@ -735,8 +740,10 @@ fn step(
         stats.out_of_order += 1;
         return None;
     }
-    s.last_ts_ms = Some(ts);
-    s.last_value = r.value;
+    if !ahead {
+        s.last_ts_ms = Some(ts);
+        s.last_value = r.value;
+    }
 
     // What this reading says: is the raise condition met, is the clear condition met, and the
     // value and threshold to report.

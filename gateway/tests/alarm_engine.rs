@@ -423,20 +423,29 @@ fn scripted_cases() {
             vec![("raised", "hot", "d1", 10)],
         ),
         (
-            "a rate across a reading stamped in the future is taken over the clock's interval",
+            "a reading stamped in the future is judged as made now but is no rate baseline",
             vec![rate("jump", 5.0)],
-            vec![Late("d1", P, 0.0, 1_000_000, 10), R("d1", P, 100.0, 20)],
-            vec![("raised", "jump", "d1", 20)],
+            vec![
+                R("d1", P, 0.0, 5),
+                Late("d1", P, 1000.0, 1_000_000, 10),
+                R("d1", P, 1.0, 20),
+                R("d1", P, 2.0, 21),
+            ],
+            vec![
+                ("raised", "jump", "d1", 1_000_000),
+                ("cleared", "jump", "d1", 20),
+            ],
         ),
         (
-            "readings late against a future-stamped one are in order once the clock passes it",
+            "a reading stamped in the future does not hold back one decoded just before the clock read",
             vec![above("hot", 35.0, 33.0, 0, 0)],
             vec![
+                R("d1", T, 20.0, 5),
                 Late("d1", T, 20.0, 100, 10),
-                Late("d1", T, 40.0, 9, 12),
-                R("d1", T, 40.0, 13),
+                Late("d1", T, 40.0, 9, 10),
+                Late("d1", T, 40.0, 4, 11),
             ],
-            vec![("raised", "hot", "d1", 13)],
+            vec![("raised", "hot", "d1", 9)],
         ),
     ];
     assert!(cases.len() >= 20);
