@@ -131,6 +131,8 @@ impl AdminState {
                 "events": m.alarm_events.load(std::sync::atomic::Ordering::Relaxed),
                 "series": engine.series,
                 "series_refused": engine.series_refused,
+                "series_evicted": engine.series_evicted,
+                "local_errors": m.local_alarm_errors.load(std::sync::atomic::Ordering::Relaxed),
                 "out_of_order": engine.out_of_order,
             },
         })
@@ -425,8 +427,20 @@ pub fn render_metrics(state: &AdminState) -> String {
     family(
         "gateway_alarm_series_refused_total",
         "counter",
-        "Series refused by alarm_max_series.",
+        "New series refused: alarm_max_series reached and every tracked series has an active alarm.",
         engine.series_refused as f64,
+    );
+    family(
+        "gateway_alarm_series_evicted_total",
+        "counter",
+        "Idle series forgotten, least recently seen first, to admit new ones under alarm_max_series.",
+        engine.series_evicted as f64,
+    );
+    family(
+        "gateway_local_alarm_errors_total",
+        "counter",
+        "Alarm events that could not be published on the local alarm topic and were skipped.",
+        m.local_alarm_errors.load(relaxed) as f64,
     );
     family(
         "gateway_uptime_seconds",

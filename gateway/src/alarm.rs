@@ -8,19 +8,54 @@
 //! has held for `clear_for_s`. Inside the hysteresis band nothing changes, so nothing flaps.
 //!
 //! # Time
-//! - Threshold and rate rules run on *event time*, the readings' `ts`. A reading older than the
-//!   newest one already seen for its series (out of order) is ignored by these rules and counted
+//! - Threshold and rate rules run on *event time*, the readings' `ts`, **capped at the engine's
+//!   clock**: a reading stamped ahead of `now_ms` is evaluated as made at `now_ms`, and does not
+//!   move the series' ordering point (the newest event time seen) nor its rate baseline. A
+//!   reading older than the ordering point (out of order) is ignored by these rules and counted
 //!   in [`EngineStats::out_of_order`]: a late reading cannot re-raise or clear an alarm.
+//!   This is what keeps one far-future timestamp (a device with a wrong clock, or a hostile one)
+//!   from blinding its series: were it the ordering point, every real reading after it would be
+//!   "out of order". The event itself still carries the reading's own `ts`. The price: a device
+//!   whose clock runs ahead of the gateway's has each reading judged on its own, with no rate
+//!   between them (ingest refuses readings more than `ingest.max_future_ts_s` ahead anyway).
+//! - Nothing kept in a series is trusted to lie ahead of the clock either: before a reading or a
+//!   tick is applied, stored times later than `now_ms` are brought back to `now_ms`. That heals
+//!   state persisted by an older version that stored a far-future `ts`, and a gateway clock that
+//!   was stepped back.
 //! - `for_s` is confirmed by readings: a series is raised by the first reading that is still
 //!   beyond the threshold `for_s` after the first one that was.
 //! - Silence rules run on the gateway's clock (`now_ms` of [`Engine::on_reading`] and
 //!   [`Engine::tick`]): a series that was seen goes quiet for `no_data_s` → raised on a tick;
 //!   the next reading clears it.
+//! - All time arithmetic saturates (timestamps anywhere in `i64` neither panic nor wrap), and a
+//!   rate too large for an `f64` is reported as `f64::MAX`: the engine never emits a non-finite
+//!   value. A reading whose value is not finite is ignored (the decoders reject those as
+//!   `bad_value` before they get here).
+//!
+//! # Memory
+//! The engine tracks at most `max_series` series (and as many (device, metric) routes). When a
+//! new (device, metric) needs room, the *idle* route seen least recently is forgotten with its
+//! series and counted in [`EngineStats::series_evicted`]: new devices are always admitted. A
+//! route with an active alarm is never forgotten, because its alarm must still clear (upstream
+//! and on the retained local topic). Only when every tracked route holds an active alarm is a
+//! new one refused, counted in [`EngineStats::series_refused`] (its readings are still stored and
+//! forwarded; it just gets no alarms until an alarm clears). A forgotten series starts afresh
+//! when its device returns; its silence rule cannot fire while it is forgotten.
+//!
+//! Idle routes sit on a doubly linked list by last reading (indices into a slab), so finding
+//! the least recently seen one and moving a route to the front are O(1).
+//!
+//! # Persistence
+//! Routes are spread over [`SHARDS`] shards by a stable hash of (device, metric). The engine
+//! marks a shard dirty when a series in it changes or leaves; the caller saves dirty shards one
+//! at a time with [`Engine::shard_snapshot`], which copies only that shard (so the engine is held
+//! for one shard's copy, and the bytes are encoded and written without it).
 
 use gateway_buffer::{AlarmEvent, AlarmState, Reading, Severity};
 use globset::{Glob, GlobMatcher};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// A rule ready to evaluate, built from one `[[alarm]]` table.
 #[derive(Debug, Clone)]
@@ -137,14 +172,41 @@ pub enum Phase {
 }
 
 /// The state of one (rule, device, metric) series; what a restart must not forget.
+///
+/// The persisted form: older versions wrote the same struct, so their state still restores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Series {
     pub phase: Phase,
-    /// Newest reading seen (event time, value), for rates and out-of-order detection.
+    /// Newest reading seen (event time capped at the clock, value), for rates and out-of-order
+    /// detection.
     pub last_ts_ms: Option<i64>,
     pub last_value: f64,
     /// Gateway time of the last reading, for silence.
     pub last_seen_ms: i64,
+}
+
+impl Series {
+    /// Brings every stored time that lies ahead of `now_ms` back to it (see the module doc).
+    fn heal(&mut self, now_ms: i64) {
+        self.last_ts_ms = self.last_ts_ms.map(|t| t.min(now_ms));
+        self.last_seen_ms = self.last_seen_ms.min(now_ms);
+        match &mut self.phase {
+            Phase::Normal => {}
+            Phase::Pending { since_ms } => *since_ms = (*since_ms).min(now_ms),
+            Phase::Active {
+                raised_ms,
+                clearing_since_ms,
+                ..
+            } => {
+                *raised_ms = (*raised_ms).min(now_ms);
+                *clearing_since_ms = clearing_since_ms.map(|t| t.min(now_ms));
+            }
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        matches!(self.phase, Phase::Active { .. })
+    }
 }
 
 /// (rule, device, metric).
@@ -165,25 +227,81 @@ pub struct ActiveAlarm {
 /// Counters of what the engine did, for `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct EngineStats {
+    /// Series tracked now (rule × device × metric), at most `max_series`.
     pub series: usize,
     pub raised: u64,
     pub cleared: u64,
     /// Readings older than their series' newest: ignored by threshold and rate rules.
     pub out_of_order: u64,
-    /// New series refused because `alarm_max_series` was reached.
+    /// Series not admitted because `alarm_max_series` was reached and every tracked route held
+    /// an active alarm (nothing idle to forget).
     pub series_refused: u64,
+    /// Idle series forgotten (least recently seen first) to make room for new ones.
+    pub series_evicted: u64,
+}
+
+/// How many shards the persisted state is split into (see the module doc).
+pub const SHARDS: usize = 64;
+
+/// The shard of a (device, metric): FNV-1a, stable across runs and builds (a shard written by
+/// one run must be the one the next run rewrites, or a stale copy would come back).
+pub fn shard_of(device: &str, metric: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in device.bytes().chain([0xff]).chain(metric.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % SHARDS as u64) as usize
+}
+
+/// The end of the idle list, or no neighbour.
+const NIL: u32 = u32::MAX;
+
+/// The rules matching one (device, metric), by index into `Engine::rules`, and their series
+/// (`None` until the first reading after a restore or reload).
+#[derive(Debug)]
+struct Route {
+    device: Arc<str>,
+    metric: Arc<str>,
+    entries: Vec<(usize, Option<Series>)>,
+    shard: u8,
+    /// Where this route is in `Engine::shards[shard]`.
+    shard_pos: u32,
+    /// On the idle list (no active alarm), with its neighbours: `prev` seen earlier, `next` later.
+    listed: bool,
+    prev: u32,
+    next: u32,
+}
+
+impl Route {
+    fn has_active(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|(_, s)| s.as_ref().is_some_and(Series::is_active))
+    }
 }
 
 /// The rules and the state of every series they track.
 ///
-/// Series are kept per device, then per metric, each with the rules that match that pair: the
+/// Series are kept per (device, metric) route, each with the rules that match that pair: the
 /// globs are matched once per new (device, metric), not once per reading, and a reading finds its
 /// series without allocating.
 #[derive(Debug)]
 pub struct Engine {
     rules: Vec<Rule>,
-    routes: HashMap<String, HashMap<String, Route>>,
-    /// Series with state, over all routes (what `max_series` bounds).
+    /// device → metric → route id (index into `slots`). The names are shared with the route.
+    index: HashMap<Arc<str>, HashMap<Arc<str>, u32>>,
+    slots: Vec<Option<Route>>,
+    /// Ids of empty slots, reused before the slab grows.
+    free: Vec<u32>,
+    /// The route ids of each shard.
+    shards: Vec<Vec<u32>>,
+    /// Bit `i`: shard `i` changed since it was last copied for saving.
+    dirty: u64,
+    /// The idle list: routes without an active alarm, least recently seen at the head.
+    idle_head: u32,
+    idle_tail: u32,
+    /// Series over all routes (what `max_series` bounds), counting those not yet started.
     n_series: usize,
     /// Routes known, including those no rule matches (bounded like series).
     n_routes: usize,
@@ -191,21 +309,21 @@ pub struct Engine {
     stats: EngineStats,
 }
 
-/// The rules matching one (device, metric), by index into `Engine::rules`, and their series
-/// (`None` until the first reading after a restore or reload).
-#[derive(Debug, Default)]
-struct Route {
-    entries: Vec<(usize, Option<Series>)>,
-}
-
 impl Engine {
     pub fn new(rules: Vec<Rule>, max_series: usize) -> Engine {
         Engine {
             rules,
-            routes: HashMap::new(),
+            index: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            shards: vec![Vec::new(); SHARDS],
+            dirty: 0,
+            idle_head: NIL,
+            idle_tail: NIL,
             n_series: 0,
             n_routes: 0,
-            max_series,
+            // Route ids are u32 with one value reserved for NIL.
+            max_series: max_series.min(NIL as usize - 1),
             stats: EngineStats::default(),
         }
     }
@@ -224,66 +342,168 @@ impl Engine {
     /// Evaluates one reading against every rule that matches it; returns the events it causes.
     pub fn on_reading(&mut self, r: &Reading, now_ms: i64) -> Vec<AlarmEvent> {
         let mut events = Vec::new();
-        if !self.has_route(&r.device, &r.metric) && !self.add_route(&r.device, &r.metric) {
+        if !r.value.is_finite() {
             return events;
         }
-        let Some(route) = self
-            .routes
-            .get_mut(r.device.as_str())
-            .and_then(|m| m.get_mut(r.metric.as_str()))
-        else {
+        let id = match self.lookup(&r.device, &r.metric) {
+            Some(id) => id,
+            None => match self.admit(&r.device, &r.metric) {
+                Some(id) => id,
+                None => return events,
+            },
+        };
+        let Some(route) = self.slots[id as usize].as_mut() else {
             return events;
         };
         for (rule_idx, slot) in &mut route.entries {
-            let series = slot.get_or_insert_with(|| {
-                self.n_series += 1;
-                Series {
-                    phase: Phase::Normal,
-                    last_ts_ms: None,
-                    last_value: r.value,
-                    last_seen_ms: now_ms,
-                }
+            let series = slot.get_or_insert_with(|| Series {
+                phase: Phase::Normal,
+                last_ts_ms: None,
+                last_value: r.value,
+                last_seen_ms: now_ms,
             });
             if let Some(e) = step(&self.rules[*rule_idx], series, r, now_ms, &mut self.stats) {
                 events.push(e);
             }
         }
+        self.dirty |= 1 << route.shard;
+        self.relist(id);
         events
     }
 
-    fn has_route(&self, device: &str, metric: &str) -> bool {
-        self.routes
-            .get(device)
-            .is_some_and(|m| m.contains_key(metric))
+    fn lookup(&self, device: &str, metric: &str) -> Option<u32> {
+        self.index.get(device)?.get(metric).copied()
     }
 
-    /// Matches the globs for a new (device, metric). Refuses (and counts) when the series it
-    /// would add, or the route itself, are past the bound; the reading is then not evaluated.
-    fn add_route(&mut self, device: &str, metric: &str) -> bool {
+    fn route_mut(&mut self, id: u32) -> Option<&mut Route> {
+        self.slots.get_mut(id as usize).and_then(Option::as_mut)
+    }
+
+    /// Matches the globs for a new (device, metric) and makes room for it by forgetting idle
+    /// routes, least recently seen first. Refuses (and counts) only when nothing idle is left.
+    fn admit(&mut self, device: &str, metric: &str) -> Option<u32> {
         let matching: Vec<usize> = (0..self.rules.len())
             .filter(|&i| self.rules[i].matches(device, metric))
             .collect();
-        if self.n_series + matching.len() > self.max_series || self.n_routes >= self.max_series {
-            self.stats.series_refused += matching.len().max(1) as u64;
-            return false;
+        let need = matching.len();
+        let refuse = |stats: &mut EngineStats| stats.series_refused += need.max(1) as u64;
+        if need > self.max_series {
+            refuse(&mut self.stats);
+            return None;
         }
-        let entries = matching.into_iter().map(|i| (i, None)).collect();
-        self.routes
-            .entry(device.to_owned())
-            .or_default()
-            .insert(metric.to_owned(), Route { entries });
+        while self.n_series + need > self.max_series || self.n_routes >= self.max_series {
+            if self.idle_head == NIL {
+                refuse(&mut self.stats);
+                return None;
+            }
+            self.evict(self.idle_head);
+        }
+        let device: Arc<str> = match self.index.get_key_value(device) {
+            Some((known, _)) => known.clone(),
+            None => Arc::from(device),
+        };
+        let metric: Arc<str> = Arc::from(metric);
+        let shard = shard_of(&device, &metric);
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let shard_pos = self.shards[shard].len() as u32;
+        self.shards[shard].push(id);
+        self.slots[id as usize] = Some(Route {
+            device: device.clone(),
+            metric: metric.clone(),
+            entries: matching.into_iter().map(|i| (i, None)).collect(),
+            shard: shard as u8,
+            shard_pos,
+            listed: false,
+            prev: NIL,
+            next: NIL,
+        });
+        self.index.entry(device).or_default().insert(metric, id);
         self.n_routes += 1;
-        true
+        self.n_series += need;
+        self.link_newest(id);
+        Some(id)
+    }
+
+    /// Forgets a route and its series.
+    fn evict(&mut self, id: u32) {
+        self.unlink(id);
+        let Some(route) = self.slots.get_mut(id as usize).and_then(Option::take) else {
+            return;
+        };
+        let list = &mut self.shards[route.shard as usize];
+        let pos = route.shard_pos as usize;
+        list.swap_remove(pos);
+        if let Some(&moved) = list.get(pos)
+            && let Some(m) = self.route_mut(moved)
+        {
+            m.shard_pos = pos as u32;
+        }
+        if let Some(metrics) = self.index.get_mut(&*route.device) {
+            metrics.remove(&*route.metric);
+            if metrics.is_empty() {
+                self.index.remove(&*route.device);
+            }
+        }
+        self.free.push(id);
+        self.n_routes -= 1;
+        self.n_series -= route.entries.len();
+        self.dirty |= 1 << route.shard;
+        self.stats.series_evicted += route.entries.len() as u64;
+    }
+
+    fn unlink(&mut self, id: u32) {
+        let Some(r) = self.route_mut(id) else { return };
+        if !r.listed {
+            return;
+        }
+        let (prev, next) = (r.prev, r.next);
+        r.listed = false;
+        r.prev = NIL;
+        r.next = NIL;
+        match self.route_mut(prev) {
+            Some(p) => p.next = next,
+            None => self.idle_head = next,
+        }
+        match self.route_mut(next) {
+            Some(n) => n.prev = prev,
+            None => self.idle_tail = prev,
+        }
+    }
+
+    fn link_newest(&mut self, id: u32) {
+        let tail = self.idle_tail;
+        let Some(r) = self.route_mut(id) else { return };
+        r.listed = true;
+        r.prev = tail;
+        r.next = NIL;
+        match self.route_mut(tail) {
+            Some(t) => t.next = id,
+            None => self.idle_head = id,
+        }
+        self.idle_tail = id;
+    }
+
+    /// After a reading: the route is now the most recently seen; it is on the idle list only
+    /// if none of its series is active.
+    fn relist(&mut self, id: u32) {
+        self.unlink(id);
+        if self.route_mut(id).is_some_and(|r| !r.has_active()) {
+            self.link_newest(id);
+        }
     }
 
     /// Every series with state: (rule, device, metric, series).
     fn each_series(&self) -> impl Iterator<Item = (&Rule, &str, &str, &Series)> {
-        self.routes.iter().flat_map(move |(device, metrics)| {
-            metrics.iter().flat_map(move |(metric, route)| {
-                route.entries.iter().filter_map(move |(i, s)| {
-                    s.as_ref()
-                        .map(|s| (&self.rules[*i], device.as_str(), metric.as_str(), s))
-                })
+        self.slots.iter().flatten().flat_map(move |route| {
+            route.entries.iter().filter_map(move |(i, s)| {
+                s.as_ref()
+                    .map(|s| (&self.rules[*i], &*route.device, &*route.metric, s))
             })
         })
     }
@@ -291,35 +511,46 @@ impl Engine {
     /// Checks silence rules against the gateway clock; call it every second or so.
     pub fn tick(&mut self, now_ms: i64) -> Vec<AlarmEvent> {
         let mut events = Vec::new();
-        for (device, metrics) in &mut self.routes {
-            for (metric, route) in metrics {
-                for (i, slot) in &mut route.entries {
-                    let rule = &self.rules[*i];
-                    let (Condition::Silence { no_data_ms }, Some(s)) =
-                        (&rule.condition, slot.as_mut())
-                    else {
-                        continue;
-                    };
-                    if s.phase != Phase::Normal || now_ms - s.last_seen_ms < *no_data_ms {
-                        continue;
-                    }
-                    s.phase = Phase::Active {
-                        raised_ms: now_ms,
-                        threshold: None,
-                        clearing_since_ms: None,
-                    };
-                    self.stats.raised += 1;
-                    events.push(event(
-                        rule,
-                        device,
-                        metric,
-                        AlarmState::Raised,
-                        s.last_value,
-                        None,
-                        now_ms,
-                    ));
+        let mut now_active = Vec::new();
+        for (id, route) in self.slots.iter_mut().enumerate() {
+            let Some(route) = route.as_mut() else {
+                continue;
+            };
+            for (i, slot) in &mut route.entries {
+                let rule = &self.rules[*i];
+                let (Condition::Silence { no_data_ms }, Some(s)) = (&rule.condition, slot.as_mut())
+                else {
+                    continue;
+                };
+                if s.last_seen_ms > now_ms {
+                    // The clock was stepped back: count the silence from now.
+                    s.last_seen_ms = now_ms;
+                    self.dirty |= 1 << route.shard;
                 }
+                if s.phase != Phase::Normal || now_ms.saturating_sub(s.last_seen_ms) < *no_data_ms {
+                    continue;
+                }
+                s.phase = Phase::Active {
+                    raised_ms: now_ms,
+                    threshold: None,
+                    clearing_since_ms: None,
+                };
+                self.stats.raised += 1;
+                self.dirty |= 1 << route.shard;
+                now_active.push(id as u32);
+                events.push(event(
+                    rule,
+                    &route.device,
+                    &route.metric,
+                    AlarmState::Raised,
+                    s.last_value,
+                    None,
+                    now_ms,
+                ));
             }
+        }
+        for id in now_active {
+            self.unlink(id);
         }
         events
     }
@@ -338,6 +569,7 @@ impl Engine {
             .retain(|(name, _, _), _| kept.contains(name));
         self.rules = rules;
         self.restore(snapshot);
+        self.dirty = u64::MAX;
     }
 
     /// Raised alarms, sorted by rule, device, metric.
@@ -364,7 +596,7 @@ impl Engine {
         out
     }
 
-    /// The state to persist so that a restart neither repeats a raise nor forgets an alarm.
+    /// All the state (tests, reload). To persist, save shards: [`Engine::shard_snapshot`].
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             series: self
@@ -379,35 +611,84 @@ impl Engine {
         }
     }
 
-    /// Replaces all state with a snapshot; series of rules that no longer exist are dropped.
+    /// Bit `i` set: shard `i` changed since its last [`Engine::shard_snapshot`].
+    pub fn dirty_shards(&self) -> u64 {
+        self.dirty
+    }
+
+    /// The state of one shard, to save under its own key; marks the shard clean. Costs one
+    /// shard's copy (about `max_series / SHARDS` series), never the whole engine.
+    pub fn shard_snapshot(&mut self, shard: usize) -> Snapshot {
+        self.dirty &= !(1u64 << (shard % SHARDS));
+        let mut series = BTreeMap::new();
+        for &id in self.shards.get(shard).into_iter().flatten() {
+            let Some(route) = self.slots.get(id as usize).and_then(Option::as_ref) else {
+                continue;
+            };
+            for (i, s) in &route.entries {
+                if let Some(s) = s {
+                    series.insert(
+                        (
+                            self.rules[*i].name.clone(),
+                            route.device.to_string(),
+                            route.metric.to_string(),
+                        ),
+                        s.clone(),
+                    );
+                }
+            }
+        }
+        Snapshot { series }
+    }
+
+    /// Replaces all state with a snapshot (or the union of shard snapshots); series of rules
+    /// that no longer exist are dropped. Past `max_series` the least recently seen idle routes
+    /// give way, as they would have while running.
     pub fn restore(&mut self, snapshot: Snapshot) {
-        self.routes.clear();
+        self.index.clear();
+        self.slots.clear();
+        self.free.clear();
+        self.shards.iter_mut().for_each(Vec::clear);
+        self.idle_head = NIL;
+        self.idle_tail = NIL;
         self.n_series = 0;
         self.n_routes = 0;
+        self.dirty = 0;
+        let mut routes: HashMap<(String, String), Vec<(usize, Series)>> = HashMap::new();
         for ((name, device, metric), s) in snapshot.series {
             let Some(rule_idx) = self.rules.iter().position(|r| r.name == name) else {
                 continue;
             };
-            if !self.has_route(&device, &metric) && !self.add_route(&device, &metric) {
+            routes
+                .entry((device, metric))
+                .or_default()
+                .push((rule_idx, s));
+        }
+        let mut routes: Vec<_> = routes.into_iter().collect();
+        // Oldest first, so the idle list ends up in the order the routes were last seen.
+        routes.sort_by_key(|(_, series)| series.iter().map(|(_, s)| s.last_seen_ms).max());
+        for ((device, metric), series) in routes {
+            let Some(id) = self
+                .lookup(&device, &metric)
+                .or_else(|| self.admit(&device, &metric))
+            else {
                 continue;
-            }
-            let route = self
-                .routes
-                .get_mut(&device)
-                .and_then(|m| m.get_mut(&metric));
-            if let Some((_, slot)) =
-                route.and_then(|r| r.entries.iter_mut().find(|(i, _)| *i == rule_idx))
-            {
-                if slot.is_none() {
-                    self.n_series += 1;
+            };
+            if let Some(route) = self.route_mut(id) {
+                for (rule_idx, s) in series {
+                    if let Some((_, slot)) = route.entries.iter_mut().find(|(i, _)| *i == rule_idx)
+                    {
+                        *slot = Some(s);
+                    }
                 }
-                *slot = Some(s);
             }
+            self.relist(id);
         }
     }
 }
 
-/// Persisted engine state (postcard-encoded by the caller).
+/// Persisted engine state (postcard-encoded by the caller): the whole engine in older versions,
+/// one shard now.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub series: BTreeMap<SeriesKey, Series>,
@@ -421,12 +702,19 @@ fn step(
     now_ms: i64,
     stats: &mut EngineStats,
 ) -> Option<AlarmEvent> {
-    let previous = s.last_ts_ms.map(|ts| (ts, s.last_value));
-    s.last_seen_ms = s.last_seen_ms.max(now_ms);
+    s.heal(now_ms);
+    // Event time as the rules see it: never ahead of the clock (see the module doc). A reading
+    // stamped ahead is evaluated as made now but does not become the series' ordering point or
+    // rate baseline: its time is not trusted, and readings decoded at the same instant (stamped
+    // with a clock read a moment before `now_ms`) must stay in order behind it.
+    let ahead = r.ts_ms > now_ms;
+    let ts = r.ts_ms.min(now_ms);
+    let previous = s.last_ts_ms.map(|t| (t, s.last_value));
+    s.last_seen_ms = now_ms;
     if let Condition::Silence { .. } = rule.condition {
         // Any reading, late or not, ends a silence.
-        if previous.is_none_or(|(ts, _)| r.ts_ms >= ts) {
-            s.last_ts_ms = Some(r.ts_ms);
+        if !ahead && previous.is_none_or(|(t, _)| ts >= t) {
+            s.last_ts_ms = Some(ts);
             s.last_value = r.value;
         }
         return match s.phase {
@@ -447,13 +735,15 @@ fn step(
         };
     }
     if let Some((last_ts, _)) = previous
-        && r.ts_ms < last_ts
+        && ts < last_ts
     {
         stats.out_of_order += 1;
         return None;
     }
-    s.last_ts_ms = Some(r.ts_ms);
-    s.last_value = r.value;
+    if !ahead {
+        s.last_ts_ms = Some(ts);
+        s.last_value = r.value;
+    }
 
     // What this reading says: is the raise condition met, is the clear condition met, and the
     // value and threshold to report.
@@ -481,9 +771,7 @@ fn step(
         }
         Condition::Rate { above_per_s } => {
             let rate = match previous {
-                Some((ts, v)) if r.ts_ms > ts => {
-                    (r.value - v).abs() * 1000.0 / (r.ts_ms - ts) as f64
-                }
+                Some((t, v)) if ts > t => rate_per_s(v, t, r.value, ts),
                 // The first reading, or two at the same instant: no rate to judge.
                 _ => return None,
             };
@@ -502,11 +790,11 @@ fn step(
         Phase::Normal | Phase::Pending { .. } if violates => {
             let since = match s.phase {
                 Phase::Pending { since_ms } => since_ms,
-                _ => r.ts_ms,
+                _ => ts,
             };
-            if r.ts_ms - since >= rule.for_ms {
+            if ts.saturating_sub(since) >= rule.for_ms {
                 s.phase = Phase::Active {
-                    raised_ms: r.ts_ms,
+                    raised_ms: ts,
                     threshold: trigger,
                     clearing_since_ms: None,
                 };
@@ -543,8 +831,8 @@ fn step(
                 };
                 return None;
             }
-            let since = clearing_since_ms.unwrap_or(r.ts_ms);
-            if r.ts_ms - since >= rule.clear_for_ms {
+            let since = clearing_since_ms.unwrap_or(ts);
+            if ts.saturating_sub(since) >= rule.clear_for_ms {
                 s.phase = Phase::Normal;
                 stats.cleared += 1;
                 Some(event(
@@ -566,6 +854,16 @@ fn step(
             }
         }
     }
+}
+
+/// |Δvalue| per second between two readings, `t0 < t1`. Finite for finite inputs: the time
+/// difference is taken in `i128` (no overflow across the whole `i64` range), and a change too
+/// large for an `f64` (values near ±`f64::MAX`) is reported as `f64::MAX`.
+fn rate_per_s(v0: f64, t0: i64, v1: f64, t1: i64) -> f64 {
+    let dt_s = (i128::from(t1) - i128::from(t0)) as f64 / 1000.0;
+    // Halves first, so the difference of two finite values cannot overflow.
+    let dv = ((v1 / 2.0 - v0 / 2.0).abs() / dt_s) * 2.0;
+    if dv.is_finite() { dv } else { f64::MAX }
 }
 
 fn event(

@@ -236,7 +236,12 @@ pub async fn run(
     crate::telemetry::exit_on_panic();
     let rules = rules_from_config(&config)?;
     let metrics = Arc::new(IngestMetrics::default());
-    let pipeline = Pipeline::new(buffer.clone(), rules, config.alarm_max_series, metrics);
+    let pipeline = Pipeline::new(
+        buffer.clone(),
+        rules,
+        config.alarm_max_series,
+        metrics.clone(),
+    );
 
     // Tokens in shutdown order: sources first, then the forwarder and sinks, the committer last.
     let sources = CancellationToken::new();
@@ -313,6 +318,7 @@ pub async fn run(
         sink_tasks.spawn(local_alarms::run(
             settings.clone(),
             buffer.clone(),
+            metrics.clone(),
             sinks.clone(),
         ));
     }

@@ -21,6 +21,8 @@ pub struct IngestMetrics {
     pub alarm_events: AtomicU64,
     /// Readings refused by the alarm engine's series bound (the reading itself is kept).
     pub alarm_series_refused: AtomicU64,
+    /// Alarm events the local publisher could not publish on `alarms/{device}/{rule}` and skipped.
+    pub local_alarm_errors: AtomicU64,
     mqtt_enabled: AtomicBool,
     mqtt_connected: AtomicBool,
     /// Serial readings not stored, by [`SERIAL_DROP_REASONS`].
@@ -41,6 +43,7 @@ impl Default for IngestMetrics {
             source_disconnects: AtomicU64::new(0),
             alarm_events: AtomicU64::new(0),
             alarm_series_refused: AtomicU64::new(0),
+            local_alarm_errors: AtomicU64::new(0),
             mqtt_enabled: AtomicBool::new(false),
             mqtt_connected: AtomicBool::new(false),
             serial_dropped: std::array::from_fn(|_| AtomicU64::new(0)),

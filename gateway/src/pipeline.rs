@@ -3,7 +3,7 @@
 //!
 //! Sources call [`Pipeline::ingest`] and acknowledge their input only when it returns `Ok`.
 
-use crate::alarm::{ActiveAlarm, Engine, EngineStats, Rule};
+use crate::alarm::{self, ActiveAlarm, Engine, EngineStats, Rule, SHARDS, Snapshot};
 use crate::decode::Reject;
 use crate::metrics::IngestMetrics;
 use crate::telemetry::Throttle;
@@ -17,8 +17,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The key under which the alarm engine keeps its state in the buffer.
+/// The key under which older versions kept the whole alarm engine state in the buffer. Read
+/// once at start (and emptied) to carry that state over; see [`shard_key`].
 const ENGINE_STATE_KEY: &str = "alarm-engine";
+
+/// The key of one shard of the alarm engine's state: `alarm-engine/00` … `alarm-engine/63`.
+/// Saving by shard bounds both the time the engine is held for a copy and the bytes written
+/// at once (see `alarm`'s module doc).
+fn shard_key(shard: usize) -> String {
+    format!("{ENGINE_STATE_KEY}/{shard:02}")
+}
+
+/// Every shard.
+const ALL_SHARDS: u64 = u64::MAX >> (64 - SHARDS);
 
 /// On shutdown, how long an append in progress gets to complete before it is withdrawn (only
 /// one waiting for space in a full buffer takes longer than a commit).
@@ -30,6 +41,9 @@ pub struct Pipeline {
     buffer: Buffer,
     // A std mutex: evaluation is short, CPU-only, and never held across an await.
     engine: Arc<Mutex<Engine>>,
+    /// Held while shards are copied and written, so two saves of one shard land in the order
+    /// they were copied (the engine lock is taken only for each copy).
+    saving: Arc<Mutex<()>>,
     metrics: Arc<IngestMetrics>,
     clock: fn() -> i64,
 }
@@ -102,24 +116,34 @@ impl Pipeline {
         metrics: Arc<IngestMetrics>,
     ) -> Pipeline {
         let mut engine = Engine::new(rules, max_series);
-        match buffer.state(ENGINE_STATE_KEY) {
-            Ok(Some(bytes)) => match postcard::from_bytes(&bytes) {
-                Ok(snapshot) => engine.restore(snapshot),
-                Err(e) => {
-                    tracing::error!(error = %e, "alarm state unreadable; starting with no active alarms")
-                }
-            },
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "alarm state could not be read; starting with no active alarms")
+        let mut snapshot = Snapshot::default();
+        for shard in 0..SHARDS {
+            if let Some(s) = read_snapshot(&buffer, &shard_key(shard)) {
+                snapshot.series.extend(s.series);
             }
         }
-        Pipeline {
+        // State of an older version (one key for everything): taken over, then emptied below
+        // once it is saved as shards. Both may exist after a crash in between; they agree.
+        let legacy = read_snapshot(&buffer, ENGINE_STATE_KEY);
+        let migrate = legacy.is_some();
+        if let Some(s) = legacy {
+            snapshot.series.extend(s.series);
+        }
+        engine.restore(snapshot);
+        let pipeline = Pipeline {
             buffer,
             engine: Arc::new(Mutex::new(engine)),
+            saving: Arc::new(Mutex::new(())),
             metrics,
             clock: now_ms,
+        };
+        if migrate {
+            pipeline.persist_shards(ALL_SHARDS);
+            if let Err(e) = pipeline.buffer.set_state(ENGINE_STATE_KEY, &[]) {
+                tracing::error!(error = %e, "could not retire the old alarm state key");
+            }
         }
+        pipeline
     }
 
     pub fn metrics(&self) -> &Arc<IngestMetrics> {
@@ -178,42 +202,44 @@ impl Pipeline {
         })
     }
 
-    /// Runs the alarm rules over readings; persists the engine's state when anything changed, so
-    /// the state rides on the same group commit as the events.
+    /// Runs the alarm rules over readings; when anything was raised or cleared, saves the shards
+    /// of those series before the events are queued, so the state rides on the same group
+    /// commit as the events.
     fn evaluate(&self, readings: &[Reading]) -> Vec<gateway_buffer::AlarmEvent> {
         let now = self.now_ms();
-        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
-        let refused_before = engine.stats().series_refused;
-        let events: Vec<_> = readings
-            .iter()
-            .flat_map(|r| engine.on_reading(r, now))
-            .collect();
-        let refused = engine.stats().series_refused - refused_before;
-        if refused > 0 {
-            self.metrics
-                .alarm_series_refused
-                .fetch_add(refused, Relaxed);
-        }
+        let events: Vec<_> = {
+            let mut engine = self.lock_engine();
+            let refused_before = engine.stats().series_refused;
+            let events = readings
+                .iter()
+                .flat_map(|r| engine.on_reading(r, now))
+                .collect();
+            let refused = engine.stats().series_refused - refused_before;
+            if refused > 0 {
+                self.metrics
+                    .alarm_series_refused
+                    .fetch_add(refused, Relaxed);
+            }
+            events
+        };
         if !events.is_empty() {
-            self.persist_engine(&engine);
+            self.persist_shards(shards_of(&events));
             self.note_events(&events);
         }
         events
     }
 
+    fn lock_engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Silence rules on the clock: appends the events; call about once a second.
     pub async fn tick(&self) -> Result<(), AppendError> {
-        let events = {
-            let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
-            let events = engine.tick(self.now_ms());
-            if !events.is_empty() {
-                self.persist_engine(&engine);
-            }
-            events
-        };
+        let events = self.lock_engine().tick(self.now_ms());
         if events.is_empty() {
             return Ok(());
         }
+        self.persist_shards(shards_of(&events));
         self.note_events(&events);
         self.buffer
             .append(events.into_iter().map(Record::Alarm).collect())
@@ -221,22 +247,32 @@ impl Pipeline {
             .map(|_| ())
     }
 
-    /// Saves the engine state now (periodically, and on shutdown), so silence tracking survives.
+    /// Saves the shards of the engine state that changed (periodically, and on shutdown), so
+    /// silence tracking survives.
     pub fn save_engine_state(&self) {
-        let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
-        self.persist_engine(&engine);
+        let dirty = self.lock_engine().dirty_shards();
+        self.persist_shards(dirty);
     }
 
-    fn persist_engine(&self, engine: &Engine) {
-        let result = postcard::to_stdvec(&engine.snapshot())
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                self.buffer
-                    .set_state(ENGINE_STATE_KEY, &bytes)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = result {
-            tracing::error!(error = %e, "could not persist alarm state");
+    /// Saves the shards in `mask`, one at a time: the engine is held only to copy one shard;
+    /// encoding and writing happen without it.
+    fn persist_shards(&self, mask: u64) {
+        let _saving = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        for shard in (0..SHARDS).filter(|i| mask & (1 << i) != 0) {
+            let snapshot = self.lock_engine().shard_snapshot(shard);
+            let result = postcard::to_stdvec(&snapshot)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    self.buffer
+                        .set_state(&shard_key(shard), &bytes)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = result {
+                static LOG: Throttle = Throttle::new(Duration::from_secs(10));
+                if let Some(suppressed) = LOG.allow() {
+                    tracing::error!(error = %e, shard, suppressed, "could not persist alarm state");
+                }
+            }
         }
     }
 
@@ -268,23 +304,42 @@ impl Pipeline {
     }
 
     pub fn active_alarms(&self) -> Vec<ActiveAlarm> {
-        self.engine
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .active()
+        self.lock_engine().active()
     }
 
     pub fn engine_stats(&self) -> EngineStats {
-        self.engine
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .stats()
+        self.lock_engine().stats()
     }
 
     /// Swaps in new rules; states of unchanged rules are kept.
     pub fn reload_rules(&self, rules: Vec<Rule>) {
-        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
-        engine.reload(rules);
-        self.persist_engine(&engine);
+        self.lock_engine().reload(rules);
+        self.save_engine_state();
+    }
+}
+
+/// The shards holding the series of these events.
+fn shards_of(events: &[gateway_buffer::AlarmEvent]) -> u64 {
+    events
+        .iter()
+        .fold(0, |m, e| m | 1 << alarm::shard_of(&e.device, &e.metric))
+}
+
+/// A persisted engine snapshot under `key`; `None` when absent or empty (a retired key). An
+/// unreadable one is logged and skipped: the other shards still restore.
+fn read_snapshot(buffer: &Buffer, key: &str) -> Option<Snapshot> {
+    match buffer.state(key) {
+        Ok(Some(bytes)) if !bytes.is_empty() => match postcard::from_bytes(&bytes) {
+            Ok(snapshot) => Some(snapshot),
+            Err(e) => {
+                tracing::error!(error = %e, key, "alarm state unreadable; its series start with no active alarms");
+                None
+            }
+        },
+        Ok(_) => None,
+        Err(e) => {
+            tracing::error!(error = %e, key, "alarm state could not be read; its series start with no active alarms");
+            None
+        }
     }
 }

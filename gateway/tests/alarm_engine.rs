@@ -396,6 +396,57 @@ fn scripted_cases() {
             vec![R("d1", T, 36.0, 0)],
             vec![("raised", "hot", "d1", 0), ("raised", "warm", "d1", 0)],
         ),
+        (
+            "a far-future reading does not make later real readings out of order",
+            vec![above("hot", 35.0, 33.0, 0, 0)],
+            vec![
+                Late("d1", T, 20.0, 4_102_444_800, 10),
+                R("d1", T, 40.0, 11),
+                R("d1", T, 30.0, 12),
+            ],
+            vec![("raised", "hot", "d1", 11), ("cleared", "hot", "d1", 12)],
+        ),
+        (
+            "a reading ahead of the clock counts as made now, and its event keeps its own ts",
+            vec![above("hot", 35.0, 33.0, 0, 0)],
+            vec![Late("d1", T, 40.0, 210, 10), R("d1", T, 30.0, 11)],
+            vec![("raised", "hot", "d1", 210), ("cleared", "hot", "d1", 11)],
+        ),
+        (
+            "for_s is held on the clock when the first reading is stamped in the future",
+            vec![above("hot", 35.0, 33.0, 10, 0)],
+            vec![
+                Late("d1", T, 36.0, 1_000_000, 0),
+                R("d1", T, 36.0, 5),
+                R("d1", T, 36.0, 10),
+            ],
+            vec![("raised", "hot", "d1", 10)],
+        ),
+        (
+            "a reading stamped in the future is judged as made now but is no rate baseline",
+            vec![rate("jump", 5.0)],
+            vec![
+                R("d1", P, 0.0, 5),
+                Late("d1", P, 1000.0, 1_000_000, 10),
+                R("d1", P, 1.0, 20),
+                R("d1", P, 2.0, 21),
+            ],
+            vec![
+                ("raised", "jump", "d1", 1_000_000),
+                ("cleared", "jump", "d1", 20),
+            ],
+        ),
+        (
+            "a reading stamped in the future does not hold back one decoded just before the clock read",
+            vec![above("hot", 35.0, 33.0, 0, 0)],
+            vec![
+                R("d1", T, 20.0, 5),
+                Late("d1", T, 20.0, 100, 10),
+                Late("d1", T, 40.0, 9, 10),
+                Late("d1", T, 40.0, 4, 11),
+            ],
+            vec![("raised", "hot", "d1", 9)],
+        ),
     ];
     assert!(cases.len() >= 20);
     for (name, rules, steps, expected) in cases {
@@ -475,7 +526,7 @@ fn reload_keeps_states_of_unchanged_rules_and_resets_changed_ones() {
 }
 
 #[test]
-fn series_past_the_bound_are_refused_and_counted() {
+fn when_every_tracked_series_holds_an_active_alarm_a_new_one_is_refused_and_counted() {
     let mut engine = Engine::new(vec![above("hot", 35.0, 33.0, 0, 0)], 2);
     let events = play(
         &mut engine,
@@ -530,4 +581,359 @@ fn a_rule_added_by_reload_applies_to_series_already_seen() {
     ]);
     let events = play(&mut engine, &[R("d1", T, 36.0, 1)]);
     assert_eq!(summary(&events), want(&[("raised", "hot", "d1", 1)]));
+}
+
+#[test]
+fn state_persisted_with_a_far_future_ts_by_an_older_version_heals() {
+    use gateway::alarm::{Phase, Series, Snapshot};
+    let far = 4_102_444_800_000;
+    let key = |rule: &str| (rule.to_owned(), "d1".to_owned(), T.to_owned());
+    let mut old = Snapshot::default();
+    old.series.insert(
+        key("hot"),
+        Series {
+            phase: Phase::Normal,
+            last_ts_ms: Some(far),
+            last_value: 20.0,
+            last_seen_ms: 1_000,
+        },
+    );
+    old.series.insert(
+        key("held"),
+        Series {
+            phase: Phase::Pending { since_ms: far },
+            last_ts_ms: Some(far),
+            last_value: 36.0,
+            last_seen_ms: 1_000,
+        },
+    );
+    // Through postcard, as it is stored.
+    let bytes = postcard::to_stdvec(&old).unwrap();
+    let mut engine = Engine::new(
+        vec![
+            above("hot", 35.0, 33.0, 0, 0),
+            above("held", 35.0, 33.0, 10, 0),
+        ],
+        10,
+    );
+    engine.restore(postcard::from_bytes(&bytes).unwrap());
+    let events = play(
+        &mut engine,
+        &[
+            R("d1", T, 40.0, 100),
+            R("d1", T, 40.0, 105),
+            R("d1", T, 40.0, 110),
+        ],
+    );
+    assert_eq!(
+        summary(&events),
+        want(&[("raised", "hot", "d1", 100), ("raised", "held", "d1", 110)]),
+        "the ordering point and the pending hold are brought back to the clock"
+    );
+    assert_eq!(engine.stats().out_of_order, 0);
+}
+
+#[test]
+fn timestamps_at_the_ends_of_i64_neither_panic_nor_wrap() {
+    let mut engine = Engine::new(
+        vec![
+            above("hot", 35.0, 33.0, 10, 5),
+            rate("jump", 1.0),
+            silent("quiet", 1),
+        ],
+        100,
+    );
+    let at = |device: &str, metric: &str, value: f64, ts_ms: i64| Reading {
+        ts_ms,
+        ..reading(device, metric, value, 0)
+    };
+    let mut events = Vec::new();
+    events.extend(engine.on_reading(&at("d1", T, 36.0, i64::MIN), i64::MIN));
+    // `for_s` measured from i64::MIN to i64::MAX saturates: held long enough, no wrap to < 0.
+    events.extend(engine.on_reading(&at("d1", T, 36.0, i64::MAX), i64::MAX));
+    events.extend(engine.on_reading(&at("d1", P, -f64::MAX, i64::MIN), i64::MIN));
+    events.extend(engine.on_reading(&at("d1", P, f64::MAX, i64::MAX), i64::MAX));
+    // Two readings a millisecond apart from -f64::MAX to f64::MAX: a rate past f64's range.
+    events.extend(engine.on_reading(&at("d2", P, -f64::MAX, 0), 0));
+    events.extend(engine.on_reading(&at("d2", P, f64::MAX, 1), 1));
+    events.extend(engine.tick(i64::MIN));
+    events.extend(engine.tick(i64::MAX));
+    let raised: Vec<(&str, f64)> = events
+        .iter()
+        .filter(|e| e.state == AlarmState::Raised)
+        .map(|e| (e.alarm.as_str(), e.value))
+        .collect();
+    assert!(raised.contains(&("hot", 36.0)), "{raised:?}");
+    assert!(
+        raised.contains(&("jump", f64::MAX)),
+        "a rate past f64 is reported as f64::MAX: {raised:?}"
+    );
+    assert!(events.iter().all(|e| e.value.is_finite()), "{events:?}");
+}
+
+#[test]
+fn a_reading_with_a_non_finite_value_is_ignored() {
+    let mut engine = Engine::new(vec![above("hot", 35.0, 33.0, 0, 0), rate("jump", 1.0)], 10);
+    let events = play(&mut engine, &[R("d1", P, 1.0, 1)]);
+    assert!(events.is_empty());
+    for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        assert!(engine.on_reading(&reading("d1", P, v, 2), 2000).is_empty());
+        assert!(engine.on_reading(&reading("d2", T, v, 2), 2000).is_empty());
+    }
+    assert_eq!(engine.stats().series, 1, "no series for a non-finite value");
+}
+
+/// The (device) of every series tracked, sorted.
+fn devices(engine: &Engine) -> Vec<String> {
+    let mut d: Vec<String> = engine
+        .snapshot()
+        .series
+        .into_keys()
+        .map(|(_, device, _)| device)
+        .collect();
+    d.sort();
+    d.dedup();
+    d
+}
+
+#[test]
+fn past_the_cap_the_least_recently_seen_idle_series_is_evicted_and_the_new_one_admitted() {
+    let mut engine = Engine::new(vec![above("hot", 35.0, 33.0, 0, 0)], 3);
+    play(
+        &mut engine,
+        &[
+            R("d1", T, 20.0, 1),
+            R("d2", T, 20.0, 2),
+            R("d3", T, 20.0, 3),
+            R("d1", T, 20.0, 4),
+        ],
+    );
+    assert!(play(&mut engine, &[R("d4", T, 20.0, 5)]).is_empty());
+    assert_eq!(
+        devices(&engine),
+        ["d1", "d3", "d4"],
+        "d2 was seen least recently"
+    );
+    let events = play(&mut engine, &[R("d5", T, 40.0, 6)]);
+    assert_eq!(summary(&events), want(&[("raised", "hot", "d5", 6)]));
+    assert_eq!(devices(&engine), ["d1", "d4", "d5"]);
+    let stats = engine.stats();
+    assert_eq!(
+        (stats.series, stats.series_evicted, stats.series_refused),
+        (3, 2, 0)
+    );
+}
+
+#[test]
+fn a_series_with_an_active_alarm_is_never_evicted_and_still_clears() {
+    let mut engine = Engine::new(vec![above("hot", 35.0, 33.0, 0, 0)], 2);
+    let events = play(
+        &mut engine,
+        &[
+            R("d1", T, 40.0, 1),
+            R("d2", T, 20.0, 2),
+            R("d3", T, 20.0, 3),
+            R("d4", T, 20.0, 4),
+            R("d1", T, 30.0, 5),
+        ],
+    );
+    assert_eq!(
+        summary(&events),
+        want(&[("raised", "hot", "d1", 1), ("cleared", "hot", "d1", 5)]),
+    );
+    assert_eq!(engine.stats().series_evicted, 2, "d2 then d3 made room");
+}
+
+#[test]
+fn when_all_are_active_a_new_series_waits_for_a_clear_then_is_admitted() {
+    let mut engine = Engine::new(vec![above("hot", 35.0, 33.0, 0, 0)], 2);
+    let events = play(
+        &mut engine,
+        &[
+            R("d1", T, 40.0, 1),
+            R("d2", T, 40.0, 2),
+            R("d3", T, 40.0, 3),
+            R("d1", T, 30.0, 4),
+            R("d3", T, 40.0, 5),
+        ],
+    );
+    assert_eq!(
+        summary(&events),
+        want(&[
+            ("raised", "hot", "d1", 1),
+            ("raised", "hot", "d2", 2),
+            ("cleared", "hot", "d1", 4),
+            ("raised", "hot", "d3", 5),
+        ]),
+    );
+    let stats = engine.stats();
+    assert_eq!((stats.series_refused, stats.series_evicted), (1, 1));
+}
+
+#[test]
+fn routes_no_rule_matches_count_against_the_cap_and_are_evicted_too() {
+    let mut engine = Engine::new(vec![above("hot", 35.0, 33.0, 0, 0)], 2);
+    play(
+        &mut engine,
+        &[
+            R("d1", "humidity", 50.0, 1),
+            R("d2", "humidity", 50.0, 2),
+            R("d3", "humidity", 50.0, 3),
+        ],
+    );
+    let events = play(&mut engine, &[R("d4", T, 40.0, 4)]);
+    assert_eq!(summary(&events), want(&[("raised", "hot", "d4", 4)]));
+    assert_eq!(engine.stats().series_refused, 0);
+}
+
+#[test]
+fn restoring_more_series_than_the_cap_keeps_the_most_recently_seen() {
+    let mut big = Engine::new(vec![above("hot", 35.0, 33.0, 0, 0)], 100);
+    let steps: Vec<Step> = ["d1", "d2", "d3", "d4", "d5"]
+        .iter()
+        .enumerate()
+        .map(|(i, d)| R(d, T, 20.0, i as i64))
+        .collect();
+    play(&mut big, &steps);
+    let mut small = Engine::new(vec![above("hot", 35.0, 33.0, 0, 0)], 2);
+    small.restore(big.snapshot());
+    assert_eq!(devices(&small), ["d4", "d5"]);
+}
+
+#[test]
+fn shard_snapshots_together_are_the_whole_state_and_only_changed_shards_are_dirty() {
+    use gateway::alarm::{SHARDS, Snapshot, shard_of};
+    let mut engine = Engine::new(
+        vec![above("hot", 35.0, 33.0, 0, 0), silent("quiet", 60)],
+        500,
+    );
+    let steps: Vec<Step> = (0..200)
+        .map(|i| R(Box::leak(format!("dev-{i}").into_boxed_str()), T, 20.0, i))
+        .collect();
+    play(&mut engine, &steps);
+    let whole = engine.snapshot();
+    let mut union = Snapshot::default();
+    for shard in 0..SHARDS {
+        let part = engine.shard_snapshot(shard);
+        assert!(
+            part.series.keys().all(|(_, d, m)| shard_of(d, m) == shard),
+            "shard {shard} holds only its own series"
+        );
+        union.series.extend(part.series);
+    }
+    assert_eq!(union, whole);
+    assert_eq!(engine.dirty_shards(), 0, "every shard copied");
+    play(&mut engine, &[R("dev-7", T, 21.0, 300)]);
+    assert_eq!(engine.dirty_shards(), 1 << shard_of("dev-7", T));
+}
+
+#[test]
+fn an_evicted_series_leaves_its_shard_dirty_so_the_saved_state_drops_it() {
+    use gateway::alarm::{SHARDS, shard_of};
+    let mut engine = Engine::new(vec![above("hot", 35.0, 33.0, 0, 0)], 1);
+    play(&mut engine, &[R("d1", T, 20.0, 1)]);
+    for shard in 0..SHARDS {
+        engine.shard_snapshot(shard);
+    }
+    play(&mut engine, &[R("d2", T, 20.0, 2)]);
+    let dirty = engine.dirty_shards();
+    assert_ne!(dirty & 1 << shard_of("d1", T), 0);
+    assert!(
+        engine
+            .shard_snapshot(shard_of("d1", T))
+            .series
+            .keys()
+            .all(|(_, d, _)| d != "d1")
+    );
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_ts() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            Just(i64::MIN),
+            Just(i64::MAX),
+            i64::MIN..i64::MIN + 100_000,
+            i64::MAX - 100_000..=i64::MAX,
+            -100_000i64..100_000,
+            any::<i64>(),
+        ]
+    }
+
+    fn any_value() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            Just(f64::MAX),
+            Just(-f64::MAX),
+            Just(f64::MIN_POSITIVE),
+            -100.0f64..100.0,
+            any::<f64>(),
+        ]
+    }
+
+    fn rules() -> Vec<Rule> {
+        let any_metric = |name: &str, c: Condition, for_s: u64| {
+            Rule::new(name, "*", "*", c, for_s, for_s, Severity::Warning).unwrap()
+        };
+        vec![
+            any_metric(
+                "hot",
+                Condition::Threshold {
+                    above: Some(Band {
+                        trigger: 35.0,
+                        clear: 33.0,
+                    }),
+                    below: Some(Band {
+                        trigger: -1e300,
+                        clear: -1e299,
+                    }),
+                },
+                10,
+            ),
+            any_metric("jump", Condition::Rate { above_per_s: 5.0 }, 0),
+            any_metric("held", Condition::Rate { above_per_s: 1e300 }, 3),
+            any_metric("quiet", Condition::Silence { no_data_ms: 1000 }, 0),
+            any_metric(
+                "forever",
+                Condition::Silence {
+                    no_data_ms: i64::MAX,
+                },
+                u64::MAX,
+            ),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_timestamps_and_values_never_panic_nor_emit_non_finite_values(
+            steps in proptest::collection::vec(
+                (0u8..3, any_value(), any_ts(), any_ts(), any::<bool>()),
+                1..40,
+            ),
+            cap in 1usize..8,
+        ) {
+            let mut engine = Engine::new(rules(), cap);
+            for (device, value, ts_ms, now_ms, tick) in steps {
+                let events = if tick {
+                    engine.tick(now_ms)
+                } else {
+                    let device = format!("d{device}");
+                    let r = Reading { ts_ms, ..reading(&device, T, value, 0) };
+                    engine.on_reading(&r, now_ms)
+                };
+                for e in &events {
+                    prop_assert!(e.value.is_finite(), "{e:?}");
+                    prop_assert!(e.threshold.is_none_or(f64::is_finite), "{e:?}");
+                }
+                prop_assert!(engine.stats().series <= cap);
+            }
+            let bytes = postcard::to_stdvec(&engine.snapshot()).unwrap();
+            let mut again = Engine::new(rules(), cap);
+            again.restore(postcard::from_bytes(&bytes).unwrap());
+            prop_assert_eq!(again.snapshot(), engine.snapshot());
+        }
+    }
 }

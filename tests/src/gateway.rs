@@ -24,6 +24,8 @@ pub enum MqttSetup {
 #[derive(Debug, Clone)]
 pub struct GatewaySpec {
     pub gateway_id: String,
+    /// Extra top-level keys (before any table), e.g. `alarm_max_series = 5`.
+    pub top_extra: String,
     pub mqtt: MqttSetup,
     pub upstream_url: String,
     /// Extra lines of `[mqtt]`.
@@ -43,6 +45,7 @@ impl GatewaySpec {
     pub fn new(mqtt: MqttSetup, upstream_url: &str) -> GatewaySpec {
         GatewaySpec {
             gateway_id: "gw-e2e".to_owned(),
+            top_extra: String::new(),
             mqtt,
             upstream_url: upstream_url.to_owned(),
             mqtt_extra: String::new(),
@@ -75,6 +78,7 @@ impl GatewaySpec {
             "gateway_id = \"{id}\"\n\
              data_dir = \"{data}\"\n\
              shutdown_grace_s = 10\n\
+             {top_extra}\n\
              \n[mqtt]\n{mqtt}{mqtt_common}{mqtt_extra}\n\
              \n[buffer]\n{buffer_extra}\n\
              \n[upstream]\nurl = \"{up}\"\nlinger_ms = 50\nretry_initial_ms = 50\nretry_max_ms = 500\ntimeout_ms = 5000\n{upstream_extra}\n\
@@ -82,6 +86,7 @@ impl GatewaySpec {
              \n{tables}\n",
             id = self.gateway_id,
             data = data_dir.display(),
+            top_extra = self.top_extra,
             mqtt_extra = self.mqtt_extra,
             buffer_extra = self.buffer_extra,
             up = self.upstream_url,

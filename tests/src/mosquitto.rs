@@ -89,6 +89,8 @@ impl BrokerChoice {
 #[derive(Debug)]
 pub struct Mosquitto {
     port: u16,
+    /// Lines appended to the generated mosquitto.conf.
+    extra_conf: String,
     dir: tempfile::TempDir,
     child: Option<Child>,
     starts: u32,
@@ -97,12 +99,19 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts mosquitto on a free port and waits until it accepts connections.
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with("")
+    }
+
+    /// [`Mosquitto::start`] with `extra_conf` appended to its config (e.g. a
+    /// `max_packet_size` to make it refuse large publishes).
+    pub fn start_with(extra_conf: &str) -> Mosquitto {
         let dir = tempfile::Builder::new()
             .prefix("e2e-mosquitto-")
             .tempdir()
             .expect("temp dir");
         let mut m = Mosquitto {
             port: 0,
+            extra_conf: extra_conf.to_owned(),
             dir,
             child: None,
             starts: 0,
@@ -144,8 +153,9 @@ impl Mosquitto {
              log_type warning\n\
              log_type notice\n\
              log_timestamp true\n\
-             {user}",
+             {user}{extra}\n",
             user = if as_root { "user root\n" } else { "" },
+            extra = self.extra_conf,
             port = self.port,
             dir = dir.display(),
         );

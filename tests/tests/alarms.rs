@@ -1,6 +1,7 @@
 //! Alarms end to end (issue 6): readings over MQTT crossing a threshold raise one alarm and
 //! clear it once; both events go upstream in the alarms lane ahead of a readings backlog, and the
-//! local retained topic `alarms/{device}/{rule}` appears and disappears.
+//! local retained topic `alarms/{device}/{rule}` appears, then the clear's JSON is published and
+//! the retained raise removed.
 
 use gateway_tests::workload::{self, Expected, Stream, wait_delivered};
 use gateway_tests::{
@@ -131,7 +132,7 @@ async fn crossing_a_threshold_sends_one_raise_and_one_clear_ahead_of_the_backlog
         "one raise and one clear: {status:#}"
     );
     let live_msgs = wait_until(
-        "the live subscriber to see the raise and the clear",
+        "the live subscriber to see the raise and the clear's two messages",
         Duration::from_secs(30),
         || async {
             let m: Vec<_> = live
@@ -139,16 +140,22 @@ async fn crossing_a_threshold_sends_one_raise_and_one_clear_ahead_of_the_backlog
                 .into_iter()
                 .filter(|m| m.topic == ALARM_TOPIC)
                 .collect();
-            (m.len() >= 2).then_some(m)
+            (m.len() >= 3).then_some(m)
         },
     )
     .await;
+    assert_eq!(live_msgs.len(), 3, "{live_msgs:?}");
     let first: Value = serde_json::from_slice(&live_msgs[0].payload).expect("raise JSON");
     assert_eq!(first["state"], "raised");
+    // WIRE.md §4: a clear is the cleared event's JSON (not retained), then an empty retained
+    // message that removes the raise.
+    let cleared: Value = serde_json::from_slice(&live_msgs[1].payload).expect("clear JSON");
+    assert_eq!(cleared["state"], "cleared", "{cleared}");
+    assert_eq!(cleared["value"], 32.5, "{cleared}");
     assert!(
-        live_msgs[1].payload.is_empty(),
-        "the clear is an empty message: {:?}",
-        live_msgs[1]
+        live_msgs[2].payload.is_empty(),
+        "then an empty message: {:?}",
+        live_msgs[2]
     );
     let retained = retained_now(port, 2).await;
     assert!(
