@@ -174,8 +174,12 @@ pub const DEFAULT_FILTER: &str = "info,rumqttd=off";
 pub fn init(format: LogFormat, default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // Colour codes only for a terminal: in a file or the journal they are noise, and a log that
+    // holds no escape sequence at all is easy to check for injected ones.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder
