@@ -26,6 +26,8 @@ pub const MQTT_TOPIC_TEMPLATES: &[&str] = &["sensors/{device}/{metric}", "sensor
 pub const MQTT_MAX_INFLIGHT: u16 = 100;
 /// `mqtt.max_payload_bytes`.
 pub const MQTT_MAX_PAYLOAD_BYTES: usize = 65_536;
+/// `mqtt.max_packet_bytes` (1 MiB): set mosquitto's `max_packet_size` to the same value.
+pub const MQTT_MAX_PACKET_BYTES: usize = 1024 * 1024;
 /// `mqtt.keep_alive_s`.
 pub const MQTT_KEEP_ALIVE_S: u16 = 30;
 /// `mqtt.reconnect_max_ms`.
@@ -73,6 +75,16 @@ pub const UPSTREAM_MAX_IN_FLIGHT: usize = 1;
 pub const UPSTREAM_RETRY_ON_STATUS: &[u16] = &[408, 429];
 /// `upstream.retry_on_5xx`.
 pub const UPSTREAM_RETRY_ON_5XX: bool = true;
+
+/// `ingest.max_id_bytes` (WIRE.md §1).
+pub const INGEST_MAX_ID_BYTES: usize = 128;
+/// `ingest.max_future_ts_s` (WIRE.md §1).
+pub const INGEST_MAX_FUTURE_TS_S: u64 = 300;
+/// `ingest.max_past_ts_s`: 0, no lower bound (devices replay old data).
+pub const INGEST_MAX_PAST_TS_S: u64 = 0;
+/// Largest accepted `ingest.max_id_bytes`: an id is one MQTT topic level of the local alarm
+/// topic, and MQTT strings are at most 65535 bytes.
+pub const INGEST_MAX_ID_BYTES_LIMIT: usize = 65_535;
 
 /// `admin.listen`.
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9100";

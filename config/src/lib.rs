@@ -49,8 +49,9 @@ mod validate;
 
 pub use error::ConfigError;
 pub use model::{
-    AdminConfig, AlarmCondition, AlarmRule, BufferConfig, Compression, Config, Limit, MqttConfig,
-    MqttMode, SerialConfig, Severity, TopicMatch, TopicTemplate, UpstreamConfig, WhenFull,
+    AdminConfig, AlarmCondition, AlarmRule, BufferConfig, Compression, Config, IngestConfig, Limit,
+    MqttConfig, MqttMode, SerialConfig, Severity, TopicMatch, TopicTemplate, UpstreamConfig,
+    WhenFull,
 };
 pub use secret::Secret;
 

@@ -39,6 +39,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// `[admin]`: the local admin HTTP server.
     pub admin: AdminConfig,
+    /// `[ingest]`: rules every reading must pass, whichever source it came from.
+    pub ingest: IngestConfig,
     /// `[[alarm]]`: alarm rules, in file order. Default: none.
     pub alarm: Vec<AlarmRule>,
 }
@@ -91,6 +93,12 @@ pub struct MqttConfig {
     pub max_inflight: u16,
     /// Largest payload accepted, in bytes; bigger ones are dead-lettered. Positive. Default 65536.
     pub max_payload_bytes: usize,
+    /// Largest MQTT packet (topic, header and payload) the gateway reads from its broker, in
+    /// bytes. Set the broker's limit (mosquitto `max_packet_size`) to this value or less, so every
+    /// message the broker accepts reaches the gateway and one over `max_payload_bytes` is
+    /// dead-lettered and acknowledged rather than dropping the connection. Greater than
+    /// `max_payload_bytes`. Default 1048576 (1 MiB).
+    pub max_packet_bytes: usize,
     /// MQTT keep-alive interval in seconds; 0 turns keep-alive off. Default 30.
     pub keep_alive_s: u16,
     /// Ceiling of the reconnect backoff, in milliseconds. Positive. Default 30000.
@@ -336,6 +344,21 @@ pub struct AdminConfig {
     pub token_env: Option<String>,
     /// The token read from `token_env` at load time. `Some` exactly when `token_env` is.
     pub token: Option<Secret>,
+}
+
+/// `[ingest]`: the rules of WIRE.md §1 every reading must pass, whichever source it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestConfig {
+    /// Longest device or metric id, in bytes; ids are 1..this many bytes of printable UTF-8
+    /// without `+`, `#` or control characters (else the reading is rejected as `bad_id`).
+    /// 1 to 65535. Default 128.
+    pub max_id_bytes: usize,
+    /// A reading stamped more than this many seconds ahead of the gateway's clock is rejected as
+    /// `bad_ts`. Default 300.
+    pub max_future_ts_s: u64,
+    /// A reading stamped more than this many seconds before the gateway's clock is rejected as
+    /// `bad_ts`; `None` (written as 0, the default): no lower bound.
+    pub max_past_ts_s: Option<u64>,
 }
 
 /// How bad an alarm is; copied into its events.

@@ -24,6 +24,7 @@ pub(crate) struct RawConfig {
     pub buffer: RawBuffer,
     pub upstream: RawUpstream,
     pub admin: RawAdmin,
+    pub ingest: RawIngest,
     pub alarm: Vec<RawAlarm>,
 }
 
@@ -41,6 +42,7 @@ pub(crate) struct RawMqtt {
     pub topic_templates: Option<Vec<String>>,
     pub max_inflight: Option<u16>,
     pub max_payload_bytes: Option<usize>,
+    pub max_packet_bytes: Option<usize>,
     pub keep_alive_s: Option<u16>,
     pub reconnect_max_ms: Option<u64>,
 }
@@ -91,6 +93,14 @@ pub(crate) struct RawUpstream {
 pub(crate) struct RawAdmin {
     pub listen: Option<String>,
     pub token_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawIngest {
+    pub max_id_bytes: Option<usize>,
+    pub max_future_ts_s: Option<u64>,
+    pub max_past_ts_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -197,6 +197,7 @@ pub(crate) fn resolve(raw: RawConfig, cx: &Ctx<'_>) -> Result<Config> {
     let buffer = buffer(raw.buffer, cx)?;
     let upstream = upstream(raw.upstream, cx)?;
     let admin = admin(raw.admin, cx)?;
+    let ingest = ingest(raw.ingest, cx)?;
     let alarm = alarms(raw.alarm, cx)?;
 
     Ok(Config {
@@ -209,6 +210,7 @@ pub(crate) fn resolve(raw: RawConfig, cx: &Ctx<'_>) -> Result<Config> {
         buffer,
         upstream,
         admin,
+        ingest,
         alarm,
     })
 }
@@ -281,6 +283,23 @@ fn mqtt(raw: RawMqtt, gateway_id: &str, cx: &Ctx<'_>) -> Result<MqttConfig> {
         })
         .collect::<Result<Vec<_>>>()?;
 
+    let max_payload_bytes = cx.positive(
+        "mqtt.max_payload_bytes",
+        raw.max_payload_bytes.unwrap_or(d::MQTT_MAX_PAYLOAD_BYTES),
+    )?;
+    let max_packet_bytes = raw.max_packet_bytes.unwrap_or(d::MQTT_MAX_PACKET_BYTES);
+    if max_packet_bytes <= max_payload_bytes {
+        // A message with a payload the gateway accepts must fit in a packet it reads; the packet
+        // also carries the topic and headers.
+        return Err(cx.invalid(
+            "mqtt.max_packet_bytes",
+            format!(
+                "must be greater than mqtt.max_payload_bytes ({max_payload_bytes}) to leave room \
+                 for the topic and headers, found {max_packet_bytes}"
+            ),
+        ));
+    }
+
     Ok(MqttConfig {
         mode,
         url,
@@ -296,10 +315,8 @@ fn mqtt(raw: RawMqtt, gateway_id: &str, cx: &Ctx<'_>) -> Result<MqttConfig> {
             "mqtt.max_inflight",
             raw.max_inflight.unwrap_or(d::MQTT_MAX_INFLIGHT),
         )?,
-        max_payload_bytes: cx.positive(
-            "mqtt.max_payload_bytes",
-            raw.max_payload_bytes.unwrap_or(d::MQTT_MAX_PAYLOAD_BYTES),
-        )?,
+        max_payload_bytes,
+        max_packet_bytes,
         keep_alive_s: raw.keep_alive_s.unwrap_or(d::MQTT_KEEP_ALIVE_S),
         reconnect_max_ms: cx.positive(
             "mqtt.reconnect_max_ms",
@@ -497,6 +514,28 @@ fn admin(raw: RawAdmin, cx: &Ctx<'_>) -> Result<AdminConfig> {
         listen,
         token_env: raw.token_env,
         token,
+    })
+}
+
+fn ingest(raw: RawIngest, cx: &Ctx<'_>) -> Result<IngestConfig> {
+    let max_id_bytes = cx.positive(
+        "ingest.max_id_bytes",
+        raw.max_id_bytes.unwrap_or(d::INGEST_MAX_ID_BYTES),
+    )?;
+    if max_id_bytes > d::INGEST_MAX_ID_BYTES_LIMIT {
+        return Err(cx.invalid(
+            "ingest.max_id_bytes",
+            format!(
+                "must be at most {} (an id is one MQTT topic level), found {max_id_bytes}",
+                d::INGEST_MAX_ID_BYTES_LIMIT
+            ),
+        ));
+    }
+    let max_past_ts_s = raw.max_past_ts_s.unwrap_or(d::INGEST_MAX_PAST_TS_S);
+    Ok(IngestConfig {
+        max_id_bytes,
+        max_future_ts_s: raw.max_future_ts_s.unwrap_or(d::INGEST_MAX_FUTURE_TS_S),
+        max_past_ts_s: (max_past_ts_s != 0).then_some(max_past_ts_s),
     })
 }
 

@@ -67,7 +67,7 @@ fn unknown_top_level_key_is_named_with_the_allowed_keys() {
         1,
         "unknown key; allowed keys here: gateway_id, data_dir",
     );
-    assert!(matches!(err, ConfigError::UnknownKey { ref allowed, .. } if allowed.len() == 10));
+    assert!(matches!(err, ConfigError::UnknownKey { ref allowed, .. } if allowed.len() == 11));
 }
 
 #[test]
@@ -570,4 +570,43 @@ fn errors_from_a_file_carry_its_path_as_origin() {
     let err = Config::load(&path).unwrap_err();
     assert_eq!(err.origin(), path.display().to_string());
     assert_eq!(err.key(), Some("buffer.when_full"));
+}
+
+#[test]
+fn ingest_limits_out_of_range_are_named_with_key_and_line() {
+    assert_refused(
+        "[ingest]\nmax_future_ts_s = 10\nmax_id_bytes = 0\n",
+        "ingest.max_id_bytes",
+        3,
+        "must be greater than 0",
+    );
+    assert_refused(
+        "[ingest]\nmax_id_bytes = 70000\n",
+        "ingest.max_id_bytes",
+        2,
+        "at most 65535",
+    );
+    assert_refused(
+        "[ingest]\nmax_past_ts_s = -1\n",
+        "ingest.max_past_ts_s",
+        2,
+        "",
+    );
+    let err = assert_refused(
+        "[ingest]\nmax_id_byte = 10\n",
+        "ingest.max_id_byte",
+        2,
+        "allowed keys here: max_id_bytes, max_future_ts_s, max_past_ts_s",
+    );
+    assert!(matches!(err, ConfigError::UnknownKey { .. }));
+}
+
+#[test]
+fn a_packet_limit_that_cannot_hold_the_largest_payload_is_refused() {
+    assert_refused(
+        "[mqtt]\nmax_payload_bytes = 65536\nmax_packet_bytes = 65536\n",
+        "mqtt.max_packet_bytes",
+        3,
+        "must be greater than mqtt.max_payload_bytes (65536)",
+    );
 }

@@ -1,8 +1,8 @@
 //! The contract file, the shipped example and the defaults agree with each other.
 
 use gateway_config::{
-    AlarmCondition, Compression, Config, DEFAULT_CONFIG_TOML, Limit, MqttMode, Severity, WhenFull,
-    default_config_toml,
+    AlarmCondition, Compression, Config, DEFAULT_CONFIG_TOML, IngestConfig, Limit, MqttMode,
+    Severity, WhenFull, default_config_toml,
 };
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -259,6 +259,7 @@ fn shipped_example_mentions_every_key_of_the_contract() {
         "retry_on_status",
         "retry_on_5xx",
         "max_payload_bytes",
+        "max_packet_bytes",
         "keep_alive_s",
         "reconnect_max_ms",
         "max_line_bytes",
@@ -502,4 +503,70 @@ fn enums_print_their_toml_spelling() {
     assert_eq!(Compression::None.as_str(), "none");
     assert_eq!(Severity::Critical.to_string(), "critical");
     assert!(Severity::Critical > Severity::Warning);
+}
+
+/// The contract with its optional `[ingest]` section uncommented, exactly as the comments show it.
+fn contract_with_ingest_uncommented(contract: &str) -> String {
+    let mut out = String::new();
+    let mut in_ingest = false;
+    for line in contract.lines() {
+        if line == "# [ingest]" {
+            in_ingest = true;
+        } else if in_ingest && !line.starts_with("# ") {
+            in_ingest = false;
+        }
+        // Uncomment the header and its keys; the continuation comments stay comments.
+        let uncommented = line.strip_prefix("# ").filter(|rest| {
+            in_ingest
+                && (rest.starts_with('[') || rest.starts_with(|c: char| c.is_ascii_lowercase()))
+        });
+        out.push_str(uncommented.unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn the_contract_ingest_section_uncommented_loads_with_its_shown_defaults() {
+    let text = contract_with_ingest_uncommented(PROJECT_CONTRACT);
+    assert!(text.contains("\n[ingest]\nmax_id_bytes = 128 "), "{text}");
+    assert!(text.contains("\nmax_past_ts_s = 0 "), "{text}");
+    let config = parse(&text);
+    assert_eq!(
+        config.ingest,
+        IngestConfig {
+            max_id_bytes: 128,
+            max_future_ts_s: 300,
+            max_past_ts_s: None,
+        }
+    );
+    assert_eq!(config.ingest, Config::default().ingest);
+    // The shared file too, when it is there.
+    if let Ok(shared) = std::fs::read_to_string(SHARED_CONTRACT) {
+        assert_eq!(
+            parse(&contract_with_ingest_uncommented(&shared)).ingest,
+            config.ingest
+        );
+    }
+}
+
+#[test]
+fn ingest_keys_are_read_and_a_zero_past_bound_means_none() {
+    let config = parse("[ingest]\nmax_id_bytes = 64\nmax_future_ts_s = 0\nmax_past_ts_s = 86400\n");
+    assert_eq!(
+        config.ingest,
+        IngestConfig {
+            max_id_bytes: 64,
+            max_future_ts_s: 0,
+            max_past_ts_s: Some(86_400),
+        }
+    );
+}
+
+#[test]
+fn the_mqtt_packet_limit_defaults_to_one_mebibyte() {
+    let config = Config::default();
+    assert_eq!(config.mqtt.max_packet_bytes, 1024 * 1024);
+    let raised = parse("[mqtt]\nmax_payload_bytes = 2000000\nmax_packet_bytes = 2100000\n");
+    assert_eq!(raised.mqtt.max_packet_bytes, 2_100_000);
 }

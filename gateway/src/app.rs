@@ -212,6 +212,8 @@ fn mqtt_settings(
             .collect(),
         max_inflight: m.max_inflight,
         max_payload_bytes: m.max_payload_bytes,
+        max_packet_bytes: m.max_packet_bytes,
+        rules: crate::decode::IngestRules::new(&config.ingest),
         keep_alive: Duration::from_secs(u64::from(m.keep_alive_s)),
         reconnect_max: Duration::from_millis(m.reconnect_max_ms),
         drain_on_stop: embedded.map(|_| Duration::from_secs(1)),
@@ -304,7 +306,7 @@ pub async fn run(
 
     let embedded = match config.mqtt.mode {
         MqttMode::Embedded => {
-            Some(broker::start(config.mqtt.embedded_listen, config.mqtt.max_payload_bytes).await?)
+            Some(broker::start(config.mqtt.embedded_listen, config.mqtt.max_packet_bytes).await?)
         }
         _ => None,
     };
@@ -328,6 +330,7 @@ pub async fn run(
             baud: port.baud,
             device: port.device.clone(),
             max_line_bytes: port.max_line_bytes,
+            rules: crate::decode::IngestRules::new(&config.ingest),
             reopen_max: Duration::from_millis(port.reopen_max_ms),
         };
         source_tasks.spawn(serial::run(settings, pipeline.clone(), sources.clone()));

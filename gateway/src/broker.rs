@@ -36,10 +36,7 @@ pub enum BrokerError {
 
 /// Starts the broker on its own threads (rumqttd runs its own runtimes) and waits until it
 /// accepts connections. The broker lives as long as the process.
-pub async fn start(
-    listen: SocketAddr,
-    max_payload_bytes: usize,
-) -> Result<SocketAddr, BrokerError> {
+pub async fn start(listen: SocketAddr, max_packet_bytes: usize) -> Result<SocketAddr, BrokerError> {
     // rumqttd only logs a failed bind from its server thread; probe first to fail clearly.
     let probe = std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
         addr: listen,
@@ -58,9 +55,11 @@ pub async fn start(
         next_connection_delay_ms: 1,
         connections: ConnectionSettings {
             connection_timeout_ms: 60_000,
-            // Larger payloads than the gateway accepts are let through so they are rejected,
-            // counted and dead-lettered by the gateway instead of disconnecting the device.
-            max_payload_size: max_payload_bytes.saturating_mul(4).max(64 * 1024),
+            // rumqttd's packet limit for what devices send (the name says payload): the gateway's
+            // own client reads packets up to this size (`mqtt.max_packet_bytes`), so a payload
+            // over `max_payload_bytes` reaches it and is dead-lettered, never dropping its
+            // connection; a device sending more than this is disconnected by the broker.
+            max_payload_size: max_packet_bytes,
             max_inflight_count: 1000,
             auth: None,
             external_auth: None,

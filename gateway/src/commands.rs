@@ -1,7 +1,11 @@
 //! The one-shot subcommands: `status` and `dead-letters list|replay`.
+//!
+//! Both print what devices sent (ids, topics, payload excerpts): every such text goes through
+//! [`Escaped`], so a control character in it cannot forge an output line or drive the terminal.
 
 use crate::app::buffer_options;
-use crate::decode::{MqttDecoder, SerialDecoder};
+use crate::decode::{IngestRules, MqttDecoder, SerialDecoder};
+use crate::telemetry::Escaped;
 use gateway_buffer::{Buffer, DeadPayload, Record, Source};
 use gateway_config::Config;
 use serde_json::Value;
@@ -51,15 +55,20 @@ pub async fn fetch_status(admin: &str, token: Option<&str>) -> Result<Value, Com
     serde_json::from_slice(&body).map_err(|e| err(format!("not JSON: {e}")))
 }
 
-/// A terminal summary of `/status`.
+/// A string field of `/status`, escaped for the terminal; `?` when absent.
+fn text(v: &Value) -> Escaped<'_> {
+    Escaped(v.as_str().unwrap_or("?"))
+}
+
+/// A terminal summary of `/status`. Every string from it is printed through [`Escaped`].
 pub fn render_status(s: &Value) -> String {
     let mut out = String::new();
     let n = |v: &Value| v.as_u64().unwrap_or(0);
     let _ = writeln!(
         out,
         "gateway {} (v{}), up {} s",
-        s["gateway_id"].as_str().unwrap_or("?"),
-        s["version"].as_str().unwrap_or("?"),
+        text(&s["gateway_id"]),
+        text(&s["version"]),
         n(&s["uptime_s"])
     );
     let i = &s["ingest"];
@@ -93,7 +102,7 @@ pub fn render_status(s: &Value) -> String {
     let _ = writeln!(
         out,
         "upstream:  {} (backoff {} ms); {} batches sent, {} readings and {} alarms delivered, {} retries{}",
-        u["state"].as_str().unwrap_or("?"),
+        text(&u["state"]),
         n(&u["backoff_ms"]),
         n(&u["batches_sent"]),
         n(&u["records_delivered"]["readings"]),
@@ -101,7 +110,7 @@ pub fn render_status(s: &Value) -> String {
         n(&u["retries"]),
         u["last_error"]
             .as_str()
-            .map(|e| format!("; last error: {e}"))
+            .map(|e| format!("; last error: {}", Escaped(e)))
             .unwrap_or_default()
     );
     let _ = writeln!(
@@ -118,11 +127,11 @@ pub fn render_status(s: &Value) -> String {
         let _ = writeln!(
             out,
             "  {:<9} {} on {}/{} since {}",
-            a["severity"].as_str().unwrap_or("?"),
-            a["alarm"].as_str().unwrap_or("?"),
-            a["device"].as_str().unwrap_or("?"),
-            a["metric"].as_str().unwrap_or("?"),
-            a["since_ms"]
+            text(&a["severity"]).to_string(),
+            text(&a["alarm"]),
+            text(&a["device"]),
+            text(&a["metric"]),
+            Escaped(&a["since_ms"].to_string())
         );
     }
     out
@@ -159,26 +168,7 @@ pub async fn list_dead_letters(config: &Config) -> Result<String, CommandError> 
             let Some(last) = page.last() else { break };
             after = Some(last.id);
             for d in &page {
-                let what = match &d.payload {
-                    DeadPayload::Raw(bytes) => format!("{} bytes: {}", bytes.len(), preview(bytes)),
-                    DeadPayload::Records { lane, records } => format!(
-                        "{} {} records, seq {}-{}",
-                        records.len(),
-                        lane.as_str(),
-                        records.first().map_or(0, |r| r.seq),
-                        records.last().map_or(0, |r| r.seq)
-                    ),
-                };
-                let _ = writeln!(
-                    out,
-                    "{:>6}  {}  {:<16} {:<28} {}  ({})",
-                    d.id,
-                    iso(d.received_ms),
-                    d.reason,
-                    d.origin,
-                    what,
-                    d.detail
-                );
+                out.push_str(&dead_letter_line(d));
             }
         }
         if out.is_empty() {
@@ -187,6 +177,29 @@ pub async fn list_dead_letters(config: &Config) -> Result<String, CommandError> 
         Ok(out)
     })
     .await
+}
+
+/// One line of `dead-letters list`; reason, origin, payload and detail escaped.
+pub fn dead_letter_line(d: &gateway_buffer::DeadLetter) -> String {
+    let what = match &d.payload {
+        DeadPayload::Raw(bytes) => format!("{} bytes: {}", bytes.len(), preview(bytes)),
+        DeadPayload::Records { lane, records } => format!(
+            "{} {} records, seq {}-{}",
+            records.len(),
+            lane.as_str(),
+            records.first().map_or(0, |r| r.seq),
+            records.last().map_or(0, |r| r.seq)
+        ),
+    };
+    format!(
+        "{:>6}  {}  {:<16} {:<28} {}  ({})\n",
+        d.id,
+        iso(d.received_ms),
+        Escaped(&d.reason).to_string(),
+        Escaped(&d.origin).to_string(),
+        what,
+        Escaped(&d.detail)
+    )
 }
 
 /// `dead-letters replay`: upstream batches go back on their lane with their original seqs;
@@ -201,7 +214,8 @@ pub async fn replay_dead_letters(config: &Config) -> Result<String, CommandError
             .map(|t| t.as_str().to_owned())
             .collect::<Vec<_>>(),
         config.mqtt.max_payload_bytes,
-    );
+    )
+    .with_rules(IngestRules::new(&config.ingest));
     with_buffer(config, async |buffer: &Buffer| {
         let (mut requeued, mut appended, mut kept) = (0u64, 0u64, 0u64);
         let err = |e: gateway_buffer::BufferError| CommandError::DeadLetters(e.to_string());
@@ -216,7 +230,7 @@ pub async fn replay_dead_letters(config: &Config) -> Result<String, CommandError
                 DeadPayload::Raw(bytes) => {
                     let serial = config.serial.iter().find(|p| p.port.display().to_string() == d.origin);
                     let decoded = match serial {
-                        Some(port) => SerialDecoder::new(port.device.clone()).decode(bytes, d.received_ms),
+                        Some(port) => SerialDecoder::new(port.device.clone()).with_rules(IngestRules::new(&config.ingest)).decode(bytes, d.received_ms),
                         None => mqtt.decode(&d.origin, bytes, d.received_ms),
                     };
                     match decoded {
@@ -243,12 +257,10 @@ pub async fn replay_dead_letters(config: &Config) -> Result<String, CommandError
     .await
 }
 
+/// The first 60 bytes of a payload, as text with escapes.
 fn preview(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(60)]);
-    let text: String = text
-        .chars()
-        .map(|c| if c.is_control() { '·' } else { c })
-        .collect();
+    let text = Escaped(&text).to_string();
     if bytes.len() > 60 {
         format!("{text}…")
     } else {
@@ -264,4 +276,51 @@ fn iso(ms: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| ms.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::is_unsafe_char;
+    use serde_json::json;
+
+    const HOSTILE: &str = "dev\n2026-01-01T00:00:00Z INFO forged \u{1b}[31mred\u{7}";
+
+    fn assert_clean(out: &str, lines: usize) {
+        assert_eq!(out.lines().count(), lines, "{out}");
+        assert!(
+            !out.chars().any(|c| c != '\n' && is_unsafe_char(c)),
+            "{out:?}"
+        );
+        assert!(out.lines().all(|l| !l.starts_with("2026-01-01")), "{out}");
+        assert!(out.contains("dev\\n2026-01-01"), "{out}");
+    }
+
+    #[test]
+    fn status_output_escapes_every_string_from_the_gateway() {
+        let status = json!({
+            "gateway_id": HOSTILE, "version": HOSTILE, "uptime_s": 3,
+            "upstream": {"state": HOSTILE, "last_error": HOSTILE},
+            "alarms": {"active": [{
+                "severity": HOSTILE, "alarm": HOSTILE, "device": HOSTILE, "metric": HOSTILE,
+                "since_ms": HOSTILE
+            }]}
+        });
+        assert_clean(&render_status(&status), 8);
+    }
+
+    #[test]
+    fn a_dead_letter_line_escapes_origin_detail_and_payload() {
+        let d = gateway_buffer::DeadLetter {
+            id: 7,
+            received_ms: 0,
+            reason: "bad_id".into(),
+            origin: HOSTILE.into(),
+            detail: HOSTILE.into(),
+            payload: DeadPayload::Raw(HOSTILE.as_bytes().to_vec()),
+        };
+        let line = dead_letter_line(&d);
+        assert_clean(&line, 1);
+        assert_eq!(line.matches("\\u{1b}[31m").count(), 3, "{line}");
+    }
 }

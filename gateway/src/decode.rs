@@ -2,11 +2,32 @@
 //!
 //! Pure functions of (bytes, where they came from, receive time). Every way a payload can be
 //! unreadable is a [`Reject`] with a stable [`Reject::reason`] used as the metrics label and the
-//! dead-letter reason. Nothing here panics on any input (property-tested).
+//! dead-letter reason. Nothing here panics on any input (property-tested and fuzzed).
+//!
+//! # One gate for every reading
+//!
+//! The `[ingest]` rules of WIRE.md §1 (ids of 1..`max_id_bytes` bytes of printable UTF-8 without
+//! `+`, `#` or control characters; a timestamp within `max_future_ts_s` / `max_past_ts_s` of the
+//! gateway's clock; a finite value) live in one place, [`IngestRules::reading`], the only way a
+//! [`Reading`] is built here. Both decoders build every reading through it, and a source that
+//! makes readings without a payload to decode (a Modbus poller) must use it too, so no source can
+//! let a reading through that another would refuse. The check runs before anything else sees the
+//! reading: the alarm engine, the buffer, the local alarm topics. One bad reading rejects its
+//! whole message or line, like any other unreadable part: the message is dead-lettered as sent.
+//!
+//! All time arithmetic is checked: a SenML `bt + t`, seconds to milliseconds, an RFC 3339 time
+//! to milliseconds and a relative time added to the clock either fit in an `i64` of milliseconds
+//! or the reading is `bad_ts`. Any arithmetic on values (SenML `bv + v`) that is not finite is
+//! `bad_value`.
 
+use crate::telemetry::is_unsafe_char;
 use gateway_buffer::{Reading, Source};
 use serde_json::{Map, Value};
 use std::fmt;
+
+/// How much of an oversized payload is kept in its dead letter: enough to see what sent it,
+/// without letting one message fill the dead-letter store.
+pub const TOO_LARGE_EXCERPT_BYTES: usize = 4096;
 
 /// Why a payload or line was not turned into readings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +56,17 @@ pub enum Reject {
     PartialLine,
     /// The payload is empty, or an object/pack holds no reading.
     Empty,
+    /// A device or metric id is empty, longer than `ingest.max_id_bytes`, or holds `+`, `#` or a
+    /// control character (WIRE.md §1).
+    BadId(String),
+    /// A timestamp is further ahead of the gateway's clock than `ingest.max_future_ts_s`, or
+    /// further back than `ingest.max_past_ts_s` (when that is set).
+    TsOutOfBounds {
+        /// The reading's timestamp, in ms since the epoch.
+        ts_ms: i64,
+        /// The gateway's clock when it was read.
+        now_ms: i64,
+    },
 }
 
 impl Reject {
@@ -53,11 +85,22 @@ impl Reject {
             Reject::BadLine(_) => "bad_line",
             Reject::PartialLine => "partial_line",
             Reject::Empty => "empty",
+            Reject::BadId(_) => "bad_id",
+            Reject::TsOutOfBounds { .. } => "bad_ts",
+        }
+    }
+
+    /// What of `payload` goes into its dead letter: all of it, except the first
+    /// [`TOO_LARGE_EXCERPT_BYTES`] of an oversized one.
+    pub fn dead_letter_payload<'p>(&self, payload: &'p [u8]) -> &'p [u8] {
+        match self {
+            Reject::TooLarge { .. } => &payload[..payload.len().min(TOO_LARGE_EXCERPT_BYTES)],
+            _ => payload,
         }
     }
 
     /// Every reason label, so metrics can export zeros before the first rejection.
-    pub const ALL_REASONS: [&'static str; 12] = [
+    pub const ALL_REASONS: [&'static str; 13] = [
         "bad_utf8",
         "bad_json",
         "bad_value",
@@ -70,6 +113,7 @@ impl Reject {
         "bad_line",
         "partial_line",
         "empty",
+        "bad_id",
     ];
 }
 
@@ -83,6 +127,19 @@ impl fmt::Display for Reject {
                 write!(f, "payload of {size} bytes is over the {limit}-byte limit")
             }
             Reject::BadLine(why) => write!(f, "unreadable line: {why}"),
+            Reject::BadId(why) => write!(f, "bad id: {why}"),
+            Reject::TsOutOfBounds { ts_ms, now_ms } => {
+                let (dir, by) = if ts_ms > now_ms {
+                    ("ahead of", ts_ms.saturating_sub(*now_ms))
+                } else {
+                    ("behind", now_ms.saturating_sub(*ts_ms))
+                };
+                write!(
+                    f,
+                    "timestamp {ts_ms} is {} s {dir} the gateway's clock ({now_ms})",
+                    by / 1000
+                )
+            }
             other => f.write_str(other.reason()),
         }
     }
@@ -145,14 +202,137 @@ impl TopicTemplate {
     }
 }
 
+/// The `[ingest]` rules every reading must pass (WIRE.md §1), whichever source read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestRules {
+    max_id_bytes: usize,
+    max_future_ms: i64,
+    /// `None`: no lower bound.
+    max_past_ms: Option<i64>,
+}
+
+impl Default for IngestRules {
+    /// The rules of a config without `[ingest]`.
+    fn default() -> Self {
+        use gateway_config::defaults as d;
+        let past = d::INGEST_MAX_PAST_TS_S;
+        IngestRules::new(&gateway_config::IngestConfig {
+            max_id_bytes: d::INGEST_MAX_ID_BYTES,
+            max_future_ts_s: d::INGEST_MAX_FUTURE_TS_S,
+            max_past_ts_s: (past != 0).then_some(past),
+        })
+    }
+}
+
+/// Which id of a reading a rule is about (for the rejection's detail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    Device,
+    Metric,
+}
+
+impl IngestRules {
+    /// The rules of a validated `[ingest]` section.
+    pub fn new(c: &gateway_config::IngestConfig) -> IngestRules {
+        let ms = |s: u64| i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000);
+        IngestRules {
+            max_id_bytes: c.max_id_bytes,
+            max_future_ms: ms(c.max_future_ts_s),
+            max_past_ms: c.max_past_ts_s.map(ms),
+        }
+    }
+
+    /// Longest id in bytes.
+    pub fn max_id_bytes(&self) -> usize {
+        self.max_id_bytes
+    }
+
+    /// An id is 1..=`max_id_bytes` bytes of printable UTF-8 without `+` or `#` (they would be
+    /// wildcards in the local alarm topic) or control characters (they would forge log lines
+    /// and drive terminals).
+    pub fn check_id(&self, kind: IdKind, id: &str) -> Result<(), Reject> {
+        let what = match kind {
+            IdKind::Device => "device",
+            IdKind::Metric => "metric",
+        };
+        let problem = if id.is_empty() {
+            "is empty".to_owned()
+        } else if id.len() > self.max_id_bytes {
+            format!(
+                "is {} bytes, over the {}-byte limit",
+                id.len(),
+                self.max_id_bytes
+            )
+        } else if let Some(c) = id
+            .chars()
+            .find(|&c| c == '+' || c == '#' || is_unsafe_char(c))
+        {
+            format!("contains {c:?}")
+        } else {
+            return Ok(());
+        };
+        Err(Reject::BadId(format!(
+            "{what} id {:?} {problem}",
+            truncate(id)
+        )))
+    }
+
+    /// A timestamp no further ahead of `now_ms` than `max_future_ts_s` (nor further back than
+    /// `max_past_ts_s` when that is set). Saturating: no clock or stamp overflows the check.
+    pub fn check_ts(&self, ts_ms: i64, now_ms: i64) -> Result<(), Reject> {
+        let too_new = ts_ms > now_ms.saturating_add(self.max_future_ms);
+        let too_old = self
+            .max_past_ms
+            .is_some_and(|past| ts_ms < now_ms.saturating_sub(past));
+        if too_new || too_old {
+            return Err(Reject::TsOutOfBounds { ts_ms, now_ms });
+        }
+        Ok(())
+    }
+
+    /// The one way a reading is built: checks both ids, the value (finite) and the timestamp
+    /// (within bounds of `now_ms`), so nothing that breaks a rule reaches the alarm engine or
+    /// the buffer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn reading(
+        &self,
+        device: &str,
+        metric: &str,
+        value: f64,
+        unit: Option<String>,
+        ts_ms: i64,
+        now_ms: i64,
+        source: Source,
+    ) -> Result<Reading, Reject> {
+        self.check_id(IdKind::Device, device)?;
+        self.check_id(IdKind::Metric, metric)?;
+        if !value.is_finite() {
+            return Err(Reject::BadValue(format!(
+                "{value} (the arithmetic on the values sent overflows)"
+            )));
+        }
+        self.check_ts(ts_ms, now_ms)?;
+        Ok(Reading {
+            device: device.to_owned(),
+            metric: metric.to_owned(),
+            value,
+            unit,
+            ts_ms,
+            source,
+        })
+    }
+}
+
 /// Decodes MQTT payloads per WIRE.md §1 for one set of topic templates.
 #[derive(Debug, Clone)]
 pub struct MqttDecoder {
     templates: Vec<TopicTemplate>,
     max_payload_bytes: usize,
+    rules: IngestRules,
 }
 
 impl MqttDecoder {
+    /// A decoder with the default `[ingest]` rules; see [`MqttDecoder::with_rules`].
     pub fn new<S: AsRef<str>>(templates: &[S], max_payload_bytes: usize) -> MqttDecoder {
         MqttDecoder {
             templates: templates
@@ -160,10 +340,18 @@ impl MqttDecoder {
                 .map(|t| TopicTemplate::new(t.as_ref()))
                 .collect(),
             max_payload_bytes,
+            rules: IngestRules::default(),
         }
     }
 
-    /// The readings in one message, or why there are none. `now_ms` stands in for a missing `ts`.
+    /// The same decoder checking readings against `rules`.
+    pub fn with_rules(mut self, rules: IngestRules) -> MqttDecoder {
+        self.rules = rules;
+        self
+    }
+
+    /// The readings in one message, or why there are none. `now_ms` stands in for a missing `ts`
+    /// and bounds the timestamps.
     pub fn decode(&self, topic: &str, payload: &[u8], now_ms: i64) -> Result<Vec<Reading>, Reject> {
         if payload.len() > self.max_payload_bytes {
             return Err(Reject::TooLarge {
@@ -179,34 +367,28 @@ impl MqttDecoder {
         let text = std::str::from_utf8(payload)
             .map_err(|_| Reject::BadUtf8)?
             .trim();
+        let ctx = Context {
+            device: Some(names.device),
+            metric: names.metric,
+            source: Source::Mqtt,
+            now_ms,
+            rules: &self.rules,
+        };
         let mut out = Vec::new();
         match text.as_bytes().first() {
             None => return Err(Reject::Empty),
             Some(b'{') => {
                 let obj: Map<String, Value> = parse_json(text)?;
-                let ctx = Context {
-                    device: Some(names.device),
-                    metric: names.metric,
-                    source: Source::Mqtt,
-                    now_ms,
-                };
                 object_readings(&obj, &ctx, &mut out)?;
             }
             Some(b'[') => {
                 let pack: Vec<Value> = parse_json(text)?;
-                senml_readings(&pack, names.device, now_ms, &mut out)?;
+                senml_readings(&pack, names.device, &ctx, &mut out)?;
             }
             Some(_) => {
                 let metric = names.metric.ok_or(Reject::UnknownTopic)?;
                 let value = parse_number(text)?;
-                out.push(reading(
-                    names.device,
-                    metric,
-                    value,
-                    None,
-                    now_ms,
-                    Source::Mqtt,
-                ));
+                out.push(ctx.reading(names.device, metric, value, None, now_ms)?);
             }
         }
         Ok(out)
@@ -217,13 +399,22 @@ impl MqttDecoder {
 #[derive(Debug, Clone)]
 pub struct SerialDecoder {
     default_device: String,
+    rules: IngestRules,
 }
 
 impl SerialDecoder {
+    /// A decoder with the default `[ingest]` rules; see [`SerialDecoder::with_rules`].
     pub fn new(default_device: impl Into<String>) -> SerialDecoder {
         SerialDecoder {
             default_device: default_device.into(),
+            rules: IngestRules::default(),
         }
+    }
+
+    /// The same decoder checking readings against `rules`.
+    pub fn with_rules(mut self, rules: IngestRules) -> SerialDecoder {
+        self.rules = rules;
+        self
     }
 
     /// The readings on one line, or why there are none.
@@ -235,24 +426,25 @@ impl SerialDecoder {
         if text.is_empty() {
             return Err(Reject::Empty);
         }
+        let ctx = Context {
+            device: Some(&self.default_device),
+            metric: None,
+            source: Source::Serial,
+            now_ms,
+            rules: &self.rules,
+        };
         let mut out = Vec::new();
         if text.starts_with('{') {
             let obj: Map<String, Value> = parse_json(text)?;
-            let ctx = Context {
-                device: Some(&self.default_device),
-                metric: None,
-                source: Source::Serial,
-                now_ms,
-            };
             object_readings(&obj, &ctx, &mut out)?;
         } else {
-            out.push(self.csv_reading(text, now_ms)?);
+            out.push(self.csv_reading(text, &ctx)?);
         }
         Ok(out)
     }
 
     /// `device,metric,value[,ts_ms]`, or `metric,value[,ts_ms]` for the port's own device.
-    fn csv_reading(&self, text: &str, now_ms: i64) -> Result<Reading, Reject> {
+    fn csv_reading(&self, text: &str, ctx: &Context<'_>) -> Result<Reading, Reject> {
         let fields: Vec<&str> = text.split(',').map(str::trim).collect();
         if fields.iter().any(|f| f.is_empty()) {
             return Err(Reject::BadLine("empty field".into()));
@@ -277,12 +469,12 @@ impl SerialDecoder {
         };
         let value = parse_number(value)?;
         let ts_ms = match ts {
-            None => now_ms,
+            None => ctx.now_ms,
             Some(ts) => ts
                 .parse::<i64>()
-                .map_err(|_| Reject::BadTimestamp(ts.to_owned()))?,
+                .map_err(|_| Reject::BadTimestamp(truncate(ts)))?,
         };
-        Ok(reading(device, metric, value, None, ts_ms, Source::Serial))
+        ctx.reading(device, metric, value, None, ts_ms)
     }
 }
 
@@ -313,6 +505,21 @@ struct Context<'a> {
     metric: Option<&'a str>,
     source: Source,
     now_ms: i64,
+    rules: &'a IngestRules,
+}
+
+impl Context<'_> {
+    fn reading(
+        &self,
+        device: &str,
+        metric: &str,
+        value: f64,
+        unit: Option<String>,
+        ts_ms: i64,
+    ) -> Result<Reading, Reject> {
+        self.rules
+            .reading(device, metric, value, unit, ts_ms, self.now_ms, self.source)
+    }
 }
 
 /// Keys of a JSON object that describe readings rather than being metrics.
@@ -325,10 +532,11 @@ fn object_readings(
     out: &mut Vec<Reading>,
 ) -> Result<(), Reject> {
     let device = match obj.get("device") {
-        Some(Value::String(d)) if !d.is_empty() => d.as_str(),
+        Some(Value::String(d)) => d.as_str(),
         Some(other) => {
             return Err(Reject::BadLine(format!(
-                "device must be a non-empty string, found {other}"
+                "device must be a string, found {}",
+                truncate(&other.to_string())
             )));
         }
         None => ctx.device.ok_or(Reject::UnknownTopic)?,
@@ -340,43 +548,32 @@ fn object_readings(
     let unit = match obj.get("unit") {
         Some(Value::String(u)) => Some(u.clone()),
         Some(Value::Null) | None => None,
-        Some(other) => return Err(Reject::BadValue(format!("unit {other}"))),
+        Some(other) => {
+            return Err(Reject::BadValue(format!(
+                "unit {}",
+                truncate(&other.to_string())
+            )));
+        }
     };
     if let Some(value) = obj.get("value") {
         let metric = match obj.get("metric") {
-            Some(Value::String(m)) if !m.is_empty() => m.as_str(),
+            Some(Value::String(m)) => m.as_str(),
             Some(other) => {
                 return Err(Reject::BadLine(format!(
-                    "metric must be a non-empty string, found {other}"
+                    "metric must be a string, found {}",
+                    truncate(&other.to_string())
                 )));
             }
             None => ctx.metric.ok_or(Reject::UnknownTopic)?,
         };
-        out.push(reading(
-            device,
-            metric,
-            json_number(value)?,
-            unit,
-            ts_ms,
-            ctx.source,
-        ));
+        out.push(ctx.reading(device, metric, json_number(value)?, unit, ts_ms)?);
         return Ok(());
     }
     for (metric, value) in obj
         .iter()
         .filter(|(k, _)| !RESERVED_KEYS.contains(&k.as_str()))
     {
-        if metric.trim().is_empty() {
-            return Err(Reject::BadJson("a metric name is empty".into()));
-        }
-        out.push(reading(
-            device,
-            metric,
-            json_number(value)?,
-            unit.clone(),
-            ts_ms,
-            ctx.source,
-        ));
+        out.push(ctx.reading(device, metric, json_number(value)?, unit.clone(), ts_ms)?);
     }
     if out.is_empty() {
         return Err(Reject::NoValue);
@@ -384,12 +581,13 @@ fn object_readings(
     Ok(())
 }
 
-/// RFC 8428 SenML: base name/time/unit/value, names `bn`+`n` split at the last `/` into device
-/// and metric (a name without `/` belongs to the topic's device), times in seconds.
+/// RFC 8428 SenML as WIRE.md §1 reads it: with a base name, device = `bn` less one trailing `/`
+/// or `:` and metric = `n`; without one, device from the topic and metric = `n`. Base fields
+/// apply to the records after them until changed; times are seconds, `bt + t`.
 fn senml_readings(
     pack: &[Value],
     topic_device: &str,
-    now_ms: i64,
+    ctx: &Context<'_>,
     out: &mut Vec<Reading>,
 ) -> Result<(), Reject> {
     let (mut bn, mut bt, mut bu, mut bv) = (String::new(), 0.0f64, None::<String>, 0.0f64);
@@ -397,6 +595,13 @@ fn senml_readings(
         let rec = rec
             .as_object()
             .ok_or_else(|| Reject::BadJson("SenML record is not an object".into()))?;
+        // RFC 8428 §4.4: labels ending in '_' must be understood; none of them is.
+        if let Some(label) = rec.keys().find(|k| k.ends_with('_')) {
+            return Err(Reject::BadJson(format!(
+                "SenML label {:?} must be understood and is not supported",
+                truncate(label)
+            )));
+        }
         if let Some(v) = rec.get("bn") {
             bn = v
                 .as_str()
@@ -406,7 +611,7 @@ fn senml_readings(
         if let Some(v) = rec.get("bt") {
             bt = v
                 .as_f64()
-                .ok_or_else(|| Reject::BadTimestamp(v.to_string()))?;
+                .ok_or_else(|| Reject::BadTimestamp(truncate(&v.to_string())))?;
         }
         if let Some(v) = rec.get("bu") {
             bu = v.as_str().map(str::to_owned);
@@ -415,6 +620,7 @@ fn senml_readings(
             bv = json_number(v)?;
         }
         let value = match rec.get("v") {
+            // A finite v and bv can still sum to infinity: the reading's constructor refuses it.
             Some(v) => json_number(v)? + bv,
             // A record of only base fields, or with a string/bool/data value, carries no reading.
             None if rec.contains_key("vs") || rec.contains_key("vb") || rec.contains_key("vd") => {
@@ -423,21 +629,20 @@ fn senml_readings(
             None if rec.contains_key("n") => return Err(Reject::NoValue),
             None => continue,
         };
-        let name = format!("{bn}{}", rec.get("n").and_then(Value::as_str).unwrap_or(""));
-        let (device, metric) = match name.rsplit_once('/') {
-            Some((d, m)) if !d.is_empty() && !m.is_empty() => (d, m),
-            Some(_) => {
-                return Err(Reject::BadJson(format!(
-                    "SenML name {name:?} has an empty part"
-                )));
-            }
-            None if !name.is_empty() => (topic_device, name.as_str()),
-            None => return Err(Reject::BadJson("SenML record has no name".into())),
+        let n = match rec.get("n") {
+            None => "",
+            Some(Value::String(n)) => n.as_str(),
+            Some(_) => return Err(Reject::BadJson("n must be a string".into())),
+        };
+        let device = if bn.is_empty() {
+            topic_device
+        } else {
+            bn.strip_suffix(['/', ':']).unwrap_or(&bn)
         };
         let t = match rec.get("t") {
             Some(v) => v
                 .as_f64()
-                .ok_or_else(|| Reject::BadTimestamp(v.to_string()))?,
+                .ok_or_else(|| Reject::BadTimestamp(truncate(&v.to_string())))?,
             None => 0.0,
         };
         let unit = rec
@@ -445,14 +650,8 @@ fn senml_readings(
             .and_then(Value::as_str)
             .map(str::to_owned)
             .or_else(|| bu.clone());
-        out.push(reading(
-            device,
-            metric,
-            value,
-            unit,
-            senml_time_ms(bt + t, now_ms)?,
-            Source::Mqtt,
-        ));
+        let ts_ms = senml_time_ms(bt + t, ctx.now_ms)?;
+        out.push(ctx.reading(device, n, value, unit, ts_ms)?);
     }
     if out.is_empty() {
         return Err(Reject::Empty);
@@ -460,17 +659,25 @@ fn senml_readings(
     Ok(())
 }
 
-/// SenML times below 2^28 s are relative to now (RFC 8428 §4.5.3).
+/// Largest magnitude of a timestamp in ms accepted from a float (about 316,000 years): well inside
+/// `i64`, so the conversion below is exact-or-rounded, never saturated.
+const MAX_FLOAT_MS: f64 = 1e16;
+
+/// SenML seconds (`bt + t`) to epoch milliseconds. Times below 2^28 s are relative to now
+/// (RFC 8428 §4.5.3); 0 is now. Checked: a sum that is not finite, too large to be a time, or that
+/// overflows when added to the clock is `bad_ts`.
 fn senml_time_ms(seconds: f64, now_ms: i64) -> Result<i64, Reject> {
-    if !seconds.is_finite() || seconds.abs() > 1e13 {
+    let ms = seconds * 1000.0;
+    if !ms.is_finite() || ms.abs() >= MAX_FLOAT_MS {
         return Err(Reject::BadTimestamp(seconds.to_string()));
     }
-    if seconds == 0.0 {
-        Ok(now_ms)
-    } else if seconds.abs() < (1u64 << 28) as f64 {
-        Ok(now_ms + (seconds * 1000.0).round() as i64)
+    let ms = ms.round() as i64;
+    if seconds.abs() < (1u64 << 28) as f64 {
+        now_ms
+            .checked_add(ms)
+            .ok_or_else(|| Reject::BadTimestamp(format!("now + {seconds} s")))
     } else {
-        Ok((seconds * 1000.0).round() as i64)
+        Ok(ms)
     }
 }
 
@@ -492,41 +699,24 @@ fn json_number(v: &Value) -> Result<f64, Reject> {
     }
 }
 
-/// Epoch milliseconds (integer or float) or an RFC 3339 string.
+/// Epoch milliseconds (integer or float) or an RFC 3339 string; checked conversions only.
 fn parse_ts(v: &Value) -> Result<i64, Reject> {
     match v {
         Value::Number(n) => match n.as_i64() {
             Some(ms) => Ok(ms),
             None => n
                 .as_f64()
-                .filter(|f| f.is_finite() && f.abs() < 1e16)
+                .filter(|f| f.is_finite() && f.abs() < MAX_FLOAT_MS)
                 .map(|f| f.round() as i64)
-                .ok_or_else(|| Reject::BadTimestamp(n.to_string())),
+                .ok_or_else(|| Reject::BadTimestamp(truncate(&n.to_string()))),
         },
         Value::String(s) => {
             let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
                 .map_err(|_| Reject::BadTimestamp(truncate(s)))?;
-            Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
+            i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000))
+                .map_err(|_| Reject::BadTimestamp(truncate(s)))
         }
         other => Err(Reject::BadTimestamp(truncate(&other.to_string()))),
-    }
-}
-
-fn reading(
-    device: &str,
-    metric: &str,
-    value: f64,
-    unit: Option<String>,
-    ts_ms: i64,
-    source: Source,
-) -> Reading {
-    Reading {
-        device: device.to_owned(),
-        metric: metric.to_owned(),
-        value,
-        unit,
-        ts_ms,
-        source,
     }
 }
 
@@ -536,5 +726,97 @@ fn truncate(s: &str) -> String {
     match s.char_indices().nth(MAX) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(max_id_bytes: usize, future_s: u64, past_s: Option<u64>) -> IngestRules {
+        IngestRules::new(&gateway_config::IngestConfig {
+            max_id_bytes,
+            max_future_ts_s: future_s,
+            max_past_ts_s: past_s,
+        })
+    }
+
+    #[test]
+    fn ids_are_printable_utf8_without_wildcards_within_the_byte_limit() {
+        let r = rules(8, 300, None);
+        for ok in ["d", "dev-7", "a/b:c d", &"température"[..8], "12345678"] {
+            assert_eq!(r.check_id(IdKind::Device, ok), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "123456789",
+            "x#y",
+            "a+b",
+            "nul\0",
+            "new\nline",
+            "\u{1b}[31m",
+            "del\u{7f}",
+            "c1\u{85}",
+            "rlo\u{202e}",
+            "ls\u{2028}",
+        ] {
+            assert_eq!(
+                r.check_id(IdKind::Metric, bad).map_err(|e| e.reason()),
+                Err("bad_id"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn timestamps_are_bounded_by_the_clock_without_overflow() {
+        let r = rules(128, 300, Some(60));
+        let now = 1_764_081_600_000;
+        assert_eq!(r.check_ts(now + 300_000, now), Ok(()));
+        assert!(r.check_ts(now + 300_001, now).is_err());
+        assert_eq!(r.check_ts(now - 60_000, now), Ok(()));
+        assert!(r.check_ts(now - 60_001, now).is_err());
+        assert!(r.check_ts(i64::MAX, i64::MAX - 1).is_ok());
+        assert!(r.check_ts(i64::MIN, i64::MIN).is_ok());
+        assert!(r.check_ts(i64::MIN, i64::MAX).is_err());
+        assert!(r.check_ts(i64::MAX, i64::MIN).is_err());
+        let unbounded_past = rules(128, u64::MAX, None);
+        assert!(unbounded_past.check_ts(i64::MIN, 0).is_ok());
+        assert!(unbounded_past.check_ts(i64::MAX, 0).is_ok());
+    }
+
+    #[test]
+    fn a_reading_with_a_non_finite_value_is_never_built() {
+        let r = IngestRules::default();
+        for v in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
+            let got = r.reading("d", "m", v, None, 0, 0, Source::Mqtt);
+            assert_eq!(got.map_err(|e| e.reason()), Err("bad_value"));
+        }
+    }
+
+    #[test]
+    fn senml_times_saturate_into_bad_ts_instead_of_overflowing() {
+        assert_eq!(senml_time_ms(0.0, 5), Ok(5));
+        assert_eq!(senml_time_ms(-2.0, 5000), Ok(3000));
+        assert_eq!(senml_time_ms(1.5e9, 0), Ok(1_500_000_000_000));
+        assert!(senml_time_ms(-1.0, i64::MIN).is_err());
+        assert!(senml_time_ms(1.0, i64::MAX).is_err());
+        assert!(senml_time_ms(f64::MAX, 0).is_err());
+        assert!(senml_time_ms(f64::INFINITY, 0).is_err());
+        assert!(senml_time_ms(f64::NAN, 0).is_err());
+    }
+
+    #[test]
+    fn only_an_oversized_payload_is_cut_for_its_dead_letter() {
+        let big = vec![b'x'; TOO_LARGE_EXCERPT_BYTES * 3];
+        let too_large = Reject::TooLarge {
+            size: big.len(),
+            limit: 10,
+        };
+        assert_eq!(
+            too_large.dead_letter_payload(&big).len(),
+            TOO_LARGE_EXCERPT_BYTES
+        );
+        assert_eq!(Reject::Empty.dead_letter_payload(&big).len(), big.len());
     }
 }

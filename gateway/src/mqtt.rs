@@ -10,13 +10,48 @@
 //!
 //! On a disconnect rumqttc drops PUBACKs it had not sent yet; the broker redelivers those
 //! messages on the persistent session, so they are appended again (a duplicate, never a loss).
+//!
+//! # Message size: never a reason to drop the connection
+//!
+//! rumqttc reads a packet whole, and one over its incoming limit is a fatal error of the
+//! connection, not a skipped message (rumqtt issue #614; thin-edge.io #3124 and others hit the
+//! same loop): the broker then redelivers the same un-acked QoS 1 message on the persistent
+//! session after every reconnect, forever, and nothing else gets through. MQTT 3.1.1, which the
+//! gateway speaks, cannot tell the broker our limit (v5's Maximum Packet Size in CONNECT would make
+//! the broker drop such messages silently, which loses them without a trace). So the limit is
+//! aligned instead of negotiated:
+//!
+//! - `mqtt.max_packet_bytes` (default 1 MiB) is the largest packet the gateway reads, and the
+//!   broker is configured to accept nothing larger from devices (mosquitto `max_packet_size`, set
+//!   to the same value in `deploy/mosquitto.conf` and in the test harness; the embedded broker gets
+//!   it as its packet limit). mosquitto applies its limit to the whole packet and rumqttc its own
+//!   to the packet less its fixed header, so whatever the broker accepts, the gateway can read.
+//!   rumqttc's limit gets [`TOPIC_HEADROOM`] on top: an MQTT v5 device may publish with a topic
+//!   alias, and the broker then forwards to us a packet that carries the whole topic.
+//! - A message over `mqtt.max_payload_bytes` but within that packet limit is read, rejected as
+//!   `too_large` (counted), dead-lettered with only its first
+//!   [`TOO_LARGE_EXCERPT_BYTES`](crate::decode::TOO_LARGE_EXCERPT_BYTES) bytes, and acknowledged
+//!   like any other rejected message, so it never comes back.
+//! - A device sending a packet over the broker's limit is disconnected by the broker (mosquitto's
+//!   behaviour for `max_packet_size`): its message never enters our queue, and the gateway's
+//!   connection is not involved. mosquitto's older `message_size_limit` is not used: it acks such
+//!   messages to the device and then drops them without a trace.
+//! - If the broker is misconfigured and sends a bigger packet anyway, the connection still drops;
+//!   that is logged as an error naming both settings.
+//!
+//! Memory stays bounded: each message is decoded as soon as rumqttc hands it over, and only what
+//! its ack needs (packet id and QoS) is kept while its readings become durable; the raw payload
+//! is dropped at once (an oversized one after its excerpt is copied). rumqttc itself holds at most
+//! the ~10 packets it parses per read plus one partial packet, and the broker sends at most
+//! `max_inflight` unacknowledged messages, so raw payloads in memory stay within about ten times
+//! `max_packet_bytes` however large or many the messages are.
 
-use crate::decode::MqttDecoder;
+use crate::decode::{IngestRules, MqttDecoder};
 use crate::pipeline::{IngestError, Pipeline};
 use crate::telemetry::Throttle;
 use futures::FutureExt;
 use futures::stream::{FuturesOrdered, StreamExt};
-use gateway_buffer::Source;
+use gateway_buffer::{Reading, Source};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
 use std::future::Future;
 use std::pin::Pin;
@@ -37,6 +72,10 @@ pub struct MqttSettings {
     /// QoS 1 messages the gateway lets rumqttc keep unacknowledged at once.
     pub max_inflight: u16,
     pub max_payload_bytes: usize,
+    /// Largest packet read from the broker (`mqtt.max_packet_bytes`), before [`TOPIC_HEADROOM`].
+    pub max_packet_bytes: usize,
+    /// The `[ingest]` rules readings are checked against.
+    pub rules: IngestRules,
     pub keep_alive: Duration,
     pub reconnect_max: Duration,
     /// Embedded broker: on stop, keep ingesting what it has queued for up to this long.
@@ -56,6 +95,10 @@ pub enum MqttError {
 
 type Pending = Pin<Box<dyn Future<Output = (Vec<Publish>, Result<(), IngestError>)> + Send>>;
 
+/// Added to rumqttc's incoming limit over `mqtt.max_packet_bytes`: a topic (at most 65,535 bytes
+/// and its length) that a v5 device sent as a topic alias comes back to us in full.
+pub const TOPIC_HEADROOM: usize = 65_535 + 2;
+
 /// Most publishes decoded into one append. Taking what rumqttc has already read costs no
 /// latency; the bound keeps one append (and the acks waiting on it) small.
 const MAX_BATCH: usize = 256;
@@ -67,12 +110,9 @@ impl MqttSettings {
             .set_manual_acks(true)
             .set_keep_alive(self.keep_alive)
             .set_inflight(self.max_inflight.max(1))
-            // Room for the envelope around the largest payload we accept; bigger messages are
-            // still read (and rejected as too_large by the decoder) up to 4x the limit.
-            .set_max_packet_size(
-                self.max_payload_bytes.saturating_mul(4).max(16 * 1024),
-                256 * 1024,
-            );
+            // Everything the broker may deliver (see the module doc); outgoing: acks, subscribes
+            // and local alarm events.
+            .set_max_packet_size(self.incoming_limit(), 256 * 1024);
         if let Some((user, pass)) = &self.credentials {
             o.set_credentials(user, pass);
         }
@@ -85,6 +125,11 @@ impl MqttSettings {
         }
         o
     }
+
+    /// rumqttc's incoming packet limit: the broker's limit plus room for an aliased topic.
+    pub fn incoming_limit(&self) -> usize {
+        self.max_packet_bytes.saturating_add(TOPIC_HEADROOM)
+    }
 }
 
 /// Runs the source until `shutdown`; then stops reading, lets the appends in progress finish and
@@ -96,7 +141,8 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
     let request_capacity = usize::from(settings.max_inflight).max(REQUEST_CHANNEL_MIN);
     let (client, mut eventloop) = AsyncClient::new(settings.options(), request_capacity);
     let mut acks = AckQueue::default();
-    let decoder = MqttDecoder::new(&settings.templates, settings.max_payload_bytes);
+    let decoder = MqttDecoder::new(&settings.templates, settings.max_payload_bytes)
+        .with_rules(settings.rules);
     // Appends in progress; cancelling them on shutdown would only lose acks, so they get their
     // own token that fires after the source has stopped reading.
     let appends = CancellationToken::new();
@@ -116,15 +162,16 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
             }
             event = eventloop.poll() => event,
         };
-        // Take every publish rumqttc has already read, so they share one append.
-        let mut batch = Vec::new();
+        // Take every publish rumqttc has already read, so they share one append. Each is decoded
+        // as it comes and kept only for its ack.
+        let mut batch = Batch::default();
         let mut lost = None;
         let mut next = Some(event);
         let mut turns = 0;
         while let Some(event) = next.take() {
             turns += 1;
             match event {
-                Ok(Event::Incoming(Packet::Publish(p))) => batch.push(p),
+                Ok(Event::Incoming(Packet::Publish(p))) => batch.receive(&decoder, &pipeline, p),
                 Ok(Event::Incoming(Packet::ConnAck(c))) => {
                     backoff = Duration::from_millis(100);
                     pipeline.metrics().set_mqtt_connected(true);
@@ -146,16 +193,19 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
                 }
             }
             // Whatever else is ready (our own PUBACKs going out, mostly) does not end the batch.
-            if batch.len() < MAX_BATCH && turns < 2 * MAX_BATCH {
+            if batch.acks.len() < MAX_BATCH && turns < 2 * MAX_BATCH {
                 next = eventloop.poll().now_or_never();
             }
         }
-        if !batch.is_empty() {
-            pending.push_back(start(&decoder, &pipeline, batch, appends.clone()).await);
+        if !batch.acks.is_empty() {
+            pending.push_back(start(&pipeline, batch, appends.clone()).await);
         }
         if let Some(e) = lost {
             pipeline.metrics().source_disconnects.fetch_add(1, Relaxed);
             pipeline.metrics().set_mqtt_connected(false);
+            if is_oversized_packet(&e) {
+                tracing::error!(error = %e, limit = settings.incoming_limit(), "the broker sent a packet larger than mqtt.max_packet_bytes allows; it will send it again after every reconnect: set the broker's max_packet_size to mqtt.max_packet_bytes or less (see deploy/mosquitto.conf)");
+            }
             tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -228,7 +278,9 @@ async fn drain_embedded(
             _ = &mut quiet => break,
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    pending.push_back(start(decoder, pipeline, vec![p], appends.clone()).await);
+                    let mut batch = Batch::default();
+                    batch.receive(decoder, pipeline, p);
+                    pending.push_back(start(pipeline, batch, appends.clone()).await);
                     quiet.as_mut().reset(tokio::time::Instant::now() + QUIET);
                 }
                 Ok(_) => {}
@@ -238,24 +290,33 @@ async fn drain_embedded(
     }
 }
 
-/// Decodes messages and queues their readings as one append, now, so that appends are stored
-/// in the order the messages came; the returned future resolves once the messages may be acked
-/// (or must not be). Poison is dead-lettered at once and acked with the rest, or it would come
-/// back forever.
-async fn start(
-    decoder: &MqttDecoder,
-    pipeline: &Pipeline,
-    publishes: Vec<Publish>,
-    cancel: CancellationToken,
-) -> Pending {
-    let now = pipeline.now_ms();
-    let mut readings = Vec::with_capacity(publishes.len());
-    for p in &publishes {
-        match decoder.decode(&p.topic, &p.payload, now) {
-            Ok(r) => readings.extend(r),
-            Err(why) => pipeline.reject(&p.topic, &p.payload, &why),
+/// Messages read in one turn: what their acks need, and their readings in arrival order.
+#[derive(Default)]
+struct Batch {
+    /// The messages, payload and topic dropped: an ack needs only the packet id and QoS.
+    acks: Vec<Publish>,
+    readings: Vec<Reading>,
+}
+
+impl Batch {
+    /// Decodes one message now. Poison is dead-lettered at once (an oversized payload only by
+    /// its first bytes) and acked with the rest, or it would come back forever.
+    fn receive(&mut self, decoder: &MqttDecoder, pipeline: &Pipeline, mut p: Publish) {
+        match decoder.decode(&p.topic, &p.payload, pipeline.now_ms()) {
+            Ok(r) => self.readings.extend(r),
+            Err(why) => pipeline.reject(&p.topic, why.dead_letter_payload(&p.payload), &why),
         }
+        // Frees the raw bytes now rather than when the readings are durable.
+        p.payload = Default::default();
+        p.topic = String::new();
+        self.acks.push(p);
     }
+}
+
+/// Queues a batch's readings as one append, now, so that appends are stored in the order the
+/// messages came; the returned future resolves once the messages may be acked (or must not be).
+async fn start(pipeline: &Pipeline, batch: Batch, cancel: CancellationToken) -> Pending {
+    let Batch { acks, readings } = batch;
     let queued = if readings.is_empty() {
         None
     } else {
@@ -267,8 +328,18 @@ async fn start(
             Some(Ok(queued)) => queued.durable(&cancel).await,
             Some(Err(e)) => Err(e),
         };
-        (publishes, result)
+        (acks, result)
     })
+}
+
+/// Whether the connection was lost because the broker sent a packet over rumqttc's limit.
+fn is_oversized_packet(e: &rumqttc::ConnectionError) -> bool {
+    matches!(
+        e,
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)
+        ))
+    )
 }
 
 /// Smallest request channel: room for a few subscribes and a burst of acks.

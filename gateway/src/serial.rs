@@ -5,7 +5,7 @@
 //! interval of lines) is lost. A port that disappears, errors or reaches EOF is reopened with
 //! capped backoff; a line cut short by that is counted as `partial_line`.
 
-use crate::decode::SerialDecoder;
+use crate::decode::{IngestRules, SerialDecoder};
 use crate::framing::{Frame, LineFramer};
 use crate::pipeline::{IngestError, Pipeline};
 use crate::telemetry::Throttle;
@@ -25,6 +25,8 @@ pub struct SerialSettings {
     pub device: String,
     pub max_line_bytes: usize,
     pub reopen_max: Duration,
+    /// The `[ingest]` rules readings are checked against.
+    pub rules: IngestRules,
 }
 
 /// Appends in progress per port. Reads stop while this many are outstanding, which bounds
@@ -35,7 +37,7 @@ const MAX_PENDING_APPENDS: usize = 64;
 /// Reads the port until `shutdown`, reopening it whenever it goes away.
 pub async fn run(settings: SerialSettings, pipeline: Pipeline, shutdown: CancellationToken) {
     let origin = settings.port.display().to_string();
-    let decoder = SerialDecoder::new(settings.device.clone());
+    let decoder = SerialDecoder::new(settings.device.clone()).with_rules(settings.rules);
     let mut framer = LineFramer::new(settings.max_line_bytes);
     let mut pending = FuturesUnordered::new();
     let mut backoff = Duration::from_millis(100);

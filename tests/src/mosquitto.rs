@@ -137,12 +137,14 @@ impl Mosquitto {
         };
         // persistence + a 1 s autosave: sessions, subscriptions and queued QoS 1 messages survive
         // a restart (all of them after SIGTERM, which saves on exit; up to 1 s is lost after
-        // SIGKILL). The in-flight and queue limits are the ones the gateway's docs ask for.
+        // SIGKILL). The in-flight and queue limits, and the packet limit equal to the gateway's
+        // default mqtt.max_packet_bytes, are the ones deploy/mosquitto.conf recommends.
         let conf = format!(
             "listener {port} 127.0.0.1\n\
              allow_anonymous true\n\
              max_inflight_messages 100\n\
              max_queued_messages 100000\n\
+             max_packet_size 1048576\n\
              persistence true\n\
              persistence_location {dir}/\n\
              persistence_file mosquitto.db\n\
