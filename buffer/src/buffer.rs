@@ -1,6 +1,6 @@
 //! The buffer handle, its shared state, recovery at open, reads, acks and retention.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,13 +11,13 @@ use tracing::{error, info, warn};
 
 use crate::block::{self, BlockHeader, RawBlock};
 use crate::committer::{APPEND_QUEUE_CAPACITY, AppendRequest, Committer};
-use crate::dead::{DeadLetter, DeadLetterInput, DeadLetters, DeadPayload};
+use crate::dead::{DeadKind, DeadLetter, DeadLetterInput, DeadLetters, DeadPayload};
 use crate::error::{AppendError, BufferError};
 use crate::health::{self, BufferHealth};
 use crate::keys;
 use crate::options::{BufferOptions, WhenFull};
 use crate::record::{Lane, Record, Stored};
-use crate::stats::{BufferStats, DeadLetterStats, LaneStats};
+use crate::stats::{BufferStats, DeadKindStats, DeadLetterStats, LaneStats};
 use crate::watermark::{self, Loaded, Watermark};
 
 /// Handle on the durable queue. Cheap to clone; every clone talks to the same database.
@@ -40,7 +40,10 @@ pub(crate) struct Inner {
     pub(crate) lanes: [sled::Tree; 2],
     pub(crate) meta: sled::Tree,
     pub(crate) requeue: sled::Tree,
+    /// Dead letters of rejected input.
     pub(crate) dead: sled::Tree,
+    /// Dead letters of batches the upstream refused.
+    pub(crate) dead_refused: sled::Tree,
     /// A std mutex: it is held only for in-memory bookkeeping and sled calls that do not wait on
     /// the disk (`apply_batch` fills sled's in-memory log buffer), never across an `.await` or a
     /// flush.
@@ -90,14 +93,28 @@ pub(crate) struct LaneState {
     expired: u64,
     undecodable: u64,
     requeued: u64,
+    /// Highest seq `read` handed to the accounting consumer (see [`Inner::accounting_consumer`]);
+    /// starts at its acked cursor.
+    handed: u64,
+    /// Records evicted (quota or expiry) after they were handed to the accounting consumer and
+    /// before it acked them: the consumer may still deliver them (then they are its delivered
+    /// records) or shed them ([`Buffer::shed_evicted`], then they are counted here under their
+    /// reason). Bounded by what the consumer holds un-acked (a few batches for the forwarder).
+    in_hand_evicted: BTreeMap<u64, Removal>,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct DeadState {
+    /// Per [`DeadKind`] (by `DeadKind::index`).
+    pub(crate) kinds: [DeadKindState; 2],
+    next_id: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct DeadKindState {
     pub(crate) count: u64,
     pub(crate) bytes: u64,
     dropped: u64,
-    next_id: u64,
 }
 
 /// Why a block left a lane.
@@ -178,6 +195,7 @@ impl Buffer {
         let meta = db.open_tree(keys::META_TREE)?;
         let requeue = db.open_tree(keys::REQUEUE_TREE)?;
         let dead = db.open_tree(keys::DEAD_TREE)?;
+        let dead_refused = db.open_tree(keys::DEAD_REFUSED_TREE)?;
         let db_file_path = path.join("db");
         let db_file = File::open(&db_file_path).ok();
         // Read only now that sled holds its lock on the database: the watermark belongs to
@@ -208,6 +226,7 @@ impl Buffer {
             meta,
             requeue,
             dead,
+            dead_refused,
             state: Mutex::new(state),
             durable_tx,
             dirty: AtomicBool::new(false),
@@ -238,6 +257,7 @@ impl Buffer {
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        check_record_sizes(&records)?;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(AppendRequest {
@@ -278,6 +298,21 @@ impl Buffer {
         if start > durable || max_records == 0 {
             return Ok(out);
         }
+        self.read_blocks(lane, start, durable, max_records, max_bytes, &mut out)?;
+        self.hand_over(consumer, lane, &mut out);
+        Ok(out)
+    }
+
+    /// Records of `lane` from seq `start` up to `durable`, decoded block by block.
+    fn read_blocks(
+        &self,
+        lane: Lane,
+        start: u64,
+        durable: u64,
+        max_records: usize,
+        max_bytes: usize,
+        out: &mut Vec<Stored>,
+    ) -> Result<(), BufferError> {
         let tree = &self.inner.lanes[lane.index()];
         // The block holding `start`, if any, begins at or before it.
         let begin = match tree
@@ -318,7 +353,69 @@ impl Buffer {
                 out.push(Stored { seq, record });
             }
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// Makes what `read` found the consumer's, atomically with respect to eviction: records
+    /// evicted while they were being decoded are withheld (eviction, which saw them un-handed,
+    /// counted them as dropped), and the accounting consumer's handed mark moves over the rest
+    /// (so from now on eviction leaves them to the consumer to deliver or shed). Nothing but
+    /// eviction and expiry removes a record above the consumer's ack cursor, and both take the
+    /// lane's oldest blocks first, so "evicted" is exactly "below the lane's oldest stored seq".
+    fn hand_over(&self, consumer: &str, lane: Lane, out: &mut Vec<Stored>) {
+        if out.is_empty() {
+            return;
+        }
+        let accounting = self.inner.accounting_consumer() == consumer;
+        let mut st = self.inner.lock();
+        let ls = &mut st.lanes[lane.index()];
+        let oldest = ls.front.map(|(first, _)| first);
+        out.retain(|s| oldest.is_some_and(|o| s.seq >= o));
+        if accounting && let Some(last) = out.last() {
+            ls.handed = ls.handed.max(last.seq);
+        }
+    }
+
+    /// Of `seqs` (records `consumer` was handed by [`Buffer::read`] and has not acked), those
+    /// the buffer evicted (quota or expiry) since. The consumer drops them from what it still
+    /// has to send, and they are counted, once, as dropped or expired: a record the consumer was
+    /// handed is thus counted either delivered (by the consumer, when it sends it) or dropped
+    /// (here, when the consumer sheds it), never both. Records the consumer had not been handed
+    /// when evicted were counted at eviction.
+    ///
+    /// Only the accounting consumer's sheds are counted (the first consumer that reads every
+    /// lane; the forwarder in the gateway); for another consumer the evicted seqs are returned
+    /// uncounted.
+    pub fn shed_evicted(
+        &self,
+        consumer: &str,
+        lane: Lane,
+        seqs: &[u64],
+    ) -> Result<Vec<u64>, BufferError> {
+        let accounting = self.inner.accounting_consumer() == consumer;
+        let mut st = self.inner.lock();
+        if !st.cursors.contains_key(consumer) {
+            return Err(BufferError::UnknownConsumer(consumer.to_string()));
+        }
+        let ls = &mut st.lanes[lane.index()];
+        if !accounting {
+            let oldest = ls.front.map(|(first, _)| first);
+            return Ok(seqs
+                .iter()
+                .copied()
+                .filter(|s| oldest.is_none_or(|o| *s < o))
+                .collect());
+        }
+        let mut shed = Vec::new();
+        for &seq in seqs {
+            match ls.in_hand_evicted.remove(&seq) {
+                Some(Removal::Expired) => ls.expired += 1,
+                Some(_) => ls.dropped_quota += 1,
+                None => continue,
+            }
+            shed.push(seq);
+        }
+        Ok(shed)
     }
 
     /// Record that `consumer` has processed `lane` up to and including `up_to_seq` (clamped to
@@ -343,6 +440,12 @@ impl Buffer {
             return Ok(());
         }
         *slot = Some(up);
+        if inner.accounting_consumer() == consumer {
+            // Evicted records it held up to here were delivered (or parked) by it: theirs.
+            let ls = &mut st.lanes[lane.index()];
+            ls.in_hand_evicted = ls.in_hand_evicted.split_off(&up.saturating_add(1));
+            ls.handed = ls.handed.max(up);
+        }
         // While the database refuses writes the cursor moves in memory only (see `health.rs`).
         if inner.is_failed() {
             return Ok(());
@@ -399,15 +502,29 @@ impl Buffer {
                 expired: s.expired,
                 undecodable: s.undecodable,
                 requeued: s.requeued,
+                evicted_in_flight: s.in_hand_evicted.len() as u64,
             }
         };
         BufferStats {
             alarms: lane(Lane::Alarms),
             readings: lane(Lane::Readings),
-            dead_letters: DeadLetterStats {
-                count: st.dead.count,
-                bytes: st.dead.bytes,
-                dropped: st.dead.dropped,
+            dead_letters: {
+                let kind = |k: DeadKind| {
+                    let s = &st.dead.kinds[k.index()];
+                    DeadKindStats {
+                        count: s.count,
+                        bytes: s.bytes,
+                        dropped: s.dropped,
+                    }
+                };
+                let (input, refused) = (kind(DeadKind::Input), kind(DeadKind::Refused));
+                DeadLetterStats {
+                    count: input.count + refused.count,
+                    bytes: input.bytes + refused.bytes,
+                    dropped: input.dropped + refused.dropped,
+                    input,
+                    refused,
+                }
             },
             moved_aside: st.moved_aside,
             missing_at_open: st.missing_at_open,
@@ -602,6 +719,24 @@ impl Buffer {
         let now = self.inner.opts.clock.now_ms();
         let mut st = self.inner.lock();
         self.inner.expire(&mut st, now)
+    }
+}
+
+/// Refuses a call holding a record larger than [`block::MAX_RECORD_BYTES`]: the block writer
+/// relies on that bound to build only blocks the reader opens.
+pub(crate) fn check_record_sizes(records: &[Record]) -> Result<(), AppendError> {
+    match records
+        .iter()
+        .map(Record::encoded_len_bound)
+        .enumerate()
+        .find(|(_, n)| *n > block::MAX_RECORD_BYTES)
+    {
+        Some((index, bytes)) => Err(AppendError::RecordTooLarge {
+            index,
+            bytes,
+            max: block::MAX_RECORD_BYTES,
+        }),
+        None => Ok(()),
     }
 }
 
@@ -953,12 +1088,18 @@ impl Inner {
             .get(keys::DEAD_NEXT_ID_KEY)?
             .and_then(|v| keys::seq_of(&v))
             .unwrap_or(1);
-        for item in self.dead.iter() {
-            let (k, v) = item?;
-            st.dead.count += 1;
-            st.dead.bytes += v.len() as u64;
-            if let Some(id) = keys::seq_of(&k) {
-                dead_next = dead_next.max(id + 1);
+        if self.meta.get(keys::DEAD_SPLIT_KEY)?.is_none() {
+            self.split_dead_letters()?;
+        }
+        for kind in DeadKind::ALL {
+            for item in self.dead_tree(kind).iter() {
+                let (k, v) = item?;
+                let ks = &mut st.dead.kinds[kind.index()];
+                ks.count += 1;
+                ks.bytes += v.len() as u64;
+                if let Some(id) = keys::seq_of(&k) {
+                    dead_next = dead_next.max(id + 1);
+                }
             }
         }
         st.dead.next_id = dead_next.max(st.dead.next_id).max(1);
@@ -1003,29 +1144,92 @@ impl Inner {
         Ok(())
     }
 
-    /// Delete the front block, counting its un-acked records under `why`.
-    fn remove_front(&self, st: &mut State, lane: Lane, why: Removal) -> Result<(), BufferError> {
+    /// The consumer whose view the lane counters (`dropped_quota`, `expired`) take: the first
+    /// of [`BufferOptions::consumers`] that reads every lane (validation guarantees one). A
+    /// record evicted before it was handed to this consumer is counted at eviction; one evicted
+    /// while this consumer held it is left to the consumer ([`Buffer::shed_evicted`]).
+    pub(crate) fn accounting_consumer(&self) -> &str {
+        self.opts
+            .consumers
+            .iter()
+            .find(|c| !self.opts.alarms_only_consumers.contains(c))
+            .map_or("", String::as_str)
+    }
+
+    /// How the un-acked records of the front block `(first, h)`, removed for `why`, are
+    /// counted: returns (counted now, seqs the accounting consumer holds). Records every
+    /// consumer acked, or the accounting consumer acked (delivered; a slower alarms-only
+    /// consumer still owed them), count nowhere.
+    fn split_evicted(
+        &self,
+        st: &State,
+        lane: Lane,
+        first: u64,
+        h: &BlockHeader,
+    ) -> Result<(u64, Vec<u64>), BufferError> {
+        let ls = &st.lanes[lane.index()];
+        let acc_acked = st
+            .cursors
+            .get(self.accounting_consumer())
+            .and_then(|c| c[lane.index()])
+            .unwrap_or(0);
+        let handed = ls.handed.max(acc_acked);
+        if handed < first {
+            return Ok((u64::from(h.count) - ls.acked_in_front, Vec::new()));
+        }
+        let min = self.min_cursor(st, lane);
+        let Some(v) = self.lanes[lane.index()].get(keys::block_key(first))? else {
+            return Ok((u64::from(h.count) - ls.acked_in_front, Vec::new()));
+        };
+        let Ok(entries) = block::decode(first, &v) else {
+            return Ok((u64::from(h.count) - ls.acked_in_front, Vec::new()));
+        };
+        let mut now = 0;
+        let mut in_hand = Vec::new();
+        for (seq, _, _) in entries {
+            if seq <= min || seq <= acc_acked {
+                continue;
+            }
+            if seq > handed {
+                now += 1;
+            } else {
+                in_hand.push(seq);
+            }
+        }
+        Ok((now, in_hand))
+    }
+
+    /// Delete the front block, counting its un-acked records under `why` (see
+    /// [`Inner::split_evicted`]). Returns how many un-acked records it held.
+    fn remove_front(&self, st: &mut State, lane: Lane, why: Removal) -> Result<u64, BufferError> {
         let Some((first, h)) = st.lanes[lane.index()].front else {
-            return Ok(());
+            return Ok(0);
+        };
+        let (lost, in_hand) = match why {
+            Removal::Acked => (0, Vec::new()),
+            Removal::Quota | Removal::Expired => self.split_evicted(st, lane, first, &h)?,
         };
         let mut batch = sled::Batch::default();
         batch.remove(&keys::header_key(first));
         batch.remove(&keys::block_key(first));
         self.lanes[lane.index()].apply_batch(batch)?;
         let ls = &mut st.lanes[lane.index()];
-        let lost = u64::from(h.count) - ls.acked_in_front;
+        let unacked = u64::from(h.count) - ls.acked_in_front;
         match why {
             Removal::Acked => {}
             Removal::Quota => ls.dropped_quota += lost,
             Removal::Expired => ls.expired += lost,
         }
+        ls.in_hand_evicted
+            .extend(in_hand.into_iter().map(|seq| (seq, why)));
         ls.stored_records -= u64::from(h.count);
         ls.bytes -= u64::from(h.stored_bytes);
         ls.blocks -= 1;
         if ls.tail.as_ref().is_some_and(|t| t.first_seq == first) {
             ls.tail = None;
         }
-        self.refresh_front(st, lane)
+        self.refresh_front(st, lane)?;
+        Ok(unacked)
     }
 
     /// Delete every block all consumers have acked entirely.
@@ -1054,7 +1258,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Delete blocks last written more than `max_age_s` ago. Returns records expired.
+    /// Delete blocks last written more than `max_age_s` ago. Returns the un-acked records they
+    /// held (counted as expired now, or when the consumer holding them sheds them).
     pub(crate) fn expire(&self, st: &mut State, now_ms: i64) -> Result<u64, BufferError> {
         if self.opts.max_age_s == 0 {
             return Ok(0);
@@ -1067,9 +1272,7 @@ impl Inner {
                 if now_ms.saturating_sub(h.last_commit_ms) < max_age_ms {
                     break;
                 }
-                let before = st.lanes[lane.index()].expired;
-                self.remove_front(st, lane, Removal::Expired)?;
-                n += st.lanes[lane.index()].expired - before;
+                n += self.remove_front(st, lane, Removal::Expired)?;
             }
         }
         Ok(n)
@@ -1099,12 +1302,17 @@ impl Inner {
             _ => RawBlock::new(first_seq, now_ms),
         };
         let mut sealed = Vec::new();
+        let mut encoded = Vec::with_capacity(256);
         for &(seq, record) in records {
-            if cur.is_full() {
+            encoded.clear();
+            encoded = postcard::to_extend(record, encoded)?;
+            // Seal before a record that would take the block past what the reader accepts: a
+            // large record gets a block of its own instead of making its neighbours unreadable.
+            if !cur.fits(encoded.len()) {
                 let next = RawBlock::new(seq, now_ms);
                 sealed.push(std::mem::replace(&mut cur, next));
             }
-            cur.push(seq, record)?;
+            cur.push_encoded(seq, &encoded, record.ts_ms());
         }
         sealed.push(cur);
         let n = sealed.len();
@@ -1194,7 +1402,7 @@ impl Inner {
             payload: DeadPayload::Raw(raw),
         };
         if let Err(e) = self.put_dead(st, input) {
-            st.dead.dropped += 1;
+            st.dead.kinds[DeadKind::Input.index()].dropped += 1;
             error!(error = %e, "buffer: could not keep an undecodable payload as a dead letter");
         }
     }
@@ -1215,28 +1423,70 @@ impl Inner {
         };
         let value = postcard::to_stdvec(&letter)?;
         let len = value.len() as u64;
-        let max = self.opts.dead_letter_max_bytes;
+        let kind = letter.payload.kind();
+        let max = self.opts.dead_letter_max_bytes_of(kind);
+        let tree = self.dead_tree(kind);
+        let ks = &mut st.dead.kinds[kind.index()];
         if len > max {
-            st.dead.dropped += 1;
+            ks.dropped += 1;
             return Err(BufferError::DeadLetterTooLarge { bytes: len, max });
         }
-        while st.dead.bytes + len > max {
-            let Some((k, v)) = self.dead.pop_min()? else {
+        // Oldest first, and only letters of the same kind: junk never evicts refused batches.
+        while ks.bytes + len > max {
+            let Some((_, v)) = tree.pop_min()? else {
                 break;
             };
-            let _ = k;
-            st.dead.count -= 1;
-            st.dead.bytes = st.dead.bytes.saturating_sub(v.len() as u64);
-            st.dead.dropped += 1;
+            ks.count -= 1;
+            ks.bytes = ks.bytes.saturating_sub(v.len() as u64);
+            ks.dropped += 1;
         }
-        self.dead.insert(id.to_be_bytes(), value)?;
+        tree.insert(id.to_be_bytes(), value)?;
         st.dead.next_id = id + 1;
         self.meta
             .insert(keys::DEAD_NEXT_ID_KEY, &st.dead.next_id.to_be_bytes())?;
-        st.dead.count += 1;
-        st.dead.bytes += len;
+        let ks = &mut st.dead.kinds[kind.index()];
+        ks.count += 1;
+        ks.bytes += len;
         self.mark_dirty();
         Ok(id)
+    }
+
+    /// The tree holding dead letters of `kind`.
+    pub(crate) fn dead_tree(&self, kind: DeadKind) -> &sled::Tree {
+        match kind {
+            DeadKind::Input => &self.dead,
+            DeadKind::Refused => &self.dead_refused,
+        }
+    }
+
+    /// Once per database: a database from before the two dead-letter quotas kept refused
+    /// batches in the one "dead" tree; move them to their own tree (same ids, same bytes), so
+    /// they count against their own quota from now on. Each letter is written to its new tree
+    /// before it is removed from the old one, and the flag is written last: a crash in between
+    /// leaves a letter in both trees, and the next open simply moves it again.
+    fn split_dead_letters(&self) -> Result<(), BufferError> {
+        let mut moved = 0u64;
+        for item in self.dead.iter() {
+            let (k, v) = item?;
+            let refused = matches!(
+                postcard::from_bytes::<DeadLetter>(&v).map(|l| l.payload.kind()),
+                Ok(DeadKind::Refused)
+            );
+            if refused {
+                self.dead_refused.insert(&k, v)?;
+                self.dead.remove(&k)?;
+                moved += 1;
+            }
+        }
+        self.meta.insert(keys::DEAD_SPLIT_KEY, &[1])?;
+        self.durable_flush()?;
+        if moved > 0 {
+            info!(
+                moved,
+                "buffer: refused batches now kept under their own dead-letter quota"
+            );
+        }
+        Ok(())
     }
 
     pub(crate) fn decode_dead(&self, v: &[u8]) -> Option<DeadLetter> {

@@ -86,6 +86,7 @@ impl Buffer {
         on_wait: Option<OnWait>,
     ) -> Result<impl Future<Output = Result<Appended, AppendError>> + Send + 'static, AppendError>
     {
+        crate::buffer::check_record_sizes(&records)?;
         let (reply, rx) = oneshot::channel();
         if records.is_empty() {
             let _ = reply.send(Ok(Appended {

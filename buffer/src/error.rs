@@ -129,6 +129,18 @@ pub enum AppendError {
         /// The write error that made the buffer stop accepting appends.
         reason: String,
     },
+    /// A record of the call is larger than the buffer stores ([`crate::MAX_RECORD_BYTES`]
+    /// encoded; ingest's payload limit keeps real records far below it). Nothing of this call
+    /// was written; trying again will not help.
+    #[error("record {index} of the append is {bytes} bytes, over the {max}-byte record limit")]
+    RecordTooLarge {
+        /// Its position in the call.
+        index: usize,
+        /// Its (bounded) encoded size.
+        bytes: usize,
+        /// [`crate::MAX_RECORD_BYTES`].
+        max: usize,
+    },
 }
 
 impl AppendError {
@@ -136,7 +148,7 @@ impl AppendError {
     pub fn is_retryable(&self) -> bool {
         match self {
             AppendError::Full { .. } => true,
-            AppendError::Closed => false,
+            AppendError::Closed | AppendError::RecordTooLarge { .. } => false,
             AppendError::Storage(e) => e.is_retryable(),
             AppendError::Unavailable { .. } => true,
         }

@@ -14,13 +14,19 @@ pub(crate) fn lane_tree(lane: Lane) -> &'static str {
 }
 pub(crate) const META_TREE: &str = "meta";
 pub(crate) const REQUEUE_TREE: &str = "requeue";
+/// Dead letters of rejected input (payloads, undecodable blocks): everything but refused batches.
 pub(crate) const DEAD_TREE: &str = "dead";
+/// Dead letters of batches the upstream refused (replayable records), under their own quota.
+pub(crate) const DEAD_REFUSED_TREE: &str = "dead.refused";
 
 pub(crate) const HEADER_PREFIX: u8 = b'h';
 pub(crate) const BLOCK_PREFIX: u8 = b'b';
 
 pub(crate) const NEXT_SEQ_KEY: &[u8] = b"next_seq";
 pub(crate) const DEAD_NEXT_ID_KEY: &[u8] = b"dead_next_id";
+/// Present once refused batches were moved out of the "dead" tree (databases written before
+/// the two dead-letter quotas kept both kinds there).
+pub(crate) const DEAD_SPLIT_KEY: &[u8] = b"dead_split";
 pub(crate) const ACK_PREFIX: &[u8] = b"ack\0";
 pub(crate) const CONSUMER_META_PREFIX: &[u8] = b"cmeta\0";
 /// Prefix of component state keys (the alarm engine's state).

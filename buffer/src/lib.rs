@@ -28,9 +28,22 @@
 //!   re-issued to another record after a crash.
 //! - **Per-lane order.** A consumer reads a lane in seq order from its cursor; after a reopen
 //!   every durable, un-acked record is there in order with the same seq.
-//! - **Retention is counted.** Every record removed un-acked is counted by reason: quota
-//!   (`drop_oldest`), expiry (`max_age_s`), or undecodable (then its bytes are a dead letter).
-//!   The alarms lane has its own quota; readings never evict alarms.
+//! - **Retention is counted, exactly.** Every record removed un-acked is counted by reason:
+//!   quota (`drop_oldest`), expiry (`max_age_s`), or undecodable (then its bytes are a dead
+//!   letter). A record evicted after [`Buffer::read`] handed it to the accounting consumer (the
+//!   first consumer of every lane: the forwarder) and before it acked it is not counted at
+//!   eviction: the consumer either delivers it (acks it) or sheds it with
+//!   [`Buffer::shed_evicted`], which counts it then. So per lane, at every moment,
+//!   `appended = records + dropped + expired + undecodable + evicted_in_flight + acked by the
+//!   consumer` ([`LaneStats::evicted_in_flight`]). The alarms lane has its own quota; readings
+//!   never evict alarms.
+//! - **Every block opens.** A block holds ≤ 16 KiB of records or one larger record alone, and
+//!   a record is at most [`MAX_RECORD_BYTES`] ([`Buffer::append`] refuses larger ones with
+//!   [`AppendError::RecordTooLarge`]), so the reader's cap covers every block the writer builds.
+//!   Blocks of older versions (format 1) are still read.
+//! - **Two dead-letter quotas.** Rejected input and batches the upstream refused are kept under
+//!   separate quotas (`dead_letter_max_bytes`, `refused_dead_letter_max_bytes`): a flood of
+//!   one never evicts the other ([`DeadKind`]).
 //! - **Corruption never wipes data.** A database sled cannot open is renamed to
 //!   `<dir>/buffer.sled.corrupt-<UTC timestamp>`, logged at error, counted
 //!   ([`BufferStats::moved_aside`]) and a fresh one is started. A block that does not decode is
@@ -97,19 +110,25 @@
 //! tree "lane.alarms" / "lane.readings"        (one tree per lane)
 //!   'h' ++ first_seq:u64be  -> postcard BlockHeader { last_seq, count, stored_bytes,
 //!                                first_commit_ms, last_commit_ms, min_ts_ms }
-//!   'b' ++ first_seq:u64be  -> block: 0x01 | crc32(deflated):u32le | deflate(entries)
+//!   'b' ++ first_seq:u64be  -> block: 0x02 | crc32:u32le | raw_len:u32le | deflate(entries)
+//!                              (0x01 | crc32:u32le | deflate(entries) from older versions)
 //!                              entry = varint(seq delta) | postcard(Record)
+//!                              a block is ≤ 16 KiB raw or holds one record alone; a record
+//!                              is ≤ MAX_RECORD_BYTES (see src/block.rs)
 //!       header and block of one seq are written in one sled batch; open reads only headers
 //! tree "meta"
 //!   "next_seq"                            -> u64be   next seq to hand out
 //!   "dead_next_id"                        -> u64be   next dead-letter id
+//!   "dead_split"                          -> 0x01    refused batches live in "dead.refused"
 //!   "ack\0" ++ lane tag ('a'|'r') ++ "\0" ++ consumer -> u64be  acked up to (inclusive)
 //!   "cmeta\0" ++ consumer ++ "\0" ++ key  -> bytes   per-consumer state
 //!   "state\0" ++ key                      -> bytes   state of other components (alarm engine)
 //! tree "requeue"
 //!   lane tag ++ seq:u64be                 -> postcard Record (original seq kept)
-//! tree "dead"
+//! tree "dead"                                (rejected input: Raw payloads)
 //!   id:u64be                              -> postcard DeadLetter
+//! tree "dead.refused"                        (batches the upstream refused: Records payloads)
+//!   id:u64be                              -> postcard DeadLetter   (ids shared with "dead")
 //! ```
 
 mod block;
@@ -124,14 +143,15 @@ pub mod record;
 mod stats;
 mod watermark;
 
+pub use block::MAX_RECORD_BYTES;
 pub use buffer::Buffer;
 pub use committer::{Appended, Committer, OnWait};
-pub use dead::{DeadLetter, DeadLetterInput, DeadLetters, DeadPayload};
+pub use dead::{DeadKind, DeadLetter, DeadLetterInput, DeadLetters, DeadPayload};
 pub use error::{AppendError, BufferError};
 pub use health::{BufferHealth, PROBE_BYTES, PROBE_FILE_NAME, PROBE_INTERVAL};
 pub use options::{BufferOptions, Clock, ManualClock, SystemClock, WhenFull};
 pub use record::{AlarmEvent, AlarmState, Lane, Reading, Record, Severity, Source, Stored};
-pub use stats::{BufferStats, DeadLetterStats, LaneStats};
+pub use stats::{BufferStats, DeadKindStats, DeadLetterStats, LaneStats};
 
 /// Name of the sled directory inside [`BufferOptions::dir`].
 pub const DB_DIR_NAME: &str = keys::DB_DIR_NAME;

@@ -84,9 +84,12 @@ pub struct BufferOptions {
     pub commit_max_records: usize,
     /// sled page cache capacity in bytes. Default 8 MiB.
     pub cache_capacity_bytes: u64,
-    /// Quota of the dead-letter store in encoded bytes; the oldest letters are dropped (and
-    /// counted) past it. Default 4 MiB.
+    /// Quota of the dead letters of rejected input (unreadable payloads, undecodable blocks) in
+    /// encoded bytes; the oldest such letters are dropped (and counted) past it. Default 4 MiB.
     pub dead_letter_max_bytes: u64,
+    /// Quota of the dead letters of batches the upstream refused, apart from the one above so
+    /// that junk never evicts readings waiting for a replay. Default 4 MiB.
+    pub refused_dead_letter_max_bytes: u64,
     /// Names of the consumers whose acks gate deletion; a block is deleted once every one of
     /// them acked all of it. Default `["forwarder"]`.
     pub consumers: Vec<String>,
@@ -110,6 +113,7 @@ impl BufferOptions {
             commit_max_records: 4096,
             cache_capacity_bytes: 8 * 1024 * 1024,
             dead_letter_max_bytes: 4 * 1024 * 1024,
+            refused_dead_letter_max_bytes: 4 * 1024 * 1024,
             consumers: vec!["forwarder".to_string()],
             alarms_only_consumers: Vec::new(),
             clock: Arc::new(SystemClock),
@@ -121,6 +125,14 @@ impl BufferOptions {
         match lane {
             Lane::Alarms => self.alarms_max_bytes,
             Lane::Readings => self.readings_max_bytes,
+        }
+    }
+
+    /// The dead-letter quota of `kind`.
+    pub fn dead_letter_max_bytes_of(&self, kind: crate::DeadKind) -> u64 {
+        match kind {
+            crate::DeadKind::Input => self.dead_letter_max_bytes,
+            crate::DeadKind::Refused => self.refused_dead_letter_max_bytes,
         }
     }
 
@@ -142,6 +154,9 @@ impl BufferOptions {
         }
         if self.dead_letter_max_bytes == 0 {
             return bad("dead_letter_max_bytes", "must be > 0");
+        }
+        if self.refused_dead_letter_max_bytes == 0 {
+            return bad("refused_dead_letter_max_bytes", "must be > 0");
         }
         if self.consumers.is_empty() {
             return bad(

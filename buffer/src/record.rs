@@ -167,6 +167,20 @@ impl Record {
         }
     }
 
+    /// An upper bound of the record's encoded (postcard) size in bytes, without encoding it:
+    /// its strings plus room for every number, length prefix and tag.
+    pub fn encoded_len_bound(&self) -> usize {
+        /// Tags, varint lengths, f64s and i64 varints, with margin.
+        const FIXED: usize = 96;
+        let strings = match self {
+            Record::Reading(r) => {
+                r.device.len() + r.metric.len() + r.unit.as_ref().map_or(0, String::len)
+            }
+            Record::Alarm(a) => a.alarm.len() + a.device.len() + a.metric.len(),
+        };
+        strings.saturating_add(FIXED)
+    }
+
     /// The record's own timestamp (device or gateway time), ms since the epoch.
     pub fn ts_ms(&self) -> i64 {
         match self {

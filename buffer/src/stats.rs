@@ -29,6 +29,12 @@ pub struct LaneStats {
     pub undecodable: u64,
     /// Requeued records waiting (gauge).
     pub requeued: u64,
+    /// Records evicted (quota or expiry) while the accounting consumer (the forwarder) held
+    /// them un-acked (gauge): it either delivers them (then they count as delivered) or sheds
+    /// them (then `dropped_quota` or `expired` counts them). At every moment, per lane,
+    /// `appended_total == records + dropped_quota + expired + undecodable + evicted_in_flight
+    /// + records the consumer acked` (records requeued or read back from disk at open aside).
+    pub evicted_in_flight: u64,
 }
 
 impl LaneStats {
@@ -38,14 +44,29 @@ impl LaneStats {
     }
 }
 
-/// The dead-letter store.
+/// The dead-letter store (both kinds summed, and each kind).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeadLetterStats {
     /// Letters kept.
     pub count: u64,
     /// Their encoded bytes.
     pub bytes: u64,
-    /// Letters dropped since open because of `dead_letter_max_bytes`.
+    /// Letters dropped since open by their kind's quota.
+    pub dropped: u64,
+    /// Rejected input (`dead_letter_max_bytes`).
+    pub input: DeadKindStats,
+    /// Batches the upstream refused (`refused_dead_letter_max_bytes`).
+    pub refused: DeadKindStats,
+}
+
+/// One kind of dead letters ([`crate::DeadKind`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeadKindStats {
+    /// Letters kept.
+    pub count: u64,
+    /// Their encoded bytes.
+    pub bytes: u64,
+    /// Letters dropped since open because of this kind's quota (or too large for it).
     pub dropped: u64,
 }
 

@@ -54,6 +54,8 @@ pub const BUFFER_COMMIT_MAX_RECORDS: usize = 1000;
 pub const BUFFER_CACHE_CAPACITY_BYTES: u64 = 8 * 1024 * 1024;
 /// `buffer.dead_letter_max_bytes` (16 MiB).
 pub const BUFFER_DEAD_LETTER_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// `buffer.refused_dead_letter_max_bytes` (16 MiB).
+pub const BUFFER_REFUSED_DEAD_LETTER_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
 /// `upstream.url`.
 pub const UPSTREAM_URL: &str = "http://127.0.0.1:8080/ingest";

@@ -270,9 +270,15 @@ pub struct BufferConfig {
     pub commit_max_records: usize,
     /// sled page cache, in bytes. Positive. Default 8388608 (8 MiB).
     pub cache_capacity_bytes: u64,
-    /// Quota of the dead-letter store, in bytes; the oldest dead letters go first. Positive.
-    /// Default 16777216 (16 MiB).
+    /// Quota of the dead letters of rejected input (unreadable payloads, bad ids, timestamps
+    /// or values, undecodable buffer blocks), in bytes; the oldest such letters go first.
+    /// Positive. Default 16777216 (16 MiB).
     pub dead_letter_max_bytes: u64,
+    /// Quota of the dead letters of batches the upstream refused (a non-retryable 4xx; what
+    /// `gateway dead-letters replay` sends again), in bytes, apart from rejected input so a
+    /// flood of junk never evicts them; the oldest such letters go first. Positive. Default
+    /// 16777216 (16 MiB).
+    pub refused_dead_letter_max_bytes: u64,
 }
 
 /// Body compression of upstream batches.

@@ -68,6 +68,7 @@ pub(crate) struct RawBuffer {
     pub commit_max_records: Option<usize>,
     pub cache_capacity_bytes: Option<u64>,
     pub dead_letter_max_bytes: Option<u64>,
+    pub refused_dead_letter_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

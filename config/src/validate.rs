@@ -433,6 +433,11 @@ fn buffer(raw: RawBuffer, cx: &Ctx<'_>) -> Result<BufferConfig> {
             raw.dead_letter_max_bytes
                 .unwrap_or(d::BUFFER_DEAD_LETTER_MAX_BYTES),
         )?,
+        refused_dead_letter_max_bytes: cx.positive(
+            "buffer.refused_dead_letter_max_bytes",
+            raw.refused_dead_letter_max_bytes
+                .unwrap_or(d::BUFFER_REFUSED_DEAD_LETTER_MAX_BYTES),
+        )?,
     })
 }
 

@@ -112,8 +112,8 @@ enum Delivery {
     /// Shutdown came while the batch waited to retry: it stays un-acked and is re-sent, as the
     /// same batch, after a restart.
     Abandoned,
-    /// While it waited to retry, the buffer evicted every record of it (`drop_oldest` at the
-    /// quota): those are counted as dropped there, so they are not sent after all.
+    /// Before an attempt, the buffer had evicted every record of it (`drop_oldest` at the
+    /// quota, or `max_age_s`): they were shed, counted as dropped there, and not sent.
     Evicted,
 }
 
@@ -398,6 +398,7 @@ impl ForwarderDriver {
             // Requeued dead letters live outside the lane: nothing evicts them.
             let evictions = (kind == Kind::Normal).then(|| Evictions {
                 buffer: self.buffer.clone(),
+                consumer: self.options.consumer.clone(),
                 gateway_id: self.options.gateway_id.clone(),
             });
             let send = deliver(
@@ -405,10 +406,10 @@ impl ForwarderDriver {
                 self.metrics.clone(),
                 Backoff::new(self.options.retry_initial, self.options.retry_max),
                 shutdown.clone(),
-                batch.clone(),
+                batch,
                 evictions,
             )
-            .map(move |delivery| Completion {
+            .map(move |(delivery, batch)| Completion {
                 id,
                 kind,
                 batch,
@@ -599,6 +600,12 @@ impl ForwarderDriver {
 
 /// Sends one batch until it is delivered or rejected, backing off between attempts. Returns
 /// `Abandoned` instead of waiting to retry once `shutdown` is cancelled.
+///
+/// Before every attempt (the first included) the records the buffer evicted since they were
+/// read are shed from the batch (and counted as dropped by the buffer), so a record is counted
+/// either dropped or delivered, never both: one evicted while an attempt is on the wire is
+/// delivered by that attempt if it succeeds (and was never counted dropped), or shed before the
+/// next. Returns how the send ended and the batch as last sent (what a rejection parks).
 async fn deliver(
     sender: Arc<HttpSender>,
     metrics: Arc<Metrics>,
@@ -606,10 +613,28 @@ async fn deliver(
     shutdown: CancellationToken,
     mut batch: Arc<EncodedBatch>,
     evictions: Option<Evictions>,
-) -> Delivery {
+) -> (Delivery, Arc<EncodedBatch>) {
     let mut rng = SmallRng::from_os_rng();
     let mut is_retry = false;
     loop {
+        if let Some(evictions) = &evictions {
+            match evictions.trim(&batch, sender.gzip()) {
+                Trim::Whole => {}
+                Trim::Part(rest) => {
+                    info!(
+                        key = %batch.idempotency_key,
+                        now = %rest.idempotency_key,
+                        evicted = batch.records.len() - rest.records.len(),
+                        "forwarder: the buffer evicted part of a batch before it was delivered; sending the rest"
+                    );
+                    batch = Arc::new(rest);
+                }
+                Trim::Gone => {
+                    info!(key = %batch.idempotency_key, "forwarder: the buffer evicted a whole batch before it was delivered");
+                    return (Delivery::Evicted, batch);
+                }
+            }
+        }
         metrics.attempt(is_retry);
         let attempt = sender.attempt(&batch).await;
         if let Some(latency) = attempt.latency {
@@ -618,14 +643,14 @@ async fn deliver(
         match attempt.outcome {
             Outcome::Delivered { .. } => {
                 metrics.delivered(batch.lane, batch.records.len(), batch.body.len());
-                return Delivery::Delivered;
+                return (Delivery::Delivered, batch);
             }
             Outcome::Rejected { status, body } => {
                 metrics.rejected(format!(
                     "{} rejected with HTTP {status}",
                     batch.idempotency_key
                 ));
-                return Delivery::Rejected { status, body };
+                return (Delivery::Rejected { status, body }, batch);
             }
             Outcome::Retry {
                 reason,
@@ -647,72 +672,145 @@ async fn deliver(
                 );
                 tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => return Delivery::Abandoned,
+                    () = shutdown.cancelled() => return (Delivery::Abandoned, batch),
                     () = sleep(delay) => {}
                 }
                 is_retry = true;
-                if let Some(evictions) = &evictions {
-                    match evictions.trim(&batch, sender.gzip()) {
-                        Trim::Whole => {}
-                        Trim::Part(rest) => {
-                            info!(
-                                key = %batch.idempotency_key,
-                                now = %rest.idempotency_key,
-                                evicted = batch.records.len() - rest.records.len(),
-                                "forwarder: the buffer evicted part of a batch waiting to retry; sending the rest"
-                            );
-                            batch = Arc::new(rest);
-                        }
-                        Trim::Gone => {
-                            info!(key = %batch.idempotency_key, "forwarder: the buffer evicted a batch waiting to retry");
-                            return Delivery::Evicted;
-                        }
-                    }
-                }
             }
         }
     }
 }
 
-/// What a batch waiting to retry still holds, once the buffer's quota evictions are taken out.
+/// What a batch still holds once the buffer's evictions are taken out.
+#[derive(Debug)]
 enum Trim {
     Whole,
     Part(EncodedBatch),
     Gone,
 }
 
-/// Lets a retrying send see what `drop_oldest` evicted since the batch was read, so a record is
-/// either counted as dropped or delivered, never both.
+/// Lets a send see what the buffer evicted (`drop_oldest`, `max_age_s`) since the batch was
+/// read, and shed it, so a record is either counted as dropped or delivered, never both.
 struct Evictions {
     buffer: Buffer,
+    consumer: String,
     gateway_id: String,
 }
 
 impl Evictions {
     fn trim(&self, batch: &EncodedBatch, gzip: bool) -> Trim {
-        // Records of an un-acked batch below the lane's oldest stored seq were evicted (or
-        // expired): nothing else deletes what this consumer has not acked.
-        let oldest = self.buffer.oldest_seq(batch.lane);
-        let keep = |seq: u64| oldest.is_some_and(|o| seq >= o);
-        if batch.records.iter().all(|r| keep(r.seq)) {
-            return Trim::Whole;
+        let seqs: Vec<u64> = batch.records.iter().map(|r| r.seq).collect();
+        match self.buffer.shed_evicted(&self.consumer, batch.lane, &seqs) {
+            Ok(shed) => trim_batch(batch, &shed, &self.gateway_id, gzip),
+            Err(e) => {
+                // Nothing was shed, so nothing was counted: sending all of it stays exact.
+                warn!(error = %e, key = %batch.idempotency_key, "forwarder: could not ask the buffer what it evicted; sending the batch whole");
+                Trim::Whole
+            }
         }
-        let records: Vec<Stored> = batch
-            .records
+    }
+}
+
+/// `batch` without the records whose seqs are in `shed` (sorted ascending, as
+/// [`Buffer::shed_evicted`] returns them for a batch in seq order): re-encoded under the
+/// idempotency key of the survivors' range.
+fn trim_batch(batch: &EncodedBatch, shed: &[u64], gateway_id: &str, gzip: bool) -> Trim {
+    if shed.is_empty() {
+        return Trim::Whole;
+    }
+    let records: Vec<Stored> = batch
+        .records
+        .iter()
+        .filter(|r| shed.binary_search(&r.seq).is_err())
+        .cloned()
+        .collect();
+    if records.is_empty() {
+        return Trim::Gone;
+    }
+    if records.len() == batch.records.len() {
+        return Trim::Whole;
+    }
+    let json = wire::encode_body(gateway_id, batch.lane, &records);
+    Trim::Part(EncodedBatch::new(
+        gateway_id, batch.lane, records, json, gzip,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_buffer::{Reading, Record, Source};
+
+    fn stored(seq: u64) -> Stored {
+        Stored {
+            seq,
+            record: Record::Reading(Reading {
+                device: format!("dev-{seq}"),
+                metric: "temperature".into(),
+                value: seq as f64,
+                unit: None,
+                ts_ms: 1_764_081_600_000 + seq as i64,
+                source: Source::Mqtt,
+            }),
+        }
+    }
+
+    fn batch(seqs: &[u64]) -> EncodedBatch {
+        let records: Vec<Stored> = seqs.iter().copied().map(stored).collect();
+        let json = wire::encode_body("gw", Lane::Readings, &records);
+        EncodedBatch::new("gw", Lane::Readings, records, json, false)
+    }
+
+    fn seqs_in_body(b: &EncodedBatch) -> Vec<u64> {
+        let v: serde_json::Value = serde_json::from_slice(&b.body).unwrap();
+        v["records"]
+            .as_array()
+            .unwrap()
             .iter()
-            .filter(|r| keep(r.seq))
-            .cloned()
-            .collect();
-        if records.is_empty() {
-            return Trim::Gone;
-        }
-        let json = wire::encode_body(&self.gateway_id, batch.lane, &records);
-        Trim::Part(EncodedBatch::new(
-            &self.gateway_id,
-            batch.lane,
-            records,
-            json,
-            gzip,
-        ))
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_nothing_of_which_was_evicted_is_sent_as_it_was() {
+        let b = batch(&[3, 5, 8]);
+        assert!(matches!(trim_batch(&b, &[], "gw", false), Trim::Whole));
+        // Seqs shed that are not in the batch change nothing either.
+        assert!(matches!(trim_batch(&b, &[4, 9], "gw", false), Trim::Whole));
+    }
+
+    #[test]
+    fn a_partly_evicted_batch_keeps_only_its_survivors_in_records_body_and_key() {
+        let b = batch(&[3, 5, 8, 13]);
+        let Trim::Part(rest) = trim_batch(&b, &[3, 8], "gw", false) else {
+            panic!("expected a part");
+        };
+        assert_eq!(
+            rest.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [5, 13]
+        );
+        assert_eq!(seqs_in_body(&rest), [5, 13]);
+        assert_eq!(rest.idempotency_key, "gw:readings:5-13");
+        assert_eq!(rest.last_seq, 13);
+        assert_eq!(rest.records[0], b.records[1], "records are kept unchanged");
+    }
+
+    #[test]
+    fn a_gzipped_trimmed_batch_is_gzipped_again() {
+        let b = batch(&[1, 2, 3]);
+        let Trim::Part(rest) = trim_batch(&b, &[2], "gw", true) else {
+            panic!("expected a part");
+        };
+        let mut json = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&rest.body[..]), &mut json)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["records"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_batch_whose_every_record_was_evicted_is_gone() {
+        let b = batch(&[3, 5]);
+        assert!(matches!(trim_batch(&b, &[3, 5], "gw", false), Trim::Gone));
     }
 }

@@ -31,6 +31,11 @@
 //!   (seconds or HTTP date) is a floor on that wait (capped at one hour).
 //! - **Bounded memory.** At most one batch per lane is being filled and `max_in_flight` per lane
 //!   are in flight; a backlog is streamed from disk one batch at a time.
+//! - **Exact eviction accounting.** Before every attempt, the first included, a batch sheds
+//!   the records the buffer evicted since they were read ([`gateway_buffer::Buffer::shed_evicted`]),
+//!   which counts them as dropped; what an attempt delivers is counted delivered. A record is
+//!   thus counted dropped or delivered, never both: one evicted while its attempt is on the wire
+//!   is delivered if that attempt succeeds, shed before the next one otherwise.
 //! - **Replays first.** Records put back with [`gateway_buffer::Buffer::requeue`] (dead-letter
 //!   replay) are sent, one batch at a time, before the lane's normal records.
 //! - **Shutdown.** When the token is cancelled no new batch starts, batches waiting to retry
@@ -40,9 +45,9 @@
 //! # Non-guarantees
 //! - **Duplicates happen**: a batch delivered but not yet acked durably when the process dies is
 //!   sent again (same key and seqs); the cloud deduplicates on `(gateway_id, seq)`.
-//! - **A re-sent batch may shrink**: if the buffer evicted (`drop_oldest`) or expired records of
-//!   an in-flight range while we were down, the re-sent batch carries the survivors under the
-//!   original key.
+//! - **A batch may shrink**: records the buffer evicted (`drop_oldest`) or expired before an
+//!   attempt are shed, and the rest goes under the idempotency key of the survivors' range; after
+//!   a restart, a re-read in-flight range carries only its survivors.
 //! - **Replayed batches are re-formed** from the requeue store after a restart rather than
 //!   persisted as ranges; their seqs are unchanged, their grouping may differ.
 //! - **Alarm priority is by start, not by wire**: an alarm arriving while a readings batch is

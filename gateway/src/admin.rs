@@ -89,6 +89,7 @@ impl AdminState {
                 "dropped": s.dropped_quota,
                 "expired": s.expired,
                 "undecodable": s.undecodable,
+                "evicted_in_flight": s.evicted_in_flight,
             })
         };
         json!({
@@ -105,7 +106,11 @@ impl AdminState {
             },
             "buffer": {
                 "lanes": { "alarms": lane(&b.alarms), "readings": lane(&b.readings) },
-                "dead_letters": { "count": b.dead_letters.count, "bytes": b.dead_letters.bytes, "dropped": b.dead_letters.dropped },
+                "dead_letters": {
+                    "count": b.dead_letters.count, "bytes": b.dead_letters.bytes, "dropped": b.dead_letters.dropped,
+                    "input": { "count": b.dead_letters.input.count, "bytes": b.dead_letters.input.bytes, "dropped": b.dead_letters.input.dropped },
+                    "refused": { "count": b.dead_letters.refused.count, "bytes": b.dead_letters.refused.bytes, "dropped": b.dead_letters.refused.dropped },
+                },
                 "moved_aside": b.moved_aside,
                 "missing_at_open": b.missing_at_open,
                 "last_durable_seq": b.last_durable_seq,
@@ -278,17 +283,29 @@ pub fn render_metrics(state: &AdminState) -> String {
         "Records found unreadable on disk and moved to dead letters, by lane.",
         &per_lane(&|s| s.undecodable as f64),
     );
+    let per_kind = |f: &dyn Fn(&gateway_buffer::DeadKindStats) -> u64| {
+        [
+            (
+                "{kind=\"input\"}".to_owned(),
+                f(&b.dead_letters.input) as f64,
+            ),
+            (
+                "{kind=\"refused\"}".to_owned(),
+                f(&b.dead_letters.refused) as f64,
+            ),
+        ]
+    };
     family(
         "gateway_dead_letters",
         "gauge",
-        "Dead letters kept.",
-        &one(b.dead_letters.count),
+        "Dead letters kept, by kind (input: rejected input; refused: batches the upstream refused).",
+        &per_kind(&|k| k.count),
     );
     family(
         "gateway_dead_letters_dropped_total",
         "counter",
-        "Dead letters dropped by their quota.",
-        &one(b.dead_letters.dropped),
+        "Dead letters dropped by their kind's quota (dead_letter_max_bytes, refused_dead_letter_max_bytes), by kind.",
+        &per_kind(&|k| k.dropped),
     );
     family(
         "gateway_buffer_moved_aside_total",

@@ -137,6 +137,7 @@ pub fn buffer_options(config: &Config) -> BufferOptions {
         commit_max_records: config.buffer.commit_max_records,
         cache_capacity_bytes: config.buffer.cache_capacity_bytes,
         dead_letter_max_bytes: config.buffer.dead_letter_max_bytes,
+        refused_dead_letter_max_bytes: config.buffer.refused_dead_letter_max_bytes,
         consumers,
         alarms_only_consumers,
         clock: Arc::new(SystemClock),

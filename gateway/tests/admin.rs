@@ -487,7 +487,10 @@ async fn metrics_parse_as_prometheus_text_name_every_wire_family_and_move_as_rea
     assert_eq!(moved("gateway_alarm_events_total", &[]), 1.0);
     assert_eq!(sample(&after, "gateway_alarms_active", &[]), 1.0);
     assert_eq!(sample(&after, "gateway_mqtt_connected", &[]), 1.0);
-    assert_eq!(sample(&after, "gateway_dead_letters", &[]), 1.0);
+    assert_eq!(
+        sample(&after, "gateway_dead_letters", &[("kind", "input")]),
+        1.0
+    );
     gw.stop().await;
 }
 
