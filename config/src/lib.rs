@@ -54,6 +54,7 @@ pub use model::{
     WhenFull,
 };
 pub use secret::Secret;
+pub use validate::MAX_INPUT_BYTES;
 
 use std::path::Path;
 

@@ -16,6 +16,12 @@ use crate::error::ConfigError;
 use crate::locate::SpanIndex;
 use crate::model::*;
 use crate::raw::*;
+
+/// The largest `mqtt.max_payload_bytes` and `serial.max_line_bytes`: one reading holds at most
+/// one payload or line (its unit can be that long), and the buffer stores records of up to 4 MiB
+/// (`gateway_buffer::MAX_RECORD_BYTES`), so every reading that passes ingest can be stored and
+/// its message acknowledged, never refused by the buffer and redelivered forever.
+pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
 use crate::secret::Secret;
 
 /// Looks up an environment variable; injectable so tests need not touch the real environment.
@@ -51,6 +57,18 @@ impl Ctx<'_> {
     fn positive<T: Default + PartialEq>(&self, key: &str, value: T) -> Result<T> {
         if value == T::default() {
             return Err(self.invalid(key, "must be greater than 0, found 0"));
+        }
+        Ok(value)
+    }
+
+    /// A size of one input (payload, line) from 1 to [`MAX_INPUT_BYTES`].
+    fn input_size(&self, key: &str, value: usize) -> Result<usize> {
+        let value = self.positive(key, value)?;
+        if value > MAX_INPUT_BYTES {
+            return Err(self.invalid(
+                key,
+                format!("must be at most {MAX_INPUT_BYTES} (1 MiB), found {value}"),
+            ));
         }
         Ok(value)
     }
@@ -283,7 +301,7 @@ fn mqtt(raw: RawMqtt, gateway_id: &str, cx: &Ctx<'_>) -> Result<MqttConfig> {
         })
         .collect::<Result<Vec<_>>>()?;
 
-    let max_payload_bytes = cx.positive(
+    let max_payload_bytes = cx.input_size(
         "mqtt.max_payload_bytes",
         raw.max_payload_bytes.unwrap_or(d::MQTT_MAX_PAYLOAD_BYTES),
     )?;
@@ -383,7 +401,7 @@ fn serial(raw: Vec<RawSerial>, cx: &Ctx<'_>) -> Result<Vec<SerialConfig>> {
         cx.name_part(&key("device"), &device, TOPIC_LEVEL_FORBIDDEN)?;
         out.push(SerialConfig {
             baud: cx.positive(&key("baud"), s.baud.unwrap_or(d::SERIAL_BAUD))?,
-            max_line_bytes: cx.positive(
+            max_line_bytes: cx.input_size(
                 &key("max_line_bytes"),
                 s.max_line_bytes.unwrap_or(d::SERIAL_MAX_LINE_BYTES),
             )?,

@@ -610,3 +610,19 @@ fn a_packet_limit_that_cannot_hold_the_largest_payload_is_refused() {
         "must be greater than mqtt.max_payload_bytes (65536)",
     );
 }
+
+#[test]
+fn payload_and_line_limits_above_one_mebibyte_are_refused_so_every_reading_fits_the_buffer() {
+    assert_refused(
+        "[mqtt]\nmax_payload_bytes = 1048577\nmax_packet_bytes = 2000000\n",
+        "mqtt.max_payload_bytes",
+        2,
+        "must be at most 1048576 (1 MiB), found 1048577",
+    );
+    assert_refused(
+        "[[serial]]\nport = \"/dev/ttyUSB0\"\ndevice = \"uart-0\"\nmax_line_bytes = 2000000\n",
+        "serial[0].max_line_bytes",
+        4,
+        "must be at most 1048576 (1 MiB), found 2000000",
+    );
+}

@@ -567,6 +567,6 @@ fn ingest_keys_are_read_and_a_zero_past_bound_means_none() {
 fn the_mqtt_packet_limit_defaults_to_one_mebibyte() {
     let config = Config::default();
     assert_eq!(config.mqtt.max_packet_bytes, 1024 * 1024);
-    let raised = parse("[mqtt]\nmax_payload_bytes = 2000000\nmax_packet_bytes = 2100000\n");
+    let raised = parse("[mqtt]\nmax_payload_bytes = 1000000\nmax_packet_bytes = 2100000\n");
     assert_eq!(raised.mqtt.max_packet_bytes, 2_100_000);
 }

@@ -17,6 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+// One reading holds at most one payload or line, whose size the config caps: every reading that
+// passes ingest fits a buffer record, so no append is refused for its size and leaves its MQTT
+// message to be redelivered forever. (Ids and the record's envelope are far below the margin.)
+const _: () = assert!(2 * gateway_config::MAX_INPUT_BYTES <= gateway_buffer::MAX_RECORD_BYTES);
+
 /// The key under which older versions kept the whole alarm engine state in the buffer. Read
 /// once at start (and emptied) to carry that state over; see [`shard_key`].
 const ENGINE_STATE_KEY: &str = "alarm-engine";
