@@ -335,6 +335,15 @@ impl ForwarderDriver {
         Ok(())
     }
 
+    /// Batches a lane may have outstanding: alarms one at a time, so a raise always reaches the
+    /// cloud before its clear (WIRE §3); readings up to `max_in_flight`.
+    fn lane_cap(&self, lane: Lane) -> usize {
+        match lane {
+            Lane::Alarms => 1,
+            Lane::Readings => self.options.max_in_flight,
+        }
+    }
+
     fn fill_lane(
         &self,
         state: &mut LaneState,
@@ -342,7 +351,7 @@ impl ForwarderDriver {
         next_id: &mut u64,
         shutdown: &CancellationToken,
     ) -> Result<(), ForwarderError> {
-        while state.in_flight() < self.options.max_in_flight {
+        while state.in_flight() < self.lane_cap(state.lane) {
             let Some(Formed {
                 kind,
                 records,
@@ -517,7 +526,7 @@ impl ForwarderDriver {
         let alarms_idle = lanes[0].in_flight() == 0;
         lanes
             .iter()
-            .filter(|s| s.in_flight() < self.options.max_in_flight)
+            .filter(|s| s.in_flight() < self.lane_cap(s.lane))
             .filter(|s| s.lane == Lane::Alarms || alarms_idle)
             .filter_map(|s| s.batcher.deadline())
             .min()

@@ -24,13 +24,14 @@
 //!   identical body and Idempotency-Key. Before its first send its seq range is written to
 //!   consumer meta (`inflight.alarms` / `inflight.readings`); after a restart those ranges are
 //!   re-read and sent first, so the cloud sees the same records under the same key.
-//! - **Order.** With `max_in_flight = 1` batches of a lane reach the upstream in seq order. With
-//!   more, the cursor is acked only up to the highest batch below which every batch is done.
+//! - **Order.** Alarm batches go one at a time, so they reach the upstream in seq order and a
+//!   raise always arrives before its clear. With `max_in_flight = 1` readings batches do too.
+//!   With more, the cursor is acked only up to the highest batch below which every batch is done.
 //! - **Backoff.** Exponential with full jitter: attempt *n* waits a uniform draw from
 //!   `0..=min(retry_max, retry_initial·2ⁿ)`, raised to at least `retry_initial`; a `Retry-After`
 //!   (seconds or HTTP date) is a floor on that wait (capped at one hour).
-//! - **Bounded memory.** At most one batch per lane is being filled and `max_in_flight` per lane
-//!   are in flight; a backlog is streamed from disk one batch at a time.
+//! - **Bounded memory.** At most one batch per lane is being filled, and one alarms batch and
+//!   `max_in_flight` readings batches are in flight; a backlog is streamed from disk one batch at a time.
 //! - **Exact eviction accounting.** Before every attempt, the first included, a batch sheds
 //!   the records the buffer evicted since they were read ([`gateway_buffer::Buffer::shed_evicted`]),
 //!   which counts them as dropped; what an attempt delivers is counted delivered. A record is

@@ -49,7 +49,8 @@ pub struct ForwarderOptions {
     pub retry_initial: Duration,
     /// Largest jitter ceiling (`upstream.retry_max_ms`, default 60 s).
     pub retry_max: Duration,
-    /// Batches outstanding per lane (`upstream.max_in_flight`, default 1: strict order).
+    /// Readings batches outstanding at once (`upstream.max_in_flight`, default 1: strict order).
+    /// The alarms lane always has at most one, so a raise reaches the cloud before its clear.
     pub max_in_flight: usize,
     /// Which statuses retry (`upstream.retry_on_status`, `upstream.retry_on_5xx`).
     pub retry_policy: RetryPolicy,

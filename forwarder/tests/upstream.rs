@@ -509,6 +509,32 @@ async fn several_batches_in_flight_all_arrive_and_the_cursor_reaches_the_end() {
 }
 
 #[tokio::test]
+async fn alarm_batches_go_one_at_a_time_even_with_several_readings_batches_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    // The first alarm batch is refused for a while: with more than one alarm batch in flight the
+    // later ones (a clear, say) would be delivered before it.
+    let upstream = Upstream::start([Reply::Status(503), Reply::Status(503)]).await;
+    let mut o = options(&upstream.url());
+    o.batch_max_records = 5;
+    o.max_in_flight = 4;
+    let stored = append(&tb.buffer, (0..20).map(alarm).collect()).await;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle.clone(), driver);
+
+    upstream
+        .wait_until(WAIT, |_| handle.stats().records_delivered.alarms == 20)
+        .await;
+    assert_eq!(
+        upstream.delivered_seqs("alarms"),
+        stored.iter().map(|s| s.seq).collect::<Vec<_>>(),
+        "alarm batches delivered in seq order"
+    );
+    fwd.stop().await;
+    tb.close().await;
+}
+
+#[tokio::test]
 async fn replayed_dead_letters_are_sent_before_newer_records_with_their_original_seqs() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
