@@ -53,9 +53,10 @@
 
 use gateway_buffer::{AlarmEvent, AlarmState, Reading, Severity};
 use globset::{Glob, GlobMatcher};
+use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::hash::{BuildHasher, RandomState};
 
 /// A rule ready to evaluate, built from one `[[alarm]]` table.
 #[derive(Debug, Clone)]
@@ -261,9 +262,11 @@ const NIL: u32 = u32::MAX;
 /// (`None` until the first reading after a restore or reload).
 #[derive(Debug)]
 struct Route {
-    device: Arc<str>,
-    metric: Arc<str>,
-    entries: Vec<(usize, Option<Series>)>,
+    /// The device id followed by the metric id, in one allocation; see [`Route::device`].
+    names: Box<str>,
+    /// Where the metric id starts in `names`.
+    split: usize,
+    entries: Box<[(usize, Option<Series>)]>,
     shard: u8,
     /// Where this route is in `Engine::shards[shard]`.
     shard_pos: u32,
@@ -274,6 +277,14 @@ struct Route {
 }
 
 impl Route {
+    fn device(&self) -> &str {
+        &self.names[..self.split]
+    }
+
+    fn metric(&self) -> &str {
+        &self.names[self.split..]
+    }
+
     fn has_active(&self) -> bool {
         self.entries
             .iter()
@@ -289,8 +300,10 @@ impl Route {
 #[derive(Debug)]
 pub struct Engine {
     rules: Vec<Rule>,
-    /// device → metric → route id (index into `slots`). The names are shared with the route.
-    index: HashMap<Arc<str>, HashMap<Arc<str>, u32>>,
+    /// (device, metric) → route id (index into `slots`), hashed by `hasher`: the table holds
+    /// only ids (a few bytes a route), the names live in the routes.
+    index: HashTable<u32>,
+    hasher: RandomState,
     slots: Vec<Option<Route>>,
     /// Ids of empty slots, reused before the slab grows.
     free: Vec<u32>,
@@ -313,7 +326,8 @@ impl Engine {
     pub fn new(rules: Vec<Rule>, max_series: usize) -> Engine {
         Engine {
             rules,
-            index: HashMap::new(),
+            index: HashTable::new(),
+            hasher: RandomState::new(),
             slots: Vec::new(),
             free: Vec::new(),
             shards: vec![Vec::new(); SHARDS],
@@ -372,7 +386,14 @@ impl Engine {
     }
 
     fn lookup(&self, device: &str, metric: &str) -> Option<u32> {
-        self.index.get(device)?.get(metric).copied()
+        let slots = &self.slots;
+        self.index
+            .find(self.hasher.hash_one((device, metric)), |&id| {
+                slots[id as usize]
+                    .as_ref()
+                    .is_some_and(|r| r.device() == device && r.metric() == metric)
+            })
+            .copied()
     }
 
     fn route_mut(&mut self, id: u32) -> Option<&mut Route> {
@@ -398,12 +419,10 @@ impl Engine {
             }
             self.evict(self.idle_head);
         }
-        let device: Arc<str> = match self.index.get_key_value(device) {
-            Some((known, _)) => known.clone(),
-            None => Arc::from(device),
-        };
-        let metric: Arc<str> = Arc::from(metric);
-        let shard = shard_of(&device, &metric);
+        let shard = shard_of(device, metric);
+        let hash = self.hasher.hash_one((device, metric));
+        let names: Box<str> = [device, metric].concat().into();
+        let split = device.len();
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
@@ -414,8 +433,8 @@ impl Engine {
         let shard_pos = self.shards[shard].len() as u32;
         self.shards[shard].push(id);
         self.slots[id as usize] = Some(Route {
-            device: device.clone(),
-            metric: metric.clone(),
+            names,
+            split,
             entries: matching.into_iter().map(|i| (i, None)).collect(),
             shard: shard as u8,
             shard_pos,
@@ -423,7 +442,17 @@ impl Engine {
             prev: NIL,
             next: NIL,
         });
-        self.index.entry(device).or_default().insert(metric, id);
+        let Engine {
+            index,
+            slots,
+            hasher,
+            ..
+        } = self;
+        index.insert_unique(hash, id, |&other| {
+            slots[other as usize]
+                .as_ref()
+                .map_or(0, |r| hasher.hash_one((r.device(), r.metric())))
+        });
         self.n_routes += 1;
         self.n_series += need;
         self.link_newest(id);
@@ -444,11 +473,9 @@ impl Engine {
         {
             m.shard_pos = pos as u32;
         }
-        if let Some(metrics) = self.index.get_mut(&*route.device) {
-            metrics.remove(&*route.metric);
-            if metrics.is_empty() {
-                self.index.remove(&*route.device);
-            }
+        let hash = self.hasher.hash_one((route.device(), route.metric()));
+        if let Ok(entry) = self.index.find_entry(hash, |&other| other == id) {
+            entry.remove();
         }
         self.free.push(id);
         self.n_routes -= 1;
@@ -503,7 +530,7 @@ impl Engine {
         self.slots.iter().flatten().flat_map(move |route| {
             route.entries.iter().filter_map(move |(i, s)| {
                 s.as_ref()
-                    .map(|s| (&self.rules[*i], &*route.device, &*route.metric, s))
+                    .map(|s| (&self.rules[*i], route.device(), route.metric(), s))
             })
         })
     }
@@ -513,10 +540,18 @@ impl Engine {
         let mut events = Vec::new();
         let mut now_active = Vec::new();
         for (id, route) in self.slots.iter_mut().enumerate() {
-            let Some(route) = route.as_mut() else {
+            let Some(Route {
+                names,
+                split,
+                entries,
+                shard,
+                ..
+            }) = route.as_mut()
+            else {
                 continue;
             };
-            for (i, slot) in &mut route.entries {
+            let (device, metric) = names.split_at(*split);
+            for (i, slot) in entries.iter_mut() {
                 let rule = &self.rules[*i];
                 let (Condition::Silence { no_data_ms }, Some(s)) = (&rule.condition, slot.as_mut())
                 else {
@@ -525,7 +560,7 @@ impl Engine {
                 if s.last_seen_ms > now_ms {
                     // The clock was stepped back: count the silence from now.
                     s.last_seen_ms = now_ms;
-                    self.dirty |= 1 << route.shard;
+                    self.dirty |= 1 << *shard;
                 }
                 if s.phase != Phase::Normal || now_ms.saturating_sub(s.last_seen_ms) < *no_data_ms {
                     continue;
@@ -536,12 +571,12 @@ impl Engine {
                     clearing_since_ms: None,
                 };
                 self.stats.raised += 1;
-                self.dirty |= 1 << route.shard;
+                self.dirty |= 1 << *shard;
                 now_active.push(id as u32);
                 events.push(event(
                     rule,
-                    &route.device,
-                    &route.metric,
+                    device,
+                    metric,
                     AlarmState::Raised,
                     s.last_value,
                     None,
@@ -630,8 +665,8 @@ impl Engine {
                     series.insert(
                         (
                             self.rules[*i].name.clone(),
-                            route.device.to_string(),
-                            route.metric.to_string(),
+                            route.device().to_owned(),
+                            route.metric().to_owned(),
                         ),
                         s.clone(),
                     );
