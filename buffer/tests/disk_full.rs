@@ -3,78 +3,16 @@
 //! say so in its health and counters, see the space come back, and after the reopen hold every
 //! record an `append` returned seqs for.
 //!
-//! Without root the test says why on stderr and does nothing, unless `CI` is set: then it fails.
+//! Without root the test is reported as not run for real ([`test_peers::missing`]); with `CI` set it
+//! fails instead.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Running;
 use gateway_buffer::{AppendError, BufferHealth, Lane, Reading, Record, Source};
-
-/// A tmpfs mounted for one test; unmounted on drop, even when the test panics.
-struct Tmpfs {
-    dir: PathBuf,
-    _parent: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// Mounts a `size_kib` tmpfs, or says why it cannot (then `None`; with `CI` set, panics).
-    fn mount(test: &str, size_kib: u64) -> Option<Tmpfs> {
-        let parent = tempfile::tempdir().expect("temp dir");
-        let dir = parent.path().join("mnt");
-        std::fs::create_dir(&dir).expect("mount point");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs"])
-            .arg(&dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs {
-                dir,
-                _parent: parent,
-            }),
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
-                    Err(e) => e.to_string(),
-                };
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "{test}: cannot mount a tmpfs ({why}); this test needs root and CI is set"
-                );
-                eprintln!("{test}: cannot mount a tmpfs ({why}); needs root, doing nothing");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazy: a buffer handle still open (a failing test) must not keep the mount around.
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
-
-/// Writes zeros to `path` until the filesystem is full; returns the bytes written.
-fn fill(path: &Path) -> u64 {
-    let mut f = std::fs::File::create(path).expect("filler");
-    let chunk = vec![0u8; 4096];
-    let mut n = 0u64;
-    loop {
-        match f.write(&chunk) {
-            Ok(0) => break,
-            Ok(k) => n += k as u64,
-            Err(_) => break,
-        }
-    }
-    let _ = f.sync_all();
-    n
-}
 
 /// A reading whose device id carries `id` and some incompressible bytes, so that the disk fills
 /// after a few hundred appends rather than many thousands.
@@ -101,10 +39,10 @@ fn reading(id: u64) -> Record {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_appends_until_reopened_and_loses_no_acknowledged_record() {
     let test = "a_full_disk_stops_appends_until_reopened_and_loses_no_acknowledged_record";
-    let Some(fs) = Tmpfs::mount(test, 8 * 1024) else {
+    let Some(fs) = test_peers::Tmpfs::mount(test, 8 * 1024) else {
         return;
     };
-    let mut o = common::opts(&fs.dir.join("buffer"));
+    let mut o = common::opts(&fs.path().join("buffer"));
     o.commit_interval_ms = 1;
     let running = Running::open(o.clone());
     let b = running.buffer.clone();
@@ -126,8 +64,8 @@ async fn a_full_disk_stops_appends_until_reopened_and_loses_no_acknowledged_reco
     }
     assert!(b.health().is_writable());
 
-    let filler = fs.dir.join("filler");
-    let filled = fill(&filler);
+    let filler = fs.path().join("filler");
+    let filled = test_peers::fill(&filler);
     assert!(filled > 0, "the filler took the free space");
 
     // Append until the buffer refuses: sled's log must grow, and the disk has no room.
@@ -193,7 +131,7 @@ async fn a_full_disk_stops_appends_until_reopened_and_loses_no_acknowledged_reco
         "this instance still refuses appends: {r:?}"
     );
     assert!(
-        !fs.dir
+        !fs.path()
             .join("buffer")
             .join(gateway_buffer::PROBE_FILE_NAME)
             .exists(),

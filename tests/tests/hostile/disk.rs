@@ -13,67 +13,6 @@
 use super::*;
 use gateway_tests::Publisher;
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// A tmpfs mounted for one test; unmounted (lazily) on drop, even when the test panics.
-struct Tmpfs {
-    dir: PathBuf,
-    _parent: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// Mounts a `size_kib` tmpfs, or says why it cannot (then `None`; with `CI` set, panics).
-    fn mount(test: &str, size_kib: u64) -> Option<Tmpfs> {
-        let parent = tempfile::tempdir().expect("temp dir");
-        let dir = parent.path().join("mnt");
-        std::fs::create_dir(&dir).expect("mount point");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs"])
-            .arg(&dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs {
-                dir,
-                _parent: parent,
-            }),
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
-                    Err(e) => e.to_string(),
-                };
-                test_peers::missing(
-                    test,
-                    &format!("cannot mount a tmpfs ({why})"),
-                    "run the tests as root, as scripts/test does under CI",
-                );
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
-
-/// Writes zeros to `path` until the filesystem is full; returns the bytes written.
-fn fill(path: &Path) -> u64 {
-    let mut f = std::fs::File::create(path).expect("filler");
-    let chunk = vec![0u8; 64 * 1024];
-    let mut n = 0u64;
-    while let Ok(k) = f.write(&chunk) {
-        if k == 0 {
-            break;
-        }
-        n += k as u64;
-    }
-    let _ = f.sync_all();
-    n
-}
 
 /// `/healthz`: (status code, body), or `None` if the admin API does not answer.
 async fn healthz(rig: &Rig) -> Option<(u16, Value)> {
@@ -111,10 +50,10 @@ async fn publish(rig: &Rig, client: &str, values: std::ops::Range<u64>) {
 async fn a_full_disk_stops_acks_turns_healthz_503_and_every_acknowledged_reading_arrives_after_the_restart()
  {
     let test = "hostile::disk::full";
-    let Some(fs) = Tmpfs::mount(test, 16 * 1024) else {
+    let Some(fs) = test_peers::Tmpfs::mount(test, 16 * 1024) else {
         return;
     };
-    let data_dir = fs.dir.join("data");
+    let data_dir = fs.path().join("data");
     let Some(mut rig) = Rig::start(test, RigOptions::default(), |spec| {
         spec.data_dir = Some(data_dir.clone());
     })
@@ -132,8 +71,11 @@ async fn a_full_disk_stops_acks_turns_healthz_503_and_every_acknowledged_reading
 
     // Fill the disk, then keep publishing until the gateway reports that its buffer cannot
     // write (sled's log has to grow, and there is no room).
-    let filler = fs.dir.join("filler");
-    assert!(fill(&filler) > 0, "the filler took the free space");
+    let filler = fs.path().join("filler");
+    assert!(
+        test_peers::fill(&filler) > 0,
+        "the filler took the free space"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let body = loop {
         publish(&rig, "disk-dev-a", sent..sent + 20).await;
