@@ -3,13 +3,16 @@
 //! Both print what devices sent (ids, topics, payload excerpts): every such text goes through
 //! [`Escaped`], so a control character in it cannot forge an output line or drive the terminal.
 
-use crate::app::buffer_options;
+use crate::app::{buffer_options, rules_from_config};
 use crate::decode::{IngestRules, MqttDecoder, SerialDecoder};
+use crate::metrics::IngestMetrics;
+use crate::pipeline::Pipeline;
 use crate::telemetry::Escaped;
-use gateway_buffer::{Buffer, DeadPayload, Record, Source};
+use gateway_buffer::{Buffer, DeadPayload, Source};
 use gateway_config::Config;
 use serde_json::Value;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// A one-shot command failed.
@@ -203,9 +206,11 @@ pub fn dead_letter_line(d: &gateway_buffer::DeadLetter) -> String {
 }
 
 /// `dead-letters replay`: upstream batches go back on their lane with their original seqs;
-/// payloads are decoded again with the current config and appended if they now read. What
-/// still does not read stays a dead letter.
+/// payloads are decoded again with the current config and, if they now read, ingested like any
+/// reading: through the alarm rules (with the engine state the gateway saved, which is saved
+/// again after), alarm events first. What still does not read stays a dead letter.
 pub async fn replay_dead_letters(config: &Config) -> Result<String, CommandError> {
+    let rules = rules_from_config(config).map_err(|e| CommandError::DeadLetters(e.to_string()))?;
     let mqtt = MqttDecoder::new(
         &config
             .mqtt
@@ -217,6 +222,13 @@ pub async fn replay_dead_letters(config: &Config) -> Result<String, CommandError
     )
     .with_rules(IngestRules::new(&config.ingest));
     with_buffer(config, async |buffer: &Buffer| {
+        let metrics = Arc::new(IngestMetrics::default());
+        let pipeline = Pipeline::new(
+            buffer.clone(),
+            rules,
+            config.alarm_max_series,
+            metrics.clone(),
+        );
         let (mut requeued, mut appended, mut kept) = (0u64, 0u64, 0u64);
         let err = |e: gateway_buffer::BufferError| CommandError::DeadLetters(e.to_string());
         let all = buffer.dead_letters().list(usize::MAX, None).map_err(err)?;
@@ -237,11 +249,14 @@ pub async fn replay_dead_letters(config: &Config) -> Result<String, CommandError
                         Ok(readings) => {
                             let n = readings.len() as u64;
                             let source = if serial.is_some() { Source::Serial } else { Source::Mqtt };
-                            let records = readings.into_iter().map(|mut r| {
+                            let readings = readings.into_iter().map(|mut r| {
                                 r.source = source;
-                                Record::Reading(r)
+                                r
                             });
-                            buffer.append(records.collect()).await.map_err(|e| CommandError::DeadLetters(e.to_string()))?;
+                            pipeline
+                                .ingest(source, readings.collect(), &CancellationToken::new())
+                                .await
+                                .map_err(|e| CommandError::DeadLetters(e.to_string()))?;
                             buffer.dead_letters().take(d.id).map_err(err)?;
                             appended += n;
                         }
@@ -250,8 +265,10 @@ pub async fn replay_dead_letters(config: &Config) -> Result<String, CommandError
                 }
             }
         }
+        pipeline.save_engine_state();
+        let alarms = metrics.alarm_events.load(std::sync::atomic::Ordering::Relaxed);
         Ok(format!(
-            "replayed: {requeued} upstream records back on their lanes (original seqs), {appended} readings from payloads that now decode; {kept} dead letters still unreadable and kept\n"
+            "replayed: {requeued} upstream records back on their lanes (original seqs), {appended} readings from payloads that now decode ({alarms} alarm events raised or cleared by them); {kept} dead letters still unreadable and kept\n"
         ))
     })
     .await

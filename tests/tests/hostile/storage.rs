@@ -214,6 +214,103 @@ async fn a_flood_of_garbage_over_its_quota_leaves_a_refused_batch_listed_and_rep
         .await;
 }
 
+/// A payload dead-lettered under one config and replayed (`gateway dead-letters replay`) under a
+/// fixed one is ingested like any reading: through the alarm rules, so its overheat is raised and
+/// arrives upstream with the reading, and the engine's saved state knows it afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_payload_goes_through_the_alarm_rules() {
+    let Some(mut rig) = Rig::start(
+        "hostile::storage::replay-through-rules",
+        RigOptions::default(),
+        |_| {},
+    )
+    .await
+    else {
+        return;
+    };
+    // Four levels: no topic template of the default config reads it.
+    rig.publish(
+        "hostile-storage-replay",
+        vec![Message {
+            topic: "sensors/boiler-1/temperature/raw".into(),
+            payload: b"41".to_vec(),
+        }],
+    )
+    .await;
+    rig.wait_metric(
+        "gateway_payloads_rejected_total{reason=\"unknown_topic\"}",
+        1.0,
+    )
+    .await;
+    rig.gw.sigterm();
+    let code = rig.gw.wait_exit(Duration::from_secs(30)).await;
+    assert!(code.success(), "graceful stop exits 0, got {code}");
+
+    // The operator adds the template the device needs, then replays.
+    let path = rig.gw.config_path().to_owned();
+    let text = std::fs::read_to_string(&path).expect("config");
+    assert!(!text.contains("topic_templates"), "{text}");
+    let fixed = text.replacen(
+        "[mqtt]\n",
+        "[mqtt]\ntopic_templates = [\"sensors/{device}/{metric}\", \"sensors/{device}/{metric}/raw\"]\n",
+        1,
+    );
+    assert_ne!(fixed, text, "the config has an [mqtt] table");
+    std::fs::write(&path, fixed).expect("write config");
+    let config = path.display().to_string();
+    let out = rig
+        .gw
+        .run_cli(&["dead-letters", "replay", "--config", &config]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("1 readings from payloads that now decode (1 alarm events"),
+        "{stdout}"
+    );
+
+    rig.gw.spawn();
+    rig.gw.wait_ready().await;
+    let raised = wait_until("boiler-1's overheat upstream", WAIT, || async {
+        rig.receiver
+            .delivered_records("alarms")
+            .into_iter()
+            .find(|r| r["device"] == "boiler-1" && r["alarm"] == "overheat")
+    })
+    .await;
+    assert_eq!(raised["state"], "raised", "{raised}");
+    assert_eq!(raised["value"], 41.0, "{raised}");
+    let reading = wait_until("boiler-1's reading upstream", WAIT, || async {
+        rig.receiver
+            .delivered_records("readings")
+            .into_iter()
+            .find(|r| r["device"] == "boiler-1")
+    })
+    .await;
+    assert_eq!(reading["value"], 41.0, "{reading}");
+    assert!(
+        raised["seq"].as_u64() < reading["seq"].as_u64(),
+        "the alarm event is stored ahead of its reading: {raised} {reading}"
+    );
+    // The running gateway restored the state the replay saved: the alarm is active.
+    let status = rig.gw.status().await;
+    let active = status["alarms"]["active"]
+        .as_array()
+        .expect("alarms.active");
+    assert!(
+        active
+            .iter()
+            .any(|a| a["device"] == "boiler-1" && a["alarm"] == "overheat"),
+        "boiler-1's overheat among the active alarms: {active:?}"
+    );
+    rig.gw.wait_mqtt_ingest(rig.broker.port()).await;
+    rig.assert_good_device_flows("storage-replay-through-rules")
+        .await;
+}
+
 /// Case 12: with a tiny readings quota (`drop_oldest`) and a slow cloud, the buffer evicts
 /// readings while the forwarder holds others in flight. Each sent reading is then either
 /// delivered or counted dropped, never both and never neither: by identity, the readings that
