@@ -396,6 +396,11 @@ impl GatewayProcess {
         self.signal(Signal::SIGTERM);
     }
 
+    /// Sends SIGHUP (re-read the alarm rules from the config file).
+    pub fn sighup(&mut self) {
+        self.signal(Signal::SIGHUP);
+    }
+
     /// Sends SIGKILL and reaps the process.
     pub fn sigkill(&mut self) {
         self.signal(Signal::SIGKILL);
