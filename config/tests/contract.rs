@@ -9,11 +9,41 @@ use std::path::{Path, PathBuf};
 
 /// The project's own copy of the contract, inside the repository.
 const PROJECT_CONTRACT: &str = include_str!("../../docs/gateway.contract.toml");
-/// The shared contract, outside the repository (absent in a fresh clone elsewhere).
-const SHARED_CONTRACT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/spec/gateway.example.toml"
-);
+/// Where the shared contract lives relative to a folder holding `shared/`.
+const SHARED_CONTRACT: &str = "shared/spec/gateway.example.toml";
+
+/// The shared contract, outside the repository: `$GATEWAY_SHARED_DIR/spec/…` if set, else
+/// `shared/` beside this checkout, else beside the checkout this one was cloned from (a fresh
+/// clone in a temp dir, as CI makes). `Err` lists where it looked.
+fn shared_contract() -> Result<PathBuf, String> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace dir");
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::var_os("GATEWAY_SHARED_DIR") {
+        candidates.push(Path::new(&dir).join("spec/gateway.example.toml"));
+    }
+    candidates.push(workspace.join("..").join(SHARED_CONTRACT));
+    let origin = std::process::Command::new("git")
+        .arg("-C")
+        .arg(workspace)
+        .args(["remote", "get-url", "origin"])
+        .output();
+    if let Ok(out) = origin
+        && out.status.success()
+    {
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let url = url.strip_prefix("file://").unwrap_or(&url);
+        if Path::new(url).is_absolute() {
+            candidates.push(Path::new(url).join("..").join(SHARED_CONTRACT));
+        }
+    }
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| format!("looked at {candidates:?}"))
+}
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -123,17 +153,19 @@ fn project_copy_of_the_contract_loads_with_every_value_as_written() {
 
 #[test]
 fn shared_contract_file_loads_and_matches_the_project_copy() {
-    let path = Path::new(SHARED_CONTRACT);
-    if !path.exists() {
-        test_peers::missing(
-            "contract::shared_contract_file_loads_and_matches_the_project_copy",
-            &format!("the shared contract {SHARED_CONTRACT} is not beside this checkout"),
-            "check out the project with its shared/ folder beside it",
-        );
-        return;
-    }
-    Config::load_with_env(path, no_env).unwrap_or_else(|e| panic!("{e}"));
-    let shared = std::fs::read_to_string(path).unwrap();
+    let path = match shared_contract() {
+        Ok(path) => path,
+        Err(looked) => {
+            test_peers::outside_checkout(
+                "contract::shared_contract_file_loads_and_matches_the_project_copy",
+                &format!("the shared contract is not beside this checkout ({looked})"),
+                "set GATEWAY_SHARED_DIR to the shared/ folder, or check the project out beside it",
+            );
+            return;
+        }
+    };
+    Config::load_with_env(&path, no_env).unwrap_or_else(|e| panic!("{e}"));
+    let shared = std::fs::read_to_string(&path).unwrap();
     assert_eq!(
         shared, PROJECT_CONTRACT,
         "docs/gateway.contract.toml must stay a copy of the shared contract"
@@ -542,7 +574,9 @@ fn the_contract_ingest_section_uncommented_loads_with_its_shown_defaults() {
     );
     assert_eq!(config.ingest, Config::default().ingest);
     // The shared file too, when it is there.
-    if let Ok(shared) = std::fs::read_to_string(SHARED_CONTRACT) {
+    if let Ok(shared) =
+        shared_contract().and_then(|p| std::fs::read_to_string(p).map_err(|e| e.to_string()))
+    {
         assert_eq!(
             parse(&contract_with_ingest_uncommented(&shared)).ingest,
             config.ingest

@@ -3,7 +3,8 @@
 //!
 //! # Guarantees
 //! - With `CI` set, a missing peer fails the test: [`missing`] panics, naming the peer and the
-//!   command that provides it.
+//!   command that provides it. Only what lives outside the repository (the shared contract) is
+//!   reported without failing: [`outside_checkout`].
 //! - Without `CI`, the test says on stderr why it does not run for real, and its name, the
 //!   reason and that command are appended as one line to the file named by
 //!   `GATEWAY_TEST_SKIPS`. `scripts/test` (the README's test command) sets it and lists every
@@ -29,6 +30,18 @@ pub fn missing(test: &str, what: &str, enable: &str) {
     if std::env::var_os("CI").is_some() {
         panic!("{test}: {what}, and CI is set: this test must run for real ({enable})");
     }
+    record(test, what, enable);
+}
+
+/// Like [`missing`], for what no install step can provide because it lives outside the
+/// repository (the shared contract beside the checkout): reported and listed, also under `CI`,
+/// but never fails the run, since a fresh clone cannot be required to have it.
+pub fn outside_checkout(test: &str, what: &str, enable: &str) {
+    record(test, what, enable);
+}
+
+/// Says on stderr that `test` did not run for real and appends it to the `SKIPS_ENV` file.
+fn record(test: &str, what: &str, enable: &str) {
     eprintln!("{test}: {what}; not run for real (to run it: {enable})");
     if let Some(path) = std::env::var_os(SKIPS_ENV) {
         let line = format!("{test}\t{what}\t{enable}\n");
