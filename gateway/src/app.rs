@@ -76,6 +76,22 @@ pub enum RunError {
     TaskFailed { task: &'static str, reason: String },
 }
 
+/// The ingest pipeline of a config on `buffer` (its alarm rules, with the engine state the
+/// buffer holds), and the metrics it counts into.
+pub fn pipeline_from_config(
+    config: &Config,
+    buffer: &Buffer,
+) -> Result<(Pipeline, Arc<IngestMetrics>), RuleError> {
+    let metrics = Arc::new(IngestMetrics::default());
+    let pipeline = Pipeline::new(
+        buffer.clone(),
+        rules_from_config(config)?,
+        config.alarm_max_series,
+        metrics.clone(),
+    );
+    Ok((pipeline, metrics))
+}
+
 /// The alarm rules of a config, ready for the engine.
 pub fn rules_from_config(config: &Config) -> Result<Vec<Rule>, RuleError> {
     config
@@ -237,14 +253,7 @@ pub async fn run(
     // The buffer is open: any panic from here on ends the process (when the binary installed
     // the hook), rather than leaving a task dead.
     crate::telemetry::exit_on_panic();
-    let rules = rules_from_config(&config)?;
-    let metrics = Arc::new(IngestMetrics::default());
-    let pipeline = Pipeline::new(
-        buffer.clone(),
-        rules,
-        config.alarm_max_series,
-        metrics.clone(),
-    );
+    let (pipeline, metrics) = pipeline_from_config(&config, &buffer)?;
 
     // Tokens in shutdown order: sources first, then the forwarder and sinks, the committer last.
     let sources = CancellationToken::new();

@@ -3,16 +3,13 @@
 //! Both print what devices sent (ids, topics, payload excerpts): every such text goes through
 //! [`Escaped`], so a control character in it cannot forge an output line or drive the terminal.
 
-use crate::app::{buffer_options, rules_from_config};
+use crate::app::{buffer_options, pipeline_from_config};
 use crate::decode::{IngestRules, MqttDecoder, SerialDecoder};
-use crate::metrics::IngestMetrics;
-use crate::pipeline::Pipeline;
 use crate::telemetry::Escaped;
 use gateway_buffer::{Buffer, DeadPayload, Source};
 use gateway_config::Config;
 use serde_json::Value;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// A one-shot command failed.
@@ -210,7 +207,6 @@ pub fn dead_letter_line(d: &gateway_buffer::DeadLetter) -> String {
 /// reading: through the alarm rules (with the engine state the gateway saved, which is saved
 /// again after), alarm events first. What still does not read stays a dead letter.
 pub async fn replay_dead_letters(config: &Config) -> Result<String, CommandError> {
-    let rules = rules_from_config(config).map_err(|e| CommandError::DeadLetters(e.to_string()))?;
     let mqtt = MqttDecoder::new(
         &config
             .mqtt
@@ -222,13 +218,8 @@ pub async fn replay_dead_letters(config: &Config) -> Result<String, CommandError
     )
     .with_rules(IngestRules::new(&config.ingest));
     with_buffer(config, async |buffer: &Buffer| {
-        let metrics = Arc::new(IngestMetrics::default());
-        let pipeline = Pipeline::new(
-            buffer.clone(),
-            rules,
-            config.alarm_max_series,
-            metrics.clone(),
-        );
+        let (pipeline, metrics) = pipeline_from_config(config, buffer)
+            .map_err(|e| CommandError::DeadLetters(e.to_string()))?;
         let (mut requeued, mut appended, mut kept) = (0u64, 0u64, 0u64);
         let err = |e: gateway_buffer::BufferError| CommandError::DeadLetters(e.to_string());
         let all = buffer.dead_letters().list(usize::MAX, None).map_err(err)?;
