@@ -3,42 +3,7 @@
 //! more devices than `alarm_max_series`.
 
 use super::*;
-use gateway_tests::{Mosquitto, mosquitto_available, retained_messages};
-
-/// Like [`Rig::start`] (no serial), on a mosquitto with `mosquitto_conf` appended to its config.
-async fn rig_on_broker(
-    test: &str,
-    mosquitto_conf: &str,
-    edit: impl FnOnce(&mut GatewaySpec),
-) -> Option<Rig> {
-    if !mosquitto_available() {
-        // Fails under CI, says why it does nothing otherwise.
-        require_mosquitto(test);
-        return None;
-    }
-    let broker = Mosquitto::start_with(mosquitto_conf);
-    let receiver = Receiver::start().await;
-    let mut spec = GatewaySpec::new(
-        gateway_tests::MqttSetup::External {
-            port: broker.port(),
-        },
-        receiver.url(),
-    );
-    spec.tables = OVERHEAT.to_owned();
-    edit(&mut spec);
-    let mut gw = GatewayProcess::start(&spec);
-    gw.wait_ready().await;
-    gw.wait_mqtt_ingest(broker.port()).await;
-    let local = Subscriber::connect(broker.port(), &format!("{test}-local"), "alarms/#").await;
-    Some(Rig {
-        broker,
-        receiver,
-        gw,
-        local,
-        pty: None,
-        _pty_dir: None,
-    })
-}
+use gateway_tests::retained_messages;
 
 /// One message at QoS 1.
 fn msg(topic: &str, payload: &str) -> Message {
@@ -115,7 +80,15 @@ async fn an_alarm_the_broker_refuses_is_counted_and_skipped_and_later_alarms_sti
     // Mosquitto drops the connection of a client that sends a packet over max_packet_size. The
     // alarm of a device with a long (valid, 125-byte) id is about 420 bytes with its topic and
     // JSON; every other packet of this test, the good device's alarm included, is under 250.
-    let Some(rig) = rig_on_broker("hostile-alarms-refused", "max_packet_size 320", |_| {}).await
+    let Some(rig) = Rig::start(
+        "hostile-alarms-refused",
+        RigOptions {
+            mosquitto_conf: "max_packet_size 320",
+            ..RigOptions::default()
+        },
+        |_| {},
+    )
+    .await
     else {
         return;
     };

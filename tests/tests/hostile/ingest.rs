@@ -67,7 +67,16 @@ async fn an_oversized_publish_is_dead_lettered_and_acked_and_the_connection_stay
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcards_control_characters_and_overlong_ids_are_bad_id_from_mqtt_senml_and_serial() {
     let test = "hostile::ingest::bad_ids";
-    let Some(mut rig) = Rig::start(test, RigOptions { serial: true }, |_| {}).await else {
+    let Some(mut rig) = Rig::start(
+        test,
+        RigOptions {
+            serial: true,
+            ..RigOptions::default()
+        },
+        |_| {},
+    )
+    .await
+    else {
         return;
     };
     // 40 °C: were any of these accepted, overheat would raise on a device whose id cannot be an

@@ -16,7 +16,7 @@ mod storage;
 
 use gateway_tests::{
     GatewayProcess, GatewaySpec, Message, Mosquitto, PtyPair, Publisher, PublisherOptions,
-    Receiver, Subscriber, require_mosquitto, wait_until,
+    Receiver, Subscriber, mosquitto_available, require_mosquitto, wait_until,
 };
 use serde_json::Value;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -48,6 +48,8 @@ pub struct Rig {
 pub struct RigOptions {
     /// Also read a `[[serial]]` port (device `uart-0`) on a socat pty.
     pub serial: bool,
+    /// Appended to mosquitto's config (e.g. a `max_packet_size` to make it refuse publishes).
+    pub mosquitto_conf: &'static str,
 }
 
 impl Rig {
@@ -58,7 +60,12 @@ impl Rig {
         opts: RigOptions,
         edit: impl FnOnce(&mut GatewaySpec),
     ) -> Option<Rig> {
-        let broker = require_mosquitto(test)?;
+        if !mosquitto_available() {
+            // Fails under CI, says why it does nothing otherwise.
+            require_mosquitto(test);
+            return None;
+        }
+        let broker = Mosquitto::start_with(opts.mosquitto_conf);
         let receiver = Receiver::start().await;
         let mut spec = GatewaySpec::new(
             gateway_tests::MqttSetup::External {
