@@ -396,6 +396,13 @@ impl GatewayProcess {
         self.signal(Signal::SIGTERM);
     }
 
+    /// Stops the gateway with SIGTERM and checks the graceful stop exits 0 within 30 s.
+    pub async fn stop(&mut self) {
+        self.sigterm();
+        let code = self.wait_exit(Duration::from_secs(30)).await;
+        assert!(code.success(), "graceful stop exits 0, got {code}");
+    }
+
     /// Sends SIGHUP (re-read the alarm rules from the config file).
     pub fn sighup(&mut self) {
         self.signal(Signal::SIGHUP);

@@ -329,9 +329,7 @@ async fn a_poison_batch_goes_to_the_dead_letters_exactly_and_delivery_resumes_af
     assert_eq!(status["buffer"]["dead_letters"]["count"], 1, "{status:#}");
 
     // The dead letter holds exactly that batch.
-    rig.gw.sigterm();
-    let code = rig.gw.wait_exit(Duration::from_secs(30)).await;
-    assert!(code.success(), "graceful stop exits 0, got {code}");
+    rig.gw.stop().await;
     let config = rig.gw.config_path().display().to_string();
     let out = rig
         .gw

@@ -163,9 +163,7 @@ async fn a_flood_of_garbage_over_its_quota_leaves_a_refused_batch_listed_and_rep
     rig.assert_good_device_flows("storage-dead-letters").await;
 
     // Listed, then replayed, with the gateway stopped (the CLI opens the buffer itself).
-    rig.gw.sigterm();
-    let code = rig.gw.wait_exit(Duration::from_secs(30)).await;
-    assert!(code.success(), "graceful stop exits 0, got {code}");
+    rig.gw.stop().await;
     let config = rig.gw.config_path().display().to_string();
     let out = rig
         .gw
@@ -242,9 +240,7 @@ async fn a_replayed_payload_goes_through_the_alarm_rules() {
         1.0,
     )
     .await;
-    rig.gw.sigterm();
-    let code = rig.gw.wait_exit(Duration::from_secs(30)).await;
-    assert!(code.success(), "graceful stop exits 0, got {code}");
+    rig.gw.stop().await;
 
     // The operator adds the template the device needs, then replays.
     let path = rig.gw.config_path().to_owned();
