@@ -101,6 +101,7 @@ impl AdminState {
                 "rejected": m.rejected().filter(|(_, n)| *n > 0).map(|(r, n)| (r.to_owned(), json!(n))).collect::<serde_json::Map<String, Value>>(),
                 "rejected_total": m.rejected_total(),
                 "mqtt_connected": m.mqtt_connected(),
+                "mqtt_subscribed": m.mqtt_subscribed(),
                 "blocked_full": m.blocked_full.load(std::sync::atomic::Ordering::Relaxed),
                 "source_disconnects": m.source_disconnects.load(std::sync::atomic::Ordering::Relaxed),
             },
@@ -126,6 +127,7 @@ impl AdminState {
                 "batches_sent": f.batches_sent,
                 "failed_retryable": f.failed_retryable,
                 "failed_permanent": f.failed_permanent,
+                "timeouts": f.timeouts,
                 "retries": f.retries,
                 "in_flight": f.in_flight,
                 "records_delivered": { "alarms": f.records_delivered.alarms, "readings": f.records_delivered.readings },
@@ -155,6 +157,8 @@ impl AdminState {
         }
         if m.mqtt_enabled() && !m.mqtt_connected() {
             degraded.push("mqtt: not connected to the broker");
+        } else if m.mqtt_enabled() && !m.mqtt_subscribed() {
+            degraded.push("mqtt: subscription not granted by the broker (yet)");
         }
         match f.upstream {
             gateway_forwarder::UpstreamState::Down => degraded.push("upstream: down"),
@@ -240,6 +244,12 @@ pub fn render_metrics(state: &AdminState) -> String {
         "gauge",
         "1 while connected to the MQTT broker.",
         &one(u64::from(m.mqtt_connected())),
+    );
+    family(
+        "gateway_mqtt_subscribed",
+        "gauge",
+        "1 once the broker granted every topic filter on the current connection.",
+        &one(u64::from(m.mqtt_subscribed())),
     );
     let lanes = [Lane::Alarms, Lane::Readings];
     let per_lane = |f: &dyn Fn(&LaneStats) -> f64| {
@@ -359,6 +369,12 @@ pub fn render_metrics(state: &AdminState) -> String {
                 f.failed_permanent as f64,
             ),
         ],
+    );
+    family(
+        "gateway_upstream_timeouts_total",
+        "counter",
+        "Upstream attempts that got no complete answer within `upstream.timeout_ms` (also counted as retryable failures).",
+        &one(f.timeouts),
     );
     family(
         "gateway_upstream_retries_total",

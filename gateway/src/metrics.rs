@@ -25,6 +25,7 @@ pub struct IngestMetrics {
     pub local_alarm_errors: AtomicU64,
     mqtt_enabled: AtomicBool,
     mqtt_connected: AtomicBool,
+    mqtt_subscribed: AtomicBool,
     /// Serial readings not stored, by [`SERIAL_DROP_REASONS`].
     serial_dropped: [AtomicU64; SERIAL_DROP_REASONS.len()],
 }
@@ -46,6 +47,7 @@ impl Default for IngestMetrics {
             local_alarm_errors: AtomicU64::new(0),
             mqtt_enabled: AtomicBool::new(false),
             mqtt_connected: AtomicBool::new(false),
+            mqtt_subscribed: AtomicBool::new(false),
             serial_dropped: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -66,10 +68,24 @@ impl IngestMetrics {
         }
     }
 
-    /// Called by the MQTT source on every connect (`true`) and connection loss (`false`).
+    /// Called by the MQTT source on every connect (`true`) and connection loss (`false`). Either
+    /// way the subscription is not confirmed yet.
     pub fn set_mqtt_connected(&self, connected: bool) {
         self.mqtt_enabled.store(true, Relaxed);
         self.mqtt_connected.store(connected, Relaxed);
+        self.mqtt_subscribed.store(false, Relaxed);
+    }
+
+    /// Called by the MQTT source when the broker answered its subscription: `true` when every
+    /// topic filter was granted.
+    pub fn set_mqtt_subscribed(&self, subscribed: bool) {
+        self.mqtt_subscribed.store(subscribed, Relaxed);
+    }
+
+    /// Connected, and the broker granted every topic filter on this connection: from now on
+    /// every reading published to those topics reaches the gateway.
+    pub fn mqtt_subscribed(&self) -> bool {
+        self.mqtt_subscribed.load(Relaxed)
     }
 
     pub fn mqtt_connected(&self) -> bool {

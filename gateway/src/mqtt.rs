@@ -52,7 +52,10 @@ use crate::telemetry::Throttle;
 use futures::FutureExt;
 use futures::stream::{FuturesOrdered, StreamExt};
 use gateway_buffer::{Reading, Source};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter, SubscribeReasonCode,
+    TlsConfiguration, Transport,
+};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -176,15 +179,22 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
                     backoff = Duration::from_millis(100);
                     pipeline.metrics().set_mqtt_connected(true);
                     tracing::info!(host = %settings.host, port = settings.port, session_present = c.session_present, "connected to broker");
-                    // Subscribe on every connect: cheap, and correct if the broker lost our session.
-                    for topic in &settings.topics {
-                        if let Err(e) = client.try_subscribe(topic.as_str(), QoS::AtLeastOnce) {
-                            tracing::error!(topic, error = %e, "subscribe request failed");
-                        }
+                    // Subscribe on every connect: cheap, and correct if the broker lost our
+                    // session. One SUBSCRIBE for every filter, so its SUBACK answers for all.
+                    let filters = settings
+                        .topics
+                        .iter()
+                        .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                    if let Err(e) = client.try_subscribe_many(filters) {
+                        tracing::error!(topics = ?settings.topics, error = %e, "subscribe request failed");
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(s))) => {
-                    tracing::debug!(pkid = s.pkid, "subscribed");
+                    let granted = granted_filters(&settings.topics, &s.return_codes);
+                    pipeline.metrics().set_mqtt_subscribed(granted);
+                    if granted {
+                        tracing::debug!(pkid = s.pkid, "subscribed");
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -333,6 +343,29 @@ async fn start(pipeline: &Pipeline, batch: Batch, cancel: CancellationToken) -> 
 }
 
 /// Whether the connection was lost because the broker sent a packet over rumqttc's limit.
+/// Whether a SUBACK granted every filter of our one SUBSCRIBE; logs each refused filter (a
+/// broker ACL that denies it, say: the gateway would be connected and hear nothing on it).
+fn granted_filters(topics: &[String], codes: &[SubscribeReasonCode]) -> bool {
+    let mut granted = codes.len() == topics.len();
+    if !granted {
+        tracing::error!(
+            filters = topics.len(),
+            answers = codes.len(),
+            "the broker answered the subscription with the wrong number of return codes"
+        );
+    }
+    for (topic, code) in topics.iter().zip(codes) {
+        if *code == SubscribeReasonCode::Failure {
+            granted = false;
+            tracing::error!(
+                topic,
+                "the broker refused the subscription (check its ACL for this client): readings on it do not reach the gateway"
+            );
+        }
+    }
+    granted
+}
+
 fn is_oversized_packet(e: &rumqttc::ConnectionError) -> bool {
     matches!(
         e,

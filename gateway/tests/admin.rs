@@ -200,30 +200,20 @@ impl Gateway {
             .unwrap()
     }
 
-    /// Publishes a probe until the gateway's subscription takes it: the gateway subscribes
-    /// after its broker connection is up, and a message published before that is not queued
-    /// for it. Returns the readings count afterwards, the baseline for a test's counters.
+    /// Waits until the broker granted the gateway's subscription (`/status`
+    /// `ingest.mqtt_subscribed`): a message published before that is not queued for it, one
+    /// published after is. Returns the readings count then, the baseline for a test's counters.
     async fn wait_until_subscribed(&self) -> u64 {
-        let start = Instant::now();
-        loop {
-            publish(
-                self.mqtt_port,
-                &[("sensors/probe/warmup".into(), "1".into())],
-            )
-            .await;
-            let until = Instant::now() + Duration::from_millis(500);
-            while Instant::now() < until {
-                let n = self.readings_mqtt().await;
-                if n > 0 {
-                    return n;
-                }
-                tokio::time::sleep(POLL).await;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "the gateway never took a reading"
-            );
-        }
+        poll(
+            DEADLINE,
+            "the gateway's subscription is granted",
+            || async {
+                let s = self.status().await;
+                (s["ingest"]["mqtt_subscribed"] == true)
+                    .then(|| s["ingest"]["readings"]["mqtt"].as_u64().unwrap())
+            },
+        )
+        .await
     }
 
     /// Waits until `/status` counts `n` MQTT readings.

@@ -14,7 +14,6 @@ use gateway_tests::workload::{self, BASE_TS_MS, check_seq_stable};
 use gateway_tests::{
     Batch, BrokerChoice, Fault, FaultyUpstream, GatewayProcess, GatewaySpec, Poison, wait_until,
 };
-use serde_json::Value;
 use std::time::{Duration, Instant};
 
 /// A broker, a gateway and the faulty cloud it sends to.
@@ -418,7 +417,10 @@ async fn a_request_that_hangs_past_the_timeout_is_sent_again_and_nothing_is_lost
         status["upstream"]["failed_retryable"].as_u64() >= Some(1),
         "{status:#}"
     );
-    let _: &Value = &status;
+    assert!(
+        status["upstream"]["timeouts"].as_u64() >= Some(1),
+        "the hang is counted as a timeout: {status:#}"
+    );
     eprintln!(
         "{test}: a request hung, re-sent {:.1} s later; {} readings delivered, {} duplicates; \
          {:.1} s",
