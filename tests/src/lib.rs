@@ -39,7 +39,9 @@ mod util;
 pub mod workload;
 
 pub use gateway::{GatewayProcess, GatewaySpec, MqttSetup, gateway_bin};
-pub use mosquitto::{BrokerChoice, Mosquitto, mosquitto_available, require_mosquitto};
+pub use mosquitto::{
+    BrokerChoice, Mosquitto, deploy_limits, mosquitto_available, require_mosquitto,
+};
 pub use publisher::{Message, PublishOutcome, Publisher, PublisherOptions};
 pub use receiver::{Batch, Receiver, Reply};
 pub use serial::PtyPair;

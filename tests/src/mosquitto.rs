@@ -23,6 +23,28 @@ fn mosquitto_path() -> Option<PathBuf> {
     })
 }
 
+/// The broker limits `deploy/mosquitto.conf` recommends, as config lines: in-flight and queue
+/// limits, `max_packet_size` (equal to the gateway's default `mqtt.max_packet_bytes`) and
+/// `queue_qos0_messages`. Brokers in the tests and benchmarks take these from the file itself, so
+/// they cannot drift apart.
+pub fn deploy_limits() -> String {
+    const KEYS: [&str; 5] = [
+        "max_inflight_messages",
+        "max_queued_messages",
+        "max_queued_bytes",
+        "max_packet_size",
+        "queue_qos0_messages",
+    ];
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/mosquitto.conf");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| KEYS.contains(&l.split_whitespace().next().unwrap_or("")))
+        .collect();
+    assert_eq!(lines.len(), KEYS.len(), "{path} sets each of {KEYS:?} once");
+    lines.join("\n") + "\n"
+}
+
 /// Whether mosquitto is installed.
 pub fn mosquitto_available() -> bool {
     mosquitto_path().is_some()
@@ -137,14 +159,11 @@ impl Mosquitto {
         };
         // persistence + a 1 s autosave: sessions, subscriptions and queued QoS 1 messages survive
         // a restart (all of them after SIGTERM, which saves on exit; up to 1 s is lost after
-        // SIGKILL). The in-flight and queue limits, and the packet limit equal to the gateway's
-        // default mqtt.max_packet_bytes, are the ones deploy/mosquitto.conf recommends.
+        // SIGKILL). The limits are deploy/mosquitto.conf's.
         let conf = format!(
             "listener {port} 127.0.0.1\n\
              allow_anonymous true\n\
-             max_inflight_messages 100\n\
-             max_queued_messages 100000\n\
-             max_packet_size 1048576\n\
+             {limits}\
              persistence true\n\
              persistence_location {dir}/\n\
              persistence_file mosquitto.db\n\
@@ -156,6 +175,7 @@ impl Mosquitto {
              log_type notice\n\
              log_timestamp true\n\
              {user}{extra}\n",
+            limits = deploy_limits(),
             user = if as_root { "user root\n" } else { "" },
             extra = self.extra_conf,
             port = self.port,

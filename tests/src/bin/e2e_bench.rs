@@ -1,10 +1,17 @@
 //! End-to-end benchmark: device-sim (load mode, QoS 1) → mosquitto → gateway (release) →
-//! a local HTTP receiver that counts and checks every record; and, in the same run, the same
-//! broker delivering the same stream to `mosquitto_sub -q 1` (the baseline).
+//! a local HTTP receiver; and, in the same run and against the same broker, the baseline: the
+//! same stream delivered to `mosquitto_sub -q 1`.
 //!
-//! Reports end-to-end readings/s and its ratio to the baseline, publish→receipt latency p50/p99
-//! and alarm latency p50/p99 (probes published at wall-clock time during the load), the
-//! gateway's peak RSS, CPU seconds and bytes written to disk per reading. Writes
+//! Both sides are measured alike: the same fleet (device-sim reports every reading it sent), the
+//! same probes publishing during the load, a clock that starts when the fleet starts and stops
+//! when the consumer (the subscriber, or the cloud receiver) holds the last distinct fleet
+//! reading. Readings are checked by identity (device, metric, ts): "lost" is the sent readings
+//! that never arrived.
+//!
+//! Reports end-to-end readings/s and its ratio to the baseline, the gateway's ingest rate (first
+//! `/status` poll, every 10 ms, showing every fleet reading durable), publish→receipt latency
+//! p50/p99 on both sides and alarm latency p50/p99 (probes published at wall-clock time during
+//! the load), the gateway's peak RSS, CPU seconds and bytes written to disk per reading. Writes
 //! `target/e2e-bench.json` and `target/e2e-bench.md`.
 //!
 //! Run (after the README set-up):
@@ -15,14 +22,14 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::routing::post;
-use device_sim::{Broker, FleetConfig, Metric, MqttForm};
+use device_sim::{Broker, FleetConfig, Metric, MqttForm, SentRecord};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 use std::collections::HashSet;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,6 +38,8 @@ const LINGER_MS: u64 = 1000;
 /// Probes: one latency reading every 20 ms, one alarm transition every 100 ms.
 const PROBE_EVERY: Duration = Duration::from_millis(20);
 const ALARM_EVERY: Duration = Duration::from_millis(100);
+/// How long a consumer may take to receive the whole fleet after it finished publishing.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -54,7 +63,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// mosquitto with the settings the gateway's docs recommend (deploy/mosquitto.conf).
+/// mosquitto with the limits of `deploy/mosquitto.conf` (in flight, queue, packet size),
+/// anonymous, and without persistence (its autosaves would only add noise to both sides).
 struct Mosquitto {
     child: Child,
     port: u16,
@@ -69,8 +79,8 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 1000\n\
-                 max_queued_messages 1000000\npersistence false\n"
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{}",
+                gateway_tests::deploy_limits()
             ),
         )
         .unwrap();
@@ -116,12 +126,155 @@ fn fleet(port: u16, devices: u32, per_device: u64, prefix: &str) -> FleetConfig 
     cfg.connections = Some(devices.min(8));
     cfg.client_id_prefix = prefix.to_owned();
     cfg.progress = false;
+    cfg.record_sent = true;
     cfg
 }
 
-/// Baseline: the broker delivers the stream to `mosquitto_sub -q 1` (to /dev/null).
-async fn baseline(port: u16, devices: u32, per_device: u64) -> f64 {
-    let n = u64::from(devices) * per_device;
+/// A reading's identity: device-sim's `ts` strictly increases per device.
+type Key = (String, String, i64);
+
+fn key_of(r: &SentRecord) -> Key {
+    (
+        r.device.clone(),
+        r.metric.clone(),
+        r.ts.expect("the JSON form carries ts"),
+    )
+}
+
+/// What one consumer (the baseline subscriber or the gateway's cloud receiver) received.
+#[derive(Default)]
+struct Tally {
+    /// Fleet readings wanted: the clock stops when this many distinct ones arrived.
+    want: usize,
+    /// Distinct fleet readings received.
+    seen: HashSet<Key>,
+    /// Copies beyond the first.
+    duplicates: usize,
+    /// When the `want`-th distinct fleet reading arrived.
+    done_at: Option<Instant>,
+    /// Publish→receipt of the latency probes, ms.
+    probe_latency_ms: Vec<f64>,
+    /// Publish→receipt of the alarm events the alarm probes caused, ms.
+    alarm_latency_ms: Vec<f64>,
+}
+
+impl Tally {
+    fn new(want: usize) -> Tally {
+        Tally {
+            want,
+            ..Tally::default()
+        }
+    }
+
+    /// One reading received at `arrived_ms` (wall clock).
+    fn reading(&mut self, device: &str, metric: &str, ts: i64, arrived_ms: i64) {
+        if device == "probe-latency" {
+            self.probe_latency_ms.push((arrived_ms - ts) as f64);
+        } else if device.starts_with("probe-") {
+        } else if self.seen.insert((device.to_owned(), metric.to_owned(), ts)) {
+            if self.seen.len() == self.want {
+                self.done_at = Some(Instant::now());
+            }
+        } else {
+            self.duplicates += 1;
+        }
+    }
+}
+
+/// How one side went.
+struct Side {
+    /// Readings per second from the fleet's start until the consumer held the last one.
+    rate: f64,
+    /// Sent readings (all acknowledged by the broker).
+    sent: usize,
+    /// Sent readings that never arrived (within [`DRAIN_TIMEOUT`]).
+    lost: Vec<Key>,
+    /// Fleet readings that arrived but were never sent.
+    unexpected: usize,
+    duplicates: usize,
+    probe_latency_ms: Vec<f64>,
+    alarm_latency_ms: Vec<f64>,
+    /// When the fleet started (the clock's start).
+    started: Instant,
+    /// From the fleet's start until device-sim returned (publishing, draining, disconnecting).
+    publish_elapsed: Duration,
+}
+
+/// Starts the probes, waits until `tally` shows the consumer receives them (so it is
+/// subscribed and warm), runs the fleet, and waits until the consumer has every reading. The
+/// clock runs from the fleet's start to `tally.done_at`.
+async fn measure(
+    port: u16,
+    devices: u32,
+    per_device: u64,
+    prefix: &str,
+    tally: Arc<Mutex<Tally>>,
+    probes_published: Arc<AtomicU64>,
+) -> Side {
+    let stop_probes = tokio_util::sync::CancellationToken::new();
+    let probe_task = on_own_thread(probes(
+        port,
+        format!("{prefix}probe"),
+        stop_probes.clone(),
+        probes_published,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tally.lock().unwrap().probe_latency_ms.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{prefix}: the consumer never received a probe"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    {
+        // Latency counts under the load only.
+        let mut t = tally.lock().unwrap();
+        t.probe_latency_ms.clear();
+        t.alarm_latency_ms.clear();
+    }
+    let started = Instant::now();
+    let report = device_sim::run_fleet(
+        fleet(port, devices, per_device, prefix),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    let publish_elapsed = started.elapsed();
+    let sent: HashSet<Key> = report.records.iter().map(key_of).collect();
+    assert_eq!(
+        report.summary.totals.readings_acked as usize,
+        sent.len(),
+        "{prefix}: the broker acknowledged every reading sent"
+    );
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while tally.lock().unwrap().done_at.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_probes.cancel();
+    tokio::task::spawn_blocking(move || probe_task.join())
+        .await
+        .unwrap()
+        .unwrap();
+    let t = tally.lock().unwrap();
+    let end = t.done_at.unwrap_or_else(Instant::now);
+    let mut lost: Vec<Key> = sent.difference(&t.seen).cloned().collect();
+    lost.sort();
+    Side {
+        rate: t.seen.intersection(&sent).count() as f64 / (end - started).as_secs_f64(),
+        sent: sent.len(),
+        lost,
+        unexpected: t.seen.difference(&sent).count(),
+        duplicates: t.duplicates,
+        probe_latency_ms: t.probe_latency_ms.clone(),
+        alarm_latency_ms: t.alarm_latency_ms.clone(),
+        started,
+        publish_elapsed,
+    }
+}
+
+/// Baseline: the broker delivers the stream to `mosquitto_sub -q 1`, whose output (topic and
+/// payload of every message) this process reads and checks.
+async fn baseline(port: u16, devices: u32, per_device: u64) -> Side {
     let mut sub = Command::new("mosquitto_sub")
         .args([
             "-h",
@@ -132,47 +285,52 @@ async fn baseline(port: u16, devices: u32, per_device: u64) -> f64 {
             "1",
             "-t",
             "sensors/#",
-            "-C",
-            &n.to_string(),
+            "-v",
             "-i",
             "bench-baseline",
         ])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .expect("mosquitto_sub (apt-get install mosquitto-clients)");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let started = Instant::now();
-    let report = device_sim::run_fleet(
-        fleet(port, devices, per_device, "base-"),
-        std::future::pending(),
+    let want = devices as usize * per_device as usize;
+    let tally = Arc::new(Mutex::new(Tally::new(want)));
+    let out = sub.stdout.take().unwrap();
+    let t = tally.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            let arrived = now_ms();
+            let Some((topic, payload)) = line.split_once(' ') else {
+                continue;
+            };
+            let mut parts = topic.split('/').skip(1);
+            let (Some(device), Some(metric)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let ts = serde_json::from_str::<Value>(payload)
+                .ok()
+                .and_then(|v| v["ts"].as_i64())
+                .expect("every message of the bench carries ts");
+            t.lock().unwrap().reading(device, metric, ts, arrived);
+        }
+    });
+    let side = measure(
+        port,
+        devices,
+        per_device,
+        "base-",
+        tally,
+        Arc::new(AtomicU64::new(0)),
     )
-    .await
-    .unwrap();
-    assert_eq!(
-        report.summary.totals.readings_acked, n,
-        "every baseline message acknowledged"
-    );
-    let status = tokio::task::spawn_blocking(move || sub.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
-    n as f64 / started.elapsed().as_secs_f64()
-}
-
-/// What the receiver saw.
-#[derive(Default)]
-struct Seen {
-    readings: usize,
-    seqs: HashSet<u64>,
-    duplicates: usize,
-    probe_latency_ms: Vec<f64>,
-    alarm_latency_ms: Vec<f64>,
-    last_at: Option<Instant>,
+    .await;
+    let _ = sub.kill();
+    let _ = sub.wait();
+    let _ = reader.join();
+    side
 }
 
 async fn receive(
-    State(seen): State<Arc<Mutex<Seen>>>,
+    State(tally): State<Arc<Mutex<Tally>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> &'static str {
@@ -188,40 +346,35 @@ async fn receive(
     };
     let batch: Value = serde_json::from_slice(bytes).unwrap();
     let alarms = batch["lane"] == "alarms";
-    let mut s = seen.lock().unwrap();
+    let mut t = tally.lock().unwrap();
     for r in batch["records"].as_array().unwrap() {
-        if !s.seqs.insert(r["seq"].as_u64().unwrap()) {
-            s.duplicates += 1;
-            continue;
-        }
         let ts = r["ts"].as_i64().unwrap_or(arrived);
         if alarms {
-            s.alarm_latency_ms.push((arrived - ts) as f64);
-        } else if r["device"] == "probe-latency" {
-            s.probe_latency_ms.push((arrived - ts) as f64);
-        } else if r["device"] != "probe-alarm" {
-            s.readings += 1;
+            t.alarm_latency_ms.push((arrived - ts) as f64);
+        } else {
+            let (device, metric) = (
+                r["device"].as_str().unwrap_or(""),
+                r["metric"].as_str().unwrap_or(""),
+            );
+            t.reading(device, metric, ts, arrived);
         }
     }
-    s.last_at = Some(Instant::now());
     "ok"
 }
 
-/// Probe messages published so far (each is one reading in the gateway's ingest count).
-static PROBES_PUBLISHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Polls the gateway's `/status` until it has ingested (made durable) `n` fleet readings;
-/// returns when that was first seen.
+/// Polls the gateway's `/status` until it has ingested (made durable) `n` fleet readings plus
+/// every probe published so far; returns when that was first seen.
 async fn ingested_at(
     admin: u16,
     n: u64,
+    probes_published: Arc<AtomicU64>,
     stop: tokio_util::sync::CancellationToken,
 ) -> Option<Instant> {
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{admin}/status");
     while !stop.is_cancelled() {
         // Read before the status, so probes published meanwhile only make this stricter.
-        let probes = PROBES_PUBLISHED.load(std::sync::atomic::Ordering::SeqCst);
+        let probes = probes_published.load(SeqCst);
         if let Ok(r) = client.get(&url).send().await
             && let Ok(body) = r.bytes().await
             && let Ok(s) = serde_json::from_slice::<Value>(&body)
@@ -234,9 +387,14 @@ async fn ingested_at(
     None
 }
 
-/// Publishes probes at wall-clock `ts` until `stop`.
-async fn probes(port: u16, stop: tokio_util::sync::CancellationToken) {
-    let mut opts = MqttOptions::new("bench-probe", "127.0.0.1", port);
+/// Publishes probes at wall-clock `ts` until `stop`, counting them in `published`.
+async fn probes(
+    port: u16,
+    client_id: String,
+    stop: tokio_util::sync::CancellationToken,
+    published: Arc<AtomicU64>,
+) {
+    let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(opts, 100);
     tokio::spawn(async move {
@@ -254,13 +412,13 @@ async fn probes(port: u16, stop: tokio_util::sync::CancellationToken) {
             _ = stop.cancelled() => break,
             _ = probe.tick() => {
                 let p = json!({"value": 1.0, "ts": now_ms()}).to_string();
-                PROBES_PUBLISHED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                published.fetch_add(1, SeqCst);
                 let _ = client.publish("sensors/probe-latency/latency", QoS::AtLeastOnce, false, p).await;
             }
             _ = alarm.tick() => {
                 hot = !hot;
                 let p = json!({"value": if hot { 40.0 } else { 20.0 }, "ts": now_ms()}).to_string();
-                PROBES_PUBLISHED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                published.fetch_add(1, SeqCst);
                 let _ = client.publish("sensors/probe-alarm/temperature", QoS::AtLeastOnce, false, p).await;
             }
         }
@@ -348,14 +506,14 @@ async fn main() {
     let broker = Mosquitto::start();
     println!("workload: {n} readings from {devices} devices, QoS 1, one reading per message");
 
-    let baseline_rate = baseline(broker.port, devices, per_device).await;
-    println!("baseline (mosquitto_sub -q 1): {baseline_rate:.0} readings/s");
+    let base = baseline(broker.port, devices, per_device).await;
+    println!("baseline (mosquitto_sub -q 1): {:.0} readings/s", base.rate);
 
     // Receiver.
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    let tally = Arc::new(Mutex::new(Tally::new(n as usize)));
     let app = Router::new()
-        .route("/ingest", post(receive))
-        .with_state(seen.clone());
+        .route("/ingest", axum::routing::post(receive))
+        .with_state(tally.clone());
     // The receiver and the probes (the cloud and a device) run on threads of their own, so the
     // simulated fleet's load on this process's runtime does not delay their timestamps.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -390,81 +548,79 @@ async fn main() {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let ok = client
-            .get(format!("http://127.0.0.1:{admin}/status"))
-            .send()
-            .await
-            .ok()
-            .map(|r| r.status().is_success())
-            .unwrap_or(false);
-        if ok {
-            let body = client
+        let status = async {
+            let r = client
                 .get(format!("http://127.0.0.1:{admin}/status"))
                 .send()
                 .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
-            let s: Value = serde_json::from_slice(&body).unwrap();
-            if s["ingest"]["mqtt_connected"] == true {
-                break;
-            }
+                .ok()?;
+            serde_json::from_slice::<Value>(&r.bytes().await.ok()?).ok()
+        };
+        if status
+            .await
+            .is_some_and(|s| s["ingest"]["mqtt_connected"] == true)
+        {
+            break;
         }
         assert!(Instant::now() < deadline, "gateway did not become ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, cpu_before, written_before) = proc_stats(gw.id());
 
-    let stop_probes = tokio_util::sync::CancellationToken::new();
-    let probe_task = on_own_thread(probes(broker.port, stop_probes.clone()));
+    let probes_published = Arc::new(AtomicU64::new(0));
     let stop_ingest_poll = tokio_util::sync::CancellationToken::new();
-    let ingest_poll = on_own_thread(ingested_at(admin, n, stop_ingest_poll.clone()));
-    let started = Instant::now();
-    let report = device_sim::run_fleet(
-        fleet(broker.port, devices, per_device, "gw-"),
-        std::future::pending(),
+    let ingest_poll = on_own_thread(ingested_at(
+        admin,
+        n,
+        probes_published.clone(),
+        stop_ingest_poll.clone(),
+    ));
+    let side = measure(
+        broker.port,
+        devices,
+        per_device,
+        "gw-",
+        tally,
+        probes_published,
     )
-    .await
-    .unwrap();
-    let publish_elapsed = started.elapsed();
-    let acked = report.summary.totals.readings_acked;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while (seen.lock().unwrap().readings as u64) < acked && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop_probes.cancel();
-    tokio::task::spawn_blocking(move || probe_task.join())
-        .await
-        .unwrap()
-        .unwrap();
+    .await;
     stop_ingest_poll.cancel();
     let ingested = tokio::task::spawn_blocking(move || ingest_poll.join())
         .await
         .unwrap()
         .unwrap();
-    let ingest_rate = ingested.map(|t| n as f64 / (t - started).as_secs_f64());
-    let ingest_ratio = ingest_rate.map(|r| r / baseline_rate);
-    let s = seen.lock().unwrap();
-    let last = s.last_at.unwrap_or_else(Instant::now);
-    let e2e_rate = s.readings as f64 / (last - started).as_secs_f64();
+    let ingest_rate = ingested.map(|t| n as f64 / (t - side.started).as_secs_f64());
+    let ingest_ratio = ingest_rate.map(|r| r / base.rate);
+    let delivered = side.sent - side.lost.len();
     let (rss, cpu_after, written_after) = proc_stats(gw.id());
     let cpu = cpu_after - cpu_before;
-    let written_per_reading = (written_after - written_before) as f64 / s.readings.max(1) as f64;
-    let (mut lat, mut alarm) = (s.probe_latency_ms.clone(), s.alarm_latency_ms.clone());
+    let written_per_reading = (written_after - written_before) as f64 / delivered.max(1) as f64;
+    let (mut lat, mut alarm) = (side.probe_latency_ms.clone(), side.alarm_latency_ms.clone());
     let (p50, p99) = (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
     let (a50, a99) = (percentile(&mut alarm, 0.5), percentile(&mut alarm, 0.99));
-    let lost = acked.saturating_sub(s.readings as u64);
+    let mut base_lat = base.probe_latency_ms.clone();
+    let (b50, b99) = (
+        percentile(&mut base_lat, 0.5),
+        percentile(&mut base_lat, 0.99),
+    );
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(gw.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = gw.wait();
 
-    let ratio = e2e_rate / baseline_rate;
+    let ratio = side.rate / base.rate;
     let rss_mb = rss as f64 / 1_048_576.0;
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let lost_row = |s: &Side| {
+        format!(
+            "{} / {} / {} ({} unexpected)",
+            s.sent,
+            s.sent - s.lost.len(),
+            s.lost.len(),
+            s.unexpected
+        )
+    };
     let rows = [
         (
             "ingest readings/s (durable in the buffer)",
@@ -480,7 +636,7 @@ async fn main() {
         ),
         (
             "end-to-end readings/s",
-            format!("{e2e_rate:.0}"),
+            format!("{:.0}", side.rate),
             format!(
                 "≥ 90% of baseline: {:.0}% ({})",
                 ratio * 100.0,
@@ -489,12 +645,12 @@ async fn main() {
         ),
         (
             "baseline mosquitto_sub -q 1 readings/s",
-            format!("{baseline_rate:.0}"),
+            format!("{:.0}", base.rate),
             String::new(),
         ),
         (
             "publish→receipt latency p50 / p99",
-            format!("{p50:.0} / {p99:.0} ms"),
+            format!("{p50:.0} / {p99:.0} ms (baseline {b50:.0} / {b99:.0} ms)"),
             format!(
                 "p99 ≤ {} ms ({})",
                 LINGER_MS + 100,
@@ -515,7 +671,7 @@ async fn main() {
             "gateway CPU",
             format!(
                 "{cpu:.1} s ({:.1} µs/reading)",
-                cpu * 1e6 / s.readings.max(1) as f64
+                cpu * 1e6 / delivered.max(1) as f64
             ),
             String::new(),
         ),
@@ -525,13 +681,18 @@ async fn main() {
             String::new(),
         ),
         (
-            "readings acked by broker / delivered / lost",
-            format!("{acked} / {} / {lost}", s.readings),
-            format!("zero lost ({})", verdict(lost == 0)),
+            "readings sent / delivered / lost, by identity",
+            lost_row(&side),
+            format!("zero lost ({})", verdict(side.lost.is_empty())),
         ),
         (
-            "duplicate records upstream",
-            format!("{}", s.duplicates),
+            "baseline: sent / received / lost, by identity",
+            lost_row(&base),
+            String::new(),
+        ),
+        (
+            "duplicate readings upstream",
+            format!("{}", side.duplicates),
             String::new(),
         ),
     ];
@@ -540,17 +701,27 @@ async fn main() {
         md.push_str(&format!("| {k} | {v} | {t} |\n"));
     }
     md.push_str(&format!(
-        "\nWorkload: {n} readings from {devices} devices (device-sim load mode, QoS 1, 8 connections), linger {LINGER_MS} ms, batch 1000, gzip; publishing took {:.1} s. Probes: {} latency readings, {} alarm events.\n",
-        publish_elapsed.as_secs_f64(),
+        "\nWorkload: {n} readings from {devices} devices (device-sim load mode, QoS 1, 8 connections), linger {LINGER_MS} ms, batch 1000, gzip; device-sim took {:.1} s (gateway side) and {:.1} s (baseline) from start to disconnect. Probes on both sides: {} latency readings, {} alarm events upstream.\n",
+        side.publish_elapsed.as_secs_f64(),
+        base.publish_elapsed.as_secs_f64(),
         lat.len(),
         alarm.len()
     ));
     println!("\n{md}");
+    if !side.lost.is_empty() {
+        println!(
+            "first readings lost: {:?}",
+            &side.lost[..side.lost.len().min(5)]
+        );
+    }
     let report = json!({
-        "readings": n, "devices": devices, "baseline_readings_per_s": baseline_rate, "e2e_readings_per_s": e2e_rate,
-        "ratio": ratio, "ingest_readings_per_s": ingest_rate, "ingest_ratio": ingest_ratio, "latency_ms": {"p50": p50, "p99": p99}, "alarm_latency_ms": {"p50": a50, "p99": a99},
+        "readings": n, "devices": devices, "baseline_readings_per_s": base.rate, "e2e_readings_per_s": side.rate,
+        "ratio": ratio, "ingest_readings_per_s": ingest_rate, "ingest_ratio": ingest_ratio,
+        "latency_ms": {"p50": p50, "p99": p99}, "baseline_latency_ms": {"p50": b50, "p99": b99},
+        "alarm_latency_ms": {"p50": a50, "p99": a99},
         "peak_rss_bytes": rss, "cpu_s": cpu, "disk_bytes_per_reading": written_per_reading,
-        "acked": acked, "delivered": s.readings, "lost": lost, "duplicates": s.duplicates,
+        "sent": side.sent, "delivered": delivered, "lost": side.lost.len(), "unexpected": side.unexpected,
+        "duplicates": side.duplicates, "baseline_lost": base.lost.len(),
     });
     let target = gateway_bin()
         .parent()
@@ -563,7 +734,7 @@ async fn main() {
     );
     let _ = std::fs::write(target.join("e2e-bench.md"), &md);
     println!("wrote {}/e2e-bench.{{json,md}}", target.display());
-    if lost > 0 {
+    if !side.lost.is_empty() || side.unexpected > 0 {
         std::process::exit(1);
     }
 }
