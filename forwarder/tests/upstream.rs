@@ -40,7 +40,8 @@ async fn batches_are_cut_at_the_record_count_with_exactly_those_records() {
     let fwd = Running::spawn(handle, driver);
 
     upstream.wait_until(WAIT, |r| r.len() >= 2).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A stop lets sends on the wire finish and starts none: after it, nothing more arrives.
+    fwd.stop().await;
     let got = upstream.received();
     assert_eq!(got.len(), 2, "the seventh record lingers");
     assert_eq!(
@@ -55,7 +56,6 @@ async fn batches_are_cut_at_the_record_count_with_exactly_those_records() {
         got[0].key(),
         format!("gw-test:readings:{}-{}", stored[0].seq, stored[2].seq)
     );
-    fwd.stop().await;
     assert_eq!(
         tb.buffer.acked("upstream", Lane::Readings),
         Some(stored[5].seq)
@@ -111,7 +111,8 @@ async fn a_partial_batch_goes_out_when_linger_expires() {
     let upstream = Upstream::start([]).await;
     let mut o = options(&upstream.url());
     o.batch_max_records = 100;
-    o.linger = Duration::from_millis(300);
+    // Long enough that the second append surely lands inside it on a loaded machine.
+    o.linger = Duration::from_millis(1_000);
     let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
     let fwd = Running::spawn(handle, driver);
 
@@ -123,12 +124,12 @@ async fn a_partial_batch_goes_out_when_linger_expires() {
     let got = upstream.received();
     let waited = got[0].at - appended_at;
     assert!(
-        waited >= Duration::from_millis(290),
-        "sent after {waited:?}"
+        waited >= Duration::from_millis(990),
+        "sent after {waited:?}: the linger runs from the first record"
     );
     assert!(
-        waited < Duration::from_millis(2_000),
-        "sent after {waited:?}"
+        waited < Duration::from_millis(4_000),
+        "sent after {waited:?}: the second append must not restart the linger"
     );
     let all: Vec<Stored> = first.into_iter().chain(second).collect();
     assert_eq!(got[0].json, encode_body("gw-test", Lane::Readings, &all));
@@ -149,7 +150,7 @@ async fn a_batch_answered_503_503_200_is_delivered_once_with_the_same_key_and_by
     let fwd = Running::spawn(handle.clone(), driver);
 
     upstream.wait_until(WAIT, |r| r.len() >= 3).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    fwd.stop().await;
     let got = upstream.received();
     assert_eq!(got.len(), 3, "delivered exactly once");
     let key = format!("gw-test:readings:{}-{}", stored[0].seq, stored[2].seq);
@@ -166,7 +167,6 @@ async fn a_batch_answered_503_503_200_is_delivered_once_with_the_same_key_and_by
     assert_eq!(stats.records_delivered.readings, 3);
     assert_eq!(stats.upstream, UpstreamState::Ok);
     assert_eq!(stats.latency.count, 3);
-    fwd.stop().await;
     assert_eq!(
         tb.buffer.acked("upstream", Lane::Readings),
         Some(stored[2].seq)
@@ -185,9 +185,9 @@ async fn a_429_with_retry_after_2_delays_the_next_attempt_by_at_least_two_second
     let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
     let fwd = Running::spawn(handle.clone(), driver);
 
-    upstream.wait_until(WAIT, |r| r.len() == 1).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(handle.stats().backoff_ms >= 2_000);
+    upstream
+        .wait_until(WAIT, |r| r.len() == 1 && handle.stats().backoff_ms >= 2_000)
+        .await;
     upstream.wait_until(WAIT, |r| r.len() == 2).await;
     let got = upstream.received();
     let gap = got[1].at - got[0].at;
@@ -209,13 +209,12 @@ async fn a_400_parks_the_batch_as_a_dead_letter_and_the_next_batch_is_delivered(
     let fwd = Running::spawn(handle.clone(), driver);
 
     upstream.wait_until(WAIT, |r| r.len() >= 2).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    fwd.stop().await;
     assert_eq!(upstream.received().len(), 2, "a rejection is not retried");
     assert_eq!(
         upstream.delivered_seqs("readings"),
         vec![stored[2].seq, stored[3].seq]
     );
-    fwd.stop().await;
 
     let letters = tb.buffer.dead_letters().list(10, None).unwrap();
     assert_eq!(letters.len(), 1);
@@ -268,11 +267,14 @@ async fn everything_appended_while_the_server_is_down_arrives_in_order_once_it_i
         )
         .await;
         expected.extend(stored.iter().map(|s| s.seq));
-        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    // Refused connections count as failures and mark the upstream down.
+    let deadline = Instant::now() + WAIT;
+    while handle.stats().failed_retryable < 3 || handle.stats().upstream != UpstreamState::Down {
+        assert!(Instant::now() < deadline, "{:?}", handle.stats());
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let stats = handle.stats();
-    assert!(stats.failed_retryable >= 3, "{stats:?}");
-    assert_eq!(stats.upstream, UpstreamState::Down);
     assert!(stats.down_since_ms.is_some());
 
     let upstream = Upstream::start_on(addr, []).await;
@@ -571,8 +573,8 @@ async fn shutdown_with_the_server_down_returns_promptly_and_keeps_the_batch() {
     let tb = TestBuffer::open(dir.path());
     let upstream = Upstream::start((0..1_000).map(|_| Reply::Status(503))).await;
     let mut o = options(&upstream.url());
-    o.retry_initial = Duration::from_secs(5);
-    o.retry_max = Duration::from_secs(10);
+    o.retry_initial = Duration::from_secs(10);
+    o.retry_max = Duration::from_secs(20);
     append(&tb.buffer, (0..3).map(reading).collect()).await;
     let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
     let fwd = Running::spawn(handle, driver);
@@ -580,7 +582,12 @@ async fn shutdown_with_the_server_down_returns_promptly_and_keeps_the_batch() {
 
     let started = Instant::now();
     fwd.stop().await;
-    assert!(started.elapsed() < Duration::from_millis(500));
+    // Well under the backoff (at least half of retry_initial): the stop did not wait it out.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(tb.buffer.acked("upstream", Lane::Readings), None);
     let meta = tb
         .buffer

@@ -200,7 +200,6 @@ fn every_reading_of_the_rfc_8428_examples_is_read_as_the_contract_says() {
             ],
         ),
     ];
-    let mut total = 0;
     for (name, pack, want) in examples {
         let got = mqtt()
             .decode("sensors/gw", pack.as_bytes(), NOW)
@@ -210,9 +209,7 @@ fn every_reading_of_the_rfc_8428_examples_is_read_as_the_contract_says() {
             .map(|(d, metric, v, u, ts)| m(d, metric, v, u, ts))
             .collect();
         assert_eq!(got, want, "{name}");
-        total += got.len();
     }
-    assert_eq!(total, 15, "readings checked");
 }
 
 #[test]

@@ -22,8 +22,9 @@ const DEADLINE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
 /// `shutdown_grace_s` of the gateway under test.
 const GRACE_S: u64 = 3;
-/// What the process may take beyond the grace time: the final commit, flush and exit.
-const EXIT_MARGIN: Duration = Duration::from_secs(3);
+/// What the process may take beyond the grace time: the final commit, flush and exit, on a
+/// loaded machine. A stop that hangs (a task nobody cancels) still fails the test.
+const EXIT_MARGIN: Duration = Duration::from_secs(8);
 /// Readings delivered upstream before the SIGTERM, so it lands in the middle of the flow.
 const LOAD_BEFORE_SIGTERM: usize = 500;
 
@@ -106,8 +107,8 @@ impl Drop for Reaped {
     }
 }
 
-/// mosquitto on a free port with the settings `deploy/mosquitto.conf` recommends, or `None`
-/// when it is not installed.
+/// mosquitto on a free port (anonymous, no persistence, limits high enough that the broker never
+/// holds the load back), or `None` when it is not installed.
 async fn start_mosquitto(dir: &Path) -> Option<(Reaped, u16)> {
     let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
         .into_iter()

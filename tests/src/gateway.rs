@@ -391,6 +391,17 @@ impl GatewayProcess {
         }
     }
 
+    /// [`GatewayProcess::barrier`], then waits until the alarms lane is empty. Alarm events are
+    /// stored with the reading that raised them, so every event of a reading before the probe
+    /// has been delivered by then: a count of alarm events taken now misses no late duplicate.
+    pub async fn settle(&mut self, port: u16, receiver: &crate::Receiver) {
+        self.barrier(port, receiver).await;
+        self.wait_status("the alarms lane to drain", Duration::from_secs(60), |s| {
+            (s["buffer"]["lanes"]["alarms"]["records"].as_u64() == Some(0)).then_some(())
+        })
+        .await;
+    }
+
     /// Sends SIGTERM (the graceful stop of WIRE.md §6).
     pub fn sigterm(&mut self) {
         self.signal(Signal::SIGTERM);

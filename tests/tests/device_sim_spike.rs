@@ -36,8 +36,8 @@ async fn a_spike_scenario_raises_and_clears_an_alarm_once_per_device() {
         },
     )
     .await;
-    // Give a repeated event the chance to arrive before counting.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Anything repeated was stored before this and has been delivered after it.
+    gateway.settle(port, &receiver).await;
     let alarms = receiver.delivered_records("alarms");
     for device in ["dev-0001", "dev-0002", "dev-0003"] {
         let states: Vec<&str> = alarms
