@@ -80,8 +80,9 @@ impl Drop for Subscriber {
 ///
 /// Subscribes, then publishes a non-retained marker on `marker_topic` (which must match
 /// `filter`) from the same connection: the broker queues retained messages while handling the
-/// SUBSCRIBE, before it reads our PUBLISH, so everything that arrives before the marker is the
-/// retained set.
+/// SUBSCRIBE, before it reads our PUBLISH, so every retained message arrives before the marker.
+/// A message published meanwhile by someone else arrives live, without the retain flag, and is
+/// not part of the set.
 pub async fn retained_messages(
     port: u16,
     client_id: &str,
@@ -113,6 +114,9 @@ pub async fn retained_messages(
                 Event::Incoming(Packet::Publish(p)) => {
                     if p.topic == marker_topic {
                         return got;
+                    }
+                    if !p.retain {
+                        continue;
                     }
                     got.push(Received {
                         topic: p.topic.clone(),
