@@ -52,14 +52,44 @@ async fn subscribe(port: u16) -> (Received, tokio::task::JoinHandle<()>) {
     (got, task)
 }
 
-/// Wait until `n` messages arrived (or 10 s), then a little longer to catch extras.
-async fn wait_for(got: &Received, n: usize) -> Vec<(String, Vec<u8>)> {
+/// The topic of [`wait_for`]'s barrier message.
+const BARRIER_TOPIC: &str = "sensors/zz-barrier/marker";
+
+/// Waits until `n` messages arrived (or 10 s), then publishes a barrier message and waits for it
+/// too: mosquitto delivers to one subscriber in the order it took the messages, and every fleet
+/// message was acknowledged before the barrier was published, so an extra copy would arrive
+/// before it. Returns what arrived before the barrier.
+async fn wait_for(got: &Received, n: usize, port: u16) -> Vec<(String, Vec<u8>)> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while got.lock().unwrap().len() < n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    got.lock().unwrap().clone()
+    let mut opts = MqttOptions::new("test-barrier", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut ev) = AsyncClient::new(opts, 10);
+    client
+        .publish(BARRIER_TOPIC, QoS::AtLeastOnce, false, "barrier")
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            other => panic!("barrier publish: {other:?}"),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let msgs = got.lock().unwrap().clone();
+        if let Some(at) = msgs.iter().position(|(t, _)| t == BARRIER_TOPIC) {
+            return msgs[..at].to_vec();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the barrier message never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn config(m: &Mosquitto) -> FleetConfig {
@@ -111,7 +141,7 @@ async fn every_form_reaches_a_real_subscriber_and_matches_the_summary_and_record
         }
     }
 
-    let msgs = wait_for(&got, s.totals.messages_sent as usize).await;
+    let msgs = wait_for(&got, s.totals.messages_sent as usize, m.port).await;
     sub.abort();
     assert_eq!(msgs.len() as u64, s.totals.messages_sent);
     let received = decoded_multiset(&msgs);
@@ -157,7 +187,7 @@ async fn pooled_load_mode_acknowledges_every_reading_exactly() {
     assert_eq!(s.totals.readings_acked, 20 * 150 * 3);
     assert_eq!(s.totals.connects, 3);
     assert!(s.achieved_msgs_per_s > 0.0);
-    let msgs = wait_for(&got, 3000).await;
+    let msgs = wait_for(&got, 3000, m.port).await;
     sub.abort();
     let distinct: BTreeSet<_> = msgs.iter().collect();
     assert_eq!(distinct.len(), 3000);
@@ -227,7 +257,7 @@ async fn garbage_is_published_and_counted_apart_from_readings() {
     assert_eq!(s.totals.garbage_acked, garbage);
     assert_eq!(s.totals.readings_sent, (200 - garbage) * 3);
     assert_eq!(s.totals.readings_acked, s.totals.readings_sent);
-    let msgs = wait_for(&got, s.totals.messages_sent as usize).await;
+    let msgs = wait_for(&got, s.totals.messages_sent as usize, m.port).await;
     sub.abort();
     let bad = msgs
         .iter()
@@ -277,7 +307,7 @@ async fn the_same_seed_makes_two_fleet_runs_identical() {
         async move {
             let (got, sub) = subscribe(m.port).await;
             let r = run_fleet(cfg, std::future::pending()).await.unwrap();
-            let mut msgs = wait_for(&got, r.summary.totals.messages_sent as usize).await;
+            let mut msgs = wait_for(&got, r.summary.totals.messages_sent as usize, m.port).await;
             sub.abort();
             msgs.sort();
             (r.records, msgs)

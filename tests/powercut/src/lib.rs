@@ -246,3 +246,23 @@ pub fn require_fuse(test: &str) -> bool {
     );
     false
 }
+
+/// A number from the environment variable `name` (a trial count, say); panics if it is set but
+/// is not a number, so a typo never silently runs the default.
+pub fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
+    })
+}
+
+/// The seed of a randomized run: `POWERCUT_SEED` to replay one (tests print theirs), else the
+/// clock.
+pub fn seed() -> u64 {
+    env_u64("POWERCUT_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is after 1970")
+            .as_nanos() as u64
+    })
+}

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use gateway_buffer::{
     AlarmEvent, AlarmState, Buffer, BufferOptions, Lane, Reading, Record, Severity, Source,
 };
-use powercut::{Options, PowerCutMount, Rng};
+use powercut::{Options, PowerCutMount, Rng, env_u64};
 
 const TEST: &str = "random_operations_and_power_cuts_keep_every_appended_record";
 const CHILD_DIR_ENV: &str = "POWERCUT_MODEL_CHILD_DIR";
@@ -89,9 +89,6 @@ fn parse_lane(s: &str) -> Lane {
     }
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
 
 /// The child: open the buffer, then answer one command per stdin line until `close` (a clean
 /// shutdown) or until it is killed.
@@ -446,12 +443,7 @@ fn random_operations_and_power_cuts_keep_every_appended_record() {
         return;
     }
     let cases = env_u64("POWERCUT_MODEL_CASES").unwrap_or(24);
-    let seed = env_u64("POWERCUT_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    });
+    let seed = powercut::seed();
     eprintln!("{TEST}: {cases} sequences of 60 operations, POWERCUT_SEED={seed}");
     let started = Instant::now();
     let mut cuts = 0;

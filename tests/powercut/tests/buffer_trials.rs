@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use gateway_buffer::{
     AlarmEvent, AlarmState, Buffer, BufferOptions, Lane, Reading, Record, Severity, Source,
 };
-use powercut::{Options, PowerCutMount, Rng};
+use powercut::{Options, PowerCutMount, Rng, env_u64};
 
 const CHILD_DIR_ENV: &str = "POWERCUT_BUFFER_CHILD_DIR";
 const CHILD_TRIAL_ENV: &str = "POWERCUT_BUFFER_CHILD_TRIAL";
@@ -76,9 +76,6 @@ fn lane_char(l: Lane) -> char {
     }
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
 
 /// The child: append until killed, printing `SEQ <lane> <seq> <id>` after each append
 /// returned, and `ACK a <seq>` *before* acking the alarms lane (so acks crash too).
@@ -372,12 +369,7 @@ fn trial_test(test: &str, torn_writes: bool) {
         return;
     }
     let trials = env_u64("POWERCUT_TRIALS").unwrap_or(20);
-    let seed = env_u64("POWERCUT_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    });
+    let seed = powercut::seed();
     let options = Options {
         torn_writes,
         seed,

@@ -66,7 +66,7 @@ use std::time::{Duration, Instant};
 use gateway_buffer::{Buffer, BufferOptions, Lane, Record};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use powercut::{Options, PowerCutMount, Rng};
+use powercut::{Options, PowerCutMount, Rng, env_u64};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde_json::Value;
 
@@ -93,12 +93,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
-    })
-}
 
 fn gateway_bin() -> PathBuf {
     if let Ok(p) = std::env::var("GATEWAY_BIN") {
@@ -649,12 +643,7 @@ fn acknowledged_readings_survive_power_cuts_of_the_whole_gateway() {
         return;
     };
     let trials = env_u64("POWERCUT_GATEWAY_TRIALS").unwrap_or(10);
-    let seed = env_u64("POWERCUT_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    });
+    let seed = powercut::seed();
     let torn_writes = std::env::var("POWERCUT_TORN").as_deref() == Ok("1");
     let assert_order = std::env::var("POWERCUT_ASSERT_ORDER").as_deref() != Ok("0");
     let bin = gateway_bin();
