@@ -89,7 +89,6 @@ fn parse_lane(s: &str) -> Lane {
     }
 }
 
-
 /// The child: open the buffer, then answer one command per stdin line until `close` (a clean
 /// shutdown) or until it is killed.
 ///

@@ -76,7 +76,6 @@ fn lane_char(l: Lane) -> char {
     }
 }
 
-
 /// The child: append until killed, printing `SEQ <lane> <seq> <id>` after each append
 /// returned, and `ACK a <seq>` *before* acking the alarms lane (so acks crash too).
 fn child(dir: &Path, trial: u64) {

@@ -93,7 +93,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-
 fn gateway_bin() -> PathBuf {
     if let Ok(p) = std::env::var("GATEWAY_BIN") {
         return PathBuf::from(p);
