@@ -44,7 +44,7 @@ pub fn outside_checkout(test: &str, what: &str, enable: &str) {
 fn record(test: &str, what: &str, enable: &str) {
     eprintln!("{test}: {what}; not run for real (to run it: {enable})");
     if let Some(path) = std::env::var_os(SKIPS_ENV) {
-        let line = format!("{test}\t{what}\t{enable}\n");
+        let line = skip_line(test, what, enable);
         // One write of one short line in append mode: lines from tests running in parallel
         // (threads or processes) do not interleave.
         let written = std::fs::OpenOptions::new()
@@ -56,6 +56,18 @@ fn record(test: &str, what: &str, enable: &str) {
             eprintln!("{test}: could not record the skip in {path:?}: {e}");
         }
     }
+}
+
+/// One line of the `SKIPS_ENV` file: the three fields separated by tabs, each on one line (a
+/// reason quoting a command's stderr may hold newlines and tabs, which would break the list).
+fn skip_line(test: &str, what: &str, enable: &str) -> String {
+    let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    format!(
+        "{}\t{}\t{}\n",
+        one_line(test),
+        one_line(what),
+        one_line(enable)
+    )
 }
 
 #[cfg(test)]
@@ -96,6 +108,18 @@ mod tests {
             .unwrap();
         assert!(!status.success(), "with CI set a missing peer fails");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_reason_with_newlines_and_tabs_stays_on_one_line() {
+        assert_eq!(
+            skip_line(
+                "disk",
+                "cannot mount (mount: must be superuser.\n\tdmesg(1) may have more)",
+                "run as root"
+            ),
+            "disk\tcannot mount (mount: must be superuser. dmesg(1) may have more)\trun as root\n"
+        );
     }
 
     /// Set by the test above for its child runs.
