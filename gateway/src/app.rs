@@ -233,7 +233,10 @@ fn mqtt_settings(
         rules: crate::decode::IngestRules::new(&config.ingest),
         keep_alive: Duration::from_secs(u64::from(m.keep_alive_s)),
         reconnect_max: Duration::from_millis(m.reconnect_max_ms),
-        drain_on_stop: embedded.map(|_| Duration::from_secs(1)),
+        // Three quarters of the grace, at least 1 s: the rest is for the acks and the stop.
+        drain_on_stop: embedded.map(|_| {
+            (Duration::from_secs(config.shutdown_grace_s) * 3 / 4).max(Duration::from_secs(1))
+        }),
     }))
 }
 

@@ -4,7 +4,8 @@
 //! Compared with mosquitto it is weaker where it matters for "never lose a reading":
 //! - It acknowledges a device's QoS 1 message when *it* receives it, before the gateway has made
 //!   it durable, and keeps it only in memory. On a graceful stop the gateway first ingests what
-//!   the broker has queued for it (until the broker goes quiet, at most 1 s), so what devices were
+//!   the broker has queued for it (until the broker goes quiet with nothing of the gateway's in
+//!   flight, for at most three quarters of `shutdown_grace_s`), so what devices were
 //!   acknowledged before the stop began is kept; what the broker acknowledges after that, and
 //!   anything in flight inside it when the process crashes (`kill -9`, power loss: typically the
 //!   last few milliseconds of traffic), is lost.

@@ -81,7 +81,9 @@ pub struct MqttSettings {
     pub rules: IngestRules,
     pub keep_alive: Duration,
     pub reconnect_max: Duration,
-    /// Embedded broker: on stop, keep ingesting what it has queued for up to this long.
+    /// Embedded broker: on stop, keep ingesting what it has queued for us, for up to this long
+    /// (most of `shutdown_grace_s`: it acknowledged those messages to devices and holds them only
+    /// in memory).
     pub drain_on_stop: Option<Duration>,
 }
 
@@ -276,16 +278,29 @@ async fn drain_embedded(
     acks: &mut AckQueue,
     max: Duration,
 ) {
-    /// No publish for this long: the broker's queue for us is empty.
+    /// No publish for this long with nothing of ours outstanding: the broker's queue for us is
+    /// empty. While appends or acks are outstanding the broker may be quiet only because our
+    /// in-flight window is full, so the quiet clock runs only when they are done, from the last
+    /// publish or finished append.
     const QUIET: Duration = Duration::from_millis(150);
     let until = tokio::time::Instant::now() + max;
     let mut quiet = Box::pin(tokio::time::sleep(QUIET));
     loop {
         acks.flush(client);
+        let outstanding = !pending.is_empty() || !acks.is_empty();
+        if outstanding {
+            quiet.as_mut().reset(tokio::time::Instant::now() + QUIET);
+        }
         tokio::select! {
-            _ = tokio::time::sleep_until(until) => break,
-            Some((publishes, result)) = pending.next(), if !pending.is_empty() => acks.push(publishes, result),
-            _ = &mut quiet => break,
+            _ = tokio::time::sleep_until(until) => {
+                tracing::warn!(waited_ms = max.as_millis() as u64, "stopped draining the embedded broker at the shutdown grace: what it still held for the gateway is lost with the process (raise shutdown_grace_s)");
+                break;
+            }
+            Some((publishes, result)) = pending.next(), if !pending.is_empty() => {
+                acks.push(publishes, result);
+                quiet.as_mut().reset(tokio::time::Instant::now() + QUIET);
+            }
+            _ = &mut quiet, if !outstanding => break,
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let mut batch = Batch::default();

@@ -96,8 +96,10 @@ impl Queued {
 /// Why readings could not be appended.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    /// Shutdown began while the buffer was full; the input stays unacknowledged.
-    #[error("shutting down while the buffer is full")]
+    /// Shutdown began and the append was not durable within a short grace (it waited for
+    /// space, or the disk was slow); the input stays unacknowledged. An append already queued
+    /// may still be stored by the final commit.
+    #[error("shutting down before the append was durable (buffer full or disk slow)")]
     Cancelled,
     /// The buffer failed; the input stays unacknowledged.
     #[error(transparent)]
