@@ -429,3 +429,34 @@ impl AckQueue {
         self.waiting.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics(t: &[&str]) -> Vec<String> {
+        t.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_suback_granting_every_filter_at_any_qos_is_a_subscription() {
+        let t = topics(&["sensors/#", "plant/+/data"]);
+        let codes = [
+            SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            SubscribeReasonCode::Success(QoS::AtMostOnce),
+        ];
+        assert!(granted_filters(&t, &codes));
+    }
+
+    #[test]
+    fn one_refused_filter_or_a_missing_answer_is_not_a_subscription() {
+        let t = topics(&["sensors/#", "secret/#"]);
+        let refused = [
+            SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            SubscribeReasonCode::Failure,
+        ];
+        assert!(!granted_filters(&t, &refused));
+        let short = [SubscribeReasonCode::Success(QoS::AtLeastOnce)];
+        assert!(!granted_filters(&t, &short));
+    }
+}
