@@ -97,6 +97,18 @@ impl Rig {
         let mut gw = GatewayProcess::start(&spec);
         gw.wait_ready().await;
         gw.wait_mqtt_ingest(broker.port()).await;
+        // Every test starts from a quiet pipeline: the start-up probe delivered, nothing in
+        // flight, so a reply a test scripts for "the next batch" meets that test's batch.
+        gw.wait_status(
+            "the start-up probe delivered",
+            Duration::from_secs(60),
+            |s| {
+                (s["buffer"]["lanes"]["readings"]["records"].as_u64() == Some(0)
+                    && s["upstream"]["in_flight"].as_u64() == Some(0))
+                .then_some(())
+            },
+        )
+        .await;
         static N: AtomicU32 = AtomicU32::new(0);
         let id = format!("hostile-local-{}", N.fetch_add(1, Ordering::Relaxed));
         let local = Subscriber::connect(broker.port(), &id, "alarms/#").await;
