@@ -102,7 +102,8 @@ fn child(dir: &Path) {
         .enable_all()
         .build()
         .unwrap();
-    let (buffer, committer) = open_retrying(dir);
+    // A fresh process: the previous child was killed or exited, so its lock is gone.
+    let (buffer, committer) = Buffer::open(options(dir)).expect("child: open");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = rt.spawn(committer.run(shutdown.clone()));
     let mut out = std::io::stdout().lock();
@@ -169,19 +170,6 @@ fn child(dir: &Path) {
         };
         writeln!(out, "{REPLY}{reply}").unwrap();
         out.flush().unwrap();
-    }
-}
-
-fn open_retrying(dir: &Path) -> (Buffer, gateway_buffer::Committer) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Buffer::open(options(dir)) {
-            Ok(x) => return x,
-            Err(e) if e.is_retryable() && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(e) => panic!("open: {e}"),
-        }
     }
 }
 
