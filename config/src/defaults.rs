@@ -5,6 +5,9 @@
 pub const GATEWAY_ID: &str = "gateway";
 /// `data_dir`, relative to the working directory of the process.
 pub const DATA_DIR: &str = "./data";
+/// `data_dir_mode`: the data directory is the owner's alone; files in it get this mode without
+/// the execute bits (0600).
+pub const DATA_DIR_MODE: u32 = 0o700;
 /// `shutdown_grace_s`: seconds to flush and ack after SIGTERM before giving up.
 pub const SHUTDOWN_GRACE_S: u64 = 10;
 /// `alarm_max_series`: rule × device × metric states the alarm engine tracks at most.
@@ -18,6 +21,8 @@ pub const MQTT_PORT: u16 = 1883;
 pub const MQTTS_PORT: u16 = 8883;
 /// `mqtt.embedded_listen`.
 pub const MQTT_EMBEDDED_LISTEN: &str = "127.0.0.1:1883";
+/// `mqtt.embedded_max_connections`: clients the embedded broker accepts at once.
+pub const MQTT_EMBEDDED_MAX_CONNECTIONS: usize = 1000;
 /// `mqtt.topics`.
 pub const MQTT_TOPICS: &[&str] = &["sensors/#"];
 /// `mqtt.topic_templates`.

@@ -44,7 +44,9 @@ mod error;
 mod locate;
 mod model;
 mod raw;
+pub mod redact;
 mod secret;
+pub mod tls;
 mod validate;
 
 pub use error::ConfigError;
@@ -53,7 +55,9 @@ pub use model::{
     MqttConfig, MqttMode, SerialConfig, Severity, TopicMatch, TopicTemplate, UpstreamConfig,
     WhenFull,
 };
+pub use redact::{redact_url, redact_url_text};
 pub use secret::Secret;
+pub use tls::{TlsClient, TlsError, TlsFiles};
 pub use validate::MAX_INPUT_BYTES;
 
 use std::path::Path;

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use url::Url;
 
 use crate::secret::Secret;
+use crate::tls::TlsClient;
 
 /// The whole gateway configuration. Build it with [`Config::load`], [`Config::parse`] or
 /// [`Config::default`]; all three return a validated value.
@@ -23,6 +24,12 @@ pub struct Config {
     /// Directory of the sled buffer, alarm state and dead letters; a relative path is relative to
     /// the working directory. Default `"./data"`.
     pub data_dir: PathBuf,
+    /// Permission bits the gateway gives `data_dir` when it creates or opens it; files created in
+    /// it get the same bits less execute (the process umask is set from it). Must include
+    /// 0700 (the gateway reads and writes there) and nothing beyond 0777. Written in octal,
+    /// `data_dir_mode = 0o750`. Default 0o700: data and dead letters (which hold whatever devices
+    /// sent) are the service user's alone.
+    pub data_dir_mode: u32,
     /// Seconds the gateway may spend flushing and acking after SIGTERM/SIGINT before it exits
     /// anyway. Default 10.
     pub shutdown_grace_s: u64,
@@ -77,11 +84,38 @@ pub struct MqttConfig {
     pub password_env: Option<String>,
     /// The password read from `password_env` at load time. `Some` exactly when `password_env` is.
     pub password: Option<Secret>,
-    /// PEM file of the CA that signs the broker's certificate (`mqtts://` only). Default: the
-    /// platform's roots. Not opened at load time.
+    /// PEM file of the CA certificates trusted for the broker (`mqtts://` only); replaces the
+    /// platform's roots. Default: the platform's roots (see [`crate::tls`]).
     pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain presented to the broker (`mqtts://` only), e.g. for AWS IoT Core or
+    /// Azure IoT Hub. Requires `client_key_file`. Default: none.
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) of `client_cert_file`; must match it.
+    /// Default: none.
+    pub client_key_file: Option<PathBuf>,
+    /// ALPN protocol names offered to the broker (`mqtts://` only), e.g. `["x-amzn-mqtt-ca"]` for
+    /// AWS IoT Core on port 443. Default: none.
+    pub alpn: Vec<String>,
+    /// The TLS client built and checked from the keys above: `Some` exactly when the gateway
+    /// connects to an external broker over `mqtts://`. Never plaintext for `mqtts://`.
+    pub tls: Option<TlsClient>,
     /// Embedded mode: socket address the built-in broker listens on. Default `127.0.0.1:1883`.
+    /// An address other than loopback needs `embedded_username` (or
+    /// `embedded_allow_anonymous = true`).
     pub embedded_listen: SocketAddr,
+    /// Embedded mode: the username every client of the built-in broker must present (devices and
+    /// the gateway itself). Default: none (no authentication; loopback only).
+    pub embedded_username: Option<String>,
+    /// Name of the environment variable holding the embedded broker's password. Requires
+    /// `embedded_username`. Default: none.
+    pub embedded_password_env: Option<String>,
+    /// The password read from `embedded_password_env`.
+    pub embedded_password: Option<Secret>,
+    /// Embedded mode: accept clients without credentials on a non-loopback `embedded_listen`
+    /// (a trusted, isolated network). Default `false`.
+    pub embedded_allow_anonymous: bool,
+    /// Embedded mode: most clients connected at once. Positive. Default 1000.
+    pub embedded_max_connections: usize,
     /// Topic filters subscribed with QoS 1 (`+` and `#` wildcards allowed as whole levels).
     /// At least one unless disabled. Default `["sensors/#"]`.
     pub topics: Vec<String>,
@@ -303,9 +337,17 @@ pub struct UpstreamConfig {
     /// The token read from `bearer_token_env` at load time. `Some` exactly when
     /// `bearer_token_env` is.
     pub bearer_token: Option<Secret>,
-    /// PEM file of the CA that signs the endpoint's certificate (`https://` only). Default: the
-    /// platform's roots. Not opened at load time.
+    /// PEM file of the CA certificates trusted for the endpoint (`https://` only); replaces the
+    /// platform's roots. Default: the platform's roots (see [`crate::tls`]).
     pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain presented to the endpoint (`https://` only). Requires
+    /// `client_key_file`. Default: none.
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`; must match it. Default: none.
+    pub client_key_file: Option<PathBuf>,
+    /// The TLS client built and checked from the keys above: `Some` exactly when `url` is
+    /// `https://`.
+    pub tls: Option<TlsClient>,
     /// Most records in one batch. Positive. Default 500.
     pub batch_max_records: usize,
     /// Most bytes of uncompressed JSON body in one batch. Positive. Default 262144.

@@ -22,7 +22,9 @@ use crate::raw::*;
 /// (`gateway_buffer::MAX_RECORD_BYTES`), so every reading that passes ingest can be stored and
 /// its message acknowledged, never refused by the buffer and redelivered forever.
 pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
+use crate::redact::{redact_url, redact_url_text};
 use crate::secret::Secret;
+use crate::tls::{TlsClient, TlsFiles};
 
 /// Looks up an environment variable; injectable so tests need not touch the real environment.
 pub(crate) type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -98,6 +100,29 @@ impl Ctx<'_> {
         }
     }
 
+    /// Loads and checks the TLS files of `section`; an error names the key at fault.
+    fn tls(&self, section: &str, files: &TlsFiles) -> Result<TlsClient> {
+        TlsClient::load(files.clone())
+            .map_err(|e| self.invalid(&format!("{section}.{}", e.key()), e.to_string()))
+    }
+
+    /// Refuses TLS keys in a section whose URL is not a TLS one: they would silently do nothing.
+    fn no_tls_keys(&self, section: &str, files: &TlsFiles, needs: &str) -> Result<()> {
+        let written = [
+            ("ca_file", files.ca_file.is_some()),
+            ("client_cert_file", files.client_cert_file.is_some()),
+            ("client_key_file", files.client_key_file.is_some()),
+            ("alpn", !files.alpn.is_empty()),
+        ];
+        match written.iter().find(|(_, set)| *set) {
+            Some((key, _)) => Err(self.invalid(
+                &format!("{section}.{key}"),
+                format!("only used with {needs}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn socket_addr(&self, key: &str, written: Option<String>, default: &str) -> Result<SocketAddr> {
         let text = written.as_deref().unwrap_or(default);
         text.parse().map_err(|_| {
@@ -119,6 +144,8 @@ impl Ctx<'_> {
         schemes: &[&str],
     ) -> Result<Url> {
         let text = written.as_deref().unwrap_or(default);
+        // A refused URL is echoed back: never with a secret in it.
+        let shown = redact_url_text(text);
         let allowed = schemes
             .iter()
             .map(|s| format!("{s}://"))
@@ -127,20 +154,20 @@ impl Ctx<'_> {
         let url = Url::parse(text).map_err(|e| {
             self.invalid(
                 key,
-                format!("expected a {allowed} URL, found \"{text}\" ({e})"),
+                format!("expected a {allowed} URL, found \"{shown}\" ({e})"),
             )
         })?;
         if !schemes.contains(&url.scheme()) {
             return Err(self.invalid(
                 key,
                 format!(
-                    "expected a {allowed} URL, found scheme \"{}\" in \"{text}\"",
+                    "expected a {allowed} URL, found scheme \"{}\" in \"{shown}\"",
                     url.scheme()
                 ),
             ));
         }
         if url.host_str().is_none_or(str::is_empty) {
-            return Err(self.invalid(key, format!("\"{text}\" has no host")));
+            return Err(self.invalid(key, format!("\"{shown}\" has no host")));
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(self.invalid(
@@ -197,6 +224,16 @@ pub(crate) fn resolve(raw: RawConfig, cx: &Ctx<'_>) -> Result<Config> {
     if data_dir.as_os_str().is_empty() {
         return Err(cx.invalid("data_dir", "must not be empty"));
     }
+    let data_dir_mode = raw.data_dir_mode.unwrap_or(d::DATA_DIR_MODE);
+    if data_dir_mode & !0o777 != 0 || data_dir_mode & 0o700 != 0o700 {
+        return Err(cx.invalid(
+            "data_dir_mode",
+            format!(
+                "expected permission bits such as 0o700 or 0o750 that include 0o700 (the \
+                 gateway reads and writes there) and nothing beyond 0o777, found 0o{data_dir_mode:o}"
+            ),
+        ));
+    }
     let shutdown_grace_s = raw.shutdown_grace_s.unwrap_or(d::SHUTDOWN_GRACE_S);
     let alarm_max_series = cx.positive(
         "alarm_max_series",
@@ -221,6 +258,7 @@ pub(crate) fn resolve(raw: RawConfig, cx: &Ctx<'_>) -> Result<Config> {
     Ok(Config {
         gateway_id,
         data_dir,
+        data_dir_mode,
         shutdown_grace_s,
         alarm_max_series,
         mqtt,
@@ -255,16 +293,70 @@ fn mqtt(raw: RawMqtt, gateway_id: &str, cx: &Ctx<'_>) -> Result<MqttConfig> {
         ));
     }
     let password = cx.secret("mqtt.password_env", raw.password_env.as_ref())?;
-    if raw.ca_file.is_some() && mode == MqttMode::External && url.scheme() != "mqtts" {
-        return Err(cx.invalid(
-            "mqtt.ca_file",
-            format!("only used with an mqtts:// url, but mqtt.url is \"{url}\""),
-        ));
-    }
+    let files = TlsFiles {
+        ca_file: raw.ca_file,
+        client_cert_file: raw.client_cert_file,
+        client_key_file: raw.client_key_file,
+        alpn: raw.alpn.unwrap_or_default(),
+    };
+    let tls = match (mode, url.scheme()) {
+        (MqttMode::External, "mqtts") => Some(cx.tls("mqtt", &files)?),
+        (MqttMode::External, _) => {
+            cx.no_tls_keys(
+                "mqtt",
+                &files,
+                &format!("an mqtts:// url, but mqtt.url is \"{url}\""),
+            )?;
+            None
+        }
+        _ => None,
+    };
     let embedded_listen = cx.socket_addr(
         "mqtt.embedded_listen",
         raw.embedded_listen,
         d::MQTT_EMBEDDED_LISTEN,
+    )?;
+    if raw.embedded_password_env.is_some() && raw.embedded_username.is_none() {
+        return Err(cx.invalid(
+            "mqtt.embedded_password_env",
+            "needs mqtt.embedded_username: MQTT sends a password only with a username",
+        ));
+    }
+    if let Some(user) = &raw.embedded_username {
+        if user.is_empty() {
+            return Err(cx.invalid("mqtt.embedded_username", "must not be empty"));
+        }
+        if raw.embedded_password_env.is_none() {
+            return Err(cx.invalid(
+                "mqtt.embedded_username",
+                "needs mqtt.embedded_password_env: a username alone lets anyone in who knows it",
+            ));
+        }
+    }
+    let embedded_password = cx.secret(
+        "mqtt.embedded_password_env",
+        raw.embedded_password_env.as_ref(),
+    )?;
+    let embedded_allow_anonymous = raw.embedded_allow_anonymous.unwrap_or(false);
+    if mode == MqttMode::Embedded
+        && !embedded_listen.ip().is_loopback()
+        && raw.embedded_username.is_none()
+        && !embedded_allow_anonymous
+    {
+        return Err(cx.invalid(
+            "mqtt.embedded_listen",
+            format!(
+                "{embedded_listen} is reachable from the network and the embedded broker would \
+                 accept anyone: set mqtt.embedded_username and mqtt.embedded_password_env, or \
+                 mqtt.embedded_allow_anonymous = true for a trusted network, or listen on \
+                 127.0.0.1"
+            ),
+        ));
+    }
+    let embedded_max_connections = cx.positive(
+        "mqtt.embedded_max_connections",
+        raw.embedded_max_connections
+            .unwrap_or(d::MQTT_EMBEDDED_MAX_CONNECTIONS),
     )?;
 
     let topics = raw
@@ -325,8 +417,17 @@ fn mqtt(raw: RawMqtt, gateway_id: &str, cx: &Ctx<'_>) -> Result<MqttConfig> {
         username: raw.username,
         password_env: raw.password_env,
         password,
-        ca_file: raw.ca_file,
+        ca_file: files.ca_file,
+        client_cert_file: files.client_cert_file,
+        client_key_file: files.client_key_file,
+        alpn: files.alpn,
+        tls,
         embedded_listen,
+        embedded_username: raw.embedded_username,
+        embedded_password_env: raw.embedded_password_env,
+        embedded_password,
+        embedded_allow_anonymous,
+        embedded_max_connections,
         topics,
         topic_templates,
         max_inflight: cx.positive(
@@ -461,12 +562,22 @@ fn buffer(raw: RawBuffer, cx: &Ctx<'_>) -> Result<BufferConfig> {
 
 fn upstream(raw: RawUpstream, cx: &Ctx<'_>) -> Result<UpstreamConfig> {
     let url = cx.url("upstream.url", raw.url, d::UPSTREAM_URL, &["http", "https"])?;
-    if raw.ca_file.is_some() && url.scheme() != "https" {
-        return Err(cx.invalid(
-            "upstream.ca_file",
-            format!("only used with an https:// url, but upstream.url is \"{url}\""),
-        ));
-    }
+    let files = TlsFiles {
+        ca_file: raw.ca_file,
+        client_cert_file: raw.client_cert_file,
+        client_key_file: raw.client_key_file,
+        alpn: Vec::new(),
+    };
+    let tls = if url.scheme() == "https" {
+        Some(cx.tls("upstream", &files)?)
+    } else {
+        let why = format!(
+            "an https:// url, but upstream.url is \"{}\"",
+            redact_url(&url)
+        );
+        cx.no_tls_keys("upstream", &files, &why)?;
+        None
+    };
     let bearer_token = cx.secret("upstream.bearer_token_env", raw.bearer_token_env.as_ref())?;
     let retry_initial_ms = cx.positive(
         "upstream.retry_initial_ms",
@@ -494,7 +605,10 @@ fn upstream(raw: RawUpstream, cx: &Ctx<'_>) -> Result<UpstreamConfig> {
         url,
         bearer_token_env: raw.bearer_token_env,
         bearer_token,
-        ca_file: raw.ca_file,
+        ca_file: files.ca_file,
+        client_cert_file: files.client_cert_file,
+        client_key_file: files.client_key_file,
+        tls,
         batch_max_records: cx.positive(
             "upstream.batch_max_records",
             raw.batch_max_records

@@ -10,12 +10,15 @@
 //!   `GATEWAY_TEST_SKIPS`. `scripts/test` (the README's test command) sets it and lists every
 //!   such test at the end of the run, so a green run never hides a test that touched no peer.
 //!
-//! It does not decide whether a peer is there; each test knows how to look for its own. The one
-//! peer it provides is [`Tmpfs`], a small filesystem to fill (it needs root).
+//! It does not decide whether a peer is there; each test knows how to look for its own. The
+//! peers it provides are [`Tmpfs`], a small filesystem to fill (it needs root), and [`Pki`],
+//! certificates for TLS peers.
 
 use std::io::Write as _;
 
+mod pki;
 mod tmpfs;
+pub use pki::{Authority, Pki};
 pub use tmpfs::{Tmpfs, fill};
 
 /// The environment variable naming the file that collects tests which did not run for real.
