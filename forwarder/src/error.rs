@@ -1,7 +1,5 @@
 //! Why the forwarder could not be built, or stopped.
 
-use std::path::PathBuf;
-
 use gateway_buffer::BufferError;
 
 /// Errors of [`crate::Forwarder::new`] and [`crate::ForwarderDriver::run`]. Upstream failures are
@@ -16,22 +14,13 @@ pub enum ForwarderError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The CA file could not be read.
-    #[error("cannot read upstream CA file {path}: {source}")]
-    CaFileRead {
-        /// The file.
-        path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The CA file holds no usable PEM certificate.
-    #[error("upstream CA file {path} holds no usable PEM certificate: {reason}")]
-    CaFileInvalid {
-        /// The file.
-        path: PathBuf,
-        /// What was wrong.
-        reason: String,
+    /// The TLS client for an `https://` URL could not be built (unreadable or mismatched
+    /// files, no platform roots).
+    #[error("upstream.{key}: {source}", key = .source.key())]
+    Tls {
+        /// What went wrong, naming the key.
+        #[from]
+        source: gateway_config::TlsError,
     },
     /// The URL does not parse, or the bearer token is not a valid header value.
     #[error("invalid upstream `{field}`: {reason}")]

@@ -1,8 +1,8 @@
 //! What the forwarder needs to know, as plain values: built from the validated config by the
 //! gateway, or by hand in tests.
 
+use gateway_config::{TlsClient, redact_url_text};
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::ForwarderError;
@@ -31,8 +31,10 @@ pub struct ForwarderOptions {
     /// Sent as `Authorization: Bearer …` when set (resolved from `upstream.bearer_token_env`).
     /// Redacted in `Debug`.
     pub bearer_token: Option<String>,
-    /// PEM file of extra root certificates trusted for the upstream (`upstream.ca_file`).
-    pub ca_file: Option<PathBuf>,
+    /// The TLS client for an `https://` URL (`upstream.ca_file`, `upstream.client_cert_file`,
+    /// `upstream.client_key_file`, checked at config load). `None` with `https://`: the
+    /// platform's roots, no client certificate. Never plaintext for `https://`.
+    pub tls: Option<TlsClient>,
     /// Records per batch at most (`upstream.batch_max_records`, default 500).
     pub batch_max_records: usize,
     /// Uncompressed JSON body bytes per batch at most (`upstream.batch_max_bytes`, default
@@ -65,7 +67,7 @@ impl ForwarderOptions {
             gateway_id: gateway_id.into(),
             url: url.into(),
             bearer_token: None,
-            ca_file: None,
+            tls: None,
             batch_max_records: 500,
             batch_max_bytes: 262_144,
             linger: Duration::from_millis(1_000),
@@ -116,12 +118,12 @@ impl fmt::Debug for ForwarderOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ForwarderOptions")
             .field("gateway_id", &self.gateway_id)
-            .field("url", &self.url)
+            .field("url", &redact_url_text(&self.url))
             .field(
                 "bearer_token",
                 &self.bearer_token.as_ref().map(|_| "<redacted>"),
             )
-            .field("ca_file", &self.ca_file)
+            .field("tls", &self.tls)
             .field("batch_max_records", &self.batch_max_records)
             .field("batch_max_bytes", &self.batch_max_bytes)
             .field("linger", &self.linger)

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_buffer::{Lane, Stored};
+use gateway_config::{TlsClient, TlsFiles};
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use tokio::time::Instant;
 
@@ -78,7 +79,7 @@ pub struct HttpSender {
 }
 
 impl HttpSender {
-    /// Builds the client: rustls with the platform roots plus the configured CA file.
+    /// Builds the client: for `https://`, rustls configured by [`gateway_config::tls`].
     pub fn new(options: &ForwarderOptions) -> Result<Self, ForwarderError> {
         let url =
             reqwest::Url::parse(&options.url).map_err(|e| ForwarderError::InvalidRequest {
@@ -112,24 +113,14 @@ impl HttpSender {
             .connect_timeout(options.timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("edge-gateway/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &options.ca_file {
-            let pem = std::fs::read(path).map_err(|source| ForwarderError::CaFileRead {
-                path: path.clone(),
-                source,
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                ForwarderError::CaFileInvalid {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
-            if certs.is_empty() {
-                return Err(ForwarderError::CaFileInvalid {
-                    path: path.clone(),
-                    reason: "no CERTIFICATE block found".into(),
-                });
-            }
-            builder = builder.tls_certs_merge(certs);
+        if url.scheme() == "https" {
+            // Always our own rustls configuration: the configured roots replace the platform's,
+            // and the client certificate goes with it (see `gateway_config::tls`).
+            let tls = match &options.tls {
+                Some(tls) => tls.clone(),
+                None => TlsClient::load(TlsFiles::default())?,
+            };
+            builder = builder.tls_backend_preconfigured((*tls.config()).clone());
         }
         let client = builder.build().map_err(ForwarderError::Client)?;
         Ok(HttpSender {
@@ -168,8 +159,9 @@ impl HttpSender {
         let response = match request.send().await {
             Ok(response) => response,
             Err(e) => {
+                // The URL may carry a secret in its query; the error text must not.
                 return Attempt {
-                    outcome: Outcome::from_transport_error(&e),
+                    outcome: Outcome::from_transport_error(&e.without_url()),
                     latency: None,
                 };
             }

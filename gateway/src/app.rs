@@ -12,7 +12,7 @@ use crate::pipeline::Pipeline;
 use crate::serial::SerialSettings;
 use crate::{broker, demo, local_alarms, metrics::IngestMetrics, mqtt, serial};
 use gateway_buffer::{Buffer, BufferHealth, BufferOptions, Severity, SystemClock};
-use gateway_config::{AlarmCondition, Config, MqttMode};
+use gateway_config::{AlarmCondition, Config, MqttMode, Secret};
 use gateway_forwarder::{Forwarder, ForwarderOptions, RetryPolicy};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,6 +42,12 @@ pub enum RunError {
         dir: PathBuf,
         source: gateway_buffer::BufferError,
     },
+    /// `data_dir` could not be created or given `data_dir_mode`.
+    #[error("data_dir {dir}: {source}")]
+    DataDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     /// An alarm rule could not be built.
     #[error(transparent)]
     Rule(#[from] RuleError),
@@ -56,12 +62,6 @@ pub enum RunError {
     Listen {
         what: &'static str,
         addr: SocketAddr,
-        source: std::io::Error,
-    },
-    /// The MQTT CA file could not be read.
-    #[error("mqtt.ca_file {path}: {source}")]
-    CaFile {
-        path: PathBuf,
         source: std::io::Error,
     },
     /// The buffer's database failed a write (disk full, I/O error) and the disk takes writes
@@ -165,7 +165,7 @@ pub fn forwarder_options(config: &Config) -> ForwarderOptions {
     let up = &config.upstream;
     let mut o = ForwarderOptions::new(&config.gateway_id, up.url.as_str());
     o.bearer_token = up.bearer_token.as_ref().map(|s| s.expose().to_owned());
-    o.ca_file = up.ca_file.clone();
+    o.tls = up.tls.clone();
     o.batch_max_records = up.batch_max_records;
     o.batch_max_bytes = up.batch_max_bytes;
     o.linger = Duration::from_millis(up.linger_ms);
@@ -199,26 +199,21 @@ fn mqtt_settings(
         }
         _ => (m.broker_host().to_owned(), m.broker_port(), m.uses_tls()),
     };
-    let tls_ca = match (&m.ca_file, tls) {
-        (Some(path), true) => Some(std::fs::read(path).map_err(|source| RunError::CaFile {
-            path: path.clone(),
-            source,
-        })?),
-        _ => None,
+    // The embedded broker asks its own clients (ours included) for its credentials.
+    let (username, password) = match embedded {
+        Some(_) => (&m.embedded_username, &m.embedded_password),
+        None => (&m.username, &m.password),
     };
-    let credentials = m.username.as_ref().map(|u| {
+    let credentials = username.as_ref().map(|u| {
         (
             u.clone(),
-            m.password
-                .as_ref()
-                .map(|p| p.expose().to_owned())
-                .unwrap_or_default(),
+            password.clone().unwrap_or_else(|| Secret::new("")),
         )
     });
     Ok(Some(MqttSettings {
         host,
         port,
-        tls_ca,
+        tls: if tls { m.tls.clone() } else { None },
         client_id: m.client_id.clone(),
         credentials,
         topics: m.topics.clone(),
@@ -240,6 +235,31 @@ fn mqtt_settings(
     }))
 }
 
+/// Creates `data_dir` with `data_dir_mode` (tightening an existing one to it) and sets the
+/// process umask so that everything created in it gets the same bits less execute: readings and
+/// dead letters carry whatever devices sent, and are the service user's alone by default.
+fn prepare_data_dir(config: &Config) -> Result<(), RunError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let mode = config.data_dir_mode;
+    let dir = &config.data_dir;
+    let err = |source| RunError::DataDir {
+        dir: dir.clone(),
+        source,
+    };
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(!mode & 0o777));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(err)?;
+    let current = std::fs::metadata(dir).map_err(err)?.permissions().mode() & 0o7777;
+    if current != mode {
+        tracing::warn!(data_dir = %dir.display(), from = format!("{current:o}"), to = format!("{mode:o}"), "data_dir had other permissions; setting data_dir_mode");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    }
+    Ok(())
+}
+
 /// Runs the gateway until `shutdown` resolves, then stops it cleanly. `Ok` means everything
 /// that was acknowledged to a source is durable and the buffer is flushed.
 pub async fn run(
@@ -247,6 +267,7 @@ pub async fn run(
     mut options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    prepare_data_dir(&config)?;
     let dir = config.data_dir.join("buffer");
     let (buffer, committer) =
         Buffer::open(buffer_options(&config)).map_err(|source| RunError::Buffer {
@@ -318,9 +339,7 @@ pub async fn run(
     }
 
     let embedded = match config.mqtt.mode {
-        MqttMode::Embedded => {
-            Some(broker::start(config.mqtt.embedded_listen, config.mqtt.max_packet_bytes).await?)
-        }
+        MqttMode::Embedded => Some(broker::start(&config.mqtt).await?),
         _ => None,
     };
     let mqtt = mqtt_settings(&config, embedded)?;

@@ -9,13 +9,23 @@
 //!   acknowledged before the stop began is kept; what the broker acknowledges after that, and
 //!   anything in flight inside it when the process crashes (`kill -9`, power loss: typically the
 //!   last few milliseconds of traffic), is lost.
-//! - It keeps no sessions across a restart, has no username/password or TLS set up here, and
-//!   speaks MQTT 3.1.1 only.
+//! - It keeps no sessions across a restart, has no TLS set up here, and speaks MQTT 3.1.1 only.
+//!
+//! Access: with `mqtt.embedded_username` every client (devices, and the gateway's own two
+//! clients) must present that username and the password from `embedded_password_env`; rumqttd
+//! compares the password in constant time. Without them anyone who reaches `embedded_listen` may
+//! publish, which is why the config refuses a non-loopback address without credentials unless
+//! `embedded_allow_anonymous = true`. At most `embedded_max_connections` devices are connected at
+//! once (room for the gateway's own clients is added on top); rumqttd leaves a client over the cap
+//! without a CONNACK until its connect times out. rumqttd 0.20 has no limit on retained messages
+//! and no ACLs: a device allowed in can publish anywhere and retain as much as its packets carry.
+//! For anything beyond a bench or a closed network, prefer mosquitto.
 //!
 //! For production, run mosquitto (see `deploy/mosquitto.conf`) and use `mode = "external"`: then
 //! a device is acknowledged by a broker that persists, and the gateway acknowledges the broker
 //! only after its own fsync.
 
+use gateway_config::MqttConfig;
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,9 +45,15 @@ pub enum BrokerError {
     NotReady { addr: SocketAddr },
 }
 
+/// Connections kept for the gateway's own clients (ingest and local alarms) beyond
+/// `embedded_max_connections`.
+const OWN_CLIENTS: usize = 2;
+
 /// Starts the broker on its own threads (rumqttd runs its own runtimes) and waits until it
 /// accepts connections. The broker lives as long as the process.
-pub async fn start(listen: SocketAddr, max_packet_bytes: usize) -> Result<SocketAddr, BrokerError> {
+pub async fn start(mqtt: &MqttConfig) -> Result<SocketAddr, BrokerError> {
+    let listen = mqtt.embedded_listen;
+    let max_packet_bytes = mqtt.max_packet_bytes;
     // rumqttd only logs a failed bind from its server thread; probe first to fail clearly.
     let probe = std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
         addr: listen,
@@ -62,7 +78,14 @@ pub async fn start(listen: SocketAddr, max_packet_bytes: usize) -> Result<Socket
             // connection; a device sending more than this is disconnected by the broker.
             max_payload_size: max_packet_bytes,
             max_inflight_count: 1000,
-            auth: None,
+            auth: mqtt.embedded_username.as_ref().map(|user| {
+                let password = mqtt
+                    .embedded_password
+                    .as_ref()
+                    .map(|p| p.expose().to_owned())
+                    .unwrap_or_default();
+                HashMap::from([(user.clone(), password)])
+            }),
             external_auth: None,
             dynamic_filters: true,
         },
@@ -70,7 +93,7 @@ pub async fn start(listen: SocketAddr, max_packet_bytes: usize) -> Result<Socket
     let config = Config {
         id: 0,
         router: RouterConfig {
-            max_connections: 10_000,
+            max_connections: mqtt.embedded_max_connections.saturating_add(OWN_CLIENTS),
             max_outgoing_packet_count: 1000,
             // The router keeps messages in memory segments: bound them for a small box.
             max_segment_size: 16 * 1024 * 1024,
@@ -94,7 +117,7 @@ pub async fn start(listen: SocketAddr, max_packet_bytes: usize) -> Result<Socket
 
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            tracing::info!(%addr, "embedded MQTT broker listening");
+            tracing::info!(%addr, authentication = mqtt.embedded_username.is_some(), max_connections = mqtt.embedded_max_connections, "embedded MQTT broker listening");
             return Ok(addr);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

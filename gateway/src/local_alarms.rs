@@ -270,23 +270,9 @@ fn note_error(metrics: &IngestMetrics, seq: u64, error: &PublishError) {
 }
 
 fn options(settings: &MqttSettings) -> MqttOptions {
-    let mut opts = MqttOptions::new(
-        format!("{}-alarms", settings.client_id),
-        &settings.host,
-        settings.port,
-    );
+    let mut opts = settings.connect_options(&format!("{}-alarms", settings.client_id));
     opts.set_clean_session(true)
         .set_keep_alive(settings.keep_alive);
-    if let Some((user, pass)) = &settings.credentials {
-        opts.set_credentials(user, pass);
-    }
-    if let Some(ca) = &settings.tls_ca {
-        opts.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
-            ca: ca.clone(),
-            alpn: None,
-            client_auth: None,
-        }));
-    }
     opts
 }
 

@@ -116,12 +116,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { config } => {
             let cfg = load(&config)?;
             println!(
-                "{}: ok ({:?} MQTT, {} serial port(s), {} alarm rule(s), upstream {})",
+                "{}: ok ({:?} MQTT{}, {} serial port(s), {} alarm rule(s), upstream {}{})",
                 config.display(),
                 cfg.mqtt.mode,
+                tls_summary(cfg.mqtt.tls.as_ref()),
                 cfg.serial.len(),
                 cfg.alarm.len(),
-                cfg.upstream.url
+                gateway_config::redact_url(&cfg.upstream.url),
+                tls_summary(cfg.upstream.tls.as_ref()),
             );
         }
         Command::PrintDefaultConfig => print!("{}", gateway_config::default_config_toml()),
@@ -162,6 +164,23 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How a TLS link was checked, for `check-config`: which roots, whether a client certificate.
+fn tls_summary(tls: Option<&gateway_config::TlsClient>) -> String {
+    let Some(tls) = tls else {
+        return String::new();
+    };
+    let files = tls.files();
+    let roots = match &files.ca_file {
+        Some(path) => format!("CA {}", path.display()),
+        None => "platform roots".to_owned(),
+    };
+    let client = match &files.client_cert_file {
+        Some(path) => format!(", client certificate {} (key matches)", path.display()),
+        None => String::new(),
+    };
+    format!(" over TLS with {roots}{client}")
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {

@@ -52,6 +52,7 @@ use crate::telemetry::Throttle;
 use futures::FutureExt;
 use futures::stream::{FuturesOrdered, StreamExt};
 use gateway_buffer::{Reading, Source};
+use gateway_config::{Secret, TlsClient};
 use rumqttc::{
     AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter, SubscribeReasonCode,
     TlsConfiguration, Transport,
@@ -67,9 +68,12 @@ use tokio_util::sync::CancellationToken;
 pub struct MqttSettings {
     pub host: String,
     pub port: u16,
-    pub tls_ca: Option<Vec<u8>>,
+    /// TLS for an `mqtts://` broker, built and checked at config load; `None`: plain TCP (an
+    /// `mqtt://` broker, or the embedded one).
+    pub tls: Option<TlsClient>,
     pub client_id: String,
-    pub credentials: Option<(String, String)>,
+    /// Username and password sent in CONNECT; the password never prints.
+    pub credentials: Option<(String, Secret)>,
     pub topics: Vec<String>,
     pub templates: Vec<String>,
     /// QoS 1 messages the gateway lets rumqttc keep unacknowledged at once.
@@ -87,17 +91,6 @@ pub struct MqttSettings {
     pub drain_on_stop: Option<Duration>,
 }
 
-/// The MQTT source could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum MqttError {
-    /// The CA file for `mqtts://` could not be read.
-    #[error("mqtt.ca_file {path}: {source}")]
-    CaFile {
-        path: String,
-        source: std::io::Error,
-    },
-}
-
 type Pending = Pin<Box<dyn Future<Output = (Vec<Publish>, Result<(), IngestError>)> + Send>>;
 
 /// Added to rumqttc's incoming limit over `mqtt.max_packet_bytes`: a topic (at most 65,535 bytes
@@ -109,8 +102,22 @@ pub const TOPIC_HEADROOM: usize = 65_535 + 2;
 const MAX_BATCH: usize = 256;
 
 impl MqttSettings {
+    /// Options of a client of this broker with `client_id`: address, credentials and TLS. Every
+    /// MQTT client of the gateway starts from these, so none can connect in plaintext to an
+    /// `mqtts://` broker.
+    pub(crate) fn connect_options(&self, client_id: &str) -> MqttOptions {
+        let mut o = MqttOptions::new(client_id, &self.host, self.port);
+        if let Some((user, pass)) = &self.credentials {
+            o.set_credentials(user, pass.expose());
+        }
+        if let Some(tls) = &self.tls {
+            o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.config())));
+        }
+        o
+    }
+
     fn options(&self) -> MqttOptions {
-        let mut o = MqttOptions::new(&self.client_id, &self.host, self.port);
+        let mut o = self.connect_options(&self.client_id);
         o.set_clean_session(false)
             .set_manual_acks(true)
             .set_keep_alive(self.keep_alive)
@@ -118,16 +125,6 @@ impl MqttSettings {
             // Everything the broker may deliver (see the module doc); outgoing: acks, subscribes
             // and local alarm events.
             .set_max_packet_size(self.incoming_limit(), 256 * 1024);
-        if let Some((user, pass)) = &self.credentials {
-            o.set_credentials(user, pass);
-        }
-        if let Some(ca) = &self.tls_ca {
-            o.set_transport(Transport::Tls(TlsConfiguration::Simple {
-                ca: ca.clone(),
-                alpn: None,
-                client_auth: None,
-            }));
-        }
         o
     }
 
@@ -218,6 +215,16 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
             if is_oversized_packet(&e) {
                 tracing::error!(error = %e, limit = settings.incoming_limit(), "the broker sent a packet larger than mqtt.max_packet_bytes allows; it will send it again after every reconnect: set the broker's max_packet_size to mqtt.max_packet_bytes or less (see deploy/mosquitto.conf)");
             }
+            match &e {
+                _ if is_tls_failure(&e) => {
+                    tracing::error!(error = %e, "TLS with the broker failed (nothing was sent in plaintext): check that mqtt.ca_file, or a platform root when it is not set, signed the broker's certificate for this host name, and the client certificate if the broker requires one")
+                }
+                rumqttc::ConnectionError::ConnectionRefused(code) => tracing::error!(
+                    ?code,
+                    "the broker refused our CONNECT: check mqtt.username and the password, or the client certificate"
+                ),
+                _ => {}
+            }
             tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -265,6 +272,27 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
     tracing::info!("mqtt source stopped");
+}
+
+/// Whether the connection failed in TLS: the handshake, or an alert the broker sent after it (TLS
+/// 1.3 servers refuse a client certificate only after the client thinks the handshake is done,
+/// so that arrives as an I/O error of the first read).
+fn is_tls_failure(e: &rumqttc::ConnectionError) -> bool {
+    if matches!(e, rumqttc::ConnectionError::Tls(_)) {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rumqttc::tokio_rustls::rustls::Error>())
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// The embedded broker acknowledged to devices everything it holds for us and keeps it only in
