@@ -17,7 +17,7 @@ use crate::health::{self, BufferHealth};
 use crate::keys;
 use crate::options::{BufferOptions, WhenFull};
 use crate::record::{Lane, Record, Stored};
-use crate::stats::{BufferStats, DeadKindStats, DeadLetterStats, LaneStats};
+use crate::stats::{BufferStats, DeadKindStats, DeadLetterStats, LaneStats, MovedAside};
 use crate::watermark::{self, Loaded, Watermark};
 
 /// Handle on the durable queue. Cheap to clone; every clone talks to the same database.
@@ -534,6 +534,13 @@ impl Buffer {
         }
     }
 
+    /// The databases moved aside in this buffer's directory that are still on disk, by this
+    /// open or earlier ones: [`list_moved_aside`] on [`BufferOptions::dir`]. Reads the
+    /// directory (a few `stat`s), unlike [`Buffer::stats`].
+    pub fn moved_aside_on_disk(&self) -> Result<Vec<MovedAside>, BufferError> {
+        list_moved_aside(&self.inner.opts.dir)
+    }
+
     /// Whether the database still takes writes; see [`BufferHealth`]. From memory.
     pub fn health(&self) -> BufferHealth {
         self.inner.health.borrow().clone()
@@ -786,6 +793,9 @@ fn open_sled(path: &Path, opts: &BufferOptions) -> Result<sled::Db, OpenFailure>
     }
 }
 
+/// What [`move_aside`] puts between the database's name and the time it was moved aside.
+const ASIDE_MARK: &str = ".corrupt-";
+
 /// Rename `path` to `<path>.corrupt-<UTC timestamp>` (plus `-N` if taken). Never deletes.
 fn move_aside(path: &Path, now_ms: i64) -> Result<PathBuf, BufferError> {
     let stamp = utc_stamp(now_ms);
@@ -793,10 +803,10 @@ fn move_aside(path: &Path, now_ms: i64) -> Result<PathBuf, BufferError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| keys::DB_DIR_NAME.to_string());
-    let mut target = path.with_file_name(format!("{name}.corrupt-{stamp}"));
+    let mut target = path.with_file_name(format!("{name}{ASIDE_MARK}{stamp}"));
     let mut n = 1;
     while target.exists() {
-        target = path.with_file_name(format!("{name}.corrupt-{stamp}-{n}"));
+        target = path.with_file_name(format!("{name}{ASIDE_MARK}{stamp}-{n}"));
         n += 1;
     }
     std::fs::rename(path, &target).map_err(|source| BufferError::Io {
@@ -809,6 +819,117 @@ fn move_aside(path: &Path, now_ms: i64) -> Result<PathBuf, BufferError> {
         fsync_path(parent)?;
     }
     Ok(target)
+}
+
+/// The databases [`Buffer::open`] moved aside in the buffer directory `dir`
+/// (`<dir>/buffer.sled.corrupt-<UTC timestamp>[-N]`) that are still there, oldest first.
+///
+/// The buffer never opens, reads or deletes them again: they only take space until an operator
+/// removes them. Works on a directory whose buffer is open or not; a directory that does not
+/// exist holds none. An entry removed while it is being measured is left out.
+pub fn list_moved_aside(dir: &Path) -> Result<Vec<MovedAside>, BufferError> {
+    let io_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BufferError::Io { path, source }
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(dir)(e)),
+    };
+    let prefix = format!("{}{ASIDE_MARK}", keys::DB_DIR_NAME);
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_error(dir))?;
+        let name = entry.file_name();
+        let Some(stamp) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let path = entry.path();
+        let Some(bytes) = bytes_under(&path).map_err(io_error(&path))? else {
+            continue;
+        };
+        found.push(MovedAside {
+            moved_at_ms: parse_aside_stamp(stamp),
+            path,
+            bytes,
+        });
+    }
+    found.sort_by(|a, b| (a.moved_at_ms, &a.path).cmp(&(b.moved_at_ms, &b.path)));
+    Ok(found)
+}
+
+/// Total bytes of the regular files at or under `path` (symlinks are not followed), or `None`
+/// if `path` itself is gone. Files that vanish meanwhile count as 0.
+fn bytes_under(path: &Path) -> std::io::Result<Option<u64>> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        return Ok(Some(if meta.is_file() { meta.len() } else { 0 }));
+    }
+    // An explicit stack rather than recursion: a damaged tree cannot overflow the stack.
+    let mut total = 0;
+    let mut dirs = vec![path.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => dirs.push(entry.path()),
+                Ok(meta) if meta.is_file() => total += meta.len(),
+                Ok(_) => {}
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(Some(total))
+}
+
+/// When a database was moved aside, from what [`move_aside`] wrote after the mark:
+/// `<UTC timestamp>` or `<UTC timestamp>-N`. `None` for anything else.
+fn parse_aside_stamp(rest: &str) -> Option<i64> {
+    let (stamp, suffix) = (rest.get(..16)?, rest.get(16..)?);
+    let numbered = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    if !(suffix.is_empty() || suffix.strip_prefix('-').is_some_and(numbered)) {
+        return None;
+    }
+    parse_utc_stamp(stamp)
+}
+
+/// The inverse of [`utc_stamp`] (days-from-civil, H. Hinnant): ms since the epoch of a
+/// `YYYYMMDDTHHMMSSZ` stamp, `None` unless `utc_stamp` would write exactly this text.
+fn parse_utc_stamp(stamp: &str) -> Option<i64> {
+    let b = stamp.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<i64> {
+        let digits = stamp.get(from..to)?;
+        if !digits.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    };
+    let (y, m, d) = (num(0, 4)?, num(4, 6)?, num(6, 8)?);
+    let (hh, mm, ss) = (num(9, 11)?, num(11, 13)?, num(13, 15)?);
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let ms = (days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000;
+    // Out-of-range fields (month 13, 25 o'clock, 31 February) would land on another date.
+    (utc_stamp(ms) == stamp).then_some(ms)
 }
 
 /// `create_dir_all`, returning the directories it created (outermost first).
@@ -1619,5 +1740,106 @@ impl Inner {
     /// is durable in sled (written in place, no fsync; see `watermark.rs`).
     pub(crate) fn note_durable(&self, durable_seq: u64) {
         self.lock_watermark().note_durable(durable_seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory named like a sled database, holding `files` (relative path, size).
+    fn fake_db(path: &Path, files: &[(&str, usize)]) {
+        for (name, size) in files {
+            let file = path.join(name);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, vec![0u8; *size]).unwrap();
+        }
+    }
+
+    #[test]
+    fn moved_aside_databases_are_listed_with_their_size_and_time_and_nothing_else_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join(keys::DB_DIR_NAME);
+        // 2024-02-29 23:59:58 UTC, twice in the same second: the second copy gets `-1`.
+        let at_ms = 1_709_251_198_000;
+        fake_db(&db, &[("conf", 10), ("db", 1000), ("blobs/1", 5)]);
+        let first = move_aside(&db, at_ms + 400).unwrap();
+        fake_db(&db, &[("conf", 20), ("db", 300)]);
+        let second = move_aside(&db, at_ms).unwrap();
+        assert_eq!(
+            second.file_name().unwrap(),
+            "buffer.sled.corrupt-20240229T235958Z-1"
+        );
+        // What else lives there: the open database, the watermark, the probe, and names that
+        // only look alike.
+        fake_db(&db, &[("conf", 7), ("db", 7)]);
+        fake_db(
+            dir.path(),
+            &[
+                ("seq.watermark", 64),
+                (health::PROBE_FILE_NAME, 1),
+                ("buffer.sled.old/db", 9),
+                ("other.sled.corrupt-20240229T235958Z/db", 9),
+            ],
+        );
+
+        let listed = list_moved_aside(dir.path()).unwrap();
+        assert_eq!(
+            listed,
+            [
+                MovedAside {
+                    path: first,
+                    bytes: 1015,
+                    moved_at_ms: Some(at_ms),
+                },
+                MovedAside {
+                    path: second,
+                    bytes: 320,
+                    moved_at_ms: Some(at_ms),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_moved_aside_name_without_a_readable_time_is_listed_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "buffer.sled.corrupt-yesterday",
+            "buffer.sled.corrupt-20241332T000000Z",
+            "buffer.sled.corrupt-20240101T000000Z-x",
+        ] {
+            fake_db(&dir.path().join(name), &[("db", 3)]);
+        }
+        let listed = list_moved_aside(dir.path()).unwrap();
+        assert_eq!(listed.len(), 3, "{listed:?}");
+        for aside in listed {
+            assert_eq!((aside.bytes, aside.moved_at_ms), (3, None), "{aside:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_buffer_directory_holds_no_moved_aside_database() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            list_moved_aside(&dir.path().join("never-made")).unwrap(),
+            []
+        );
+    }
+
+    #[test]
+    fn utc_stamps_read_back_to_the_second_they_were_written_for() {
+        for ms in [0, 951_782_400_000, 1_709_251_198_999, 4_102_444_799_000] {
+            let stamp = utc_stamp(ms);
+            assert_eq!(parse_utc_stamp(&stamp), Some(ms - ms % 1000), "{stamp}");
+        }
+        for bad in [
+            "20240230T000000Z",
+            "20240101T240000Z",
+            "2024010xT000000Z",
+            "20240101 000000Z",
+        ] {
+            assert_eq!(parse_utc_stamp(bad), None, "{bad}");
+        }
     }
 }

@@ -47,7 +47,9 @@
 //! - **Corruption never wipes data.** A database sled cannot open is renamed to
 //!   `<dir>/buffer.sled.corrupt-<UTC timestamp>`, logged at error, counted
 //!   ([`BufferStats::moved_aside`]) and a fresh one is started. A block that does not decode is
-//!   moved to the dead letters and the lane moves on.
+//!   moved to the dead letters and the lane moves on. The moved-aside copies stay until someone
+//!   removes them; [`list_moved_aside`] (or [`Buffer::moved_aside_on_disk`]) lists them with
+//!   their size.
 //! - **Bounded memory.** Reads stream block by block; stats are kept incrementally (O(lanes));
 //!   the sled cache is capped by [`BufferOptions::cache_capacity_bytes`]; the append queue is
 //!   bounded.
@@ -144,14 +146,14 @@ mod stats;
 mod watermark;
 
 pub use block::MAX_RECORD_BYTES;
-pub use buffer::Buffer;
+pub use buffer::{Buffer, list_moved_aside};
 pub use committer::{Appended, Committer, OnWait};
 pub use dead::{DeadKind, DeadLetter, DeadLetterInput, DeadLetters, DeadPayload};
 pub use error::{AppendError, BufferError};
 pub use health::{BufferHealth, PROBE_BYTES, PROBE_FILE_NAME, PROBE_INTERVAL};
 pub use options::{BufferOptions, Clock, ManualClock, SystemClock, WhenFull};
 pub use record::{AlarmEvent, AlarmState, Lane, Reading, Record, Severity, Source, Stored};
-pub use stats::{BufferStats, DeadKindStats, DeadLetterStats, LaneStats};
+pub use stats::{BufferStats, DeadKindStats, DeadLetterStats, LaneStats, MovedAside};
 
 /// Name of the sled directory inside [`BufferOptions::dir`].
 pub const DB_DIR_NAME: &str = keys::DB_DIR_NAME;

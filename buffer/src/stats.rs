@@ -2,6 +2,8 @@
 //! buffer works, computed once at open from block headers. Counters (`*_total`, `dropped_*`,
 //! `expired`, `undecodable`) count since this open.
 
+use std::path::PathBuf;
+
 use crate::record::Lane;
 
 /// One lane.
@@ -106,4 +108,18 @@ impl BufferStats {
             Lane::Readings => &self.readings,
         }
     }
+}
+
+/// A database moved aside because sled could not open it, still on disk (listed by
+/// [`crate::list_moved_aside`]). The buffer never uses it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MovedAside {
+    /// Where it is: `<dir>/buffer.sled.corrupt-<UTC timestamp>`, or with `-N` appended when
+    /// two were moved aside in the same second.
+    pub path: PathBuf,
+    /// Total size of the files under it, in bytes: what removing it frees.
+    pub bytes: u64,
+    /// When it was moved aside (ms since the epoch, whole seconds), read from its name; `None`
+    /// when the name holds no readable time.
+    pub moved_at_ms: Option<i64>,
 }

@@ -1,27 +1,92 @@
 //! The admin HTTP API on `admin.listen`: `/healthz`, `/metrics` (Prometheus text), `/status`
 //! (JSON), `POST /reload`, and the status page at `/`.
 //!
-//! Loopback by default; the config refuses any other address without `admin.token_env`, and
-//! with a token every request must carry `Authorization: Bearer <token>`.
+//! # Access
+//! Loopback by default; the config refuses any other address without `admin.token_env`. With a
+//! token, `/metrics`, `/status` and `POST /reload` need `Authorization: Bearer <token>` (else
+//! 401). Two routes answer without it:
+//! - `/healthz`, so that a load balancer or `curl -f` can check the gateway without holding the
+//!   secret. It says only the status and the degraded reasons; to a client without the token
+//!   the reasons leave out the error text sled or the OS gave (it can name paths on the box).
+//! - `/`, the status page: a shell without any data. Its script fetches `/status` with the
+//!   token, taken from the URL fragment (`/#token=…`: browsers never send a fragment, so it is
+//!   in no request line or log) or typed into the form the page shows on a 401, and kept in the
+//!   tab's `sessionStorage`.
+//!
+//! # Connections
+//! Served with hyper's HTTP/1 connection directly, because `axum::serve` has no header
+//! timeout. [`Limits`] bounds what clients can hold: a connection must send a whole request
+//! head within [`Limits::header_read_timeout`] of being accepted or of its last response (a
+//! slow-loris or an idle keep-alive connection is closed then), and the rest of the request
+//! within [`Limits::request_timeout`] (else 408); at most [`Limits::max_connections`] are
+//! served at once and further clients wait, unaccepted, in the kernel's listen backlog; a
+//! request body over [`Limits::max_body_bytes`] is answered 413. On `stop` the listener
+//! closes, idle connections are closed and requests in progress finish.
+//!
+//! Not promised: fairness between clients beyond the backlog's order, TLS (put a reverse proxy
+//! in front for that), HTTP/2.
 
 use crate::app::rules_from_config;
 use crate::pipeline::Pipeline;
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use gateway_buffer::{BufferHealth, Lane, LaneStats, Source};
+use gateway_buffer::{BufferHealth, Lane, LaneStats, MovedAside, Source};
 use gateway_config::{Config, Secret};
 use gateway_forwarder::ForwarderHandle;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What a client of the admin API can hold. [`Limits::default`] in the gateway; tests shrink
+/// the timeout and the cap to see them act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A connection that has not sent a complete request head this long after it was accepted,
+    /// or after its previous response, is closed: a slow-loris client, or an idle keep-alive
+    /// one. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Connections served at once (at least 1). Beyond it, new clients wait in the kernel's
+    /// listen backlog, not accepted, costing no task or buffer here, until a served connection
+    /// closes. Default 64: a few scrapers, a status page and the CLI need a handful.
+    pub max_connections: usize,
+    /// A request not answered this long after its head arrived is answered 408 and its
+    /// connection closed: a client that sends its body slowly, or never. The routes themselves
+    /// answer in milliseconds. Default 10 s.
+    pub request_timeout: Duration,
+    /// Largest request body in bytes; a larger one is answered 413 without reading it further.
+    /// No route takes a body (`POST /reload` has none). Default 64 KiB.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 64,
+            request_timeout: Duration::from_secs(10),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// How long the accept loop waits after `accept` failed (out of file descriptors, mostly)
+/// before it tries again; `axum::serve` waits the same.
+const ACCEPT_RETRY: Duration = Duration::from_secs(1);
 
 /// What the admin API reads from; cheap to clone.
 #[derive(Debug, Clone)]
@@ -74,7 +139,8 @@ impl AdminState {
     }
 
     /// The JSON of `/status`.
-    pub fn status(&self) -> Value {
+    pub async fn status(&self) -> Value {
+        let moved_aside_on_disk = moved_aside_json(&list_moved_aside(self).await);
         let p = &self.inner.pipeline;
         let m = p.metrics();
         let b = p.buffer().stats();
@@ -113,6 +179,7 @@ impl AdminState {
                     "refused": { "count": b.dead_letters.refused.count, "bytes": b.dead_letters.refused.bytes, "dropped": b.dead_letters.refused.dropped },
                 },
                 "moved_aside": b.moved_aside,
+                "moved_aside_on_disk": moved_aside_on_disk,
                 "missing_at_open": b.missing_at_open,
                 "last_durable_seq": b.last_durable_seq,
                 "write_errors": b.write_errors,
@@ -145,55 +212,149 @@ impl AdminState {
         })
     }
 
+    /// Whether a request with `headers` may see everything: no token is configured, or it
+    /// carries the token as `Authorization: Bearer <token>`.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.inner.token else {
+            return true;
+        };
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|presented| token.matches(presented))
+    }
+
     /// `/healthz`: which parts are degraded. Ingest and buffer being up is what makes it 200;
-    /// a buffer that cannot write makes it 503, with the reason.
-    fn health(&self) -> (StatusCode, Value) {
+    /// a buffer that cannot write makes it 503, with the reason. `detail` adds the error text
+    /// of a buffer failure to its reason.
+    fn health(&self, detail: bool) -> (StatusCode, Value) {
         let m = self.inner.pipeline.metrics();
         let f = self.inner.forwarder.stats();
         let mut degraded = Vec::new();
-        let buffer_down = buffer_unhealthy_reason(&self.inner.pipeline.buffer().health());
-        if let Some(reason) = &buffer_down {
-            degraded.push(reason.as_str());
-        }
+        degraded.extend(Degraded::of_buffer(self.inner.pipeline.buffer().health()));
         if m.mqtt_enabled() && !m.mqtt_connected() {
-            degraded.push("mqtt: not connected to the broker");
+            degraded.push(Degraded::MqttNotConnected);
         } else if m.mqtt_enabled() && !m.mqtt_subscribed() {
-            degraded.push("mqtt: subscription not granted by the broker (yet)");
+            degraded.push(Degraded::MqttNotSubscribed);
         }
         match f.upstream {
-            gateway_forwarder::UpstreamState::Down => degraded.push("upstream: down"),
-            gateway_forwarder::UpstreamState::BackingOff => degraded.push("upstream: backing off"),
+            gateway_forwarder::UpstreamState::Down => degraded.push(Degraded::UpstreamDown),
+            gateway_forwarder::UpstreamState::BackingOff => {
+                degraded.push(Degraded::UpstreamBackingOff);
+            }
             _ => {}
         }
-        let (code, status) = if buffer_down.is_some() {
+        let (code, status) = if degraded.iter().any(Degraded::is_unhealthy) {
             (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
         } else if degraded.is_empty() {
             (StatusCode::OK, "ok")
         } else {
             (StatusCode::OK, "degraded")
         };
-        (code, json!({ "status": status, "degraded": degraded }))
+        let reasons: Vec<String> = degraded.iter().map(|d| d.reason(detail)).collect();
+        (code, json!({ "status": status, "degraded": reasons }))
     }
 }
 
-/// Why `/healthz` is 503 because of the buffer, or `None` while it writes.
-fn buffer_unhealthy_reason(health: &BufferHealth) -> Option<String> {
-    match health {
-        BufferHealth::Writable => None,
-        BufferHealth::WriteFailed { error, .. } => Some(format!(
-            "buffer: writes fail ({error}); readings are not acknowledged (MQTT messages wait at \
-             the broker); checking for free space every {}s",
-            gateway_buffer::PROBE_INTERVAL.as_secs()
-        )),
-        BufferHealth::ReopenNeeded { error, .. } => Some(format!(
-            "buffer: writes succeed again after failing ({error}); restarting to reopen the \
-             database"
-        )),
+/// One reason why `/healthz` is not plainly "ok".
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Degraded {
+    /// A write of the buffer database failed; nothing more is acknowledged (503).
+    BufferWriteFailed { error: String },
+    /// Writes succeed again after failing; the gateway restarts to reopen the database (503).
+    BufferReopenNeeded { error: String },
+    /// MQTT is configured and the broker connection is down.
+    MqttNotConnected,
+    /// Connected, but the broker has not granted every topic filter.
+    MqttNotSubscribed,
+    /// The upstream is down.
+    UpstreamDown,
+    /// The upstream failed and the forwarder waits before retrying.
+    UpstreamBackingOff,
+}
+
+impl Degraded {
+    /// The buffer's part, or `None` while it writes.
+    fn of_buffer(health: BufferHealth) -> Option<Degraded> {
+        match health {
+            BufferHealth::Writable => None,
+            BufferHealth::WriteFailed { error, .. } => Some(Degraded::BufferWriteFailed { error }),
+            BufferHealth::ReopenNeeded { error, .. } => {
+                Some(Degraded::BufferReopenNeeded { error })
+            }
+        }
+    }
+
+    /// Whether this makes `/healthz` 503: the buffer, not ingest or the upstream.
+    fn is_unhealthy(&self) -> bool {
+        matches!(
+            self,
+            Degraded::BufferWriteFailed { .. } | Degraded::BufferReopenNeeded { .. }
+        )
+    }
+
+    /// The line in `degraded`. Without `detail` the error sled or the OS reported is left out:
+    /// it can name paths and devices of the box, and `/healthz` answers without the token.
+    fn reason(&self, detail: bool) -> String {
+        let error = |e: &str| {
+            if detail {
+                format!(" ({e})")
+            } else {
+                String::new()
+            }
+        };
+        match self {
+            Degraded::BufferWriteFailed { error: e } => format!(
+                "buffer: writes fail{}; readings are not acknowledged (MQTT messages wait at the \
+                 broker); checking for free space every {}s",
+                error(e),
+                gateway_buffer::PROBE_INTERVAL.as_secs()
+            ),
+            Degraded::BufferReopenNeeded { error: e } => format!(
+                "buffer: writes succeed again after failing{}; restarting to reopen the database",
+                error(e)
+            ),
+            Degraded::MqttNotConnected => "mqtt: not connected to the broker".into(),
+            Degraded::MqttNotSubscribed => {
+                "mqtt: subscription not granted by the broker (yet)".into()
+            }
+            Degraded::UpstreamDown => "upstream: down".into(),
+            Degraded::UpstreamBackingOff => "upstream: backing off".into(),
+        }
+    }
+}
+
+/// `buffer.moved_aside_on_disk` of `/status`: the databases moved aside and still on disk.
+fn moved_aside_json(listed: &Result<Vec<MovedAside>, String>) -> Value {
+    match listed {
+        Ok(list) => json!({
+            "count": list.len(),
+            "bytes": list.iter().map(|a| a.bytes).sum::<u64>(),
+            "databases": list.iter().map(|a| json!({
+                "path": a.path.display().to_string(),
+                "bytes": a.bytes,
+                "moved_at_ms": a.moved_at_ms,
+            })).collect::<Vec<_>>(),
+            "error": null,
+        }),
+        Err(e) => json!({ "count": null, "bytes": null, "databases": [], "error": e }),
+    }
+}
+
+/// The moved-aside databases of the buffer directory, listed on the blocking pool (it reads
+/// the directory, and an SD card can be slow to answer); the error as text.
+async fn list_moved_aside(state: &AdminState) -> Result<Vec<MovedAside>, String> {
+    let buffer = state.inner.pipeline.buffer().clone();
+    match tokio::task::spawn_blocking(move || buffer.moved_aside_on_disk()).await {
+        Ok(listed) => listed.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("listing the moved-aside databases failed: {e}")),
     }
 }
 
 /// Renders `/metrics` in the Prometheus text exposition format.
-pub fn render_metrics(state: &AdminState) -> String {
+pub async fn render_metrics(state: &AdminState) -> String {
+    let moved_aside_on_disk = list_moved_aside(state).await;
     let p = &state.inner.pipeline;
     let m = p.metrics();
     let b = p.buffer().stats();
@@ -322,6 +483,25 @@ pub fn render_metrics(state: &AdminState) -> String {
         "counter",
         "Unopenable databases moved aside at start.",
         &one(b.moved_aside),
+    );
+    // Left without samples when the directory cannot be listed (`/status` says why).
+    let on_disk = |f: fn(&MovedAside) -> u64| {
+        moved_aside_on_disk
+            .iter()
+            .map(|list| (String::new(), list.iter().map(f).sum::<u64>() as f64))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "gateway_buffer_moved_aside_on_disk",
+        "gauge",
+        "Databases moved aside (at this start or an earlier one) still on disk; the gateway never uses them again.",
+        &on_disk(|_| 1),
+    );
+    family(
+        "gateway_buffer_moved_aside_on_disk_bytes",
+        "gauge",
+        "Bytes the databases moved aside still take on disk.",
+        &on_disk(|a| a.bytes),
     );
     family(
         "gateway_buffer_write_errors_total",
@@ -484,64 +664,166 @@ pub fn render_metrics(state: &AdminState) -> String {
     out
 }
 
-/// Binds and serves until `stop`; returns the bound address.
+/// Binds and serves the admin routes under [`Limits::default`] until `stop`; returns the
+/// bound address.
 pub async fn serve(
     listen: SocketAddr,
     state: AdminState,
     stop: CancellationToken,
 ) -> Result<SocketAddr, crate::app::RunError> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| crate::app::RunError::Listen {
-            what: "admin.listen",
-            addr: listen,
-            source,
-        })?;
+    serve_with(listen, router(state), Limits::default(), stop).await
+}
+
+/// Binds `listen` and serves `app` under `limits` until `stop`, on a task of its own; returns
+/// the bound address. On `stop` the listener is closed at once, idle connections are closed
+/// and requests in progress finish (with `Connection: close`).
+pub async fn serve_with(
+    listen: SocketAddr,
+    app: Router,
+    limits: Limits,
+    stop: CancellationToken,
+) -> Result<SocketAddr, crate::app::RunError> {
+    let listener =
+        TcpListener::bind(listen)
+            .await
+            .map_err(|source| crate::app::RunError::Listen {
+                what: "admin.listen",
+                addr: listen,
+                source,
+            })?;
     let addr = listener.local_addr().unwrap_or(listen);
-    let app = router(state);
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-        if let Err(e) = served.await {
-            tracing::error!(error = %e, "admin server stopped");
-        }
-    });
+    let app = app
+        // Extractors that read a body stop at the limit with 413 (a chunked body has no
+        // length to check up front)...
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        // ...within the time a request may take...
+        .layer(middleware::from_fn_with_state(
+            limits.request_timeout,
+            answer_in_time,
+        ))
+        // ...and a declared length over the limit is answered before anything reads or routes.
+        .layer(middleware::from_fn_with_state(
+            limits.max_body_bytes,
+            refuse_declared_oversize,
+        ));
+    tokio::spawn(accept_loop(listener, app, limits, stop));
     Ok(addr)
 }
 
-/// The routes, with the bearer-token check in front when a token is configured.
-pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/", get(page))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/status", get(status))
-        .route("/reload", post(reload))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .with_state(state)
+/// Accepts and serves connections until `stop`, then waits for the connections to end.
+async fn accept_loop(listener: TcpListener, app: Router, limits: Limits, stop: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    loop {
+        // A slot before `accept`: past the cap clients wait in the kernel's backlog, which the
+        // kernel bounds, instead of as tasks here. Both waits are cancel-safe: losing the race
+        // to `stop` drops no connection.
+        let slot = tokio::select! {
+            () = stop.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin: accepting a connection failed; retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(ACCEPT_RETRY) => continue,
+                    }
+                }
+            },
+        };
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
+                // Timeouts and clients going away: nothing for the operator to act on.
+                tracing::debug!(error = %e, "admin: connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    // Closed before waiting, so the port is free (and clients refused) at once.
+    drop(listener);
+    connections.close();
+    connections.wait().await;
 }
 
-async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &state.inner.token {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !presented.is_some_and(|p| token.matches(p)) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "missing or wrong admin token\n",
-            )
-                .into_response();
-        }
+/// Answers 413 to a request whose `Content-Length` is over `max` bytes, before its body is
+/// read or it reaches a route (or the token check).
+async fn refuse_declared_oversize(State(max): State<usize>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {max} bytes\n"),
+        )
+            .into_response();
     }
     next.run(req).await
 }
 
-async fn healthz(State(state): State<AdminState>) -> Response {
-    let (code, body) = state.health();
+/// Answers 408 to a request the routes did not answer within `timeout`: only one whose body
+/// is slow to arrive can take that long.
+async fn answer_in_time(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            [(header::CONNECTION, "close")],
+            "request not received in time\n",
+        )
+            .into_response(),
+    }
+}
+
+/// The routes. With a token configured, everything but `/healthz` and the page shell at `/`
+/// needs it (see the module docs).
+pub fn router(state: AdminState) -> Router {
+    let guarded = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/reload", post(reload))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(healthz))
+        .merge(guarded)
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {
+    if !state.authorized(req.headers()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "missing or wrong admin token\n",
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+async fn healthz(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    let (code, body) = state.health(state.authorized(&headers));
     (code, axum::Json(body)).into_response()
 }
 
@@ -551,26 +833,82 @@ async fn metrics(State(state): State<AdminState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render_metrics(&state),
+        render_metrics(&state).await,
     )
         .into_response()
 }
 
 async fn status(State(state): State<AdminState>) -> Response {
-    axum::Json(state.status()).into_response()
+    axum::Json(state.status().await).into_response()
 }
 
-async fn reload(State(state): State<AdminState>) -> Response {
+/// `POST /reload`. The body is read (up to the limit, else 413) and ignored: reading it keeps
+/// the connection usable for the next request.
+async fn reload(State(state): State<AdminState>, _body: Bytes) -> Response {
     match state.reload() {
         Ok(msg) => (StatusCode::OK, msg + "\n").into_response(),
         Err(msg) => (StatusCode::UNPROCESSABLE_ENTITY, msg + "\n").into_response(),
     }
 }
 
+/// What the status page may do in a browser: its own inline script and styles, fetches of its
+/// own origin only (the token cannot be sent elsewhere), no form submission (a failed script
+/// cannot put the token into a URL), no framing.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+    style-src 'unsafe-inline'; connect-src 'self'; form-action 'none'; base-uri 'none'; \
+    frame-ancestors 'none'";
+
+/// The status page: a shell without data, served without the token (its script fetches
+/// `/status` with it).
 async fn page() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
         include_str!("status.html"),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_reason_carries_the_error_text_only_with_detail() {
+        let error = "buffer I/O error on /var/lib/gateway/buffer/buffer.sled/db: No space left";
+        for degraded in [
+            Degraded::BufferWriteFailed {
+                error: error.into(),
+            },
+            Degraded::BufferReopenNeeded {
+                error: error.into(),
+            },
+        ] {
+            assert!(degraded.is_unhealthy());
+            let detailed = degraded.reason(true);
+            assert!(detailed.contains(&format!(" ({error})")), "{detailed}");
+            let public = degraded.reason(false);
+            assert_eq!(public, detailed.replace(&format!(" ({error})"), ""));
+            assert!(public.starts_with("buffer: writes "), "{public}");
+        }
+    }
+
+    #[test]
+    fn the_detailed_reason_of_a_failed_write_reads_as_before() {
+        let degraded = Degraded::BufferWriteFailed {
+            error: "disk full".into(),
+        };
+        assert_eq!(
+            degraded.reason(true),
+            format!(
+                "buffer: writes fail (disk full); readings are not acknowledged (MQTT messages \
+                 wait at the broker); checking for free space every {}s",
+                gateway_buffer::PROBE_INTERVAL.as_secs()
+            )
+        );
+    }
 }

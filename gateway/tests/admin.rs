@@ -3,15 +3,19 @@
 //! real HTTP client, the `prometheus-parse` crate for `/metrics`, and headless Chromium for the
 //! status page.
 
+use gateway::admin::Limits;
 use gateway::{RunError, RunOptions};
 use gateway_config::Config;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -98,6 +102,8 @@ struct Setup<'a> {
     env: HashMap<String, String>,
     /// Write the config to `gateway.toml` and pass it as the file to reload from.
     with_file: bool,
+    /// Files (path under `data_dir`, size in bytes) there before the gateway starts.
+    data_files: &'a [(&'a str, usize)],
 }
 
 const HOT_ABOVE_50: &str = r#"
@@ -151,6 +157,11 @@ async fn start_gateway(receiver: &Receiver, setup: Setup<'_>) -> Gateway {
         std::fs::write(&path, &text).unwrap();
         path
     });
+    for (path, size) in setup.data_files {
+        let path = dir.path().join("data").join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, vec![7u8; *size]).unwrap();
+    }
     let (stop, stopped) = oneshot::channel::<()>();
     let options = RunOptions {
         config_path,
@@ -485,7 +496,7 @@ async fn metrics_parse_as_prometheus_text_name_every_wire_family_and_move_as_rea
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_route_needs_the_bearer_token_when_the_admin_api_listens_beyond_loopback() {
+async fn with_a_token_every_route_needs_it_but_healthz_and_the_page_shell_which_hold_no_data() {
     let receiver = start_receiver().await;
     let gw = start_gateway(
         &receiver,
@@ -501,7 +512,7 @@ async fn every_route_needs_the_bearer_token_when_the_admin_api_listens_beyond_lo
     // Reload re-reads the file with the process environment, where the test's token variable
     // is not set; an empty file is a valid config (defaults, no rules) to reload from.
     std::fs::write(gw.config_file(), "").unwrap();
-    for route in ["/", "/healthz", "/metrics", "/status", "/reload"] {
+    for route in ["/metrics", "/status", "/reload"] {
         let (code, _) = get(&gw, route, None).await.unwrap();
         assert_eq!(code, 401, "{route} without a token");
         let (code, _) = get(&gw, route, Some("wrong-token")).await.unwrap();
@@ -518,6 +529,27 @@ async fn every_route_needs_the_bearer_token_when_the_admin_api_listens_beyond_lo
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
+
+    // /healthz answers anyone, with the status and the reasons and nothing else.
+    for token in [None, Some("wrong-token"), Some("right-token")] {
+        let (code, body) = get(&gw, "/healthz", token).await.unwrap();
+        assert_eq!(code, 200, "/healthz with {token:?}: {body}");
+        let health: Value = serde_json::from_str(&body).unwrap();
+        let keys: Vec<_> = health.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["status", "degraded"], "{body}");
+        assert!(health["status"].is_string() && health["degraded"].is_array());
+    }
+    // The page shell answers anyone too, and holds nothing of the gateway's.
+    let resp = client.get(format!("{}/", gw.admin)).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("connect-src 'self'"), "{csp}");
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("<title>Gateway status</title>"));
+    assert!(
+        !page.contains("gw-admin-test"),
+        "the shell names the gateway"
+    );
     gw.stop().await;
 }
 
@@ -648,6 +680,19 @@ fn chromium() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// [`chromium`], or `None` after reporting `test` as not run for real (a failure under `CI`).
+fn chromium_or_report(test: &str) -> Option<PathBuf> {
+    let found = chromium();
+    if found.is_none() {
+        test_peers::missing(
+            test,
+            "chromium is not installed",
+            "apt-get install chromium",
+        );
+    }
+    found
+}
+
 /// The text of the element with `id`, from a dumped DOM.
 fn element_text<'a>(dom: &'a str, id: &str) -> &'a str {
     let open = format!("id=\"{id}\"");
@@ -660,13 +705,23 @@ fn element_text<'a>(dom: &'a str, id: &str) -> &'a str {
     &rest[start..start + end]
 }
 
-/// The `data-points` attribute of the canvas with `id`.
-fn chart_points(dom: &str, id: &str) -> u64 {
+/// The opening tag of the element with `id`, from a dumped DOM.
+fn opening_tag<'a>(dom: &'a str, id: &str) -> &'a str {
     let at = dom
         .find(&format!("id=\"{id}\""))
         .unwrap_or_else(|| panic!("no #{id}"));
     let tag_start = dom[..at].rfind('<').unwrap();
-    let tag = &dom[tag_start..at + dom[at..].find('>').unwrap()];
+    &dom[tag_start..at + dom[at..].find('>').unwrap()]
+}
+
+/// Whether the page shows its token form (`#auth` not `hidden`).
+fn asks_for_token(dom: &str) -> bool {
+    !opening_tag(dom, "auth").contains(" hidden")
+}
+
+/// The `data-points` attribute of the canvas with `id`.
+fn chart_points(dom: &str, id: &str) -> u64 {
+    let tag = opening_tag(dom, id);
     let value = tag
         .split("data-points=\"")
         .nth(1)
@@ -674,14 +729,54 @@ fn chart_points(dom: &str, id: &str) -> u64 {
     value[..value.find('"').unwrap()].parse().unwrap()
 }
 
+/// The DOM of `url` once headless Chromium ran the page's scripts for 6 s of virtual time
+/// (three refreshes of the status page).
+async fn render(browser: &Path, url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    // The DOM goes to a file, so a large page can never fill a pipe nobody reads yet.
+    let dom_file = profile.path().join("dom.html");
+    let err_file = profile.path().join("stderr.txt");
+    let mut child = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=6000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&dom_file).unwrap())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .expect("chromium starts");
+    let exit = poll(Duration::from_secs(90), "chromium ends", || {
+        let exited = child.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    let dom = std::fs::read_to_string(&dom_file).unwrap();
+    assert!(
+        exit.success() && dom.contains("</html>"),
+        "chromium failed after {:?}: {exit}\n{}",
+        started.elapsed(),
+        std::fs::read_to_string(&err_file).unwrap_or_default()
+    );
+    eprintln!("chromium rendered {url} in {:?}", started.elapsed());
+    dom
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_status_page_in_headless_chromium_shows_the_numbers_of_status_and_draws_its_charts() {
-    let Some(browser) = chromium() else {
-        test_peers::missing(
-            "admin::the_status_page_in_headless_chromium",
-            "chromium is not installed",
-            "apt-get install chromium",
-        );
+    let Some(browser) = chromium_or_report("admin::the_status_page_in_headless_chromium") else {
         return;
     };
     let receiver = start_receiver().await;
@@ -711,50 +806,13 @@ async fn the_status_page_in_headless_chromium_shows_the_numbers_of_status_and_dr
     })
     .await;
 
-    let profile = tempfile::tempdir().unwrap();
-    let started = Instant::now();
-    // The DOM goes to a file, so a large page can never fill a pipe nobody reads yet.
-    let dom_file = profile.path().join("dom.html");
-    let err_file = profile.path().join("stderr.txt");
-    let mut child = std::process::Command::new(&browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=6000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("{}/", gw.admin))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(&dom_file).unwrap())
-        .stderr(std::fs::File::create(&err_file).unwrap())
-        .spawn()
-        .expect("chromium starts");
-    let exit = poll(Duration::from_secs(90), "chromium ends", || {
-        let exited = child.try_wait().unwrap();
-        async move { exited }
-    })
-    .await;
-    let dom = std::fs::read_to_string(&dom_file).unwrap();
-    assert!(
-        exit.success() && dom.contains("</html>"),
-        "chromium failed after {:?}: {exit}\n{}",
-        started.elapsed(),
-        std::fs::read_to_string(&err_file).unwrap_or_default()
-    );
-    eprintln!("chromium rendered the page in {:?}", started.elapsed());
+    let dom = render(&browser, &format!("{}/", gw.admin)).await;
 
     assert!(
         dom.contains("data-refreshed="),
         "the page never refreshed: {dom}"
     );
+    assert!(!asks_for_token(&dom), "no token is configured: {dom}");
     assert_eq!(element_text(&dom, "gateway-id"), "gw-admin-test");
     let lanes = &status["buffer"]["lanes"];
     assert_eq!(
@@ -795,4 +853,468 @@ async fn the_status_page_in_headless_chromium_shows_the_numbers_of_status_and_dr
         assert!(chart_points(&dom, chart) > 0, "chart {chart} drew nothing");
     }
     gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_token_the_status_page_asks_for_it_and_shows_the_numbers_once_given_in_the_fragment()
+{
+    let Some(browser) = chromium_or_report("admin::with_a_token_the_status_page_asks_for_it")
+    else {
+        return;
+    };
+    let receiver = start_receiver().await;
+    // A token with characters a URL must escape: the page decodes the fragment.
+    let token = "s3cr3t/+=x";
+    let gw = start_gateway(
+        &receiver,
+        Setup {
+            admin_extra: r#"token_env = "TEST_ADMIN_TOKEN""#,
+            env: HashMap::from([("TEST_ADMIN_TOKEN".into(), token.into())]),
+            ..Setup::default()
+        },
+    )
+    .await;
+
+    let dom = render(&browser, &format!("{}/", gw.admin)).await;
+    assert!(asks_for_token(&dom), "{dom}");
+    assert!(
+        element_text(&dom, "auth-message").contains("needs its token (401)"),
+        "{dom}"
+    );
+    assert!(!dom.contains("data-refreshed="), "shown without a token");
+    assert_eq!(element_text(&dom, "gateway-id"), "…");
+
+    let dom = render(&browser, &format!("{}/#token=wrong", gw.admin)).await;
+    assert!(asks_for_token(&dom), "{dom}");
+    assert!(
+        element_text(&dom, "auth-message").contains("refused this token (401)"),
+        "{dom}"
+    );
+    assert!(!dom.contains("data-refreshed="), "shown with a wrong token");
+
+    let dom = render(&browser, &format!("{}/#token=s3cr3t%2F%2B%3Dx", gw.admin)).await;
+    assert!(!asks_for_token(&dom), "{dom}");
+    assert!(dom.contains("data-refreshed="), "never refreshed: {dom}");
+    assert_eq!(element_text(&dom, "gateway-id"), "gw-admin-test");
+    assert_eq!(element_text(&dom, "auth-message"), "");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn databases_moved_aside_earlier_are_listed_in_status_and_metrics_until_removed() {
+    let aside = "buffer.sled.corrupt-20240101T000000Z";
+    let files = [
+        (format!("buffer/{aside}/db"), 1000),
+        (format!("buffer/{aside}/conf"), 24),
+        (format!("buffer/{aside}/blobs/7"), 4),
+    ];
+    let files: Vec<(&str, usize)> = files.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+    let receiver = start_receiver().await;
+    let gw = start_gateway(
+        &receiver,
+        Setup {
+            data_files: &files,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let path = gw.dir.path().join("data/buffer").join(aside);
+
+    let status = gw.status().await;
+    let buffer = &status["buffer"];
+    assert_eq!(
+        buffer["moved_aside"], 0,
+        "this start moved nothing: {buffer}"
+    );
+    assert_eq!(
+        buffer["moved_aside_on_disk"],
+        serde_json::json!({
+            "count": 1,
+            "bytes": 1028,
+            "databases": [{
+                "path": path.display().to_string(),
+                "bytes": 1028,
+                "moved_at_ms": 1_704_067_200_000_i64,
+            }],
+            "error": null,
+        })
+    );
+    let metrics = scrape(&gw).await;
+    assert_eq!(
+        sample(&metrics, "gateway_buffer_moved_aside_on_disk", &[]),
+        1.0
+    );
+    assert_eq!(
+        sample(&metrics, "gateway_buffer_moved_aside_on_disk_bytes", &[]),
+        1028.0
+    );
+
+    // What docs/OPERATIONS.md tells the operator to do, with the gateway running.
+    std::fs::remove_dir_all(&path).unwrap();
+    let status = gw.status().await;
+    assert_eq!(status["buffer"]["moved_aside_on_disk"]["count"], 0);
+    let metrics = scrape(&gw).await;
+    assert_eq!(
+        sample(&metrics, "gateway_buffer_moved_aside_on_disk", &[]),
+        0.0
+    );
+    let (code, _) = get(&gw, "/healthz", None).await.unwrap();
+    assert_eq!(code, 200);
+    gw.stop().await;
+}
+
+// The admin server's limits, on a router of the test's own (`serve_with` serves any), so that a
+// handler can hold requests and count them.
+
+/// A route that holds each request until the test releases it, counting those inside.
+struct Hold {
+    inside: AtomicUsize,
+    peak: AtomicUsize,
+    /// One permit lets one held request go.
+    release: tokio::sync::Semaphore,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Hold {
+            inside: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            release: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+fn held_router(hold: Arc<Hold>) -> axum::Router {
+    let handler = move || {
+        let hold = hold.clone();
+        async move {
+            let now = hold.inside.fetch_add(1, Ordering::SeqCst) + 1;
+            hold.peak.fetch_max(now, Ordering::SeqCst);
+            hold.release.acquire().await.unwrap().forget();
+            hold.inside.fetch_sub(1, Ordering::SeqCst);
+            "released"
+        }
+    };
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/hold", axum::routing::get(handler))
+        .route(
+            "/echo",
+            axum::routing::post(|body: String| async move { body }),
+        )
+}
+
+/// Serves `router` under `limits` on a free port until the returned token is cancelled.
+async fn serve_limited(
+    router: axum::Router,
+    limits: Limits,
+) -> (SocketAddr, tokio_util::sync::CancellationToken) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let addr =
+        gateway::admin::serve_with("127.0.0.1:0".parse().unwrap(), router, limits, stop.clone())
+            .await
+            .unwrap();
+    (addr, stop)
+}
+
+/// `GET path` with `Connection: close` on `stream`, and everything the server sends back
+/// until it closes the connection.
+async fn get_to_close(mut stream: TcpStream, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    read_to_close(&mut stream).await
+}
+
+/// Everything the server sends until it closes the connection (a reset counts as closed).
+/// Fails the test if the server keeps it open for [`DEADLINE`].
+async fn read_to_close(stream: &mut (impl AsyncRead + Unpin)) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let closed = tokio::time::timeout(DEADLINE, read).await.is_ok();
+    let got = String::from_utf8_lossy(&got).into_owned();
+    assert!(
+        closed,
+        "the server kept the connection open for {DEADLINE:?}; it sent {got:?}"
+    );
+    got
+}
+
+/// The status code of a raw HTTP/1.1 response (0 for none).
+fn status_code(response: &str) -> u16 {
+    response
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_never_completes_its_request_head_is_disconnected_after_the_header_timeout() {
+    let timeout = Duration::from_millis(300);
+    let limits = Limits {
+        header_read_timeout: timeout,
+        ..Limits::default()
+    };
+    let (addr, _stop) = serve_limited(held_router(Arc::default()), limits).await;
+
+    // Half a request head, then silence.
+    let started = Instant::now();
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: adm")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut stalled).await;
+    assert!(
+        started.elapsed() >= timeout,
+        "closed after {:?}",
+        started.elapsed()
+    );
+    assert_ne!(status_code(&answer), 200, "{answer}");
+
+    // A head dribbled a byte every 20 ms, which would take 8 s whole: the timeout bounds the
+    // whole head, not the wait for each byte.
+    let started = Instant::now();
+    let (mut from_server, mut to_server) = TcpStream::connect(addr).await.unwrap().into_split();
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nX-Slow: {}\r\n\r\n",
+        "a".repeat(360)
+    );
+    let dribble = async {
+        for byte in head.as_bytes() {
+            if to_server.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        answer = read_to_close(&mut from_server) => {
+            assert!(started.elapsed() >= timeout, "closed after {:?}", started.elapsed());
+            assert_ne!(status_code(&answer), 200, "{answer}");
+        }
+        () = dribble => panic!("the whole head went through a byte at a time"),
+    }
+
+    // The server itself is fine.
+    let answer = get_to_close(TcpStream::connect(addr).await.unwrap(), "/healthz").await;
+    assert_eq!(status_code(&answer), 200, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_more_than_max_connections_are_served_at_once_and_the_others_wait_their_turn() {
+    const CAP: usize = 3;
+    const EXTRA: usize = 3;
+    let hold = Arc::new(Hold::default());
+    let limits = Limits {
+        // Far beyond the test: no connection or held request is cut for being slow.
+        header_read_timeout: Duration::from_secs(120),
+        request_timeout: Duration::from_secs(120),
+        max_connections: CAP,
+        ..Limits::default()
+    };
+    let (addr, _stop) = serve_limited(held_router(hold.clone()), limits).await;
+
+    // CAP + EXTRA requests at once, each on its own connection; the route holds each one.
+    let (answers_tx, mut answers) = tokio::sync::mpsc::channel(CAP + EXTRA);
+    for _ in 0..CAP + EXTRA {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let answers_tx = answers_tx.clone();
+        tokio::spawn(async move {
+            let _ = answers_tx.send(get_to_close(stream, "/hold").await).await;
+        });
+    }
+    poll(DEADLINE, "the route holds CAP requests", || async {
+        (hold.inside.load(Ordering::SeqCst) >= CAP).then_some(())
+    })
+    .await;
+    // One release at a time: each answer closes its connection (`Connection: close`), which
+    // lets one waiting connection in. A server without the cap would have let them all in
+    // at once, and `peak` would say so.
+    for answered in 1..=CAP + EXTRA {
+        hold.release.add_permits(1);
+        let answer = tokio::time::timeout(DEADLINE, answers.recv())
+            .await
+            .unwrap_or_else(|_| panic!("answer {answered} never came"))
+            .unwrap();
+        assert_eq!(status_code(&answer), 200, "{answer}");
+    }
+    assert_eq!(
+        hold.peak.load(Ordering::SeqCst),
+        CAP,
+        "requests inside at once"
+    );
+
+    // CAP + EXTRA idle connections take every slot and fill the backlog; once their clients
+    // drop them, the slots come back.
+    let idle: Vec<_> =
+        futures::future::join_all((0..CAP + EXTRA).map(|_| TcpStream::connect(addr)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    drop(idle);
+    let answer = get_to_close(TcpStream::connect(addr).await.unwrap(), "/healthz").await;
+    assert_eq!(status_code(&answer), 200, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_connections_holding_every_slot_are_closed_by_the_header_timeout_and_others_get_in() {
+    const CAP: usize = 2;
+    let timeout = Duration::from_millis(500);
+    let limits = Limits {
+        header_read_timeout: timeout,
+        max_connections: CAP,
+        ..Limits::default()
+    };
+    let (addr, _stop) = serve_limited(held_router(Arc::default()), limits).await;
+    let started = Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..CAP {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // Waits behind them: answered only once the timeout closed one.
+    let answer = get_to_close(TcpStream::connect(addr).await.unwrap(), "/healthz").await;
+    assert_eq!(status_code(&answer), 200, "{answer}");
+    assert!(
+        started.elapsed() >= timeout,
+        "answered after {:?}, while the idle connections held every slot",
+        started.elapsed()
+    );
+    for mut conn in idle {
+        let got = read_to_close(&mut conn).await;
+        assert_eq!(got, "", "an idle connection got an answer");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_body_over_the_limit_is_answered_413_a_late_one_408_and_one_within_both_is_read()
+{
+    let request_timeout = Duration::from_millis(300);
+    let limits = Limits {
+        max_body_bytes: 1024,
+        request_timeout,
+        ..Limits::default()
+    };
+    let (addr, _stop) = serve_limited(held_router(Arc::default()), limits).await;
+    let post = |head: String, body: Vec<u8>| async move {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&body).await.unwrap();
+        read_to_close(&mut stream).await
+    };
+    let head = |extra: &str| {
+        format!("POST /echo HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n{extra}\r\n")
+    };
+
+    // Declared too large: answered before the body is sent.
+    let answer = post(head("Content-Length: 1048576\r\n"), Vec::new()).await;
+    assert_eq!(status_code(&answer), 413, "{answer}");
+    // Chunked, so no length up front: answered once the limit is crossed.
+    let mut chunk = format!("{:x}\r\n", 1025).into_bytes();
+    chunk.extend(std::iter::repeat_n(b'x', 1025));
+    let answer = post(head("Transfer-Encoding: chunked\r\n"), chunk).await;
+    assert_eq!(status_code(&answer), 413, "{answer}");
+    // Three bytes of ten, then nothing: answered 408 once the request took too long.
+    let started = Instant::now();
+    let answer = post(head("Content-Length: 10\r\n"), b"abc".to_vec()).await;
+    assert_eq!(status_code(&answer), 408, "{answer}");
+    assert!(
+        started.elapsed() >= request_timeout,
+        "after {:?}",
+        started.elapsed()
+    );
+    // At the limit and in time it goes through.
+    let answer = post(head("Content-Length: 1024\r\n"), vec![b'y'; 1024]).await;
+    assert_eq!(status_code(&answer), 200, "{answer}");
+    assert!(answer.ends_with(&"y".repeat(1024)), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn post_reload_with_a_body_over_64_kib_is_answered_413() {
+    let receiver = start_receiver().await;
+    let gw = start_gateway(
+        &receiver,
+        Setup {
+            with_file: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let addr: SocketAddr = gw.admin.trim_start_matches("http://").parse().unwrap();
+    let reload = |extra: &str, body: &[u8]| {
+        let mut request =
+            format!("POST /reload HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n{extra}\r\n")
+                .into_bytes();
+        request.extend_from_slice(body);
+        async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(&request).await.unwrap();
+            read_to_close(&mut stream).await
+        }
+    };
+    let answer = reload("Content-Length: 65537\r\n", b"").await;
+    assert_eq!(status_code(&answer), 413, "{answer}");
+    let mut chunk = format!("{:x}\r\n", 65537).into_bytes();
+    chunk.extend(std::iter::repeat_n(b'x', 65537));
+    let answer = reload("Transfer-Encoding: chunked\r\n", &chunk).await;
+    assert_eq!(status_code(&answer), 413, "{answer}");
+    // The same route with a small body reloads.
+    let answer = reload("Content-Length: 2\r\n", b"{}").await;
+    assert_eq!(status_code(&answer), 200, "{answer}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_stop_the_listener_closes_idle_connections_close_and_a_request_in_progress_finishes() {
+    let hold = Arc::new(Hold::default());
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(120),
+        request_timeout: Duration::from_secs(120),
+        ..Limits::default()
+    };
+    let (addr, stop) = serve_limited(held_router(hold.clone()), limits).await;
+
+    // An idle keep-alive connection, after one answered request.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    tokio::time::timeout(DEADLINE, idle.read_exact(&mut first))
+        .await
+        .expect("/healthz answers")
+        .unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    // A request in progress.
+    let busy = tokio::spawn(get_to_close(
+        TcpStream::connect(addr).await.unwrap(),
+        "/hold",
+    ));
+    poll(DEADLINE, "the request is in the handler", || async {
+        (hold.inside.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+
+    stop.cancel();
+    read_to_close(&mut idle).await;
+    poll(DEADLINE, "the port refuses connections", || async {
+        TcpStream::connect(addr).await.is_err().then_some(())
+    })
+    .await;
+    hold.release.add_permits(1);
+    let answer = tokio::time::timeout(DEADLINE, busy)
+        .await
+        .expect("the request in progress is answered")
+        .unwrap();
+    assert_eq!(status_code(&answer), 200, "{answer}");
+    assert!(answer.ends_with("released"), "{answer}");
 }
