@@ -27,6 +27,8 @@ pub struct GatewaySpec {
     /// Extra top-level keys (before any table), e.g. `alarm_max_series = 5`.
     pub top_extra: String,
     pub mqtt: MqttSetup,
+    /// Replaces the `mqtt://127.0.0.1:PORT` URL of [`MqttSetup::External`] (e.g. `mqtts://…`).
+    pub mqtt_url: Option<String>,
     pub upstream_url: String,
     /// Extra lines of `[mqtt]`.
     pub mqtt_extra: String,
@@ -38,7 +40,14 @@ pub struct GatewaySpec {
     pub tables: String,
     /// `data_dir`; `None`: `data/` in the gateway's own temp dir.
     pub data_dir: Option<PathBuf>,
+    /// Environment of the gateway process beyond `RUST_LOG` (secrets named by `*_env` keys).
+    pub env: Vec<(String, String)>,
+    /// `admin.token`: set through `token_env`, and sent by the harness on every admin request.
+    pub admin_token: Option<String>,
 }
+
+/// The variable the harness passes [`GatewaySpec::admin_token`] in.
+const ADMIN_TOKEN_ENV: &str = "E2E_ADMIN_TOKEN";
 
 impl GatewaySpec {
     /// A gateway on `mqtt`, sending to `upstream_url`, with quick retries and a 50 ms linger.
@@ -47,19 +56,26 @@ impl GatewaySpec {
             gateway_id: "gw-e2e".to_owned(),
             top_extra: String::new(),
             mqtt,
+            mqtt_url: None,
             upstream_url: upstream_url.to_owned(),
             mqtt_extra: String::new(),
             buffer_extra: String::new(),
             upstream_extra: String::new(),
             tables: String::new(),
             data_dir: None,
+            env: Vec::new(),
+            admin_token: None,
         }
     }
 
     fn toml(&self, data_dir: &Path, admin_port: u16) -> String {
         let mqtt = match self.mqtt {
             MqttSetup::External { port } => {
-                format!("mode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\n")
+                let url = match &self.mqtt_url {
+                    Some(url) => url.clone(),
+                    None => format!("mqtt://127.0.0.1:{port}"),
+                };
+                format!("mode = \"external\"\nurl = \"{url}\"\n")
             }
             MqttSetup::Embedded { port } => {
                 format!("mode = \"embedded\"\nembedded_listen = \"127.0.0.1:{port}\"\n")
@@ -82,7 +98,7 @@ impl GatewaySpec {
              \n[mqtt]\n{mqtt}{mqtt_common}{mqtt_extra}\n\
              \n[buffer]\n{buffer_extra}\n\
              \n[upstream]\nurl = \"{up}\"\nlinger_ms = 50\nretry_initial_ms = 50\nretry_max_ms = 500\ntimeout_ms = 5000\n{upstream_extra}\n\
-             \n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+             \n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{admin_extra}\
              \n{tables}\n",
             id = self.gateway_id,
             data = data_dir.display(),
@@ -92,6 +108,10 @@ impl GatewaySpec {
             up = self.upstream_url,
             upstream_extra = self.upstream_extra,
             tables = self.tables,
+            admin_extra = match self.admin_token {
+                Some(_) => format!("token_env = \"{ADMIN_TOKEN_ENV}\"\n"),
+                None => String::new(),
+            },
         )
     }
 }
@@ -151,6 +171,7 @@ pub struct GatewayProcess {
     admin_port: u16,
     child: Option<Child>,
     starts: u32,
+    env: Vec<(String, String)>,
     http: reqwest::Client,
 }
 
@@ -168,14 +189,23 @@ impl GatewayProcess {
             .clone()
             .unwrap_or_else(|| dir.path().join("data"));
         std::fs::write(&config, spec.toml(&data_dir, admin_port)).expect("write config");
+        let mut env = spec.env.clone();
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &spec.admin_token {
+            env.push((ADMIN_TOKEN_ENV.to_owned(), token.clone()));
+            let value = format!("Bearer {token}").parse().expect("token header");
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let mut g = GatewayProcess {
             dir,
             config,
             admin_port,
             child: None,
             starts: 0,
+            env,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
+                .default_headers(headers)
                 .build()
                 .expect("http client"),
         };
@@ -197,6 +227,8 @@ impl GatewayProcess {
                 "RUST_LOG",
                 std::env::var("E2E_GATEWAY_LOG").unwrap_or_else(|_| "info".to_owned()),
             )
+            // After RUST_LOG, so a spec may set its own.
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
@@ -240,6 +272,18 @@ impl GatewayProcess {
             out.push('\n');
         }
         out
+    }
+
+    /// The whole stderr of every run, concatenated.
+    pub fn stderr_all(&self) -> String {
+        (1..=self.starts)
+            .map(|start| std::fs::read_to_string(self.log_path(start)).unwrap_or_default())
+            .collect()
+    }
+
+    /// The admin API client of the harness (sends the admin token when one is set).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// Panics with the stderr tail if the process has exited.
@@ -451,11 +495,13 @@ impl GatewayProcess {
         }
     }
 
-    /// Runs `gateway ARGS…` to completion (e.g. `dead-letters list --config FILE`).
+    /// Runs `gateway ARGS…` to completion (e.g. `dead-letters list --config FILE`), with the
+    /// same environment as the gateway.
     pub fn run_cli(&self, args: &[&str]) -> Output {
         Command::new(gateway_bin())
             .args(args)
             .current_dir(self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("run gateway CLI")
     }

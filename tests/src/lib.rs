@@ -43,7 +43,7 @@ pub use mosquitto::{
     BrokerChoice, Mosquitto, deploy_limits, mosquitto_available, require_mosquitto,
 };
 pub use publisher::{Message, PublishOutcome, Publisher, PublisherOptions};
-pub use receiver::{Batch, Receiver, Reply};
+pub use receiver::{Batch, Receiver, Reply, TlsServer};
 pub use serial::PtyPair;
 pub use subscriber::{Received, Subscriber, retained_messages};
 pub use upstream::{Fault, FaultyUpstream, Poison};

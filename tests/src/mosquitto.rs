@@ -281,6 +281,11 @@ impl Mosquitto {
         );
     }
 
+    /// The whole of mosquitto's log file.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
     /// The end of mosquitto's log, for failure messages.
     pub fn log_tail(&self) -> String {
         let mut s = String::new();

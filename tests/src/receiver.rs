@@ -10,6 +10,7 @@ use axum::routing::post;
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::io::Read as _;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,8 @@ pub struct Batch {
     pub records: Vec<Value>,
     /// The `Idempotency-Key` header.
     pub idempotency_key: Option<String>,
+    /// The `Authorization` header.
+    pub authorization: Option<String>,
     /// The `Content-Encoding` header.
     pub content_encoding: Option<String>,
     /// The status we answered.
@@ -84,19 +87,55 @@ pub struct Receiver {
     url: String,
     shared: Arc<Mutex<Shared>>,
     stop: CancellationToken,
+    handshake_errors: Arc<Mutex<Vec<String>>>,
+}
+
+/// What an HTTPS receiver presents and asks for.
+#[derive(Debug, Clone)]
+pub struct TlsServer {
+    /// PEM certificate and key of the server (for `127.0.0.1`).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Require a client certificate signed by this CA (PEM); `None`: ask for none.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Receiver {
     /// Starts it on the current tokio runtime; answers 200 until told otherwise.
     pub async fn start() -> Receiver {
-        let shared = Arc::new(Mutex::new(Shared::default()));
-        let app = Router::new()
-            .route("/ingest", post(handle))
-            .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind receiver");
         let addr = listener.local_addr().expect("receiver addr");
+        Receiver::serve(listener, format!("http://{addr}/ingest"), Arc::default())
+    }
+
+    /// The same receiver over HTTPS (rustls): `https://127.0.0.1:PORT/ingest`. A failed
+    /// handshake (say, no client certificate when one is required) is recorded in
+    /// [`Receiver::handshake_errors`] and never reaches the handler.
+    pub async fn start_tls(tls: &TlsServer) -> Receiver {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = tcp.local_addr().expect("receiver addr");
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let listener = TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server_config(tls))),
+            errors: errors.clone(),
+        };
+        Receiver::serve(listener, format!("https://{addr}/ingest"), errors)
+    }
+
+    fn serve<L>(listener: L, url: String, handshake_errors: Arc<Mutex<Vec<String>>>) -> Receiver
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let app = Router::new()
+            .route("/ingest", post(handle))
+            .with_state(shared.clone());
         let stop = CancellationToken::new();
         let token = stop.clone();
         tokio::spawn(async move {
@@ -105,10 +144,16 @@ impl Receiver {
                 .await;
         });
         Receiver {
-            url: format!("http://{addr}/ingest"),
+            url,
             shared,
             stop,
+            handshake_errors,
         }
+    }
+
+    /// Why TLS handshakes failed, in order (HTTPS receivers only).
+    pub fn handshake_errors(&self) -> Vec<String> {
+        self.handshake_errors.lock().unwrap().clone()
     }
 
     /// The URL to put in `upstream.url`.
@@ -145,6 +190,71 @@ impl Receiver {
     pub fn delivered_count(&self, lane: &str) -> usize {
         delivered_count(&self.shared.lock().unwrap().batches, lane)
     }
+}
+
+/// TCP accepts with a TLS handshake each; failed handshakes are recorded and skipped.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            let handshake = self.acceptor.accept(tcp);
+            match tokio::time::timeout(Duration::from_secs(5), handshake).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Err(e)) => self.errors.lock().unwrap().push(e.to_string()),
+                Err(_) => self
+                    .errors
+                    .lock()
+                    .unwrap()
+                    .push("handshake timed out".into()),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+fn server_config(tls: &TlsServer) -> rustls::ServerConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .expect("server certificate")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("server certificate PEM");
+    let key = PrivateKeyDer::from_pem_file(&tls.key).expect("server key");
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions");
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca).expect("client CA") {
+                roots.add(cert.expect("client CA PEM")).expect("client CA");
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    builder
+        .with_single_cert(certs, key)
+        .expect("server certificate and key")
 }
 
 impl Drop for Receiver {
@@ -186,6 +296,7 @@ async fn handle(
                     gateway_id,
                     records,
                     idempotency_key: header("idempotency-key"),
+                    authorization: header("authorization"),
                     content_encoding: encoding,
                     status: reply.status,
                     arrived,

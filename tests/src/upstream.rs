@@ -291,6 +291,7 @@ async fn handle(
                     gateway_id,
                     records,
                     idempotency_key: header("idempotency-key"),
+                    authorization: header("authorization"),
                     content_encoding: encoding,
                     status: fault.status(),
                     arrived,
