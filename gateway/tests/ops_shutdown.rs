@@ -383,7 +383,8 @@ async fn publishes_through_sigterm_and_restart_lose_nothing_acknowledged(broker:
     );
     assert!(
         took < Duration::from_secs(GRACE_S) + EXIT_MARGIN,
-        "the gateway took {took:?} to stop (grace {GRACE_S} s)"
+        "the gateway took {took:?} to stop (grace {GRACE_S} s), log:\n{}",
+        daemon.log_text()
     );
     eprintln!("{broker:?}: exit 0 after {took:?}, {acked_at_exit} readings acked so far");
 
