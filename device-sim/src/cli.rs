@@ -203,6 +203,9 @@ pub struct MqttArgs {
     /// Client id prefix (ids are PREFIX{device} or PREFIXpool-{k}).
     #[arg(long)]
     pub client_id_prefix: Option<String>,
+    /// mqtts:// only: PEM file of the CA certificates to trust instead of the system's roots.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -234,6 +237,7 @@ impl MqttArgs {
         }
         cfg.record_sent = c.record_sent.is_some();
         cfg.progress = progress && !c.quiet;
+        cfg.ca_file = self.ca_file.clone();
         cfg
     }
 }

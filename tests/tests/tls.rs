@@ -157,6 +157,25 @@ async fn the_broker_is_trusted_only_when_the_configured_ca_signed_it() {
     );
     drop(gw);
 
+    // device-sim, the other TLS client of the project, holds to the same: trusted with the CA,
+    // refused without it.
+    let fleet = |ca: &Path| {
+        let broker: device_sim::Broker = format!("mqtts://127.0.0.1:{tls_port}").parse().unwrap();
+        let mut cfg = device_sim::FleetConfig::new(broker);
+        cfg.count = Some(1);
+        cfg.progress = false;
+        cfg.connect_timeout = Duration::from_secs(5);
+        cfg.ca_file = Some(ca.to_owned());
+        device_sim::run_fleet(cfg, std::future::pending())
+    };
+    let report = fleet(&pki.trusted.ca).await.expect("device-sim over TLS");
+    assert!(report.summary.totals.readings_acked > 0);
+    let refused = fleet(&pki.untrusted.ca).await;
+    assert!(
+        matches!(refused, Err(device_sim::mqtt::FleetError::Connect { .. })),
+        "device-sim connected to a broker its CA did not sign"
+    );
+
     // The broker's certificate is signed by a CA the gateway was not told to trust.
     let wary = gateway_over_tls("gw-wary", &broker, tls_port, ca_key(&pki.untrusted.ca));
     let mut gw = GatewayProcess::start(&wary);
