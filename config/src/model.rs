@@ -325,8 +325,9 @@ pub enum Compression {
     None,
 }
 
-/// `[upstream]`: the HTTP endpoint batches are sent to.
-#[derive(Debug, Clone, PartialEq)]
+/// `[upstream]`: the HTTP endpoint batches are sent to. `Debug` shows the URL as
+/// [`crate::redact_url`] does (its query may carry an API key).
+#[derive(Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// Endpoint batches are POSTed to; `http://` or `https://`, no credentials in the URL.
     /// Default `"http://127.0.0.1:8080/ingest"`.
@@ -371,6 +372,30 @@ pub struct UpstreamConfig {
     /// Whether every 5xx status is retried as well. Default `true`. Together with
     /// `retry_on_status` this gives WIRE.md §3: retry 408, 429 and 5xx.
     pub retry_on_5xx: bool,
+}
+
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("url", &crate::redact_url(&self.url))
+            .field("bearer_token_env", &self.bearer_token_env)
+            .field("bearer_token", &self.bearer_token)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert_file", &self.client_cert_file)
+            .field("client_key_file", &self.client_key_file)
+            .field("tls", &self.tls)
+            .field("batch_max_records", &self.batch_max_records)
+            .field("batch_max_bytes", &self.batch_max_bytes)
+            .field("linger_ms", &self.linger_ms)
+            .field("compression", &self.compression)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("retry_initial_ms", &self.retry_initial_ms)
+            .field("retry_max_ms", &self.retry_max_ms)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("retry_on_status", &self.retry_on_status)
+            .field("retry_on_5xx", &self.retry_on_5xx)
+            .finish()
+    }
 }
 
 impl UpstreamConfig {

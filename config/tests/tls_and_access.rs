@@ -259,3 +259,15 @@ fn data_dir_mode_is_owner_rwx_and_nothing_beyond_0777() {
         "found 0o4700",
     );
 }
+
+#[test]
+fn debug_of_a_config_shows_no_secret() {
+    let text = "[upstream]\nurl = \"http://127.0.0.1/in?code=q-s3cret\"\n\
+                bearer_token_env = \"PASSWORD\"\n\
+                [mqtt]\nusername = \"u\"\npassword_env = \"PASSWORD\"\n\
+                embedded_username = \"d\"\nembedded_password_env = \"PASSWORD\"\n";
+    let shown = format!("{:?} {:#?}", parse(text).unwrap(), parse(text).unwrap());
+    assert!(!shown.contains("q-s3cret"), "{shown}");
+    assert!(!shown.contains("pw-123"), "{shown}");
+    assert!(shown.contains("code=***"), "{shown}");
+}
