@@ -71,6 +71,10 @@ pub struct Limits {
     /// Largest request body in bytes; a larger one is answered 413 without reading it further.
     /// No route takes a body (`POST /reload` has none). Default 64 KiB.
     pub max_body_bytes: usize,
+    /// Longest a connection is served, however busy: a client that sends requests and never
+    /// reads the answers stalls hyper's writes, where no read timeout runs, and would otherwise
+    /// hold its slot for ever. Clients reconnect. Default 60 s.
+    pub max_connection_age: Duration,
 }
 
 impl Default for Limits {
@@ -80,9 +84,13 @@ impl Default for Limits {
             max_connections: 64,
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 64 * 1024,
+            max_connection_age: Duration::from_secs(60),
         }
     }
 }
+
+/// Read buffer of one admin connection: a request head must fit.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// How long the accept loop waits after `accept` failed (out of file descriptors, mostly)
 /// before it tries again; `axum::serve` waits the same.
@@ -716,7 +724,10 @@ async fn accept_loop(listener: TcpListener, app: Router, limits: Limits, stop: C
     let connections = TaskTracker::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        // A request head (and what is read ahead of it) fits in 16 KiB; hyper's default is
+        // ~400 KiB per connection.
+        .max_buf_size(MAX_HEAD_BYTES);
     loop {
         // A slot before `accept`: past the cap clients wait in the kernel's backlog, which the
         // kernel bounds, instead of as tasks here. Both waits are cancel-safe: losing the race
@@ -741,6 +752,7 @@ async fn accept_loop(listener: TcpListener, app: Router, limits: Limits, stop: C
         let conn =
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         let stop = stop.clone();
+        let max_age = limits.max_connection_age;
         connections.spawn(async move {
             let mut conn = std::pin::pin!(conn);
             let ended = tokio::select! {
@@ -749,6 +761,8 @@ async fn accept_loop(listener: TcpListener, app: Router, limits: Limits, stop: C
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
+                // Dropping the connection closes it, whatever it was waiting for.
+                () = tokio::time::sleep(max_age) => Ok(()),
             };
             if let Err(e) = ended {
                 // Timeouts and clients going away: nothing for the operator to act on.

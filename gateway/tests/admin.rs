@@ -1109,6 +1109,38 @@ async fn a_client_that_never_completes_its_request_head_is_disconnected_after_th
     assert_eq!(status_code(&answer), 200, "{answer}");
 }
 
+/// A client that pipelines requests and never reads the answers stalls the server's writes,
+/// where no read timeout runs; the connection's age bound still frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_never_reads_its_answers_loses_its_slot_at_the_connection_age_bound() {
+    let age = Duration::from_millis(500);
+    let limits = Limits {
+        max_connections: 1,
+        header_read_timeout: Duration::from_secs(120),
+        request_timeout: Duration::from_secs(120),
+        max_connection_age: age,
+        ..Limits::default()
+    };
+    let (addr, _stop) = serve_limited(held_router(Arc::default()), limits).await;
+    let started = Instant::now();
+    let hog = TcpStream::connect(addr).await.unwrap();
+    let (_from_server, mut to_server) = hog.into_split();
+    // Requests until the socket buffers are full both ways; the answers are never read.
+    let flood = tokio::spawn(async move {
+        let request = b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n".repeat(100);
+        while to_server.write_all(&request).await.is_ok() {}
+    });
+    // The one slot is the hog's; this client is served only once the hog's connection is cut.
+    let answer = get_to_close(TcpStream::connect(addr).await.unwrap(), "/healthz").await;
+    assert_eq!(status_code(&answer), 200, "{answer}");
+    assert!(
+        started.elapsed() >= age,
+        "served after {:?}",
+        started.elapsed()
+    );
+    flood.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_more_than_max_connections_are_served_at_once_and_the_others_wait_their_turn() {
     const CAP: usize = 3;
