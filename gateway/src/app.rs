@@ -12,7 +12,7 @@ use crate::pipeline::Pipeline;
 use crate::serial::SerialSettings;
 use crate::{broker, demo, local_alarms, metrics::IngestMetrics, mqtt, serial};
 use gateway_buffer::{Buffer, BufferHealth, BufferOptions, Severity, SystemClock};
-use gateway_config::{AlarmCondition, Config, MqttMode, Secret};
+use gateway_config::{AlarmCondition, Config, MqttMode, Secret, TlsClient, TlsFiles};
 use gateway_forwarder::{Forwarder, ForwarderOptions, RetryPolicy};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,6 +42,9 @@ pub enum RunError {
         dir: PathBuf,
         source: gateway_buffer::BufferError,
     },
+    /// A TLS client could not be built.
+    #[error("{key}: {error}")]
+    Tls { key: String, error: String },
     /// `data_dir` could not be created or given `data_dir_mode`.
     #[error("data_dir {dir}: {source}")]
     DataDir {
@@ -184,10 +187,10 @@ pub fn forwarder_options(config: &Config) -> ForwarderOptions {
 /// Where the gateway's own MQTT clients connect, from the config (`None`: MQTT disabled).
 fn mqtt_settings(
     config: &Config,
-    embedded: Option<SocketAddr>,
+    embedded: Option<broker::Embedded>,
 ) -> Result<Option<MqttSettings>, RunError> {
     let m = &config.mqtt;
-    let (host, port, tls) = match (m.mode, embedded) {
+    let (host, port, tls) = match (m.mode, embedded.as_ref().map(|e| e.addr)) {
         (MqttMode::Disabled, _) => return Ok(None),
         (MqttMode::Embedded, Some(addr)) => {
             let ip = if addr.ip().is_unspecified() {
@@ -199,21 +202,31 @@ fn mqtt_settings(
         }
         _ => (m.broker_host().to_owned(), m.broker_port(), m.uses_tls()),
     };
-    // The embedded broker asks its own clients (ours included) for its credentials.
-    let (username, password) = match embedded {
-        Some(_) => (&m.embedded_username, &m.embedded_password),
-        None => (&m.username, &m.password),
+    let credentials = match &embedded {
+        // The embedded broker made up our login.
+        Some(e) => e.own_login.clone(),
+        None => m.username.as_ref().map(|u| {
+            (
+                u.clone(),
+                m.password.clone().unwrap_or_else(|| Secret::new("")),
+            )
+        }),
     };
-    let credentials = username.as_ref().map(|u| {
-        (
-            u.clone(),
-            password.clone().unwrap_or_else(|| Secret::new("")),
-        )
-    });
+    // mqtts:// is TLS even for a config built or changed in code without a checked TLS client.
+    let tls = match (tls, &m.tls) {
+        (false, _) => None,
+        (true, Some(client)) => Some(client.clone()),
+        (true, None) => Some(
+            TlsClient::load(TlsFiles::default()).map_err(|e| RunError::Tls {
+                key: format!("mqtt.{}", e.key()),
+                error: e.to_string(),
+            })?,
+        ),
+    };
     Ok(Some(MqttSettings {
         host,
         port,
-        tls: if tls { m.tls.clone() } else { None },
+        tls,
         client_id: m.client_id.clone(),
         credentials,
         topics: m.topics.clone(),
@@ -339,9 +352,18 @@ pub async fn run(
     }
 
     let embedded = match config.mqtt.mode {
-        MqttMode::Embedded => Some(broker::start(&config.mqtt).await?),
+        MqttMode::Embedded => {
+            let own = [
+                config.mqtt.client_id.clone(),
+                local_alarms::client_id(&config.mqtt.client_id),
+            ];
+            Some(broker::start(&config.mqtt, own).await?)
+        }
         _ => None,
     };
+    for warning in config.cleartext_secrets() {
+        tracing::warn!("{warning}");
+    }
     let mqtt = mqtt_settings(&config, embedded)?;
     if let Some(settings) = &mqtt {
         source_tasks.spawn(mqtt::run(

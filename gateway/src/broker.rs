@@ -11,21 +11,24 @@
 //!   last few milliseconds of traffic), is lost.
 //! - It keeps no sessions across a restart, has no TLS set up here, and speaks MQTT 3.1.1 only.
 //!
-//! Access: with `mqtt.embedded_username` every client (devices, and the gateway's own two
-//! clients) must present that username and the password from `embedded_password_env`; rumqttd
-//! compares the password in constant time. Without them anyone who reaches `embedded_listen` may
-//! publish, which is why the config refuses a non-loopback address without credentials unless
-//! `embedded_allow_anonymous = true`. At most `embedded_max_connections` devices are connected at
-//! once (room for the gateway's own clients is added on top); rumqttd leaves a client over the cap
-//! without a CONNACK until its connect times out. rumqttd 0.20 has no limit on retained messages
-//! and no ACLs: a device allowed in can publish anywhere and retain as much as its packets carry.
+//! Access: with `mqtt.embedded_username` every device must present that username and the
+//! password from `embedded_password_env` (compared in constant time). The gateway's own two
+//! clients log in with a password made up at each start, and only they may use their client ids:
+//! a device that knows the shared password still cannot connect as the gateway and take the
+//! messages meant for it. Without credentials anyone who reaches `embedded_listen` may publish
+//! (or take the gateway's client id), which is why the config refuses a non-loopback address
+//! without them unless `embedded_allow_anonymous = true`. A client has 5 s to send its CONNECT.
+//! At most `embedded_max_connections` devices are connected at once (plus the gateway's two; not
+//! reserved for them, so a full broker can keep the gateway out until a device leaves); rumqttd
+//! closes a connection over the cap at once. rumqttd 0.20 has no limit on retained messages and
+//! no ACLs: a device allowed in can publish anywhere and retain as much as its packets carry.
 //! For anything beyond a bench or a closed network, prefer mosquitto.
 //!
 //! For production, run mosquitto (see `deploy/mosquitto.conf`) and use `mode = "external"`: then
 //! a device is acknowledged by a broker that persists, and the gateway acknowledges the broker
 //! only after its own fsync.
 
-use gateway_config::MqttConfig;
+use gateway_config::{MqttConfig, Secret};
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,18 +43,37 @@ pub enum BrokerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// No random password could be made for the gateway's own clients.
+    #[error("embedded broker: cannot read /dev/urandom: {source}")]
+    Random { source: std::io::Error },
     /// The broker thread did not start accepting connections in time.
     #[error("embedded broker on {addr} did not start accepting connections")]
     NotReady { addr: SocketAddr },
 }
 
-/// Connections kept for the gateway's own clients (ingest and local alarms) beyond
-/// `embedded_max_connections`.
+/// Connections added to `embedded_max_connections` for the gateway's own clients (ingest and
+/// local alarms).
 const OWN_CLIENTS: usize = 2;
 
+/// The username of the gateway's own clients when the broker asks for credentials.
+const OWN_USERNAME: &str = "gateway-internal";
+
+/// A running embedded broker.
+#[derive(Debug)]
+pub struct Embedded {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What the gateway's own clients log in with (`None`: the broker asks for nothing).
+    pub own_login: Option<(String, Secret)>,
+}
+
 /// Starts the broker on its own threads (rumqttd runs its own runtimes) and waits until it
-/// accepts connections. The broker lives as long as the process.
-pub async fn start(mqtt: &MqttConfig) -> Result<SocketAddr, BrokerError> {
+/// accepts connections. `own_client_ids` are the client ids of the gateway's own clients. The
+/// broker lives as long as the process.
+pub async fn start(
+    mqtt: &MqttConfig,
+    own_client_ids: [String; 2],
+) -> Result<Embedded, BrokerError> {
     let listen = mqtt.embedded_listen;
     let max_packet_bytes = mqtt.max_packet_bytes;
     // rumqttd only logs a failed bind from its server thread; probe first to fail clearly.
@@ -65,30 +87,13 @@ pub async fn start(mqtt: &MqttConfig) -> Result<SocketAddr, BrokerError> {
     })?;
     drop(probe);
 
+    let (connections, own_login) = connection_settings(mqtt, own_client_ids, max_packet_bytes)?;
     let server = ServerSettings {
         name: "gateway-v4".into(),
         listen: addr,
         tls: None,
         next_connection_delay_ms: 1,
-        connections: ConnectionSettings {
-            connection_timeout_ms: 60_000,
-            // rumqttd's packet limit for what devices send (the name says payload): the gateway's
-            // own client reads packets up to this size (`mqtt.max_packet_bytes`), so a payload
-            // over `max_payload_bytes` reaches it and is dead-lettered, never dropping its
-            // connection; a device sending more than this is disconnected by the broker.
-            max_payload_size: max_packet_bytes,
-            max_inflight_count: 1000,
-            auth: mqtt.embedded_username.as_ref().map(|user| {
-                let password = mqtt
-                    .embedded_password
-                    .as_ref()
-                    .map(|p| p.expose().to_owned())
-                    .unwrap_or_default();
-                HashMap::from([(user.clone(), password)])
-            }),
-            external_auth: None,
-            dynamic_filters: true,
-        },
+        connections,
     };
     let config = Config {
         id: 0,
@@ -118,9 +123,59 @@ pub async fn start(mqtt: &MqttConfig) -> Result<SocketAddr, BrokerError> {
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             tracing::info!(%addr, authentication = mqtt.embedded_username.is_some(), max_connections = mqtt.embedded_max_connections, "embedded MQTT broker listening");
-            return Ok(addr);
+            return Ok(Embedded { addr, own_login });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Err(BrokerError::NotReady { addr })
+}
+
+/// Connection settings, with the login check when devices must authenticate; returns the login
+/// of the gateway's own clients too.
+fn connection_settings(
+    mqtt: &MqttConfig,
+    own_client_ids: [String; 2],
+    max_packet_bytes: usize,
+) -> Result<(ConnectionSettings, Option<(String, Secret)>), BrokerError> {
+    let mut settings = ConnectionSettings {
+        // A client that connected must send its CONNECT soon: waiting a minute per idle socket
+        // lets anyone on the network pile them up.
+        connection_timeout_ms: 5_000,
+        // rumqttd's packet limit for what devices send (the name says payload): the gateway's
+        // own client reads packets up to this size (`mqtt.max_packet_bytes`), so a payload
+        // over `max_payload_bytes` reaches it and is dead-lettered, never dropping its
+        // connection; a device sending more than this is disconnected by the broker.
+        max_payload_size: max_packet_bytes,
+        max_inflight_count: 1000,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let (Some(device_user), Some(device_password)) = (
+        mqtt.embedded_username.clone(),
+        mqtt.embedded_password.clone(),
+    ) else {
+        return Ok((settings, None));
+    };
+    let own_password = Secret::new(random_hex()?);
+    let own = own_password.clone();
+    settings.set_auth_handler(move |client_id: String, user: String, password: String| {
+        let admitted = if own_client_ids.contains(&client_id) {
+            user == OWN_USERNAME && own.matches(&password)
+        } else {
+            user == device_user && device_password.matches(&password)
+        };
+        std::future::ready(admitted)
+    });
+    Ok((settings, Some((OWN_USERNAME.to_owned(), own_password))))
+}
+
+/// 32 random hex digits from the kernel.
+fn random_hex() -> Result<String, BrokerError> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|source| BrokerError::Random { source })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

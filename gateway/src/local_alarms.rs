@@ -43,6 +43,11 @@ use tokio_util::sync::CancellationToken;
 /// The buffer consumer name of this sink.
 pub const CONSUMER: &str = "local-alarms";
 
+/// The MQTT client id of the alarm publisher, next to the source's `client_id`.
+pub fn client_id(source_client_id: &str) -> String {
+    format!("{source_client_id}-alarms")
+}
+
 /// Events published per round; alarms are rare, this only bounds a backlog after an outage.
 const MAX_PER_ROUND: usize = 100;
 
@@ -270,7 +275,7 @@ fn note_error(metrics: &IngestMetrics, seq: u64, error: &PublishError) {
 }
 
 fn options(settings: &MqttSettings) -> MqttOptions {
-    let mut opts = settings.connect_options(&format!("{}-alarms", settings.client_id));
+    let mut opts = settings.connect_options(&client_id(&settings.client_id));
     opts.set_clean_session(true)
         .set_keep_alive(settings.keep_alive);
     opts
