@@ -32,8 +32,9 @@
 //!
 //! # Not promised
 //!
-//! - Files named by the config (`ca_file`, serial `port`, `data_dir`) are not opened or checked
-//!   for existence here; the component that uses them reports that.
+//! - TLS files (`ca_file`, `client_cert_file`, `client_key_file`) are read and checked here, at
+//!   load (see [`tls`]); other files (serial `port`, `data_dir`) are not opened or checked for
+//!   existence here; the component that uses them reports that.
 //! - Only the first problem of a file is reported.
 //! - A [`Config`] is validated when it is built. Mutating its fields afterwards (tests do) is not
 //!   re-checked, and changing `alarm[].device`/`metric` does not recompile the rule's globs.
@@ -73,6 +74,42 @@ pub fn default_config_toml() -> &'static str {
 }
 
 impl Config {
+    /// Secrets this config sends without TLS to another host (a password over `mqtt://`, a token
+    /// over `http://`), one sentence each, for `check-config` and the start-up log. Allowed (a
+    /// closed network may have no TLS), but worth saying.
+    pub fn cleartext_secrets(&self) -> Vec<String> {
+        let remote = |url: &url::Url| match url.host() {
+            Some(url::Host::Ipv4(ip)) => !ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => !ip.is_loopback(),
+            // mqtt:// is not a scheme the URL standard knows, so its IP hosts come as names.
+            Some(url::Host::Domain(name)) => {
+                name != "localhost"
+                    && !name
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            None => false,
+        };
+        let mut found = Vec::new();
+        let m = &self.mqtt;
+        if m.mode == MqttMode::External && m.password.is_some() && !m.uses_tls() && remote(&m.url) {
+            found.push(format!(
+                "mqtt.password_env: the password goes to {} in the clear; use mqtts://",
+                redact_url(&m.url)
+            ));
+        }
+        let up = &self.upstream;
+        if up.bearer_token.is_some() && up.url.scheme() == "http" && remote(&up.url) {
+            found.push(format!(
+                "upstream.bearer_token_env: the token goes to {} in the clear; use https://",
+                redact_url(&up.url)
+            ));
+        }
+        found
+    }
+
     /// Reads and validates the config file at `path`, resolving `*_env` secrets from the process
     /// environment.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {

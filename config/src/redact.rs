@@ -18,12 +18,20 @@ pub fn redact_url(url: &Url) -> String {
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
     shown.set_fragment(None);
-    if url.query().is_some() {
+    if let Some(query) = url.query() {
+        // A parameter without `=` may be the key itself (`?S3CRETKEY`): then hide it all.
+        let bare_key = query
+            .split('&')
+            .any(|pair| !pair.is_empty() && !pair.contains('='));
         let names: Vec<String> = url
             .query_pairs()
             .map(|(name, _)| format!("{name}={REDACTED}"))
             .collect();
-        shown.set_query(Some(&names.join("&")));
+        shown.set_query(Some(&if bare_key {
+            REDACTED.to_owned()
+        } else {
+            names.join("&")
+        }));
     }
     shown.to_string()
 }
@@ -57,6 +65,8 @@ mod tests {
         let url = Url::parse("https://u:pw@cloud.example/ingest?code=s3cret&x=1#frag").unwrap();
         let shown = redact_url(&url);
         assert_eq!(shown, "https://cloud.example/ingest?code=***&x=***");
+        let bare = Url::parse("https://cloud.example/ingest?S3CRETKEY&x=1").unwrap();
+        assert_eq!(redact_url(&bare), "https://cloud.example/ingest?***");
         let plain = Url::parse("http://127.0.0.1:8080/ingest").unwrap();
         assert_eq!(redact_url(&plain), "http://127.0.0.1:8080/ingest");
     }

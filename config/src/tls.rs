@@ -1,7 +1,7 @@
 //! TLS client settings, loaded and checked once: what `mqtts://` and `https://` connect with.
 //!
-//! Every TLS client of the gateway (the MQTT source, the local alarm publisher, the upstream
-//! forwarder, `dead-letters replay`) gets its rustls `ClientConfig` from here, so they trust the
+//! Every TLS client of the project (the gateway's MQTT source, its local alarm publisher, the
+//! upstream forwarder, and device-sim) gets its rustls `ClientConfig` from here, so they trust the
 //! same roots and fail the same way:
 //!
 //! - **Roots.** `ca_file` (PEM, one or more certificates) *replaces* the defaults; without it,

@@ -305,7 +305,7 @@ fn mqtt(raw: RawMqtt, gateway_id: &str, cx: &Ctx<'_>) -> Result<MqttConfig> {
             cx.no_tls_keys(
                 "mqtt",
                 &files,
-                &format!("an mqtts:// url, but mqtt.url is \"{url}\""),
+                &format!("an mqtts:// url, but mqtt.url is \"{}\"", redact_url(&url)),
             )?;
             None
         }

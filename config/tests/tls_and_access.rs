@@ -271,3 +271,19 @@ fn debug_of_a_config_shows_no_secret() {
     assert!(!shown.contains("pw-123"), "{shown}");
     assert!(shown.contains("code=***"), "{shown}");
 }
+
+#[test]
+fn secrets_sent_in_the_clear_to_another_host_are_named() {
+    let text = "[mqtt]\nurl = \"mqtt://10.0.0.5\"\nusername = \"u\"\npassword_env = \"PASSWORD\"\n\
+                [upstream]\nurl = \"http://cloud.example/in\"\nbearer_token_env = \"PASSWORD\"\n";
+    let warnings = parse(text).unwrap().cleartext_secrets();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].starts_with("mqtt.password_env"), "{warnings:?}");
+    assert!(
+        warnings[1].starts_with("upstream.bearer_token_env"),
+        "{warnings:?}"
+    );
+    let local = "[mqtt]\nurl = \"mqtt://127.0.0.1\"\nusername = \"u\"\npassword_env = \"PASSWORD\"\n\
+                 [upstream]\nurl = \"http://localhost/in\"\nbearer_token_env = \"PASSWORD\"\n";
+    assert!(parse(local).unwrap().cleartext_secrets().is_empty());
+}

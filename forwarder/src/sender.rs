@@ -67,8 +67,7 @@ pub struct Attempt {
     pub latency: Option<Duration>,
 }
 
-/// A configured HTTP client for the upstream.
-#[derive(Debug)]
+/// A configured HTTP client for the upstream. `Debug` shows the URL redacted and no token.
 pub struct HttpSender {
     client: reqwest::Client,
     url: reqwest::Url,
@@ -76,6 +75,17 @@ pub struct HttpSender {
     gzip: bool,
     timeout: Duration,
     policy: RetryPolicy,
+}
+
+impl std::fmt::Debug for HttpSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSender")
+            .field("url", &gateway_config::redact_url(&self.url))
+            .field("auth", &self.auth.as_ref().map(|_| "***"))
+            .field("gzip", &self.gzip)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpSender {

@@ -31,7 +31,7 @@ pub async fn start(url: &Url) -> Result<SocketAddr, crate::app::RunError> {
             tracing::error!(error = %e, "demo receiver stopped");
         }
     });
-    tracing::info!(%url, "demo receiver standing in for the cloud");
+    tracing::info!(url = %gateway_config::redact_url(url), "demo receiver standing in for the cloud");
     Ok(addr)
 }
 

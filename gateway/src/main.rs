@@ -125,6 +125,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 gateway_config::redact_url(&cfg.upstream.url),
                 tls_summary(cfg.upstream.tls.as_ref()),
             );
+            for warning in cfg.cleartext_secrets() {
+                println!("warning: {warning}");
+            }
         }
         Command::PrintDefaultConfig => print!("{}", gateway_config::default_config_toml()),
         Command::Run { config, demo } => {
