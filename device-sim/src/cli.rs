@@ -206,13 +206,20 @@ pub struct MqttArgs {
     /// mqtts:// only: PEM file of the CA certificates to trust instead of the system's roots.
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<std::path::PathBuf>,
+    /// Username sent in CONNECT (e.g. the gateway's embedded_username).
+    #[arg(long, requires = "password_env")]
+    pub username: Option<String>,
+    /// Environment variable holding the password sent with --username.
+    #[arg(long, value_name = "VAR", requires = "username")]
+    pub password_env: Option<String>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
 
 impl MqttArgs {
-    /// The fleet settings these arguments describe.
-    pub fn to_config(&self, progress: bool) -> FleetConfig {
+    /// The fleet settings these arguments describe; fails when `--password-env` names an unset
+    /// variable.
+    pub fn to_config(&self, progress: bool) -> Result<FleetConfig, String> {
         let c = &self.common;
         let mut cfg = FleetConfig::new(self.broker.clone());
         cfg.devices = c.devices;
@@ -238,7 +245,12 @@ impl MqttArgs {
         cfg.record_sent = c.record_sent.is_some();
         cfg.progress = progress && !c.quiet;
         cfg.ca_file = self.ca_file.clone();
-        cfg
+        if let (Some(user), Some(var)) = (&self.username, &self.password_env) {
+            let password = std::env::var(var)
+                .map_err(|_| format!("--password-env: variable {var} is not set"))?;
+            cfg.credentials = Some((user.clone(), gateway_config::Secret::new(password)));
+        }
+        Ok(cfg)
     }
 }
 

@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     match cli.command {
         Command::Mqtt(args) => {
-            let cfg = args.to_config(progress);
+            let cfg = args.to_config(progress).map_err(anyhow::Error::msg)?;
             let report = rt
                 .block_on(device_sim::run_fleet(cfg, async {
                     let _ = tokio::signal::ctrl_c().await;

@@ -28,7 +28,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS, Transport};
+use gateway_config::{Secret, TlsClient, TlsFiles};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+};
 use std::path::PathBuf;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -166,6 +169,8 @@ pub struct FleetConfig {
     /// `mqtts://` only: PEM file of the CA certificates trusted for the broker, replacing the
     /// system's roots (a private CA, a test broker).
     pub ca_file: Option<PathBuf>,
+    /// Username and password sent in every CONNECT (the password never prints).
+    pub credentials: Option<(String, Secret)>,
 }
 
 impl FleetConfig {
@@ -196,6 +201,7 @@ impl FleetConfig {
             record_sent: false,
             progress: false,
             ca_file: None,
+            credentials: None,
         }
     }
 
@@ -500,14 +506,21 @@ pub async fn run_fleet(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<FleetReport, FleetError> {
     cfg.validate()?;
-    // TLS for mqtts:// whatever else is set: never a plaintext fallback.
-    let tls = match &cfg.ca_file {
-        Some(path) => {
-            let ca = std::fs::read(path)
-                .map_err(|e| FleetError::Config(format!("--ca-file {}: {e}", path.display())))?;
-            Transport::tls(ca, None, None)
+    // mqtts:// is always TLS (the system's roots, or the CA file), plain TCP otherwise; the
+    // gateway's own TLS settings decide how, so both trust the same way.
+    let tls = match cfg.broker.tls {
+        true => {
+            let files = TlsFiles {
+                ca_file: cfg.ca_file.clone(),
+                ..TlsFiles::default()
+            };
+            let client = TlsClient::load(files)
+                .map_err(|e| FleetError::Config(format!("TLS ({}): {e}", e.key())))?;
+            Some(Transport::tls_with_config(TlsConfiguration::Rustls(
+                client.config(),
+            )))
         }
-        None => Transport::tls_with_default_config(),
+        false => None,
     };
     let started = Instant::now();
     let start_ts_ms = cfg.start_ts_ms.unwrap_or_else(now_ms);
@@ -541,8 +554,11 @@ pub async fn run_fleet(
         opts.set_clean_session(true);
         opts.set_inflight(cfg.window);
         opts.set_max_packet_size(1 << 20, 1 << 20);
-        if cfg.broker.tls {
+        if let Some(tls) = &tls {
             opts.set_transport(tls.clone());
+        }
+        if let Some((user, password)) = &cfg.credentials {
+            opts.set_credentials(user, password.expose());
         }
         let (conn, eventloop) = Conn::new(opts, qos, cfg.window, Arc::clone(&stats));
         pollers.spawn(Arc::clone(&conn).drive(eventloop));

@@ -112,28 +112,36 @@ async fn mqtts_without_a_ca_file_is_tls_never_a_plaintext_connect() {
     spec.mqtt_extra = "username = \"gw\"\npassword_env = \"GATEWAY_MQTT_PASSWORD\"\n".into();
     let gw = GatewayProcess::start(&spec);
 
-    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(60), listener.accept())
-        .await
-        .unwrap_or_else(|_| panic!("the gateway never connected\n{}", gw.stderr_tail()))
-        .unwrap();
-    // Read what it sends until it gives up on us (we never answer the ClientHello).
-    let mut sent = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), conn.read_to_end(&mut sent)).await;
-    assert!(!sent.is_empty(), "nothing sent\n{}", gw.stderr_tail());
-    assert_eq!(
-        sent[0], TLS_HANDSHAKE,
-        "first byte {:#04x}, not a TLS handshake",
-        sent[0]
-    );
-    let text = String::from_utf8_lossy(&sent);
-    assert!(
-        !text.contains("MQTT"),
-        "an MQTT CONNECT went out in the clear"
-    );
-    assert!(
-        !text.contains("pw-in-clear"),
-        "the password went out in the clear"
-    );
+    // Every attempt, the first and the retries after each failed handshake (we never answer
+    // the ClientHello and hang up), opens with TLS: no fallback to plaintext.
+    for attempt in 1..=3 {
+        let (mut conn, _) = tokio::time::timeout(Duration::from_secs(60), listener.accept())
+            .await
+            .unwrap_or_else(|_| panic!("no attempt {attempt}\n{}", gw.stderr_tail()))
+            .unwrap();
+        let mut sent = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut sent))
+            .await
+            .unwrap_or_else(|_| panic!("attempt {attempt} sent nothing"))
+            .unwrap();
+        sent.truncate(n);
+        assert!(!sent.is_empty(), "attempt {attempt}: nothing sent");
+        assert_eq!(
+            sent[0], TLS_HANDSHAKE,
+            "attempt {attempt}: first byte {:#04x}, not a TLS handshake",
+            sent[0]
+        );
+        let text = String::from_utf8_lossy(&sent);
+        assert!(
+            !text.contains("MQTT"),
+            "attempt {attempt}: a CONNECT in the clear"
+        );
+        assert!(
+            !text.contains("pw-in-clear"),
+            "attempt {attempt}: the password in the clear"
+        );
+        drop(conn);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,8 +184,21 @@ async fn the_broker_is_trusted_only_when_the_configured_ca_signed_it() {
         "device-sim connected to a broker its CA did not sign"
     );
 
-    // The broker's certificate is signed by a CA the gateway was not told to trust.
-    let wary = gateway_over_tls("gw-wary", &broker, tls_port, ca_key(&pki.untrusted.ca));
+    // Without ca_file, the platform's roots: here SSL_CERT_FILE, which the platform store honours.
+    let mut platform = gateway_over_tls("gw-platform", &broker, tls_port, String::new());
+    platform
+        .env
+        .push(("SSL_CERT_FILE".into(), pki.trusted.ca.display().to_string()));
+    let mut gw = GatewayProcess::start(&platform);
+    gw.wait_ready().await;
+    gw.wait_mqtt_ingest(broker.port()).await;
+    drop(gw);
+
+    // The broker's certificate is signed by a CA the gateway was not told to trust. The platform
+    // roots would trust it: ca_file replaces them, it does not add to them.
+    let mut wary = gateway_over_tls("gw-wary", &broker, tls_port, ca_key(&pki.untrusted.ca));
+    wary.env
+        .push(("SSL_CERT_FILE".into(), pki.trusted.ca.display().to_string()));
     let mut gw = GatewayProcess::start(&wary);
     assert_refused(&mut gw, &broker, "gw-wary", "untrusted server certificate").await;
     let log = gw.stderr_all();
