@@ -251,12 +251,17 @@ listen = "127.0.0.1:{admin_port}"
         let sent = Instant::now();
         kill(pid, Signal::SIGTERM).unwrap();
         let limit = Duration::from_secs(GRACE_S) + EXIT_MARGIN + Duration::from_secs(10);
-        let status = poll(limit, "the gateway exits after SIGTERM", || {
-            let exited = child.0.try_wait().unwrap();
-            async move { exited }
-        })
-        .await;
-        (status, sent.elapsed())
+        loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                return (status, sent.elapsed());
+            }
+            assert!(
+                sent.elapsed() < limit,
+                "the gateway did not exit within {limit:?} of SIGTERM; its log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(POLL).await;
+        }
     }
 }
 
