@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use url::Url;
 
 use crate::secret::Secret;
-use crate::tls::TlsClient;
+use crate::tls::{TlsClient, TlsError, TlsFiles};
 
 /// The whole gateway configuration. Build it with [`Config::load`], [`Config::parse`] or
 /// [`Config::default`]; all three return a validated value.
@@ -140,6 +140,23 @@ pub struct MqttConfig {
 }
 
 impl MqttConfig {
+    /// The TLS keys of `[mqtt]` as written.
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            ca_file: self.ca_file.clone(),
+            client_cert_file: self.client_cert_file.clone(),
+            client_key_file: self.client_key_file.clone(),
+            alpn: self.alpn.clone(),
+        }
+    }
+
+    /// The TLS client for [`MqttConfig::url`]: `None` for `mqtt://`; for `mqtts://` the one
+    /// checked at load, or, in a config changed in code since, one built from its TLS keys now.
+    /// Never `None` for `mqtts://`.
+    pub fn tls_client(&self) -> Result<Option<TlsClient>, TlsError> {
+        tls_client(self.uses_tls(), &self.tls, || self.tls_files())
+    }
+
     /// Host of [`MqttConfig::url`].
     pub fn broker_host(&self) -> &str {
         // Validation rejects a URL without a host, so the fallback is never used.
@@ -253,6 +270,20 @@ impl TopicTemplate {
 impl fmt::Display for TopicTemplate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.template)
+    }
+}
+
+/// The checked TLS client of a section, or one built from its keys when a config changed in code
+/// lost it: a TLS URL never goes without TLS.
+fn tls_client(
+    uses_tls: bool,
+    checked: &Option<TlsClient>,
+    files: impl FnOnce() -> TlsFiles,
+) -> Result<Option<TlsClient>, TlsError> {
+    match (uses_tls, checked) {
+        (false, _) => Ok(None),
+        (true, Some(tls)) => Ok(Some(tls.clone())),
+        (true, None) => TlsClient::load(files()).map(Some),
     }
 }
 
@@ -399,6 +430,21 @@ impl fmt::Debug for UpstreamConfig {
 }
 
 impl UpstreamConfig {
+    /// The TLS keys of `[upstream]` as written.
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            ca_file: self.ca_file.clone(),
+            client_cert_file: self.client_cert_file.clone(),
+            client_key_file: self.client_key_file.clone(),
+            alpn: Vec::new(),
+        }
+    }
+
+    /// The TLS client for [`UpstreamConfig::url`], as [`MqttConfig::tls_client`] for `https://`.
+    pub fn tls_client(&self) -> Result<Option<TlsClient>, TlsError> {
+        tls_client(self.url.scheme() == "https", &self.tls, || self.tls_files())
+    }
+
     /// Whether a response with this HTTP status is retried (per `retry_on_status` and
     /// `retry_on_5xx`) rather than dead-lettered. 2xx is never retried.
     pub fn is_retryable_status(&self, status: u16) -> bool {

@@ -12,7 +12,7 @@ use crate::pipeline::Pipeline;
 use crate::serial::SerialSettings;
 use crate::{broker, demo, local_alarms, metrics::IngestMetrics, mqtt, serial};
 use gateway_buffer::{Buffer, BufferHealth, BufferOptions, Severity, SystemClock};
-use gateway_config::{AlarmCondition, Config, MqttMode, Secret, TlsClient, TlsFiles};
+use gateway_config::{AlarmCondition, Config, MqttMode, Secret};
 use gateway_forwarder::{Forwarder, ForwarderOptions, RetryPolicy};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,9 +42,13 @@ pub enum RunError {
         dir: PathBuf,
         source: gateway_buffer::BufferError,
     },
-    /// A TLS client could not be built.
-    #[error("{key}: {error}")]
-    Tls { key: String, error: String },
+    /// A TLS client could not be built (only for a config changed in code after loading: a
+    /// loaded one was checked).
+    #[error("{section}.{key}: {source}", key = .source.key())]
+    Tls {
+        section: &'static str,
+        source: gateway_config::TlsError,
+    },
     /// `data_dir` could not be created or given `data_dir_mode`.
     #[error("data_dir {dir}: {source}")]
     DataDir {
@@ -212,16 +216,12 @@ fn mqtt_settings(
             )
         }),
     };
-    // mqtts:// is TLS even for a config built or changed in code without a checked TLS client.
-    let tls = match (tls, &m.tls) {
-        (false, _) => None,
-        (true, Some(client)) => Some(client.clone()),
-        (true, None) => Some(
-            TlsClient::load(TlsFiles::default()).map_err(|e| RunError::Tls {
-                key: format!("mqtt.{}", e.key()),
-                error: e.to_string(),
-            })?,
-        ),
+    let tls = match tls {
+        true => m.tls_client().map_err(|source| RunError::Tls {
+            section: "mqtt",
+            source,
+        })?,
+        false => None,
     };
     Ok(Some(MqttSettings {
         host,
