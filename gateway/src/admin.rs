@@ -19,7 +19,9 @@
 //! head within [`Limits::header_read_timeout`] of being accepted or of its last response (a
 //! slow-loris or an idle keep-alive connection is closed then), and the rest of the request
 //! within [`Limits::request_timeout`] (else 408); at most [`Limits::max_connections`] are
-//! served at once and further clients wait, unaccepted, in the kernel's listen backlog; a
+//! served at once and further clients wait, unaccepted, in the kernel's listen backlog; none
+//! is served longer than [`Limits::max_connection_age`] (a client that never reads its answers
+//! stalls writes, where no read timeout runs); a request head is read into at most 16 KiB; a
 //! request body over [`Limits::max_body_bytes`] is answered 413. On `stop` the listener
 //! closes, idle connections are closed and requests in progress finish.
 //!

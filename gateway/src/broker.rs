@@ -43,9 +43,6 @@ pub enum BrokerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    /// No random password could be made for the gateway's own clients.
-    #[error("embedded broker: cannot read /dev/urandom: {source}")]
-    Random { source: std::io::Error },
     /// The broker thread did not start accepting connections in time.
     #[error("embedded broker on {addr} did not start accepting connections")]
     NotReady { addr: SocketAddr },
@@ -75,7 +72,6 @@ pub async fn start(
     own_client_ids: [String; 2],
 ) -> Result<Embedded, BrokerError> {
     let listen = mqtt.embedded_listen;
-    let max_packet_bytes = mqtt.max_packet_bytes;
     // rumqttd only logs a failed bind from its server thread; probe first to fail clearly.
     let probe = std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
         addr: listen,
@@ -87,7 +83,7 @@ pub async fn start(
     })?;
     drop(probe);
 
-    let (connections, own_login) = connection_settings(mqtt, own_client_ids, max_packet_bytes)?;
+    let (connections, own_login) = connection_settings(mqtt, own_client_ids);
     let server = ServerSettings {
         name: "gateway-v4".into(),
         listen: addr,
@@ -135,8 +131,7 @@ pub async fn start(
 fn connection_settings(
     mqtt: &MqttConfig,
     own_client_ids: [String; 2],
-    max_packet_bytes: usize,
-) -> Result<(ConnectionSettings, Option<(String, Secret)>), BrokerError> {
+) -> (ConnectionSettings, Option<(String, Secret)>) {
     let mut settings = ConnectionSettings {
         // A client that connected must send its CONNECT soon: waiting a minute per idle socket
         // lets anyone on the network pile them up.
@@ -145,7 +140,7 @@ fn connection_settings(
         // own client reads packets up to this size (`mqtt.max_packet_bytes`), so a payload
         // over `max_payload_bytes` reaches it and is dead-lettered, never dropping its
         // connection; a device sending more than this is disconnected by the broker.
-        max_payload_size: max_packet_bytes,
+        max_payload_size: mqtt.max_packet_bytes,
         max_inflight_count: 1000,
         auth: None,
         external_auth: None,
@@ -155,9 +150,10 @@ fn connection_settings(
         mqtt.embedded_username.clone(),
         mqtt.embedded_password.clone(),
     ) else {
-        return Ok((settings, None));
+        return (settings, None);
     };
-    let own_password = Secret::new(random_hex()?);
+    // 128 bits from the thread's CSPRNG (seeded by the OS).
+    let own_password = Secret::new(format!("{:032x}", rand::random::<u128>()));
     let own = own_password.clone();
     settings.set_auth_handler(move |client_id: String, user: String, password: String| {
         let admitted = if own_client_ids.contains(&client_id) {
@@ -167,15 +163,5 @@ fn connection_settings(
         };
         std::future::ready(admitted)
     });
-    Ok((settings, Some((OWN_USERNAME.to_owned(), own_password))))
-}
-
-/// 32 random hex digits from the kernel.
-fn random_hex() -> Result<String, BrokerError> {
-    use std::io::Read as _;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|source| BrokerError::Random { source })?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    (settings, Some((OWN_USERNAME.to_owned(), own_password)))
 }
