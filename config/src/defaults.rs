@@ -76,8 +76,8 @@ pub const UPSTREAM_TIMEOUT_MS: u64 = 10_000;
 pub const UPSTREAM_RETRY_INITIAL_MS: u64 = 200;
 /// `upstream.retry_max_ms`.
 pub const UPSTREAM_RETRY_MAX_MS: u64 = 60_000;
-/// `upstream.max_in_flight`.
-pub const UPSTREAM_MAX_IN_FLIGHT: usize = 1;
+/// `upstream.max_in_flight`: the cap; the forwarder adapts between 1 and it.
+pub const UPSTREAM_MAX_IN_FLIGHT: usize = 16;
 /// `upstream.retry_on_status` (WIRE.md §3: 408 and 429; 5xx via `retry_on_5xx`).
 pub const UPSTREAM_RETRY_ON_STATUS: &[u16] = &[408, 429];
 /// `upstream.retry_on_5xx`.

@@ -395,7 +395,8 @@ pub struct UpstreamConfig {
     pub retry_initial_ms: u64,
     /// Ceiling of the retry backoff in milliseconds. Default 60000.
     pub retry_max_ms: u64,
-    /// Batches outstanding at once; 1 keeps upstream order. Positive. Default 1.
+    /// Cap on readings batches outstanding at once; the forwarder adapts between 1 and it
+    /// (AIMD on latency and 429/5xx/timeouts). 1 keeps upstream order. Positive. Default 16.
     pub max_in_flight: usize,
     /// HTTP statuses (400..=599) that are retried besides timeouts and connection errors; any
     /// other non-2xx status dead-letters the batch. Default `[408, 429]`.

@@ -102,6 +102,12 @@ impl<T> Batcher<T> {
         }
     }
 
+    /// The oldest batch already cut (full by count or bytes), if any; the open batch stays open
+    /// whatever its linger.
+    pub fn take_ready(&mut self) -> Option<Cut<T>> {
+        self.ready.pop_front()
+    }
+
     /// Cuts and returns whatever is open or ready, regardless of linger.
     pub fn flush(&mut self) -> Option<Cut<T>> {
         if self.ready.is_empty() {

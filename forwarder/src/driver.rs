@@ -14,18 +14,17 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use gateway_buffer::{Buffer, BufferError, DeadLetterInput, DeadPayload, Lane, Stored};
-use rand::SeedableRng;
-use rand::rngs::SmallRng;
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::ack::{AckOrder, SeqRange};
-use crate::backoff::Backoff;
 use crate::batcher::{BatchLimits, Batcher, Cut};
 use crate::error::ForwarderError;
+use crate::gate::Gate;
 use crate::options::ForwarderOptions;
 use crate::outcome::{Outcome, RetryReason};
+use crate::pacing::{Answer, HoldCause, Pacing};
 use crate::sender::{EncodedBatch, HttpSender};
 use crate::stats::{ForwarderStats, Metrics};
 use crate::wire;
@@ -58,14 +57,24 @@ impl Forwarder {
         buffer.read(&options.consumer, Lane::Alarms, Some(u64::MAX), 0, 0)?;
         let sender = Arc::new(HttpSender::new(&options)?);
         let metrics = Arc::new(Metrics::default());
+        let gate = Arc::new(Gate::new(
+            Pacing::new(
+                options.max_in_flight,
+                options.retry_initial,
+                options.retry_max,
+            ),
+            sender.probe_target(),
+        ));
         let handle = ForwarderHandle {
             metrics: metrics.clone(),
+            gate: gate.clone(),
         };
         let driver = ForwarderDriver {
             buffer,
             options,
             sender,
             metrics,
+            gate,
         };
         Ok((handle, driver))
     }
@@ -75,12 +84,16 @@ impl Forwarder {
 #[derive(Clone, Debug)]
 pub struct ForwarderHandle {
     metrics: Arc<Metrics>,
+    gate: Arc<Gate>,
 }
 
 impl ForwarderHandle {
     /// A snapshot of the counters and gauges.
     pub fn stats(&self) -> ForwarderStats {
-        self.metrics.snapshot()
+        ForwarderStats {
+            concurrency: self.gate.limit() as u64,
+            ..self.metrics.snapshot()
+        }
     }
 }
 
@@ -91,6 +104,8 @@ pub struct ForwarderDriver {
     options: ForwarderOptions,
     sender: Arc<HttpSender>,
     metrics: Arc<Metrics>,
+    /// How many readings attempts may be on the wire, and whether all must wait.
+    gate: Arc<Gate>,
 }
 
 /// Normal batches come from the lane's queue and move the consumer cursor; requeued ones are
@@ -336,11 +351,12 @@ impl ForwarderDriver {
     }
 
     /// Batches a lane may have outstanding: alarms one at a time, so a raise always reaches the
-    /// cloud before its clear (WIRE §3); readings up to `max_in_flight`.
+    /// cloud before its clear (WIRE §3); readings as many as the adaptive concurrency allows now
+    /// (between 1 and `max_in_flight`).
     fn lane_cap(&self, lane: Lane) -> usize {
         match lane {
             Lane::Alarms => 1,
-            Lane::Readings => self.options.max_in_flight,
+            Lane::Readings => self.gate.limit(),
         }
     }
 
@@ -411,10 +427,13 @@ impl ForwarderDriver {
                 gateway_id: self.options.gateway_id.clone(),
             });
             let send = deliver(
-                self.sender.clone(),
-                self.metrics.clone(),
-                Backoff::new(self.options.retry_initial, self.options.retry_max),
-                shutdown.clone(),
+                Link {
+                    sender: self.sender.clone(),
+                    metrics: self.metrics.clone(),
+                    gate: self.gate.clone(),
+                    shutdown: shutdown.clone(),
+                },
+                id,
                 batch,
                 evictions,
             )
@@ -475,7 +494,14 @@ impl ForwarderDriver {
             }));
         }
         loop {
-            if let Some(cut) = state.batcher.poll(Instant::now()) {
+            // A full batch first; an open one is topped up from the buffer before its linger
+            // may cut it, so a backlog always goes out in full batches.
+            let cut = match state.batcher.take_ready() {
+                Some(cut) => Some(cut),
+                None if state.caught_up => state.batcher.poll(Instant::now()),
+                None => None,
+            };
+            if let Some(cut) = cut {
                 let (records, json) = self.assemble(state.lane, cut);
                 return Ok(Some(Formed {
                     kind: Kind::Normal,
@@ -607,8 +633,19 @@ impl ForwarderDriver {
     }
 }
 
-/// Sends one batch until it is delivered or rejected, backing off between attempts. Returns
-/// `Abandoned` instead of waiting to retry once `shutdown` is cancelled.
+/// What a send needs besides its batch: the HTTP client, the counters, the upstream's pacing and
+/// the shutdown signal.
+struct Link {
+    sender: Arc<HttpSender>,
+    metrics: Arc<Metrics>,
+    gate: Arc<Gate>,
+    shutdown: CancellationToken,
+}
+
+/// Sends one batch until it is delivered or rejected. Every attempt first passes the upstream's
+/// [`Gate`]: a readings slot of the adaptive concurrency, and the end of any hold (backoff,
+/// `Retry-After`) that a failure of any batch set. Returns `Abandoned` instead of waiting once
+/// `shutdown` is cancelled.
 ///
 /// Before every attempt (the first included) the records the buffer evicted since they were
 /// read are shed from the batch (and counted as dropped by the buffer), so a record is counted
@@ -616,16 +653,22 @@ impl ForwarderDriver {
 /// delivered by that attempt if it succeeds (and was never counted dropped), or shed before the
 /// next. Returns how the send ended and the batch as last sent (what a rejection parks).
 async fn deliver(
-    sender: Arc<HttpSender>,
-    metrics: Arc<Metrics>,
-    mut backoff: Backoff,
-    shutdown: CancellationToken,
+    link: Link,
+    id: u64,
     mut batch: Arc<EncodedBatch>,
     evictions: Option<Evictions>,
 ) -> (Delivery, Arc<EncodedBatch>) {
-    let mut rng = SmallRng::from_os_rng();
+    let Link {
+        sender,
+        metrics,
+        gate,
+        shutdown,
+    } = link;
     let mut is_retry = false;
     loop {
+        let Some(pass) = gate.enter(batch.lane, id, &shutdown).await else {
+            return (Delivery::Abandoned, batch);
+        };
         if let Some(evictions) = &evictions {
             match evictions.trim(&batch, sender.gzip()) {
                 Trim::Whole => {}
@@ -640,6 +683,7 @@ async fn deliver(
                 }
                 Trim::Gone => {
                     info!(key = %batch.idempotency_key, "forwarder: the buffer evicted a whole batch before it was delivered");
+                    gate.release(pass);
                     return (Delivery::Evicted, batch);
                 }
             }
@@ -649,6 +693,24 @@ async fn deliver(
         if let Some(latency) = attempt.latency {
             metrics.response_latency(latency);
         }
+        let answer = match &attempt.outcome {
+            Outcome::Delivered { .. } | Outcome::Rejected { .. } => {
+                Answer::Fine(attempt.latency.unwrap_or_default())
+            }
+            Outcome::Retry {
+                reason,
+                retry_after,
+            } => Answer::Failed {
+                cause: match reason {
+                    RetryReason::Status(_) => HoldCause::Answered,
+                    RetryReason::Timeout | RetryReason::Connect(_) | RetryReason::Transport(_) => {
+                        HoldCause::Unreachable
+                    }
+                },
+                retry_after: *retry_after,
+            },
+        };
+        let hold = gate.finish(pass, answer);
         match attempt.outcome {
             Outcome::Delivered { .. } => {
                 metrics.delivered(batch.lane, batch.records.len(), batch.body.len());
@@ -661,29 +723,21 @@ async fn deliver(
                 ));
                 return (Delivery::Rejected { status, body }, batch);
             }
-            Outcome::Retry {
-                reason,
-                retry_after,
-            } => {
-                let delay = backoff.next_delay(&mut rng, retry_after);
-                let timeout = reason == RetryReason::Timeout;
+            Outcome::Retry { reason, .. } => {
+                // This failure set the hold, or a failure of the same round already had.
+                let delay = hold.or_else(|| gate.held_for()).unwrap_or_default();
                 warn!(
                     key = %batch.idempotency_key,
                     %reason,
-                    attempt = backoff.attempts(),
                     retry_in_ms = delay.as_millis() as u64,
-                    "forwarder: upstream attempt failed; will retry"
+                    concurrency = gate.limit(),
+                    "forwarder: upstream attempt failed; every batch waits, then this one is retried"
                 );
                 metrics.failed_retryable(
-                    timeout,
+                    reason == RetryReason::Timeout,
                     format!("{}: {reason}", batch.idempotency_key),
                     delay,
                 );
-                tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => return (Delivery::Abandoned, batch),
-                    () = sleep(delay) => {}
-                }
                 is_retry = true;
             }
         }

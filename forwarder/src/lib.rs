@@ -10,8 +10,9 @@
 //! Shape: [`Forwarder::new`] returns a [`ForwarderHandle`] (stats, cheap to clone) and a
 //! [`ForwarderDriver`] whose [`ForwarderDriver::run`] future the caller spawns; the crate spawns
 //! nothing. The decisions are pure state machines with the clock and I/O outside them:
-//! [`Batcher`] (when to cut), [`Backoff`] (when to retry), [`Outcome`] (what a response means),
-//! [`AckOrder`] (how far the cursor may move).
+//! [`Batcher`] (when to cut), [`Pacing`] (how many attempts at once, and when every attempt must
+//! wait), [`Backoff`] (how long), [`Outcome`] (what a response means), [`AckOrder`] (how far the
+//! cursor may move).
 //!
 //! # Guarantees
 //! - **At least once, never dropped.** A batch is acked in the buffer only after a 2xx, or
@@ -27,11 +28,22 @@
 //! - **Order.** Alarm batches go one at a time, so they reach the upstream in seq order and a
 //!   raise always arrives before its clear. With `max_in_flight = 1` readings batches do too.
 //!   With more, the cursor is acked only up to the highest batch below which every batch is done.
-//! - **Backoff.** Exponential with full jitter: attempt *n* waits a uniform draw from
-//!   `0..=min(retry_max, retry_initial·2ⁿ)`, raised to at least `retry_initial`; a `Retry-After`
-//!   (seconds or HTTP date) is a floor on that wait (capped at one hour).
+//! - **Adaptive concurrency.** Readings attempts on the wire adapt between 1 and `max_in_flight`
+//!   ([`Pacing`]): doubling per round from 1 while answers stay fast, then one more per round;
+//!   halved by a retryable failure, cut by a quarter when latency rises past twice its baseline.
+//!   Waiting attempts go in batch order.
+//! - **Backoff holds the upstream.** A retryable failure holds every attempt of both lanes for
+//!   the backoff: exponential with full jitter, step *n* a uniform draw from
+//!   `0..=min(retry_max, retry_initial·2ⁿ)` raised to at least `retry_initial`, one step per round
+//!   of failures; a `Retry-After` (seconds or HTTP date, capped at one hour) is a floor. While the
+//!   upstream gives no answer at all, a TCP connect probes it every [`PROBE_EVERY`]; once a probe
+//!   that failed is followed by one that connects, the hold ends (not through a proxy set in the
+//!   environment).
+//! - **Full batches from a backlog.** An open batch is topped up from the buffer before its
+//!   linger may cut it, so only a caught-up lane sends a batch below its caps.
 //! - **Bounded memory.** At most one batch per lane is being filled, and one alarms batch and
-//!   `max_in_flight` readings batches are in flight; a backlog is streamed from disk one batch at a time.
+//!   `max_in_flight` readings batches are in flight (more than the current concurrency only
+//!   right after it dropped: those wait their turn); a backlog is streamed from disk one batch at a time.
 //! - **Exact eviction accounting.** Before every attempt, the first included, a batch sheds
 //!   the records the buffer evicted since they were read ([`gateway_buffer::Buffer::shed_evicted`]),
 //!   which counts them as dropped; what an attempt delivers is counted delivered. A record is
@@ -61,8 +73,10 @@ mod backoff;
 mod batcher;
 mod driver;
 mod error;
+mod gate;
 mod options;
 mod outcome;
+mod pacing;
 mod sender;
 mod stats;
 mod wire;
@@ -74,8 +88,10 @@ pub use driver::{
     DEAD_LETTER_ORIGIN, DEAD_LETTER_REASON, Forwarder, ForwarderDriver, ForwarderHandle,
 };
 pub use error::ForwarderError;
+pub use gate::PROBE_EVERY;
 pub use options::{CONSUMER, Compression, ForwarderOptions};
 pub use outcome::{Outcome, RetryPolicy, RetryReason};
+pub use pacing::{Admit, Answer, HoldCause, LATENCY_SLACK, Pacing, Ticket};
 pub use sender::MAX_REJECTION_BODY_BYTES;
 pub use stats::{
     DOWN_AFTER_FAILURES, ForwarderStats, LATENCY_BUCKETS_S, LatencyHistogram, PerLane,

@@ -51,8 +51,9 @@ pub struct ForwarderOptions {
     pub retry_initial: Duration,
     /// Largest jitter ceiling (`upstream.retry_max_ms`, default 60 s).
     pub retry_max: Duration,
-    /// Readings batches outstanding at once (`upstream.max_in_flight`, default 1: strict order).
-    /// The alarms lane always has at most one, so a raise reaches the cloud before its clear.
+    /// Cap on readings attempts on the wire at once (`upstream.max_in_flight`, default 16; 1:
+    /// strict order). The forwarder adapts between 1 and this ([`crate::Pacing`]). The alarms
+    /// lane always has at most one batch, so a raise reaches the cloud before its clear.
     pub max_in_flight: usize,
     /// Which statuses retry (`upstream.retry_on_status`, `upstream.retry_on_5xx`).
     pub retry_policy: RetryPolicy,
@@ -75,7 +76,7 @@ impl ForwarderOptions {
             timeout: Duration::from_millis(10_000),
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_millis(60_000),
-            max_in_flight: 1,
+            max_in_flight: 16,
             retry_policy: RetryPolicy::default(),
             consumer: CONSUMER.to_string(),
         }

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::backoff::parse_retry_after;
 use crate::error::ForwarderError;
+use crate::gate::ProbeTarget;
 use crate::options::{Compression, ForwarderOptions};
 use crate::outcome::{Outcome, RetryPolicy};
 
@@ -140,6 +141,24 @@ impl HttpSender {
             gzip: options.compression == Compression::Gzip,
             timeout: options.timeout,
             policy: options.retry_policy.clone(),
+        })
+    }
+
+    /// Where to probe the upstream's reachability with a bare TCP connect: the URL's host and
+    /// port. `None` when a proxy is configured in the environment (reqwest goes through it, so
+    /// the upstream's own port says nothing).
+    pub fn probe_target(&self) -> Option<ProbeTarget> {
+        let proxied = ["http_proxy", "https_proxy", "all_proxy"]
+            .iter()
+            .any(|name| {
+                std::env::var_os(name).is_some() || std::env::var_os(name.to_uppercase()).is_some()
+            });
+        if proxied {
+            return None;
+        }
+        Some(ProbeTarget {
+            host: self.url.host_str()?.trim_matches(['[', ']']).to_string(),
+            port: self.url.port_or_known_default()?,
         })
     }
 

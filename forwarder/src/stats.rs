@@ -102,6 +102,8 @@ pub struct ForwarderStats {
     pub bytes_delivered: u64,
     /// Batches currently in flight (sending or waiting to retry), both lanes.
     pub in_flight: u64,
+    /// Readings attempts the adaptive concurrency allows on the wire now (1 to `max_in_flight`).
+    pub concurrency: u64,
     /// The delay of the most recent backoff, ms; 0 once a batch gets through.
     pub backoff_ms: u64,
     /// How the upstream looks.
@@ -257,6 +259,7 @@ impl Metrics {
             records_dead_lettered: per_lane(&self.records_dead_lettered),
             bytes_delivered: self.bytes_delivered.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
+            concurrency: 0,
             backoff_ms: self.backoff_ms.load(Relaxed),
             upstream,
             down_since_ms: nonzero(self.down_since_ms.load(Relaxed)),

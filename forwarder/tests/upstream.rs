@@ -619,3 +619,152 @@ async fn a_bad_url_or_consumer_is_refused_at_construction() {
     ));
     tb.close().await;
 }
+
+/// Waits (real time) until `cond` holds over the forwarder's stats, or panics after `limit`.
+async fn wait_for_stats(
+    handle: &gateway_forwarder::ForwarderHandle,
+    limit: Duration,
+    what: &str,
+    cond: impl Fn(&gateway_forwarder::ForwarderStats) -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let stats = handle.stats();
+        if cond(&stats) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not {what} within {limit:?}: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_answering_503_to_everything_brings_the_concurrency_down_to_one_and_back_up_once_it_recovers()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    let upstream = Upstream::start([]).await;
+    // Answers take a while, so several requests are on the wire at once.
+    upstream.set_default(Reply::After(Duration::from_millis(20), 200));
+    let mut o = options(&upstream.url());
+    o.batch_max_records = 10;
+    o.max_in_flight = 16;
+    o.retry_initial = Duration::from_millis(10);
+    o.retry_max = Duration::from_millis(50);
+    // A backlog of 2,000 batches: more than the test gets through.
+    append(&tb.buffer, (0..20_000).map(reading).collect()).await;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle.clone(), driver);
+
+    wait_for_stats(&handle, WAIT, "at full concurrency", |s| {
+        s.concurrency == 16
+    })
+    .await;
+    upstream
+        .wait_until(WAIT, |_| upstream.max_on_wire() > 8)
+        .await;
+
+    upstream.set_default(Reply::After(Duration::from_millis(5), 503));
+    wait_for_stats(&handle, WAIT, "down to one", |s| s.concurrency == 1).await;
+    // Attempts started before the last decrease drain away; from then on, one at a time.
+    let failed = handle.stats().failed_retryable;
+    wait_for_stats(&handle, WAIT, "past the older attempts", |s| {
+        s.failed_retryable >= failed + 16
+    })
+    .await;
+    upstream.reset_max_on_wire();
+    let failed = handle.stats().failed_retryable;
+    wait_for_stats(&handle, WAIT, "20 more failures", |s| {
+        s.failed_retryable >= failed + 20
+    })
+    .await;
+    assert_eq!(upstream.max_on_wire(), 1, "{:?}", handle.stats());
+    assert_eq!(handle.stats().concurrency, 1);
+
+    upstream.set_default(Reply::After(Duration::from_millis(20), 200));
+    wait_for_stats(&handle, WAIT, "climbing again", |s| s.concurrency >= 4).await;
+    fwd.stop().await;
+    // Whatever was delivered was delivered once per batch key, in whole batches.
+    let keys: Vec<String> = upstream.delivered().iter().map(|r| r.key()).collect();
+    let unique: std::collections::BTreeSet<&String> = keys.iter().collect();
+    assert_eq!(unique.len(), keys.len(), "a delivered batch was sent again");
+    tb.close().await;
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_holds_every_batch_of_both_lanes_for_its_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    let upstream = Upstream::start([Reply::RetryAfter(429, "2")]).await;
+    let mut o = options(&upstream.url());
+    o.batch_max_records = 10;
+    o.max_in_flight = 16;
+    o.linger = Duration::ZERO;
+    append(&tb.buffer, (0..100).map(reading).collect()).await;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle.clone(), driver);
+
+    wait_for_stats(&handle, WAIT, "held by the 429", |s| s.backoff_ms >= 2_000).await;
+    // More of both lanes during the hold: none of it may go before the hold ends.
+    append(&tb.buffer, vec![alarm(0)]).await;
+    append(&tb.buffer, (100..200).map(reading).collect()).await;
+    upstream
+        .wait_until(WAIT, |r| {
+            r.iter()
+                .filter(|r| r.delivered())
+                .map(|r| r.seqs().len())
+                .sum::<usize>()
+                == 201
+        })
+        .await;
+    let got = upstream.received();
+    let first_after = got[1..].iter().map(|r| r.at).min().unwrap();
+    let gap = first_after - got[0].at;
+    assert!(
+        gap >= Duration::from_secs(2),
+        "a request went {gap:?} after the 429 with Retry-After: 2"
+    );
+    assert!(got.iter().any(|r| r.lane() == "alarms" && r.delivered()));
+    fwd.stop().await;
+    tb.close().await;
+}
+
+#[tokio::test]
+async fn delivery_resumes_soon_after_the_upstream_returns_however_long_the_backoff_grew() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut o = options(&format!("http://{addr}/ingest"));
+    // One failure holds the upstream for a minute by the backoff alone.
+    o.retry_initial = Duration::from_secs(60);
+    o.retry_max = Duration::from_secs(60);
+    let stored = append(&tb.buffer, (0..10).map(reading).collect()).await;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle.clone(), driver);
+    wait_for_stats(&handle, WAIT, "failing", |s| s.failed_retryable >= 1).await;
+    // Down for a while: probes fail meanwhile.
+    tokio::time::sleep(gateway_forwarder::PROBE_EVERY * 3).await;
+
+    let back = Instant::now();
+    let upstream = Upstream::start_on(addr, []).await;
+    upstream.wait_until(WAIT, |r| !r.is_empty()).await;
+    let took = back.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "resumed {took:?} after the upstream came back: the backoff, not the probe"
+    );
+    eprintln!("delivery resumed {took:?} after the upstream came back (backoff: 60 s)");
+    upstream
+        .wait_until(WAIT, |r| {
+            r.iter().map(|r| r.seqs().len()).sum::<usize>() == stored.len()
+        })
+        .await;
+    fwd.stop().await;
+    tb.close().await;
+}

@@ -207,6 +207,7 @@ impl AdminState {
                 "timeouts": f.timeouts,
                 "retries": f.retries,
                 "in_flight": f.in_flight,
+                "concurrency": f.concurrency,
                 "records_delivered": { "alarms": f.records_delivered.alarms, "readings": f.records_delivered.readings },
                 "latency_avg_s": if f.latency.count > 0 { Some(f.latency.sum_s / f.latency.count as f64) } else { None },
             },
@@ -588,6 +589,12 @@ pub async fn render_metrics(state: &AdminState) -> String {
         "gauge",
         "Current retry backoff.",
         &[(String::new(), f.backoff_ms as f64 / 1000.0)],
+    );
+    family(
+        "gateway_upstream_concurrency",
+        "gauge",
+        "Readings requests the forwarder lets on the wire at once now: adapts between 1 and upstream.max_in_flight (halved on 429/5xx/timeouts, cut on rising latency, grown while answers stay fast).",
+        &one(f.concurrency),
     );
     family(
         "gateway_upstream_up",

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::io::Read;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ pub enum Reply {
     StatusBody(u16, &'static str),
     /// Sit on the request this long, then answer 200.
     Hang(Duration),
+    /// Sit on the request this long, then answer with this status.
+    After(Duration, u16),
 }
 
 /// One request as the server saw it.
@@ -75,14 +78,39 @@ impl Received {
     }
 
     pub fn delivered(&self) -> bool {
-        matches!(self.reply, Reply::Status(200..=299) | Reply::Hang(_))
+        matches!(
+            self.reply,
+            Reply::Status(200..=299) | Reply::Hang(_) | Reply::After(_, 200..=299)
+        )
     }
 }
 
 #[derive(Default)]
 struct Shared {
     script: Mutex<VecDeque<Reply>>,
+    /// The reply once the script is used up; `None`: 200.
+    default: Mutex<Option<Reply>>,
     received: Mutex<Vec<Received>>,
+    /// Requests being answered now, and the most seen at once since the last reset.
+    on_wire: AtomicUsize,
+    max_on_wire: AtomicUsize,
+}
+
+/// Counts a request as being answered until dropped (also when the client goes away).
+struct OnWire<'a>(&'a Shared);
+
+impl<'a> OnWire<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        let now = shared.on_wire.fetch_add(1, SeqCst) + 1;
+        shared.max_on_wire.fetch_max(now, SeqCst);
+        OnWire(shared)
+    }
+}
+
+impl Drop for OnWire<'_> {
+    fn drop(&mut self) {
+        self.0.on_wire.fetch_sub(1, SeqCst);
+    }
 }
 
 /// The scripted upstream.
@@ -94,11 +122,10 @@ pub struct Upstream {
 }
 
 async fn ingest(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let reply = shared
-        .script
-        .lock()
-        .unwrap()
-        .pop_front()
+    let _on_wire = OnWire::new(&shared);
+    let reply = shared.script.lock().unwrap().pop_front();
+    let reply = reply
+        .or_else(|| shared.default.lock().unwrap().clone())
         .unwrap_or(Reply::Status(200));
     let json = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
         let mut out = Vec::new();
@@ -124,6 +151,10 @@ async fn ingest(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         Reply::Hang(d) => {
             tokio::time::sleep(d).await;
             StatusCode::OK.into_response()
+        }
+        Reply::After(d, s) => {
+            tokio::time::sleep(d).await;
+            status(s).into_response()
         }
     }
 }
@@ -161,6 +192,22 @@ impl Upstream {
 
     pub fn url(&self) -> String {
         format!("http://{}/ingest", self.addr)
+    }
+
+    /// What every request gets once the script is used up (200 until set).
+    pub fn set_default(&self, reply: Reply) {
+        *self.shared.default.lock().unwrap() = Some(reply);
+    }
+
+    /// The most requests answered at once since the start or the last reset.
+    pub fn max_on_wire(&self) -> usize {
+        self.shared.max_on_wire.load(SeqCst)
+    }
+
+    /// Starts counting [`Upstream::max_on_wire`] afresh, from the requests on the wire now.
+    pub fn reset_max_on_wire(&self) {
+        let now = self.shared.on_wire.load(SeqCst);
+        self.shared.max_on_wire.store(now, SeqCst);
     }
 
     pub fn received(&self) -> Vec<Received> {
