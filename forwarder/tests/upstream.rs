@@ -81,7 +81,9 @@ async fn batches_are_cut_before_the_record_that_would_exceed_the_byte_limit() {
             r.iter().map(|r| r.seqs().len()).sum::<usize>() == 40
         })
         .await;
-    let got = upstream.received();
+    // Several batches are in flight at once (max_in_flight): they may arrive in any order.
+    let mut got = upstream.received();
+    got.sort_by_key(|r| r.seqs()[0]);
     assert!(got.len() > 1);
     let mut next = 0;
     for (i, req) in got.iter().enumerate() {

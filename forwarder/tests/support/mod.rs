@@ -321,9 +321,11 @@ pub fn alarm(i: usize) -> Record {
     })
 }
 
-/// Options suited to tests: fast retries, short timeouts, no linger unless asked.
+/// Options suited to tests: fast retries, short timeouts, no linger unless asked, and one
+/// readings batch at a time (strict order) unless a test asks for more.
 pub fn options(url: &str) -> ForwarderOptions {
     let mut o = ForwarderOptions::new("gw-test", url);
+    o.max_in_flight = 1;
     o.linger = Duration::from_millis(20);
     o.timeout = Duration::from_secs(5);
     o.retry_initial = Duration::from_millis(20);

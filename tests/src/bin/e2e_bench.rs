@@ -16,7 +16,16 @@
 //!
 //! Run (after the README set-up):
 //! `cargo build --release -p gateway && cargo run --release -p gateway-tests --bin e2e_bench`
-//! Environment: `BENCH_READINGS` (default 200000), `BENCH_DEVICES` (50), `GATEWAY_BIN`.
+//! Environment: `BENCH_READINGS` (default 200000), `BENCH_DEVICES` (50), `GATEWAY_BIN`,
+//! `BENCH_RTT_MS` (0): the cloud receiver answers each batch this long after it arrived, as a
+//! distant cloud does (the gateway runs with the contract's `max_in_flight = 16`).
+//!
+//! `BENCH_MODE=wear`: instead, a Pi-like trickle for the SD card's sake: 20 devices × 3 metrics
+//! at 1 Hz for `BENCH_WEAR_S` seconds (60), with the upstream up (or down with
+//! `BENCH_UPSTREAM_DOWN=1`). Reports the bytes the gateway process had written to disk per
+//! reading (`/proc/PID/io` `write_bytes`) against, in the same run, the floor of any durable
+//! queue on this disk: a thread appending the same number of 30-byte records to a plain file
+//! with one `fdatasync` a second, measured the same way. Writes `target/e2e-bench-wear-upstream-{up,down}.{json,md}`.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -329,11 +338,14 @@ async fn baseline(port: u16, devices: u32, per_device: u64) -> Side {
     side
 }
 
-async fn receive(
-    State(tally): State<Arc<Mutex<Tally>>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> &'static str {
+/// The cloud receiver's state: what arrived, and how long it takes to answer.
+#[derive(Clone)]
+struct Cloud {
+    tally: Arc<Mutex<Tally>>,
+    rtt: Duration,
+}
+
+async fn receive(State(cloud): State<Cloud>, headers: HeaderMap, body: Bytes) -> &'static str {
     let arrived = now_ms();
     let mut json = Vec::new();
     let bytes = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
@@ -346,20 +358,29 @@ async fn receive(
     };
     let batch: Value = serde_json::from_slice(bytes).unwrap();
     let alarms = batch["lane"] == "alarms";
-    let mut t = tally.lock().unwrap();
-    for r in batch["records"].as_array().unwrap() {
-        let ts = r["ts"].as_i64().unwrap_or(arrived);
-        if alarms {
-            t.alarm_latency_ms.push((arrived - ts) as f64);
-        } else {
-            let (device, metric) = (
-                r["device"].as_str().unwrap_or(""),
-                r["metric"].as_str().unwrap_or(""),
-            );
-            t.reading(device, metric, ts, arrived);
-        }
+    cloud.tally.lock().unwrap().batch(&batch, alarms, arrived);
+    if !cloud.rtt.is_zero() {
+        tokio::time::sleep(cloud.rtt).await;
     }
     "ok"
+}
+
+impl Tally {
+    /// Counts one batch's records as arrived at `arrived` (ms since the epoch).
+    fn batch(&mut self, batch: &Value, alarms: bool, arrived: i64) {
+        for r in batch["records"].as_array().unwrap() {
+            let ts = r["ts"].as_i64().unwrap_or(arrived);
+            if alarms {
+                self.alarm_latency_ms.push((arrived - ts) as f64);
+            } else {
+                let (device, metric) = (
+                    r["device"].as_str().unwrap_or(""),
+                    r["metric"].as_str().unwrap_or(""),
+                );
+                self.reading(device, metric, ts, arrived);
+            }
+        }
+    }
 }
 
 /// Polls the gateway's `/status` until it has ingested (made durable) `n` fleet readings plus
@@ -499,21 +520,32 @@ where
 
 #[tokio::main]
 async fn main() {
+    if std::env::var("BENCH_MODE").as_deref() == Ok("wear") {
+        wear().await;
+        return;
+    }
     let n_total = env_usize("BENCH_READINGS", 200_000) as u64;
     let devices = env_usize("BENCH_DEVICES", 50) as u32;
     let per_device = n_total / u64::from(devices);
     let n = per_device * u64::from(devices);
     let broker = Mosquitto::start();
-    println!("workload: {n} readings from {devices} devices, QoS 1, one reading per message");
+    println!(
+        "workload: {n} readings from {devices} devices, QoS 1, one reading per message; the cloud answers after {} ms",
+        env_usize("BENCH_RTT_MS", 0)
+    );
 
     let base = baseline(broker.port, devices, per_device).await;
     println!("baseline (mosquitto_sub -q 1): {:.0} readings/s", base.rate);
 
     // Receiver.
     let tally = Arc::new(Mutex::new(Tally::new(n as usize)));
+    let rtt = Duration::from_millis(env_usize("BENCH_RTT_MS", 0) as u64);
     let app = Router::new()
         .route("/ingest", axum::routing::post(receive))
-        .with_state(tally.clone());
+        .with_state(Cloud {
+            tally: tally.clone(),
+            rtt,
+        });
     // The receiver and the probes (the cloud and a device) run on threads of their own, so the
     // simulated fleet's load on this process's runtime does not delay their timestamps.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -701,7 +733,8 @@ async fn main() {
         md.push_str(&format!("| {k} | {v} | {t} |\n"));
     }
     md.push_str(&format!(
-        "\nWorkload: {n} readings from {devices} devices (device-sim load mode, QoS 1, 8 connections), linger {LINGER_MS} ms, batch 1000, gzip; device-sim took {:.1} s (gateway side) and {:.1} s (baseline) from start to disconnect. Probes on both sides: {} latency readings, {} alarm events upstream.\n",
+        "\nWorkload: {n} readings from {devices} devices (device-sim load mode, QoS 1, 8 connections), linger {LINGER_MS} ms, batch 1000, gzip, max_in_flight 16, the cloud answering after {} ms; device-sim took {:.1} s (gateway side) and {:.1} s (baseline) from start to disconnect. Probes on both sides: {} latency readings, {} alarm events upstream.\n",
+        rtt.as_millis(),
         side.publish_elapsed.as_secs_f64(),
         base.publish_elapsed.as_secs_f64(),
         lat.len(),
@@ -715,7 +748,7 @@ async fn main() {
         );
     }
     let report = json!({
-        "readings": n, "devices": devices, "baseline_readings_per_s": base.rate, "e2e_readings_per_s": side.rate,
+        "readings": n, "devices": devices, "rtt_ms": rtt.as_millis() as u64, "baseline_readings_per_s": base.rate, "e2e_readings_per_s": side.rate,
         "ratio": ratio, "ingest_readings_per_s": ingest_rate, "ingest_ratio": ingest_ratio,
         "latency_ms": {"p50": p50, "p99": p99}, "baseline_latency_ms": {"p50": b50, "p99": b99},
         "alarm_latency_ms": {"p50": a50, "p99": a99},
@@ -728,13 +761,201 @@ async fn main() {
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("target"));
+    let name = match rtt.as_millis() {
+        0 => "e2e-bench".to_owned(),
+        ms => format!("e2e-bench-rtt{ms}"),
+    };
     let _ = std::fs::write(
-        target.join("e2e-bench.json"),
+        target.join(format!("{name}.json")),
         serde_json::to_string_pretty(&report).unwrap(),
     );
-    let _ = std::fs::write(target.join("e2e-bench.md"), &md);
-    println!("wrote {}/e2e-bench.{{json,md}}", target.display());
+    let _ = std::fs::write(target.join(format!("{name}.md")), &md);
+    println!("wrote {}/{name}.{{json,md}}", target.display());
     if !side.lost.is_empty() || side.unexpected > 0 {
         std::process::exit(1);
     }
+}
+
+/// Bytes written to disk by the calling thread so far (`/proc/thread-self/io`).
+fn thread_written() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/io")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("write_bytes:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The floor: `per_second` records of 30 bytes appended to a plain file each second for
+/// `seconds`, one `fdatasync` a second. Returns the bytes this thread wrote to disk.
+fn append_only_floor(dir: &Path, per_second: usize, seconds: u64) -> u64 {
+    use std::io::Write as _;
+    let path = dir.join("floor.log");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let record = [b'x'; 30];
+    let before = thread_written();
+    let start = Instant::now();
+    for second in 0..seconds {
+        for _ in 0..per_second {
+            file.write_all(&record).unwrap();
+        }
+        file.sync_data().unwrap();
+        let next = start + Duration::from_secs(second + 1);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    thread_written() - before
+}
+
+/// `BENCH_MODE=wear`: bytes written per reading at a Pi-like trickle (see the module docs).
+async fn wear() {
+    const DEVICES: u32 = 20;
+    let seconds = env_usize("BENCH_WEAR_S", 60) as u64;
+    let upstream_down = std::env::var("BENCH_UPSTREAM_DOWN").is_ok_and(|v| v == "1");
+    let metrics = vec![Metric::Temperature, Metric::Humidity, Metric::Pressure];
+    let per_second = DEVICES as usize * metrics.len();
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+
+    let tally = Arc::new(Mutex::new(Tally::new(usize::MAX)));
+    let recv_port = if upstream_down {
+        free_port()
+    } else {
+        let app = Router::new()
+            .route("/ingest", axum::routing::post(receive))
+            .with_state(Cloud {
+                tally: tally.clone(),
+                rtt: Duration::from_millis(env_usize("BENCH_RTT_MS", 0) as u64),
+            });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        on_own_thread(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap()
+        });
+        port
+    };
+    let admin = free_port();
+    let config = format!(
+        "gateway_id = \"gw-wear\"\ndata_dir = \"{data}\"\n\
+         [mqtt]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"gw-wear\"\n\
+         [upstream]\nurl = \"http://127.0.0.1:{recv_port}/ingest\"\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+        data = dir.path().join("data").display(),
+        port = broker.port,
+    );
+    let config_path = dir.path().join("gateway.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+    let mut gw = Command::new(gateway_bin())
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let status = || async {
+        let r = client
+            .get(format!("http://127.0.0.1:{admin}/status"))
+            .send()
+            .await
+            .ok()?;
+        serde_json::from_slice::<Value>(&r.bytes().await.ok()?).ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !status()
+        .await
+        .is_some_and(|s| s["ingest"]["mqtt_subscribed"] == true)
+    {
+        assert!(Instant::now() < deadline, "gateway did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Settled: the opening writes of the database are not the trickle's.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, cpu_before, written_before) = proc_stats(gw.id());
+
+    let floor_dir = dir.path().to_path_buf();
+    let floor = std::thread::spawn(move || append_only_floor(&floor_dir, per_second, seconds));
+    let mut cfg = FleetConfig::new(
+        format!("127.0.0.1:{}", broker.port)
+            .parse::<Broker>()
+            .unwrap(),
+    );
+    cfg.devices = DEVICES;
+    cfg.rate_hz = 1.0;
+    cfg.duration = Some(Duration::from_secs(seconds));
+    cfg.qos = 1;
+    cfg.form = MqttForm::Json;
+    cfg.metrics = metrics;
+    cfg.client_id_prefix = "wear-".to_owned();
+    cfg.progress = false;
+    let report = device_sim::run_fleet(cfg, std::future::pending())
+        .await
+        .unwrap();
+    let sent = report.summary.totals.readings_acked;
+    // Everything ingested (and, with the upstream up, delivered) before the meter is read.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status().await.unwrap_or_default();
+        let ingested = s["ingest"]["readings"]["mqtt"].as_u64().unwrap_or(0);
+        let delivered = s["upstream"]["records_delivered"]["readings"]
+            .as_u64()
+            .unwrap_or(0);
+        if ingested >= sent && (upstream_down || delivered >= sent) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (rss, cpu_after, written_after) = proc_stats(gw.id());
+    let floor_written = floor.join().unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gw.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = gw.wait();
+
+    let written = written_after - written_before;
+    let per_reading = written as f64 / sent.max(1) as f64;
+    let floor_per_reading = floor_written as f64 / (per_second as u64 * seconds) as f64;
+    let upstream = if upstream_down { "down" } else { "up" };
+    let md = format!(
+        "| measure | value | target |\n|---|---|---|\n\
+         | readings (acked by the broker) | {sent} | |\n\
+         | gateway disk written per reading | {per_reading:.0} B ({:.1} MB a day at this rate) | ≤ 64 B ({}) |\n\
+         | floor: append-only file, fdatasync each second | {floor_per_reading:.0} B | |\n\
+         | gateway / floor | {:.1}× | |\n\
+         | gateway CPU | {:.2} s ({:.0} µs/reading) | |\n\
+         | gateway peak RSS | {:.1} MB | ≤ 40 MB |\n\
+         \nWear: {DEVICES} devices × 3 metrics at 1 Hz for {seconds} s (device-sim, QoS 1, JSON), contract config, upstream {upstream}.\n",
+        per_reading * per_second as f64 * 86_400.0 / 1e6,
+        if per_reading <= 64.0 { "met" } else { "MISSED" },
+        per_reading / floor_per_reading.max(1.0),
+        cpu_after - cpu_before,
+        (cpu_after - cpu_before) * 1e6 / sent.max(1) as f64,
+        rss as f64 / 1_048_576.0,
+    );
+    println!("\n{md}");
+    let report = json!({
+        "mode": "wear", "devices": DEVICES, "seconds": seconds, "upstream": upstream,
+        "readings": sent, "disk_bytes_per_reading": per_reading,
+        "floor_bytes_per_reading": floor_per_reading, "cpu_s": cpu_after - cpu_before,
+        "peak_rss_bytes": rss,
+    });
+    let target = gateway_bin()
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    let name = format!("e2e-bench-wear-upstream-{upstream}");
+    let _ = std::fs::write(
+        target.join(format!("{name}.json")),
+        serde_json::to_string_pretty(&report).unwrap(),
+    );
+    let _ = std::fs::write(target.join(format!("{name}.md")), &md);
+    println!("wrote {}/{name}.{{json,md}}", target.display());
 }
