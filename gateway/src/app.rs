@@ -194,16 +194,9 @@ fn mqtt_settings(
     embedded: Option<broker::Embedded>,
 ) -> Result<Option<MqttSettings>, RunError> {
     let m = &config.mqtt;
-    let (host, port, tls) = match (m.mode, embedded.as_ref().map(|e| e.addr)) {
+    let (host, port, tls) = match (m.mode, embedded.as_ref().map(|e| e.internal)) {
         (MqttMode::Disabled, _) => return Ok(None),
-        (MqttMode::Embedded, Some(addr)) => {
-            let ip = if addr.ip().is_unspecified() {
-                "127.0.0.1".to_owned()
-            } else {
-                addr.ip().to_string()
-            };
-            (ip, addr.port(), false)
-        }
+        (MqttMode::Embedded, Some(addr)) => (addr.ip().to_string(), addr.port(), false),
         _ => (m.broker_host().to_owned(), m.broker_port(), m.uses_tls()),
     };
     let credentials = match &embedded {
@@ -357,7 +350,13 @@ pub async fn run(
                 config.mqtt.client_id.clone(),
                 local_alarms::client_id(&config.mqtt.client_id),
             ];
-            Some(broker::start(&config.mqtt, own).await?)
+            let metrics = pipeline.metrics().clone();
+            let subscribed = async move {
+                while !metrics.mqtt_subscribed() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            Some(broker::start(&config.mqtt, own, subscribed).await?)
         }
         _ => None,
     };

@@ -10,6 +10,12 @@
 //!   anything in flight inside it when the process crashes (`kill -9`, power loss: typically the
 //!   last few milliseconds of traffic), is lost.
 //! - It keeps no sessions across a restart, has no TLS set up here, and speaks MQTT 3.1.1 only.
+//!   Because it would acknowledge and drop what a device publishes before the gateway's own
+//!   subscription exists (devices reconnect the moment a restarted gateway listens), devices are
+//!   let in only once that subscription is granted: rumqttd listens on a loopback port of its
+//!   own, where the gateway's clients connect, and `embedded_listen` relays device connections
+//!   to it, accepting them only from then on (until then they wait in the listen backlog; after
+//!   [`READY_TIMEOUT`] without a subscription they are let in anyway, with an error logged).
 //!
 //! Access: with `mqtt.embedded_username` every device must present that username and the
 //! password from `embedded_password_env` (compared in constant time). The gateway's own two
@@ -52,41 +58,57 @@ pub enum BrokerError {
 /// local alarms).
 const OWN_CLIENTS: usize = 2;
 
+/// How long device connections wait for the gateway's subscription before they are let in
+/// regardless.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Relay buffer per direction and device connection.
+const RELAY_BUFFER_BYTES: usize = 4096;
+
 /// The username of the gateway's own clients when the broker asks for credentials.
 const OWN_USERNAME: &str = "gateway-internal";
 
 /// A running embedded broker.
 #[derive(Debug)]
 pub struct Embedded {
-    /// Where it listens.
+    /// Where devices connect (`embedded_listen`).
     pub addr: SocketAddr,
+    /// Where the gateway's own clients connect (loopback, never gated).
+    pub internal: SocketAddr,
     /// What the gateway's own clients log in with (`None`: the broker asks for nothing).
     pub own_login: Option<(String, Secret)>,
 }
 
 /// Starts the broker on its own threads (rumqttd runs its own runtimes) and waits until it
-/// accepts connections. `own_client_ids` are the client ids of the gateway's own clients. The
-/// broker lives as long as the process.
+/// accepts connections. `own_client_ids` are the client ids of the gateway's own clients.
+/// Device connections on `embedded_listen` are accepted once `ready` completes (the gateway's
+/// subscription is granted) or [`READY_TIMEOUT`] passed. The broker lives as long as the
+/// process.
 pub async fn start(
     mqtt: &MqttConfig,
     own_client_ids: [String; 2],
+    ready: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Embedded, BrokerError> {
     let listen = mqtt.embedded_listen;
-    // rumqttd only logs a failed bind from its server thread; probe first to fail clearly.
-    let probe = std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+    let devices = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| BrokerError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let addr = devices.local_addr().map_err(|source| BrokerError::Bind {
         addr: listen,
         source,
     })?;
-    let addr = probe.local_addr().map_err(|source| BrokerError::Bind {
-        addr: listen,
-        source,
-    })?;
-    drop(probe);
+    // rumqttd only logs a failed bind from its server thread: take a free loopback port first.
+    let internal = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map_err(|source| BrokerError::Bind { addr, source })?;
 
     let (connections, own_login) = connection_settings(mqtt, own_client_ids);
     let server = ServerSettings {
         name: "gateway-v4".into(),
-        listen: addr,
+        listen: internal,
         tls: None,
         next_connection_delay_ms: 1,
         connections,
@@ -117,13 +139,67 @@ pub async fn start(
         .map_err(|source| BrokerError::Bind { addr, source })?;
 
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+        if tokio::net::TcpStream::connect(internal).await.is_ok() {
             tracing::info!(%addr, authentication = mqtt.embedded_username.is_some(), max_connections = mqtt.embedded_max_connections, "embedded MQTT broker listening");
-            return Ok(Embedded { addr, own_login });
+            tokio::spawn(let_devices_in(devices, internal, ready));
+            return Ok(Embedded {
+                addr,
+                internal,
+                own_login,
+            });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Err(BrokerError::NotReady { addr })
+}
+
+/// Once `ready` (or after [`READY_TIMEOUT`]), accepts device connections on `devices` and relays
+/// each to the broker at `internal`.
+async fn let_devices_in(
+    devices: tokio::net::TcpListener,
+    internal: SocketAddr,
+    ready: impl Future<Output = ()>,
+) {
+    if tokio::time::timeout(READY_TIMEOUT, ready).await.is_err() {
+        tracing::error!(
+            waited_s = READY_TIMEOUT.as_secs(),
+            "the gateway's subscription on the embedded broker is not in place; letting devices in anyway (what they publish before it is acknowledged and dropped)"
+        );
+    } else {
+        tracing::debug!("subscribed on the embedded broker: letting devices in");
+    }
+    loop {
+        match devices.accept().await {
+            Ok((device, peer)) => {
+                tokio::spawn(relay(device, peer, internal));
+            }
+            Err(e) => {
+                // Out of file descriptors, mostly: wait rather than spin.
+                tracing::warn!(error = %e, "embedded broker: accepting a device connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Copies bytes both ways between a device and the broker until either side closes.
+async fn relay(mut device: tokio::net::TcpStream, peer: SocketAddr, internal: SocketAddr) {
+    let mut broker = match tokio::net::TcpStream::connect(internal).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "embedded broker: cannot reach it for a device");
+            return;
+        }
+    };
+    let _ = device.set_nodelay(true);
+    let _ = broker.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional_with_sizes(
+        &mut device,
+        &mut broker,
+        RELAY_BUFFER_BYTES,
+        RELAY_BUFFER_BYTES,
+    )
+    .await;
 }
 
 /// Connection settings, with the login check when devices must authenticate; returns the login

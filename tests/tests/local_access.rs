@@ -201,3 +201,84 @@ async fn the_data_directory_and_its_files_are_the_owners_alone_unless_configured
         assert_modes(&dir, mode);
     }
 }
+
+/// Devices reconnect the moment a (re)started gateway's embedded broker listens. The broker
+/// acknowledges what they publish itself, so anything published before the gateway's own
+/// subscription was in place would be acknowledged and dropped: devices must not get in before
+/// it. Here a device connects as early as it can and publishes at once; every message the
+/// broker acknowledged must reach the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_connects_the_moment_the_embedded_broker_listens_loses_nothing() {
+    const N: u64 = 200;
+    let port = free_port();
+    let receiver = gateway_tests::Receiver::start().await;
+    let spec = GatewaySpec::new(MqttSetup::Embedded { port }, receiver.url());
+    // Built before the clock starts (the first call may run cargo).
+    gateway_tests::gateway_bin();
+    // The device starts knocking before the gateway runs.
+    let device = tokio::spawn(async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut last = None;
+        let (client, mut eventloop) = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never admitted on port {port}: {last:?}"
+            );
+            match connect(port, "early-device", None, Duration::from_secs(15)).await {
+                Ok(c) => break c,
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let publisher = tokio::spawn(async move {
+            for v in 0..N {
+                client
+                    .publish(
+                        "sensors/early/counter",
+                        QoS::AtLeastOnce,
+                        false,
+                        v.to_string(),
+                    )
+                    .await
+                    .unwrap();
+            }
+            client
+        });
+        let mut acked = 0;
+        while acked < N {
+            match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                other => panic!("publishing: {other:?} after {acked} acks"),
+            }
+        }
+        publisher.await.unwrap()
+    });
+    let mut gw = GatewayProcess::start(&spec);
+    gw.wait_ready().await;
+    let Ok(_client) = device.await else {
+        panic!("the device failed; gateway log:\n{}", gw.stderr_all());
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let values = || -> std::collections::BTreeSet<u64> {
+        receiver
+            .delivered_records("readings")
+            .iter()
+            .filter(|r| r["device"] == "early")
+            .filter_map(|r| r["value"].as_f64())
+            .map(|v| v as u64)
+            .collect()
+    };
+    while values().len() < N as usize && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = values();
+    let missing: Vec<u64> = (0..N).filter(|v| !got.contains(v)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {N} messages the embedded broker acknowledged never arrived: {missing:?}\n{}",
+        missing.len(),
+        gw.stderr_tail()
+    );
+    gw.stop().await;
+}
