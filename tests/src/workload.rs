@@ -327,17 +327,26 @@ pub fn compare(required: &[Expected], allowed: &[Expected], delivered: &[UpReadi
     cmp
 }
 
-/// Checks seq within the delivered batches of one lane: unique and strictly increasing across
-/// batches in arrival order (for runs without restarts or retries of delivered batches).
+/// Checks seq within the delivered batches of one lane, as WIRE.md §3 lets a cloud rely on with
+/// several batches in flight (for runs without restarts or retries of delivered batches): each
+/// batch's seqs strictly increase, and the batches, ordered by their first seq, cover disjoint
+/// ranges, so every seq is delivered once. Batches may arrive in any order.
 pub fn check_seq_increasing(batches: &[crate::Batch], lane: &str) -> Result<(), String> {
+    let mut delivered: Vec<(Vec<u64>, &crate::Batch)> = batches
+        .iter()
+        .filter(|b| b.delivered() && b.lane == lane)
+        .map(|b| (b.seqs(), b))
+        .filter(|(seqs, _)| !seqs.is_empty())
+        .collect();
+    delivered.sort_by_key(|(seqs, _)| seqs[0]);
     let mut last: Option<u64> = None;
-    for b in batches.iter().filter(|b| b.delivered() && b.lane == lane) {
-        for seq in b.seqs() {
+    for (seqs, b) in &delivered {
+        for &seq in seqs {
             if let Some(prev) = last
                 && seq <= prev
             {
                 return Err(format!(
-                    "{lane}: seq {seq} after {prev} (batch {} key {:?})",
+                    "{lane}: seq {seq} after {prev} in seq order (batch {} key {:?})",
                     b.index, b.idempotency_key
                 ));
             }

@@ -877,6 +877,8 @@ async fn wear() {
     }
     // Settled: the opening writes of the database are not the trickle's.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let commits = |s: &Value| s["buffer"]["commits"].as_u64().unwrap_or(0);
+    let commits_before = commits(&status().await.unwrap_or_default());
     let (_, cpu_before, written_before) = proc_stats(gw.id());
 
     let floor_dir = dir.path().to_path_buf();
@@ -912,6 +914,7 @@ async fn wear() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (rss, cpu_after, written_after) = proc_stats(gw.id());
+    let commits_made = commits(&status().await.unwrap_or_default()) - commits_before;
     let floor_written = floor.join().unwrap();
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(gw.id() as i32),
@@ -929,12 +932,15 @@ async fn wear() {
          | gateway disk written per reading | {per_reading:.0} B ({:.1} MB a day at this rate) | ≤ 64 B ({}) |\n\
          | floor: append-only file, fdatasync each second | {floor_per_reading:.0} B | |\n\
          | gateway / floor | {:.1}× | |\n\
+         | group commits (fdatasyncs) | {commits_made} ({:.1} a second, {:.0} B written each) | |\n\
          | gateway CPU | {:.2} s ({:.0} µs/reading) | |\n\
          | gateway peak RSS | {:.1} MB | ≤ 40 MB |\n\
          \nWear: {DEVICES} devices × 3 metrics at 1 Hz for {seconds} s (device-sim, QoS 1, JSON), contract config, upstream {upstream}.\n",
         per_reading * per_second as f64 * 86_400.0 / 1e6,
         if per_reading <= 64.0 { "met" } else { "MISSED" },
         per_reading / floor_per_reading.max(1.0),
+        commits_made as f64 / seconds as f64,
+        written as f64 / commits_made.max(1) as f64,
         cpu_after - cpu_before,
         (cpu_after - cpu_before) * 1e6 / sent.max(1) as f64,
         rss as f64 / 1_048_576.0,
@@ -944,6 +950,7 @@ async fn wear() {
         "mode": "wear", "devices": DEVICES, "seconds": seconds, "upstream": upstream,
         "readings": sent, "disk_bytes_per_reading": per_reading,
         "floor_bytes_per_reading": floor_per_reading, "cpu_s": cpu_after - cpu_before,
+        "commits": commits_made,
         "peak_rss_bytes": rss,
     });
     let target = gateway_bin()
