@@ -470,6 +470,9 @@ pub async fn run(
     }
     sink_tasks.close();
     let _ = tokio::time::timeout_at(deadline, sink_tasks.wait()).await;
+    // Not cut at the deadline: what was acknowledged must be on disk. A disk busy with other
+    // writers can make these fsyncs slow; the log tells where the time went.
+    tracing::info!("stopping: final commit and flush of the buffer");
     storage.cancel();
     let _ = committer_task.await;
     if let Err(e) = buffer.flush().await {
