@@ -7,6 +7,8 @@
 //! 1. Appends a backlog (default 1,000,000 readings) to a fresh buffer with two consumers, then
 //!    drains it once with gzip and once without (batch 1000), timing each drain until the
 //!    receiver has seen every record.
+//!    With `BENCH_RTT_MS` set, the receiver answers each batch that long after it arrived (a
+//!    distant cloud; the forwarder adapts its concurrency up to the default `max_in_flight`).
 //! 2. With a forwarder running (gzip, batch 1000, linger 1 s), appends 5,000 readings/s in the
 //!    background and an alarm every 20 ms, and reports p50/p99/max of append-to-receipt latency.
 
@@ -41,6 +43,8 @@ struct Seq {
 
 #[derive(Default)]
 struct Receiver {
+    /// How long to sit on each batch before answering.
+    rtt: Duration,
     readings: AtomicU64,
     /// Alarm seq → when it arrived.
     alarms: Mutex<HashMap<u64, Instant>>,
@@ -71,6 +75,9 @@ async fn ingest(State(rx): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes
     } else {
         rx.readings
             .fetch_add(parsed.records.len() as u64, Ordering::Relaxed);
+    }
+    if !rx.rtt.is_zero() {
+        tokio::time::sleep(rx.rtt).await;
     }
     StatusCode::OK
 }
@@ -131,7 +138,15 @@ async fn main() {
         .map(|a| a.parse().expect("backlog_readings must be a number"))
         .unwrap_or(1_000_000);
 
-    let receiver = Arc::new(Receiver::default());
+    let rtt_ms: u64 = std::env::var("BENCH_RTT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    println!("receiver answers after {rtt_ms} ms");
+    let receiver = Arc::new(Receiver {
+        rtt: Duration::from_millis(rtt_ms),
+        ..Receiver::default()
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/ingest", listener.local_addr().unwrap());
     let app = Router::new()

@@ -164,6 +164,9 @@ struct LaneState {
     recovered: VecDeque<Vec<Stored>>,
     /// A replayed dead-letter batch is being sent; normal records of the lane wait behind it.
     requeue_in_flight: bool,
+    /// Readings lane: an alarm batch completed since this lane last started a batch, so it
+    /// may start one even while the next alarm batch is in flight.
+    waited_out_alarms: bool,
     meta_key: String,
 }
 
@@ -225,6 +228,7 @@ impl ForwarderDriver {
             order: AckOrder::default(),
             recovered: VecDeque::new(),
             requeue_in_flight: false,
+            waited_out_alarms: false,
             meta_key: meta_key(lane),
         });
         for state in &mut lanes {
@@ -333,8 +337,10 @@ impl ForwarderDriver {
         Ok(())
     }
 
-    /// Starts every batch the lanes may start now: alarms first, and readings only while no
-    /// alarm batch is in flight, so an alarm never queues behind a backlog of readings.
+    /// Starts every batch the lanes may start now: alarms first, and readings while no alarm
+    /// batch is in flight, so an alarm never queues behind a backlog of readings. Readings wait
+    /// behind at most one alarm batch: once one completed, they start even while the next is in
+    /// flight, or a steady stream of alarms to a distant cloud would starve them.
     fn fill(
         &self,
         lanes: &mut [LaneState; 2],
@@ -344,8 +350,12 @@ impl ForwarderDriver {
     ) -> Result<(), ForwarderError> {
         let [alarms, readings] = lanes;
         self.fill_lane(alarms, sends, next_id, shutdown)?;
-        if alarms.in_flight() == 0 {
+        if alarms.in_flight() == 0 || readings.waited_out_alarms {
+            let before = readings.in_flight();
             self.fill_lane(readings, sends, next_id, shutdown)?;
+            if readings.in_flight() > before {
+                readings.waited_out_alarms = false;
+            }
         }
         Ok(())
     }
@@ -549,7 +559,7 @@ impl ForwarderDriver {
 
     /// The earliest linger deadline of a lane that could start a batch when it expires.
     fn linger_deadline(&self, lanes: &[LaneState; 2]) -> Option<Instant> {
-        let alarms_idle = lanes[0].in_flight() == 0;
+        let alarms_idle = lanes[0].in_flight() == 0 || lanes[1].waited_out_alarms;
         lanes
             .iter()
             .filter(|s| s.in_flight() < self.lane_cap(s.lane))
@@ -560,6 +570,11 @@ impl ForwarderDriver {
 
     fn complete(&self, lanes: &mut [LaneState; 2], done: Completion) -> Result<(), ForwarderError> {
         let batch = &done.batch;
+        if batch.lane == Lane::Alarms
+            && let Some(readings) = lanes.iter_mut().find(|s| s.lane == Lane::Readings)
+        {
+            readings.waited_out_alarms = true;
+        }
         let state = lanes
             .iter_mut()
             .find(|s| s.lane == batch.lane)

@@ -5,7 +5,9 @@
 //! `batch_max_records`, `batch_max_bytes` (uncompressed JSON body) or `linger_ms` from the
 //! batch's first record, whichever comes first, and POSTs them in the WIRE.md §3 format with an
 //! `Idempotency-Key: {gateway_id}:{lane}:{first_seq}-{last_seq}`. The alarm lane is read first,
-//! never lingers, and while an alarm batch is in flight no new readings batch is started.
+//! never lingers, and while an alarm batch is in flight no new readings batch is started unless
+//! an alarm batch has completed since the readings lane last started one: readings wait behind at
+//! most one alarm batch, so a steady stream of alarms cannot starve them.
 //!
 //! Shape: [`Forwarder::new`] returns a [`ForwarderHandle`] (stats, cheap to clone) and a
 //! [`ForwarderDriver`] whose [`ForwarderDriver::run`] future the caller spawns; the crate spawns

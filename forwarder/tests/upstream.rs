@@ -770,3 +770,39 @@ async fn delivery_resumes_soon_after_the_upstream_returns_however_long_the_backo
     fwd.stop().await;
     tb.close().await;
 }
+
+#[tokio::test]
+async fn a_steady_stream_of_alarms_to_a_slow_upstream_does_not_starve_the_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = TestBuffer::open(dir.path());
+    let upstream = Upstream::start([]).await;
+    // Every batch takes longer than the gap between alarms: an alarm batch is always in flight.
+    upstream.set_default(Reply::After(Duration::from_millis(100), 200));
+    let mut o = options(&upstream.url());
+    o.max_in_flight = 16;
+    o.linger = Duration::ZERO;
+    o.batch_max_records = 5;
+    // Alarms first, and more behind them whenever one is sent.
+    append(&tb.buffer, (0..3).map(alarm).collect()).await;
+    let readings = append(&tb.buffer, (0..50).map(reading).collect()).await;
+    let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
+    let fwd = Running::spawn(handle.clone(), driver);
+
+    let delivered = |u: &Upstream| u.delivered_seqs("readings").len();
+    let deadline = Instant::now() + WAIT;
+    let mut i = 3;
+    while delivered(&upstream) < readings.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} readings delivered while alarms kept coming",
+            delivered(&upstream),
+            readings.len()
+        );
+        append(&tb.buffer, vec![alarm(i)]).await;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!upstream.delivered_seqs("alarms").is_empty());
+    fwd.stop().await;
+    tb.close().await;
+}

@@ -132,7 +132,7 @@ fn fleet(port: u16, devices: u32, per_device: u64, prefix: &str) -> FleetConfig 
     cfg.form = MqttForm::Json;
     cfg.metrics = vec![Metric::Temperature];
     cfg.load = true;
-    cfg.connections = Some(devices.min(8));
+    cfg.connections = Some(devices.min(10));
     cfg.client_id_prefix = prefix.to_owned();
     cfg.progress = false;
     cfg.record_sent = true;
@@ -733,7 +733,8 @@ async fn main() {
         md.push_str(&format!("| {k} | {v} | {t} |\n"));
     }
     md.push_str(&format!(
-        "\nWorkload: {n} readings from {devices} devices (device-sim load mode, QoS 1, 8 connections), linger {LINGER_MS} ms, batch 1000, gzip, max_in_flight 16, the cloud answering after {} ms; device-sim took {:.1} s (gateway side) and {:.1} s (baseline) from start to disconnect. Probes on both sides: {} latency readings, {} alarm events upstream.\n",
+        "\nWorkload: {n} readings from {devices} devices (device-sim load mode, QoS 1, {} connections), linger {LINGER_MS} ms, batch 1000, gzip, max_in_flight 16, the cloud answering after {} ms; device-sim took {:.1} s (gateway side) and {:.1} s (baseline) from start to disconnect. Probes on both sides: {} latency readings, {} alarm events upstream.\n",
+        devices.min(10),
         rtt.as_millis(),
         side.publish_elapsed.as_secs_f64(),
         base.publish_elapsed.as_secs_f64(),
