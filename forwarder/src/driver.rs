@@ -337,10 +337,11 @@ impl ForwarderDriver {
         Ok(())
     }
 
-    /// Starts every batch the lanes may start now: alarms first, and readings while no alarm
-    /// batch is in flight, so an alarm never queues behind a backlog of readings. Readings wait
-    /// behind at most one alarm batch: once one completed, they start even while the next is in
-    /// flight, or a steady stream of alarms to a distant cloud would starve them.
+    /// Starts every batch the lanes may start now, alarms first. An alarm batch started while
+    /// the readings lane is idle gets a head start: readings wait until it completes, so it
+    /// never queues behind a backlog of readings. Readings already flowing keep flowing (alarms
+    /// have a slot of their own at the upstream), and idle readings wait behind at most one
+    /// alarm batch, or a steady stream of alarms to a distant cloud would starve them.
     fn fill(
         &self,
         lanes: &mut [LaneState; 2],
@@ -350,7 +351,7 @@ impl ForwarderDriver {
     ) -> Result<(), ForwarderError> {
         let [alarms, readings] = lanes;
         self.fill_lane(alarms, sends, next_id, shutdown)?;
-        if alarms.in_flight() == 0 || readings.waited_out_alarms {
+        if alarms.in_flight() == 0 || readings.in_flight() > 0 || readings.waited_out_alarms {
             let before = readings.in_flight();
             self.fill_lane(readings, sends, next_id, shutdown)?;
             if readings.in_flight() > before {
@@ -559,7 +560,8 @@ impl ForwarderDriver {
 
     /// The earliest linger deadline of a lane that could start a batch when it expires.
     fn linger_deadline(&self, lanes: &[LaneState; 2]) -> Option<Instant> {
-        let alarms_idle = lanes[0].in_flight() == 0 || lanes[1].waited_out_alarms;
+        let alarms_idle =
+            lanes[0].in_flight() == 0 || lanes[1].in_flight() > 0 || lanes[1].waited_out_alarms;
         lanes
             .iter()
             .filter(|s| s.in_flight() < self.lane_cap(s.lane))

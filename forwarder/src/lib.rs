@@ -5,9 +5,9 @@
 //! `batch_max_records`, `batch_max_bytes` (uncompressed JSON body) or `linger_ms` from the
 //! batch's first record, whichever comes first, and POSTs them in the WIRE.md §3 format with an
 //! `Idempotency-Key: {gateway_id}:{lane}:{first_seq}-{last_seq}`. The alarm lane is read first,
-//! never lingers, and while an alarm batch is in flight no new readings batch is started unless
-//! an alarm batch has completed since the readings lane last started one: readings wait behind at
-//! most one alarm batch, so a steady stream of alarms cannot starve them.
+//! never lingers, and an alarm batch started while the readings lane is idle gets a head start:
+//! readings start only once it completed. Readings already in flight keep flowing, and idle ones
+//! wait behind at most one alarm batch, so a steady stream of alarms cannot starve them.
 //!
 //! Shape: [`Forwarder::new`] returns a [`ForwarderHandle`] (stats, cheap to clone) and a
 //! [`ForwarderDriver`] whose [`ForwarderDriver::run`] future the caller spawns; the crate spawns
@@ -65,8 +65,9 @@
 //!   a restart, a re-read in-flight range carries only its survivors.
 //! - **Replayed batches are re-formed** from the requeue store after a restart rather than
 //!   persisted as ranges; their seqs are unchanged, their grouping may differ.
-//! - **Alarm priority is by start, not by wire**: an alarm arriving while a readings batch is
-//!   already being sent goes out concurrently with it, not before it.
+//! - **Alarm priority is by start, not by wire**: an alarm arriving while readings batches are
+//!   being sent goes out concurrently with them (on a slot of its own), not before them, and more
+//!   readings batches may start meanwhile.
 //! - **A rejection is final for that batch** even if only one record in it was bad; the whole
 //!   batch is parked so an operator can inspect and replay it.
 
