@@ -19,6 +19,12 @@ use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A free port left closed: connections are refused until an upstream starts on it.
+fn closed_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
 async fn append(buffer: &gateway_buffer::Buffer, records: Vec<Record>) -> Vec<Stored> {
     let seqs = buffer.append(records.clone()).await.unwrap();
     seqs.into_iter()
@@ -251,11 +257,7 @@ async fn a_400_parks_the_batch_as_a_dead_letter_and_the_next_batch_is_delivered(
 async fn everything_appended_while_the_server_is_down_arrives_in_order_once_it_is_up() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
-    // Take a free port, then leave it closed: connections are refused until the server starts.
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let addr = closed_addr();
     let mut o = options(&format!("http://{addr}/ingest"));
     o.batch_max_records = 10;
     let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
@@ -738,10 +740,7 @@ async fn a_429_with_retry_after_holds_every_batch_of_both_lanes_for_its_duration
 async fn delivery_resumes_soon_after_the_upstream_returns_however_long_the_backoff_grew() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let addr = closed_addr();
     let mut o = options(&format!("http://{addr}/ingest"));
     // One failure holds the upstream for a minute by the backoff alone.
     o.retry_initial = Duration::from_secs(60);

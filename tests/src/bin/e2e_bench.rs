@@ -503,6 +503,29 @@ fn gateway_bin() -> PathBuf {
     bin
 }
 
+/// Writes `config` into `dir` and starts the gateway on it, its log in `dir/gateway.log`.
+fn spawn_gateway(dir: &Path, config: &str) -> Child {
+    let config_path = dir.join("gateway.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
+    Command::new(gateway_bin())
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// The gateway's `/status`, if it answers.
+async fn fetch_status(client: &reqwest::Client, admin: u16) -> Option<Value> {
+    let r = client
+        .get(format!("http://127.0.0.1:{admin}/status"))
+        .send()
+        .await
+        .ok()?;
+    serde_json::from_slice::<Value>(&r.bytes().await.ok()?).ok()
+}
+
 /// Runs `task` to completion on a new thread with a runtime of its own.
 fn on_own_thread<F>(task: F) -> std::thread::JoinHandle<F::Output>
 where
@@ -568,27 +591,11 @@ async fn main() {
         data = dir.path().join("data").display(),
         port = broker.port,
     );
-    let config_path = dir.path().join("gateway.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
-    let mut gw = Command::new(gateway_bin())
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut gw = spawn_gateway(dir.path(), &config);
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let status = async {
-            let r = client
-                .get(format!("http://127.0.0.1:{admin}/status"))
-                .send()
-                .await
-                .ok()?;
-            serde_json::from_slice::<Value>(&r.bytes().await.ok()?).ok()
-        };
-        if status
+        if fetch_status(&client, admin)
             .await
             .is_some_and(|s| s["ingest"]["mqtt_connected"] == true)
         {
@@ -850,24 +857,9 @@ async fn wear() {
         data = dir.path().join("data").display(),
         port = broker.port,
     );
-    let config_path = dir.path().join("gateway.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
-    let mut gw = Command::new(gateway_bin())
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut gw = spawn_gateway(dir.path(), &config);
     let client = reqwest::Client::new();
-    let status = || async {
-        let r = client
-            .get(format!("http://127.0.0.1:{admin}/status"))
-            .send()
-            .await
-            .ok()?;
-        serde_json::from_slice::<Value>(&r.bytes().await.ok()?).ok()
-    };
+    let status = || fetch_status(&client, admin);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !status()
         .await
