@@ -100,10 +100,7 @@ pub async fn start(
         addr: listen,
         source,
     })?;
-    // rumqttd only logs a failed bind from its server thread: take a free loopback port first.
-    let internal = std::net::TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map_err(|source| BrokerError::Bind { addr, source })?;
+    let internal = internal_port().map_err(|source| BrokerError::Bind { addr, source })?;
 
     let (connections, own_login) = connection_settings(mqtt, own_client_ids);
     let server = ServerSettings {
@@ -151,6 +148,24 @@ pub async fn start(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Err(BrokerError::NotReady { addr })
+}
+
+/// A free loopback address for rumqttd, where only the gateway's own clients connect. rumqttd
+/// binds it itself and only logs a failure from its server thread, so the port is found free
+/// first. It is drawn from below the kernel's usual ephemeral range (32768 and up), where ports
+/// handed out for `bind(…:0)` elsewhere on the box cannot land on it between the check and
+/// rumqttd's bind.
+fn internal_port() -> std::io::Result<SocketAddr> {
+    const PORTS: std::ops::Range<u16> = 20_000..32_768;
+    let mut last = None;
+    for _ in 0..64 {
+        let port = rand::random_range(PORTS);
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(l) => return l.local_addr(),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free loopback port")))
 }
 
 /// Once `ready` (or after [`READY_TIMEOUT`]), accepts device connections on `devices` and relays
