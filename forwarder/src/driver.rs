@@ -349,9 +349,9 @@ impl ForwarderDriver {
         next_id: &mut u64,
         shutdown: &CancellationToken,
     ) -> Result<(), ForwarderError> {
-        let [alarms, readings] = lanes;
-        self.fill_lane(alarms, sends, next_id, shutdown)?;
-        if alarms.in_flight() == 0 || readings.in_flight() > 0 || readings.waited_out_alarms {
+        self.fill_lane(&mut lanes[0], sends, next_id, shutdown)?;
+        if readings_may_start(lanes) {
+            let readings = &mut lanes[1];
             let before = readings.in_flight();
             self.fill_lane(readings, sends, next_id, shutdown)?;
             if readings.in_flight() > before {
@@ -560,12 +560,11 @@ impl ForwarderDriver {
 
     /// The earliest linger deadline of a lane that could start a batch when it expires.
     fn linger_deadline(&self, lanes: &[LaneState; 2]) -> Option<Instant> {
-        let alarms_idle =
-            lanes[0].in_flight() == 0 || lanes[1].in_flight() > 0 || lanes[1].waited_out_alarms;
+        let readings_may_start = readings_may_start(lanes);
         lanes
             .iter()
             .filter(|s| s.in_flight() < self.lane_cap(s.lane))
-            .filter(|s| s.lane == Lane::Alarms || alarms_idle)
+            .filter(|s| s.lane == Lane::Alarms || readings_may_start)
             .filter_map(|s| s.batcher.deadline())
             .min()
     }
@@ -648,6 +647,13 @@ impl ForwarderDriver {
             .set_consumer_meta(&self.options.consumer, &state.meta_key, &value)?;
         Ok(())
     }
+}
+
+/// Whether the readings lane (`lanes[1]`) may start batches next to the alarm lane (`lanes[0]`):
+/// no alarm batch in flight, readings already flowing, or an alarm batch completed since
+/// readings last started one (see [`ForwarderDriver::fill`]).
+fn readings_may_start([alarms, readings]: &[LaneState; 2]) -> bool {
+    alarms.in_flight() == 0 || readings.in_flight() > 0 || readings.waited_out_alarms
 }
 
 /// What a send needs besides its batch: the HTTP client, the counters, the upstream's pacing and
