@@ -141,6 +141,51 @@ async fn the_embedded_broker_keeps_its_connection_cap_and_the_gateway_connected(
     wait_admitted(port, creds).await;
 }
 
+/// A device the embedded broker turns away (here: a client id with `/`, which rumqttd rejects)
+/// keeps retrying under the same id, as devices do. Each attempt is refused on its own; the
+/// gateway keeps running and other devices still get in and are ingested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_refused_again_and_again_under_one_id_does_not_stop_the_gateway() {
+    let port = free_port();
+    let mut gw = GatewayProcess::start(&embedded_with_credentials(port, ""));
+    gw.wait_ready().await;
+    gw.wait_status("the gateway subscribed", Duration::from_secs(30), |s| {
+        (s["ingest"]["mqtt_subscribed"] == true).then_some(())
+    })
+    .await;
+    let creds = Some(("devices", PASSWORD));
+    for attempt in 1..=4 {
+        let refused = connect(port, "site/dev-1", creds, Duration::from_secs(3)).await;
+        assert!(refused.is_err(), "attempt {attempt} was admitted");
+    }
+    let (client, mut eventloop) = connect(port, "dev-2", creds, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "dev-2 not admitted ({e:?}); gateway log:\n{}",
+                gw.stderr_tail()
+            )
+        });
+    client
+        .publish("sensors/dev-2/temperature", QoS::AtLeastOnce, false, "20.5")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.unwrap() {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("PUBACK");
+    gw.wait_status("the reading ingested", Duration::from_secs(30), |s| {
+        (s["ingest"]["readings"]["mqtt"].as_u64() == Some(1)).then_some(())
+    })
+    .await;
+    gw.stop().await;
+}
+
 async fn wait_admitted(port: u16, creds: Option<(&str, &str)>) {
     for _ in 0..20 {
         if connect(port, "dev-4", creds, Duration::from_secs(3))
