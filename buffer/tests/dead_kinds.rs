@@ -102,7 +102,7 @@ async fn a_database_from_before_the_split_keeps_its_refused_batches_under_their_
 
     // Rewrite the database as the older version left it: every letter in "dead", no flag.
     {
-        let db = sled::open(dir.path().join(gateway_buffer::DB_DIR_NAME)).unwrap();
+        let db = common::open_raw_sled(dir.path());
         let dead = db.open_tree("dead").unwrap();
         let refused_tree = db.open_tree("dead.refused").unwrap();
         let v = refused_tree.remove(id.to_be_bytes()).unwrap().unwrap();

@@ -279,7 +279,7 @@ async fn a_block_that_does_not_decode_becomes_a_dead_letter_and_the_lane_moves_o
         .unwrap();
     r.close().await;
     {
-        let db = sled::open(dir.path().join(gateway_buffer::DB_DIR_NAME)).unwrap();
+        let db = common::open_raw_sled(dir.path());
         let tree = db.open_tree("lane.readings").unwrap();
         let mut key = vec![b'b'];
         key.extend_from_slice(&first[0].to_be_bytes());

@@ -99,6 +99,26 @@ impl Running {
     }
 }
 
+/// Open the buffer's sled database under `dir` directly (to rewrite it as an older version left
+/// it), waiting (≤ 5 s) like [`Running::open`] while a closed buffer's sled threads still hold
+/// the lock.
+pub fn open_raw_sled(dir: &std::path::Path) -> sled::Db {
+    let path = dir.join(gateway_buffer::DB_DIR_NAME);
+    let mut last = None;
+    for _ in 0..500 {
+        match sled::open(&path) {
+            Ok(db) => return db,
+            // sled reports a held lock as an `Io` error of kind `Other`.
+            Err(sled::Error::Io(e)) => {
+                last = Some(e);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("sled open: {e}"),
+        }
+    }
+    panic!("database still locked after 5 s: {last:?}");
+}
+
 /// Read the whole lane for `consumer` from its cursor.
 pub fn read_all(b: &Buffer, consumer: &str, lane: Lane) -> Vec<gateway_buffer::Stored> {
     let mut out = Vec::new();
