@@ -153,6 +153,7 @@ impl AdminState {
         let moved_aside_on_disk = moved_aside_json(&list_moved_aside(self).await);
         let p = &self.inner.pipeline;
         let m = p.metrics();
+        let ack = m.ack_latency();
         let b = p.buffer().stats();
         let f = self.inner.forwarder.stats();
         let engine = p.engine_stats();
@@ -180,6 +181,7 @@ impl AdminState {
                 "mqtt_subscribed": m.mqtt_subscribed(),
                 "blocked_full": m.blocked_full.load(std::sync::atomic::Ordering::Relaxed),
                 "source_disconnects": m.source_disconnects.load(std::sync::atomic::Ordering::Relaxed),
+                "ack_latency_ms": { "p50": ack.quantile_ms(0.5), "p99": ack.quantile_ms(0.99), "count": ack.count() },
             },
             "buffer": {
                 "lanes": { "alarms": lane(&b.alarms), "readings": lane(&b.readings) },
@@ -423,6 +425,22 @@ pub async fn render_metrics(state: &AdminState) -> String {
         "gauge",
         "1 once the broker granted every topic filter on the current connection.",
         &one(u64::from(m.mqtt_subscribed())),
+    );
+    let ack = m.ack_latency();
+    // A histogram through `family`: each sample's "labels" carry the series suffix too.
+    let mut samples: Vec<(String, f64)> = crate::metrics::ACK_LATENCY_BUCKETS_S
+        .iter()
+        .map(|b| format!("_bucket{{le=\"{b}\"}}"))
+        .chain(["_bucket{le=\"+Inf\"}".to_owned()])
+        .zip(ack.cumulative.iter().map(|&c| c as f64))
+        .collect();
+    samples.push(("_sum".to_owned(), ack.sum_s));
+    samples.push(("_count".to_owned(), ack.count() as f64));
+    family(
+        "gateway_ingest_ack_seconds",
+        "histogram",
+        "Time from an MQTT message's arrival to its PUBACK being queued: decoding, the group commit's window and its fsync.",
+        &samples,
     );
     let lanes = [Lane::Alarms, Lane::Readings];
     let per_lane = |f: &dyn Fn(&LaneStats) -> f64| {

@@ -74,7 +74,7 @@ pub fn render_status(s: &Value) -> String {
     let i = &s["ingest"];
     let _ = writeln!(
         out,
-        "ingest:    {} readings over MQTT ({}), {} over serial; {} rejected",
+        "ingest:    {} readings over MQTT ({}), {} over serial; {} rejected{}",
         n(&i["readings"]["mqtt"]),
         if i["mqtt_connected"].as_bool() == Some(true) {
             "connected"
@@ -82,7 +82,10 @@ pub fn render_status(s: &Value) -> String {
             "not connected"
         },
         n(&i["readings"]["serial"]),
-        n(&i["rejected_total"])
+        n(&i["rejected_total"]),
+        i["ack_latency_ms"]["p99"]
+            .as_f64()
+            .map_or(String::new(), |ms| format!("; PUBACK p99 ≤ {ms} ms"))
     );
     for lane in ["alarms", "readings"] {
         let l = &s["buffer"]["lanes"][lane];

@@ -47,6 +47,7 @@
 //! `max_packet_bytes` however large or many the messages are.
 
 use crate::decode::{IngestRules, MqttDecoder};
+use crate::metrics::IngestMetrics;
 use crate::pipeline::{IngestError, Pipeline};
 use crate::telemetry::Throttle;
 use futures::FutureExt;
@@ -60,7 +61,7 @@ use rumqttc::{
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// How the gateway connects to its broker, resolved from the config.
@@ -91,7 +92,15 @@ pub struct MqttSettings {
     pub drain_on_stop: Option<Duration>,
 }
 
-type Pending = Pin<Box<dyn Future<Output = (Vec<Publish>, Result<(), IngestError>)> + Send>>;
+type Pending = Pin<Box<dyn Future<Output = Appended> + Send>>;
+
+/// A batch whose append finished: the messages to ack if it succeeded, and when the first of
+/// them arrived (for the ack latency).
+struct Appended {
+    publishes: Vec<Publish>,
+    arrived: Instant,
+    result: Result<(), IngestError>,
+}
 
 /// Added to rumqttc's incoming limit over `mqtt.max_packet_bytes`: a topic (at most 65,535 bytes
 /// and its length) that a v5 device sent as a topic alias comes back to us in full.
@@ -158,8 +167,8 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
         // (it is what drains the acks), nor a flood of publishes keep the acks from being queued.
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some((publishes, result)) = pending.next(), if !pending.is_empty() => {
-                acks.push(publishes, result);
+            Some(done) = pending.next(), if !pending.is_empty() => {
+                acks.push(done, pipeline.metrics());
                 continue;
             }
             event = eventloop.poll() => event,
@@ -252,8 +261,8 @@ pub async fn run(settings: MqttSettings, pipeline: Pipeline, shutdown: Cancellat
     // while we are away. Publishes that arrive from here on are not acked, so the broker keeps
     // them for our session and redelivers them on the next start.
     appends.cancel();
-    while let Some((publishes, result)) = pending.next().await {
-        acks.push(publishes, result);
+    while let Some(done) = pending.next().await {
+        acks.push(done, pipeline.metrics());
     }
     // Let the event loop write the acks and then the disconnect; bounded so a dead broker can't
     // hold up shutdown.
@@ -324,8 +333,8 @@ async fn drain_embedded(
                 tracing::warn!(waited_ms = max.as_millis() as u64, "stopped draining the embedded broker at the shutdown grace: what it still held for the gateway is lost with the process (raise shutdown_grace_s)");
                 break;
             }
-            Some((publishes, result)) = pending.next(), if !pending.is_empty() => {
-                acks.push(publishes, result);
+            Some(done) = pending.next(), if !pending.is_empty() => {
+                acks.push(done, pipeline.metrics());
                 quiet.as_mut().reset(tokio::time::Instant::now() + QUIET);
             }
             _ = &mut quiet, if !outstanding => break,
@@ -349,12 +358,15 @@ struct Batch {
     /// The messages, payload and topic dropped: an ack needs only the packet id and QoS.
     acks: Vec<Publish>,
     readings: Vec<Reading>,
+    /// When the first of them was read.
+    arrived: Option<Instant>,
 }
 
 impl Batch {
     /// Decodes one message now. Poison is dead-lettered at once (an oversized payload only by
     /// its first bytes) and acked with the rest, or it would come back forever.
     fn receive(&mut self, decoder: &MqttDecoder, pipeline: &Pipeline, mut p: Publish) {
+        self.arrived.get_or_insert_with(Instant::now);
         match decoder.decode(&p.topic, &p.payload, pipeline.now_ms()) {
             Ok(r) => self.readings.extend(r),
             Err(why) => pipeline.reject(&p.topic, why.dead_letter_payload(&p.payload), &why),
@@ -369,7 +381,12 @@ impl Batch {
 /// Queues a batch's readings as one append, now, so that appends are stored in the order the
 /// messages came; the returned future resolves once the messages may be acked (or must not be).
 async fn start(pipeline: &Pipeline, batch: Batch, cancel: CancellationToken) -> Pending {
-    let Batch { acks, readings } = batch;
+    let Batch {
+        acks,
+        readings,
+        arrived,
+    } = batch;
+    let arrived = arrived.unwrap_or_else(Instant::now);
     let queued = if readings.is_empty() {
         None
     } else {
@@ -381,7 +398,11 @@ async fn start(pipeline: &Pipeline, batch: Batch, cancel: CancellationToken) -> 
             Some(Ok(queued)) => queued.durable(&cancel).await,
             Some(Err(e)) => Err(e),
         };
-        (acks, result)
+        Appended {
+            publishes: acks,
+            arrived,
+            result,
+        }
     })
 }
 
@@ -428,12 +449,20 @@ struct AckQueue {
 }
 
 impl AckQueue {
-    /// Queues the acks of messages whose readings are durable; messages that could not be
-    /// stored get none, so the broker redelivers them.
-    fn push(&mut self, publishes: Vec<Publish>, result: Result<(), IngestError>) {
+    /// Queues the acks of messages whose readings are durable (counting how long they waited);
+    /// messages that could not be stored get none, so the broker redelivers them.
+    fn push(&mut self, done: Appended, metrics: &IngestMetrics) {
         static NOT_STORED: Throttle = Throttle::new(Duration::from_secs(10));
+        let Appended {
+            publishes,
+            arrived,
+            result,
+        } = done;
         match result {
-            Ok(()) => self.waiting.extend(publishes),
+            Ok(()) => {
+                metrics.observe_ack(arrived.elapsed(), publishes.len() as u64);
+                self.waiting.extend(publishes);
+            }
             Err(e) => {
                 if let Some(suppressed) = NOT_STORED.allow() {
                     tracing::warn!(error = %e, messages = publishes.len(), suppressed, "messages left unacknowledged; the broker will redeliver them");

@@ -107,6 +107,14 @@ async fn ingest_through(setup: MqttSetup, broker_port: u16, label: &str, restart
     );
     let status = gw.status().await;
     assert_eq!(status["ingest"]["rejected_total"], 0, "{status:#}");
+    // Every message the gateway stored was acked, and each ack's wait was counted (the probes
+    // of wait_mqtt_ingest and barrier come on top).
+    let messages: usize = work.clients.iter().map(Vec::len).sum();
+    let acks = &status["ingest"]["ack_latency_ms"];
+    assert!(
+        acks["count"].as_u64().is_some_and(|c| c >= messages as u64) && acks["p99"].is_number(),
+        "{label}: {messages} messages acked, ack latency {acks}"
+    );
 
     if restart_after {
         // Every message was stored, so every one must have been PUBACKed: after a clean stop
