@@ -187,6 +187,11 @@ pub struct MqttArgs {
     /// Share K connections among the devices instead of one connection per device.
     #[arg(long, value_name = "K")]
     pub connections: Option<u32>,
+    /// Spread the devices' publishes evenly over one period of --rate-hz instead of sending
+    /// them all at the same instant (independent devices are not in step). Timestamps stay on
+    /// the devices' common schedule.
+    #[arg(long, conflicts_with = "load")]
+    pub stagger: bool,
     /// Load mode: publish as fast as the broker accepts (or at --target-rate) instead of at
     /// --rate-hz; readings are then 1 ms apart in `ts`.
     #[arg(long)]
@@ -236,6 +241,7 @@ impl MqttArgs {
         cfg.start_ts_ms = c.start_ts_ms;
         cfg.connections = self.connections;
         cfg.load = self.load;
+        cfg.stagger = self.stagger;
         cfg.target_rate = self.target_rate;
         cfg.window = self.window;
         cfg.drain_timeout = Duration::from_secs_f64(self.drain_timeout_s.max(0.0));

@@ -154,6 +154,9 @@ pub struct FleetConfig {
     pub load: bool,
     /// Fleet-wide message rate in load mode.
     pub target_rate: Option<f64>,
+    /// Paced mode: device `k` of `n` publishes `k/n` of a period after device 0 instead of at
+    /// the same instant (its readings keep the common timestamps).
+    pub stagger: bool,
     /// Messages outstanding per connection (queued plus unacknowledged).
     pub window: u16,
     /// How long to wait at the end for outstanding acknowledgements.
@@ -194,6 +197,7 @@ impl FleetConfig {
             connections: None,
             load: false,
             target_rate: None,
+            stagger: false,
             window: 100,
             drain_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
@@ -611,6 +615,11 @@ pub async fn run_fleet(
             count: cfg.count,
             // Unpaced only in load mode without a target.
             paced: !cfg.load || per_device_target.is_some(),
+            phase: if cfg.stagger && !cfg.load && virtual_rate > 0.0 {
+                Duration::from_secs_f64(f64::from(slot) / f64::from(cfg.devices) / virtual_rate)
+            } else {
+                Duration::ZERO
+            },
             record: cfg.record_sent,
             stop: stop_rx.clone(),
         };
@@ -706,6 +715,8 @@ struct DeviceTask {
     topic_prefix: String,
     count: Option<u64>,
     paced: bool,
+    /// Delay of this device's schedule behind the fleet's (`FleetConfig::stagger`).
+    phase: Duration,
     record: bool,
     stop: watch::Receiver<bool>,
 }
@@ -719,7 +730,8 @@ impl DeviceTask {
                 break;
             }
             if self.paced {
-                let due = start + Duration::from_secs_f64(self.sim.next_due_ms() / 1000.0);
+                let due =
+                    start + self.phase + Duration::from_secs_f64(self.sim.next_due_ms() / 1000.0);
                 tokio::select! {
                     _ = tokio::time::sleep_until(due) => {}
                     _ = self.stop.wait_for(|s| *s) => break,

@@ -385,3 +385,62 @@ fn broker_urls_parse_with_defaults() {
     assert!("http://x".parse::<Broker>().is_err());
     assert!("mqtt://:1883".parse::<Broker>().is_err());
 }
+
+/// With `stagger`, four devices at 1 Hz publish a quarter second apart, in slot order, each
+/// tick; their readings keep the fleet's common timestamps. Without it they all publish at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn staggered_devices_publish_spread_over_the_period_with_common_timestamps() {
+    let Some(m) = Mosquitto::start() else { return };
+    let (got, sub) = subscribe(m.port).await;
+    let mut cfg = config(&m);
+    cfg.devices = 4;
+    cfg.rate_hz = 1.0;
+    cfg.count = Some(2);
+    cfg.form = MqttForm::Json;
+    cfg.metrics = vec![device_sim::Metric::Temperature];
+    cfg.stagger = true;
+    // When each message arrived, by watching the subscriber's list.
+    let watch = {
+        let got = Arc::clone(&got);
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while seen.len() < 8 {
+                let n = got.lock().unwrap().len();
+                seen.resize(n.min(8), Instant::now());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            seen
+        })
+    };
+    let report = run_fleet(cfg, std::future::pending()).await.unwrap();
+    assert_eq!(report.summary.totals.messages_acked, 8);
+    let arrived = tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .expect("8 messages")
+        .unwrap();
+    let msgs = got.lock().unwrap().clone();
+    sub.abort();
+    let decoded: Vec<Decoded> = msgs
+        .iter()
+        .take(8)
+        .flat_map(|(t, p)| decode_mqtt(t, p).unwrap())
+        .collect();
+    let devices: Vec<&str> = decoded.iter().map(|d| d.0.as_str()).collect();
+    let order = ["dev-0001", "dev-0002", "dev-0003", "dev-0004"];
+    assert_eq!(devices, [order, order].concat(), "slot order in each tick");
+    for tick in decoded.chunks(4) {
+        assert!(
+            tick.iter().all(|d| d.3 == tick[0].3),
+            "one timestamp per tick: {tick:?}"
+        );
+    }
+    // Device 4 is due 750 ms after device 1; a loaded machine may delay either a little.
+    let spread = (0..2)
+        .map(|t| arrived[t * 4 + 3] - arrived[t * 4])
+        .max()
+        .unwrap();
+    assert!(
+        spread >= Duration::from_millis(400),
+        "the devices of a tick arrived within {spread:?} of each other"
+    );
+}
