@@ -23,6 +23,7 @@ use tracing::{debug, error, warn};
 use crate::buffer::{Buffer, Inner, State};
 use crate::error::{AppendError, BufferError};
 use crate::health;
+use crate::pace::Pace;
 use crate::record::{Lane, Record};
 
 /// Capacity of the append queue, in calls (not records). Bounded so a stalled disk pushes back
@@ -142,6 +143,8 @@ impl Committer {
     /// Returns the error of the final flush, if any.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), BufferError> {
         let interval = Duration::from_millis(self.inner.opts.commit_interval_ms);
+        let stretch = Duration::from_millis(self.inner.opts.commit_stretch_ms);
+        let mut pace = Pace::new(tokio::time::Instant::now());
         let max_records = self.inner.opts.commit_max_records;
         let mut tick = tokio::time::interval(IDLE_FLUSH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -184,34 +187,37 @@ impl Committer {
             }
             let first_arrived = first.arrived;
             let mut n = first.records.len();
+            let mut alarm = has_alarm(&first.records);
+            pace.arrived(first.arrived, n);
             let mut group = vec![first];
             // The window runs from when the first append was queued, not from when the
             // committer got to it: appends that queued during a slow flush have waited already,
             // so under load groups go out back to back and the window only adds latency when
-            // the buffer is idle.
-            let deadline = first_arrived + interval;
+            // the buffer is idle. At a trickle it may stretch (see `pace.rs`); it shrinks back
+            // as the group grows or takes an alarm.
+            let mut window = pace.window(interval, stretch, n, alarm);
             while n < max_records {
-                match self.rx.try_recv() {
-                    Ok(r) => {
-                        n += r.records.len();
-                        group.push(r);
-                        continue;
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) if !interval.is_zero() => {}
-                    Err(_) => break,
-                }
-                tokio::select! {
-                    biased;
-                    r = self.rx.recv() => match r {
-                        Some(r) => {
-                            n += r.records.len();
-                            group.push(r);
+                let r = match self.rx.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(mpsc::error::TryRecvError::Empty) if !window.is_zero() => {
+                        tokio::select! {
+                            biased;
+                            r = self.rx.recv() => match r {
+                                Some(r) => Some(r),
+                                None => break,
+                            },
+                            _ = tokio::time::sleep_until(first_arrived + window) => None,
+                            _ = shutdown.cancelled() => None,
                         }
-                        None => break,
-                    },
-                    _ = tokio::time::sleep_until(deadline) => break,
-                    _ = shutdown.cancelled() => break,
-                }
+                    }
+                    Err(_) => None,
+                };
+                let Some(r) = r else { break };
+                n += r.records.len();
+                alarm |= has_alarm(&r.records);
+                pace.arrived(r.arrived, r.records.len());
+                group.push(r);
+                window = pace.window(interval, stretch, n, alarm);
             }
             self.commit(group).await;
         }
@@ -357,6 +363,11 @@ enum Outcome {
     Done(Result<Vec<u64>, AppendError>),
     /// An in-line append that must wait for space.
     Park,
+}
+
+/// Whether any of the records goes to the alarm lane.
+fn has_alarm(records: &[Record]) -> bool {
+    records.iter().any(|r| r.lane() == Lane::Alarms)
 }
 
 /// The first lane `records` touch that is full (and set to block) now.

@@ -141,6 +141,7 @@ mod error;
 mod health;
 mod keys;
 mod options;
+mod pace;
 pub mod record;
 mod stats;
 mod watermark;

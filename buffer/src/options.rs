@@ -80,6 +80,11 @@ pub struct BufferOptions {
     /// How long, in ms, the committer waits after the first append of a group for more appends
     /// to share its flush. 0 means "only what is already queued". Default 2 ms.
     pub commit_interval_ms: u64,
+    /// At a trickle the window stretches to this many ms, so messages that arrive spread out
+    /// share fewer fsyncs; only while a stretched group would hold at most 16 records (the rate
+    /// over the last second says so), and never for a group with an alarm. No longer than
+    /// `commit_interval_ms` (0, say): never stretches. Default 0.
+    pub commit_stretch_ms: u64,
     /// A group is committed as soon as it holds this many records. Default 4096.
     pub commit_max_records: usize,
     /// sled page cache capacity in bytes. Default 8 MiB.
@@ -110,6 +115,7 @@ impl BufferOptions {
             when_full: WhenFull::DropOldest,
             max_age_s: 7 * 24 * 3600,
             commit_interval_ms: 2,
+            commit_stretch_ms: 0,
             commit_max_records: 4096,
             cache_capacity_bytes: 8 * 1024 * 1024,
             dead_letter_max_bytes: 4 * 1024 * 1024,

@@ -53,6 +53,11 @@ pub const BUFFER_MAX_AGE_S: u64 = 7 * 24 * 3600;
 pub const BUFFER_ALARM_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// `buffer.commit_interval_ms`.
 pub const BUFFER_COMMIT_INTERVAL_MS: u64 = 5;
+/// `buffer.commit_stretch_ms`: PUBACKs at a trickle wait at most this long for company.
+pub const BUFFER_COMMIT_STRETCH_MS: u64 = 50;
+/// Largest `buffer.commit_stretch_ms`: a PUBACK held longer than a second looks like a broken
+/// gateway to a device, and saves next to nothing more.
+pub const BUFFER_COMMIT_STRETCH_MAX_MS: u64 = 1000;
 /// `buffer.commit_max_records`.
 pub const BUFFER_COMMIT_MAX_RECORDS: usize = 1000;
 /// `buffer.cache_capacity_bytes` (8 MiB).

@@ -333,6 +333,10 @@ pub struct BufferConfig {
     pub commit_interval_ms: u64,
     /// A group commit happens early once this many records wait. Positive. Default 1000.
     pub commit_max_records: usize,
+    /// At a trickle (a stretched group would hold at most 16 records) the group-commit window
+    /// stretches to this many ms, so messages that arrive spread out share an fsync; never for
+    /// alarms. 0 (or no more than `commit_interval_ms`) turns it off. At most 1000. Default 50.
+    pub commit_stretch_ms: u64,
     /// sled page cache, in bytes. Positive. Default 8388608 (8 MiB).
     pub cache_capacity_bytes: u64,
     /// Quota of the dead letters of rejected input (unreadable payloads, bad ids, timestamps

@@ -74,6 +74,7 @@ pub(crate) struct RawBuffer {
     pub alarm_max_bytes: Option<u64>,
     pub commit_interval_ms: Option<u64>,
     pub commit_max_records: Option<usize>,
+    pub commit_stretch_ms: Option<u64>,
     pub cache_capacity_bytes: Option<u64>,
     pub dead_letter_max_bytes: Option<u64>,
     pub refused_dead_letter_max_bytes: Option<u64>,

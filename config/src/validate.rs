@@ -542,6 +542,18 @@ fn buffer(raw: RawBuffer, cx: &Ctx<'_>) -> Result<BufferConfig> {
             raw.commit_max_records
                 .unwrap_or(d::BUFFER_COMMIT_MAX_RECORDS),
         )?,
+        commit_stretch_ms: match raw.commit_stretch_ms.unwrap_or(d::BUFFER_COMMIT_STRETCH_MS) {
+            ms if ms > d::BUFFER_COMMIT_STRETCH_MAX_MS => {
+                return Err(cx.invalid(
+                    "buffer.commit_stretch_ms",
+                    format!(
+                        "must be at most {} (devices wait this long for a PUBACK), found {ms}",
+                        d::BUFFER_COMMIT_STRETCH_MAX_MS
+                    ),
+                ));
+            }
+            ms => ms,
+        },
         cache_capacity_bytes: cx.positive(
             "buffer.cache_capacity_bytes",
             raw.cache_capacity_bytes

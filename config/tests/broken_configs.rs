@@ -406,6 +406,16 @@ fn zero_commit_interval_is_refused() {
 }
 
 #[test]
+fn a_commit_stretch_over_a_second_is_refused() {
+    assert_refused(
+        "[buffer]\ncommit_stretch_ms = 1001\n",
+        "buffer.commit_stretch_ms",
+        2,
+        "must be at most 1000",
+    );
+}
+
+#[test]
 fn zero_quota_is_refused() {
     assert_refused(
         "[buffer]\nmax_bytes = 0\n",

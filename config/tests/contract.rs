@@ -198,6 +198,7 @@ fn empty_file_is_valid_and_equals_defaults() {
     );
     assert!(config.serial.is_empty());
     assert_eq!(config.buffer.commit_max_records, 1000);
+    assert_eq!(config.buffer.commit_stretch_ms, 50);
     assert_eq!(config.buffer.cache_capacity_bytes, 8 * 1024 * 1024);
     assert_eq!(config.buffer.dead_letter_max_bytes, 16 * 1024 * 1024);
     assert_eq!(config.upstream.url.as_str(), "http://127.0.0.1:8080/ingest");
@@ -284,6 +285,7 @@ fn shipped_example_mentions_every_key_of_the_contract() {
         "alarm_max_series",
         "max_inflight",
         "commit_max_records",
+        "commit_stretch_ms",
         "cache_capacity_bytes",
         "dead_letter_max_bytes",
         "retry_on_status",

@@ -158,6 +158,7 @@ pub fn buffer_options(config: &Config) -> BufferOptions {
         max_age_s: config.buffer.max_age_s,
         commit_interval_ms: config.buffer.commit_interval_ms,
         commit_max_records: config.buffer.commit_max_records,
+        commit_stretch_ms: config.buffer.commit_stretch_ms,
         cache_capacity_bytes: config.buffer.cache_capacity_bytes,
         dead_letter_max_bytes: config.buffer.dead_letter_max_bytes,
         refused_dead_letter_max_bytes: config.buffer.refused_dead_letter_max_bytes,
