@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the buckets of [`IngestMetrics::ack_latency`]: from a group commit
-/// on a fast disk (~1 ms) to a stalled one.
-pub const ACK_LATENCY_BUCKETS_S: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+/// on a fast disk (~1 ms), through a stretched window at a trickle (`buffer.commit_stretch_ms`,
+/// 50 ms by default), to a stalled disk.
+pub const ACK_LATENCY_BUCKETS_S: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
 /// Ingest counters. Labels are fixed at construction so rendering never allocates per label.

@@ -28,8 +28,9 @@
 //! with one `fdatasync` a second (and another with one every 100 ms), measured the same way;
 //! also the gateway's PUBACK latency (`/status` `ingest.ack_latency_ms`) and its group commits.
 //! `BENCH_STAGGER=1` spreads the devices over each second (`device-sim --stagger`) instead of
-//! having all of them publish at the same instant. Writes
-//! `target/e2e-bench-wear-upstream-{up,down}[-staggered].{json,md}`.
+//! having all of them publish at the same instant; `BENCH_WEAR_DEVICES` (20) sets the fleet's
+//! size and `BENCH_COMMIT_STRETCH_MS` the gateway's `buffer.commit_stretch_ms` (else its
+//! default). Writes `target/e2e-bench-wear-upstream-{up,down}[-staggered][-stretchN].{json,md}`.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -831,12 +832,13 @@ fn append_only_floor(dir: &Path, per_second: usize, seconds: u64, sync_every: Du
 
 /// `BENCH_MODE=wear`: bytes written per reading at a Pi-like trickle (see the module docs).
 async fn wear() {
-    const DEVICES: u32 = 20;
+    let devices = env_usize("BENCH_WEAR_DEVICES", 20) as u32;
+    let stretch = std::env::var("BENCH_COMMIT_STRETCH_MS").ok();
     let seconds = env_usize("BENCH_WEAR_S", 60) as u64;
     let upstream_down = std::env::var("BENCH_UPSTREAM_DOWN").is_ok_and(|v| v == "1");
     let stagger = std::env::var("BENCH_STAGGER").is_ok_and(|v| v == "1");
     let metrics = vec![Metric::Temperature, Metric::Humidity, Metric::Pressure];
-    let per_second = DEVICES as usize * metrics.len();
+    let per_second = devices as usize * metrics.len();
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
 
@@ -864,9 +866,12 @@ async fn wear() {
         "gateway_id = \"gw-wear\"\ndata_dir = \"{data}\"\n\
          [mqtt]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"gw-wear\"\n\
          [upstream]\nurl = \"http://127.0.0.1:{recv_port}/ingest\"\n\
-         [admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\n{buffer}",
         data = dir.path().join("data").display(),
         port = broker.port,
+        buffer = stretch.as_ref().map_or(String::new(), |ms| format!(
+            "[buffer]\ncommit_stretch_ms = {ms}\n"
+        )),
     );
     let mut gw = spawn_gateway(dir.path(), &config);
     let client = reqwest::Client::new();
@@ -896,7 +901,7 @@ async fn wear() {
             .parse::<Broker>()
             .unwrap(),
     );
-    cfg.devices = DEVICES;
+    cfg.devices = devices;
     cfg.rate_hz = 1.0;
     cfg.duration = Some(Duration::from_secs(seconds));
     cfg.qos = 1;
@@ -955,7 +960,7 @@ async fn wear() {
          | gateway PUBACK latency p50 / p99 (bucket bounds) | {} / {} ms | p99 ≤ 100 ms |\n\
          | gateway CPU | {:.2} s ({:.0} µs/reading) | |\n\
          | gateway peak RSS | {:.1} MB | ≤ 40 MB |\n\
-         \nWear: {DEVICES} devices × 3 metrics at 1 Hz for {seconds} s (device-sim, QoS 1, JSON), {devices_in_step}, contract config, upstream {upstream}.\n",
+         \nWear: {devices} devices × 3 metrics at 1 Hz for {seconds} s (device-sim, QoS 1, JSON), {devices_in_step}, contract config{}, upstream {upstream}.\n",
         per_reading * per_second as f64 * 86_400.0 / 1e6,
         if per_reading <= 64.0 { "met" } else { "MISSED" },
         per_reading / floor_per_reading.max(1.0),
@@ -966,10 +971,14 @@ async fn wear() {
         cpu_after - cpu_before,
         (cpu_after - cpu_before) * 1e6 / sent.max(1) as f64,
         rss as f64 / 1_048_576.0,
+        stretch.as_ref().map_or(String::new(), |ms| format!(
+            " with commit_stretch_ms = {ms}"
+        )),
     );
     println!("\n{md}");
     let report = json!({
-        "mode": "wear", "devices": DEVICES, "seconds": seconds, "upstream": upstream,
+        "mode": "wear", "devices": devices, "seconds": seconds, "upstream": upstream,
+        "commit_stretch_ms": stretch,
         "readings": sent, "disk_bytes_per_reading": per_reading,
         "floor_bytes_per_reading": floor_per_reading,
         "floor_100ms_bytes_per_reading": floor_100ms_per_reading,
@@ -983,8 +992,16 @@ async fn wear() {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("target"));
     let name = format!(
-        "e2e-bench-wear-upstream-{upstream}{}",
-        if stagger { "-staggered" } else { "" }
+        "e2e-bench-wear-upstream-{upstream}{}{}{}",
+        if devices == 20 {
+            String::new()
+        } else {
+            format!("-{devices}devices")
+        },
+        if stagger { "-staggered" } else { "" },
+        stretch
+            .as_ref()
+            .map_or(String::new(), |ms| format!("-stretch{ms}"))
     );
     let _ = std::fs::write(
         target.join(format!("{name}.json")),
