@@ -84,16 +84,27 @@ async fn the_embedded_broker_admits_only_clients_with_its_credentials() {
     let (client, mut eventloop) = connect(port, "sensor-1", Some(("devices", PASSWORD)), wait)
         .await
         .expect("a device with the credentials is admitted");
+    publish_one_reading(&mut gw, &client, &mut eventloop, "sensor-1").await;
+}
+
+/// Publishes one reading from `device`, and waits for its PUBACK and for the gateway to count
+/// it as its first reading.
+async fn publish_one_reading(
+    gw: &mut GatewayProcess,
+    client: &AsyncClient,
+    eventloop: &mut rumqttc::EventLoop,
+    device: &str,
+) {
     client
         .publish(
-            "sensors/sensor-1/temperature",
+            format!("sensors/{device}/temperature"),
             QoS::AtLeastOnce,
             false,
             "21.5",
         )
         .await
         .unwrap();
-    tokio::time::timeout(wait, async {
+    tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.unwrap() {
                 return;
@@ -166,23 +177,7 @@ async fn a_device_refused_again_and_again_under_one_id_does_not_stop_the_gateway
                 gw.stderr_tail()
             )
         });
-    client
-        .publish("sensors/dev-2/temperature", QoS::AtLeastOnce, false, "20.5")
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.unwrap() {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("PUBACK");
-    gw.wait_status("the reading ingested", Duration::from_secs(30), |s| {
-        (s["ingest"]["readings"]["mqtt"].as_u64() == Some(1)).then_some(())
-    })
-    .await;
+    publish_one_reading(&mut gw, &client, &mut eventloop, "dev-2").await;
     gw.stop().await;
 }
 
