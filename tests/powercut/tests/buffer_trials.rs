@@ -235,6 +235,7 @@ fn run_trials(test: &str, disk_options: Options, trials: u64, seed: u64) {
     let exe = std::env::current_exe().unwrap();
     let mut printed = Printed::default();
     let started = Instant::now();
+    let child_stderr = dir.path().join("child.stderr");
     for trial in 1..=trials {
         let mut child = Command::new(&exe)
             .args([test, "--exact", "--nocapture", "--test-threads", "1"])
@@ -242,7 +243,8 @@ fn run_trials(test: &str, disk_options: Options, trials: u64, seed: u64) {
             .env(CHILD_TRIAL_ENV, trial.to_string())
             .env(CHILD_TEST_ENV, test)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // Kept (outside the power-cut disk) for the report if the child fails.
+            .stderr(std::fs::File::create(&child_stderr).unwrap())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -274,9 +276,13 @@ fn run_trials(test: &str, disk_options: Options, trials: u64, seed: u64) {
                 }
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
+                    let stderr = std::fs::read_to_string(&child_stderr).unwrap_or_default();
+                    let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
                     panic!(
                         "trial {trial}: the child never acknowledged an append (lines: {lines:?}, \
-                         POWERCUT_SEED={seed})"
+                         POWERCUT_SEED={seed}); its stderr ends:\n{}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                     );
                 }
             }
