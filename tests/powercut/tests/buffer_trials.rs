@@ -85,7 +85,9 @@ fn child(dir: &Path, trial: u64) {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let (buffer, committer) = Buffer::open(options(dir)).expect("child: open");
+        // The parent checked the previous trial's disk with its own buffer, just dropped:
+        // sled's threads there may hold the lock a moment longer.
+        let (buffer, committer) = open_retrying(dir);
         let shutdown = tokio_util::sync::CancellationToken::new();
         let committer = tokio::spawn(committer.run(shutdown.clone()));
         let deadline = Instant::now() + CHILD_LIFETIME;
@@ -210,7 +212,8 @@ fn open_retrying(dir: &Path) -> (Buffer, gateway_buffer::Committer) {
     loop {
         match Buffer::open(options(dir)) {
             Ok(x) => return x,
-            // The lock of a database just dropped in this process: sled's threads finish.
+            // The lock of a database just dropped by this process (or, for a child, by the
+            // parent checking the previous trial): sled's threads finish.
             Err(e) if e.is_retryable() && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10))
             }
