@@ -12,7 +12,6 @@ async fn commits_for(stretch_ms: u64, first: Vec<Record>, second: Vec<Record>) -
     let dir = tempfile::tempdir().unwrap();
     let mut o = opts(dir.path());
     o.commit_interval_ms = 5;
-    // Long enough that a loaded machine's late wake-up cannot end a stretched window early.
     o.commit_stretch_ms = stretch_ms;
     let r = Running::open(o);
     let before = r.buffer.stats().commits;
@@ -28,6 +27,8 @@ async fn commits_for(stretch_ms: u64, first: Vec<Record>, second: Vec<Record>) -
 
 #[tokio::test]
 async fn at_a_trickle_appends_a_little_apart_share_one_commit() {
+    // A 2 s stretch: a loaded machine's late wake-up cannot end the window before the second
+    // append, 50 ms later, joins it.
     assert_eq!(
         commits_for(2_000, vec![reading(1)], vec![reading(2)]).await,
         1
