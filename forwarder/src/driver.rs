@@ -25,14 +25,15 @@ use crate::gate::Gate;
 use crate::options::ForwarderOptions;
 use crate::outcome::{Outcome, RetryReason};
 use crate::pacing::{Answer, HoldCause, Pacing};
-use crate::sender::{EncodedBatch, HttpSender};
+use crate::sinks::http::HttpSink;
+use crate::sinks::{EncodedBatch, Sink};
 use crate::stats::{ForwarderStats, Metrics};
 use crate::wire;
 
 /// Dead letters written by the forwarder carry this reason.
 pub const DEAD_LETTER_REASON: &str = "upstream_rejected";
-/// ... and this origin.
-pub const DEAD_LETTER_ORIGIN: &str = "upstream";
+/// ... and their sink's consumer name as origin: this one for `[upstream]`.
+pub const DEAD_LETTER_ORIGIN: &str = crate::options::CONSUMER;
 
 /// Records asked of the buffer per read when re-reading an in-flight range after a restart.
 const RECOVERY_READ_RECORDS: usize = 1024;
@@ -42,20 +43,32 @@ const RECOVERY_READ_RECORDS: usize = 1024;
 pub struct Forwarder;
 
 impl Forwarder {
-    /// Validates the options and builds the HTTP client. The driver must be run (spawned by the
-    /// caller) for anything to be sent; the handle reads its stats from anywhere.
-    ///
-    /// The buffer must list [`ForwarderOptions::consumer`] among its consumers.
+    /// A forwarder to the HTTP sink the options describe (`[upstream]`): validates them and
+    /// builds the HTTP client. See [`Forwarder::with_sink`].
     #[allow(clippy::new_ret_no_self)]
     pub fn new(
         buffer: Buffer,
         options: ForwarderOptions,
     ) -> Result<(ForwarderHandle, ForwarderDriver), ForwarderError> {
+        let sink = Arc::new(HttpSink::new(&options)?);
+        Forwarder::with_sink(buffer, options, sink)
+    }
+
+    /// A forwarder to `sink`, reading the buffer as [`ForwarderOptions::consumer`], which the
+    /// buffer must list among its consumers. The driver must be run (spawned by the caller) for
+    /// anything to be sent; the handle reads its stats from anywhere.
+    ///
+    /// Of the options, the HTTP ones (`url`, `bearer_token`, `tls`, `compression`,
+    /// `retry_policy`) are [`HttpSink`]'s and unused here; the sink brings its own.
+    pub fn with_sink(
+        buffer: Buffer,
+        options: ForwarderOptions,
+        sink: Arc<dyn Sink>,
+    ) -> Result<(ForwarderHandle, ForwarderDriver), ForwarderError> {
         options.validate()?;
         // Fail now, not at the first read, if the buffer does not know our consumer name (a
         // zero-record read checks the name and touches nothing).
         buffer.read(&options.consumer, Lane::Alarms, Some(u64::MAX), 0, 0)?;
-        let sender = Arc::new(HttpSender::new(&options)?);
         let metrics = Arc::new(Metrics::default());
         let gate = Arc::new(Gate::new(
             Pacing::new(
@@ -63,7 +76,7 @@ impl Forwarder {
                 options.retry_initial,
                 options.retry_max,
             ),
-            sender.probe_target(),
+            sink.probe_target(),
         ));
         let handle = ForwarderHandle {
             metrics: metrics.clone(),
@@ -72,7 +85,7 @@ impl Forwarder {
         let driver = ForwarderDriver {
             buffer,
             options,
-            sender,
+            sink,
             metrics,
             gate,
         };
@@ -102,7 +115,7 @@ impl ForwarderHandle {
 pub struct ForwarderDriver {
     buffer: Buffer,
     options: ForwarderOptions,
-    sender: Arc<HttpSender>,
+    sink: Arc<dyn Sink>,
     metrics: Arc<Metrics>,
     /// How many readings attempts may be on the wire, and whether all must wait.
     gate: Arc<Gate>,
@@ -120,9 +133,9 @@ enum Kind {
 #[derive(Debug)]
 enum Delivery {
     Delivered,
-    Rejected {
-        status: u16,
-        body: String,
+    Refused {
+        answer: String,
+        detail: String,
     },
     /// Shutdown came while the batch waited to retry: it stays un-acked and is re-sent, as the
     /// same batch, after a restart.
@@ -406,11 +419,7 @@ impl ForwarderDriver {
                 Kind::Requeued => state.requeue_in_flight = true,
             }
             let json_len = json.len();
-            let body = if self.sender.gzip() {
-                wire::gzip(&json)
-            } else {
-                bytes::Bytes::from(json)
-            };
+            let body = self.sink.encode(json);
             let batch = Arc::new(EncodedBatch {
                 lane: state.lane,
                 last_seq,
@@ -436,10 +445,11 @@ impl ForwarderDriver {
                 buffer: self.buffer.clone(),
                 consumer: self.options.consumer.clone(),
                 gateway_id: self.options.gateway_id.clone(),
+                sink: self.sink.clone(),
             });
             let send = deliver(
                 Link {
-                    sender: self.sender.clone(),
+                    sink: self.sink.clone(),
                     metrics: self.metrics.clone(),
                     gate: self.gate.clone(),
                     shutdown: shutdown.clone(),
@@ -583,14 +593,15 @@ impl ForwarderDriver {
         match done.delivery {
             Delivery::Abandoned => return Ok(()),
             Delivery::Delivered | Delivery::Evicted => {}
-            Delivery::Rejected { status, body } => {
-                let detail = format!("HTTP {status}: {body}");
+            Delivery::Refused { answer, detail } => {
+                let detail = format!("{answer}: {detail}");
                 error!(
+                    consumer = %self.options.consumer,
                     lane = %batch.lane,
                     key = %batch.idempotency_key,
                     records = batch.records.len(),
                     %detail,
-                    "forwarder: upstream rejected the batch; parked in dead letters"
+                    "forwarder: the sink refused the batch; parked in dead letters"
                 );
                 self.park(batch.lane, batch.records.clone(), &detail)?;
                 self.metrics.dead_lettered(batch.lane, batch.records.len());
@@ -619,7 +630,7 @@ impl ForwarderDriver {
         while let Some(records) = pending.pop() {
             let input = DeadLetterInput {
                 reason: DEAD_LETTER_REASON.to_string(),
-                origin: DEAD_LETTER_ORIGIN.to_string(),
+                origin: self.options.consumer.clone(),
                 detail: detail.to_string(),
                 payload: DeadPayload::Records {
                     lane,
@@ -656,10 +667,10 @@ fn readings_may_start([alarms, readings]: &[LaneState; 2]) -> bool {
     alarms.in_flight() == 0 || readings.in_flight() > 0 || readings.waited_out_alarms
 }
 
-/// What a send needs besides its batch: the HTTP client, the counters, the upstream's pacing and
-/// the shutdown signal.
+/// What a send needs besides its batch: the sink, the counters, the sink's pacing and the
+/// shutdown signal.
 struct Link {
-    sender: Arc<HttpSender>,
+    sink: Arc<dyn Sink>,
     metrics: Arc<Metrics>,
     gate: Arc<Gate>,
     shutdown: CancellationToken,
@@ -682,7 +693,7 @@ async fn deliver(
     evictions: Option<Evictions>,
 ) -> (Delivery, Arc<EncodedBatch>) {
     let Link {
-        sender,
+        sink,
         metrics,
         gate,
         shutdown,
@@ -693,7 +704,7 @@ async fn deliver(
             return (Delivery::Abandoned, batch);
         };
         if let Some(evictions) = &evictions {
-            match evictions.trim(&batch, sender.gzip()) {
+            match evictions.trim(&batch) {
                 Trim::Whole => {}
                 Trim::Part(rest) => {
                     info!(
@@ -712,12 +723,12 @@ async fn deliver(
             }
         }
         metrics.attempt(is_retry);
-        let attempt = sender.attempt(&batch).await;
+        let attempt = sink.attempt(&batch).await;
         if let Some(latency) = attempt.latency {
             metrics.response_latency(latency);
         }
         let answer = match &attempt.outcome {
-            Outcome::Delivered { .. } | Outcome::Rejected { .. } => {
+            Outcome::Delivered | Outcome::Refused { .. } => {
                 Answer::Fine(attempt.latency.unwrap_or_default())
             }
             Outcome::Retry {
@@ -725,7 +736,7 @@ async fn deliver(
                 retry_after,
             } => Answer::Failed {
                 cause: match reason {
-                    RetryReason::Status(_) => HoldCause::Answered,
+                    RetryReason::Answered(_) => HoldCause::Answered,
                     RetryReason::Timeout | RetryReason::Connect(_) | RetryReason::Transport(_) => {
                         HoldCause::Unreachable
                     }
@@ -735,16 +746,13 @@ async fn deliver(
         };
         let hold = gate.finish(pass, answer);
         match attempt.outcome {
-            Outcome::Delivered { .. } => {
+            Outcome::Delivered => {
                 metrics.delivered(batch.lane, batch.records.len(), batch.body.len());
                 return (Delivery::Delivered, batch);
             }
-            Outcome::Rejected { status, body } => {
-                metrics.rejected(format!(
-                    "{} rejected with HTTP {status}",
-                    batch.idempotency_key
-                ));
-                return (Delivery::Rejected { status, body }, batch);
+            Outcome::Refused { answer, detail } => {
+                metrics.rejected(format!("{} rejected with {answer}", batch.idempotency_key));
+                return (Delivery::Refused { answer, detail }, batch);
             }
             Outcome::Retry { reason, .. } => {
                 // This failure set the hold, or a failure of the same round already had.
@@ -781,13 +789,14 @@ struct Evictions {
     buffer: Buffer,
     consumer: String,
     gateway_id: String,
+    sink: Arc<dyn Sink>,
 }
 
 impl Evictions {
-    fn trim(&self, batch: &EncodedBatch, gzip: bool) -> Trim {
+    fn trim(&self, batch: &EncodedBatch) -> Trim {
         let seqs: Vec<u64> = batch.records.iter().map(|r| r.seq).collect();
         match self.buffer.shed_evicted(&self.consumer, batch.lane, &seqs) {
-            Ok(shed) => trim_batch(batch, &shed, &self.gateway_id, gzip),
+            Ok(shed) => trim_batch(batch, &shed, &self.gateway_id, self.sink.as_ref()),
             Err(e) => {
                 // Nothing was shed, so nothing was counted: sending all of it stays exact.
                 warn!(error = %e, key = %batch.idempotency_key, "forwarder: could not ask the buffer what it evicted; sending the batch whole");
@@ -800,7 +809,7 @@ impl Evictions {
 /// `batch` without the records whose seqs are in `shed` (sorted ascending, as
 /// [`Buffer::shed_evicted`] returns them for a batch in seq order): re-encoded under the
 /// idempotency key of the survivors' range.
-fn trim_batch(batch: &EncodedBatch, shed: &[u64], gateway_id: &str, gzip: bool) -> Trim {
+fn trim_batch(batch: &EncodedBatch, shed: &[u64], gateway_id: &str, sink: &dyn Sink) -> Trim {
     if shed.is_empty() {
         return Trim::Whole;
     }
@@ -816,16 +825,26 @@ fn trim_batch(batch: &EncodedBatch, shed: &[u64], gateway_id: &str, gzip: bool) 
     if records.len() == batch.records.len() {
         return Trim::Whole;
     }
-    let json = wire::encode_body(gateway_id, batch.lane, &records);
-    Trim::Part(EncodedBatch::new(
-        gateway_id, batch.lane, records, json, gzip,
-    ))
+    let body = sink.encode(wire::encode_body(gateway_id, batch.lane, &records));
+    Trim::Part(EncodedBatch::new(gateway_id, batch.lane, records, body))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::options::Compression;
     use gateway_buffer::{Reading, Record, Source};
+
+    /// The HTTP sink, gzipping or not: what a trimmed batch is re-encoded for.
+    fn http(gzip: bool) -> HttpSink {
+        let mut options = ForwarderOptions::new("gw", "http://127.0.0.1:9/ingest");
+        options.compression = if gzip {
+            Compression::Gzip
+        } else {
+            Compression::None
+        };
+        HttpSink::new(&options).unwrap()
+    }
 
     fn stored(seq: u64) -> Stored {
         Stored {
@@ -844,7 +863,7 @@ mod tests {
     fn batch(seqs: &[u64]) -> EncodedBatch {
         let records: Vec<Stored> = seqs.iter().copied().map(stored).collect();
         let json = wire::encode_body("gw", Lane::Readings, &records);
-        EncodedBatch::new("gw", Lane::Readings, records, json, false)
+        EncodedBatch::new("gw", Lane::Readings, records, json.into())
     }
 
     fn seqs_in_body(b: &EncodedBatch) -> Vec<u64> {
@@ -860,15 +879,15 @@ mod tests {
     #[test]
     fn a_batch_nothing_of_which_was_evicted_is_sent_as_it_was() {
         let b = batch(&[3, 5, 8]);
-        assert!(matches!(trim_batch(&b, &[], "gw", false), Trim::Whole));
+        assert!(matches!(trim_batch(&b, &[], "gw", &http(false)), Trim::Whole));
         // Seqs shed that are not in the batch change nothing either.
-        assert!(matches!(trim_batch(&b, &[4, 9], "gw", false), Trim::Whole));
+        assert!(matches!(trim_batch(&b, &[4, 9], "gw", &http(false)), Trim::Whole));
     }
 
     #[test]
     fn a_partly_evicted_batch_keeps_only_its_survivors_in_records_body_and_key() {
         let b = batch(&[3, 5, 8, 13]);
-        let Trim::Part(rest) = trim_batch(&b, &[3, 8], "gw", false) else {
+        let Trim::Part(rest) = trim_batch(&b, &[3, 8], "gw", &http(false)) else {
             panic!("expected a part");
         };
         assert_eq!(
@@ -884,7 +903,7 @@ mod tests {
     #[test]
     fn a_gzipped_trimmed_batch_is_gzipped_again() {
         let b = batch(&[1, 2, 3]);
-        let Trim::Part(rest) = trim_batch(&b, &[2], "gw", true) else {
+        let Trim::Part(rest) = trim_batch(&b, &[2], "gw", &http(true)) else {
             panic!("expected a part");
         };
         let mut json = Vec::new();
@@ -897,6 +916,6 @@ mod tests {
     #[test]
     fn a_batch_whose_every_record_was_evicted_is_gone() {
         let b = batch(&[3, 5]);
-        assert!(matches!(trim_batch(&b, &[3, 5], "gw", false), Trim::Gone));
+        assert!(matches!(trim_batch(&b, &[3, 5], "gw", &http(false)), Trim::Gone));
     }
 }

@@ -1,27 +1,35 @@
-//! Micro-batching upstream forwarder: drains the durable buffer to the cloud's HTTP endpoint.
+//! Micro-batching forwarder: drains the durable buffer to one sink, such as the cloud's HTTP
+//! endpoint.
 //!
-//! The forwarder is a consumer (`"upstream"`) of [`gateway_buffer::Buffer`] with its own cursor
-//! per lane. It reads each lane in seq order, cuts batches of one lane each by
+//! A forwarder is one consumer of [`gateway_buffer::Buffer`] (`"upstream"` for the HTTP sink of
+//! `[upstream]`) with its own cursor per lane, and delivers through one [`Sink`]: the seam
+//! between what every way out shares (this crate's driver: batching, concurrency, backoff, dead
+//! letters, ordered acks) and what one of them does (take one encoded batch to its destination
+//! and classify the outcome). [`HttpSink`] is the WIRE §3 sink; see [`sinks`] for the contract a
+//! sink keeps. Below, "the upstream" is the sink's destination.
+//!
+//! The forwarder reads each lane in seq order, cuts batches of one lane each by
 //! `batch_max_records`, `batch_max_bytes` (uncompressed JSON body) or `linger_ms` from the
-//! batch's first record, whichever comes first, and POSTs them in the WIRE.md §3 format with an
-//! `Idempotency-Key: {gateway_id}:{lane}:{first_seq}-{last_seq}`. The alarm lane is read first,
+//! batch's first record, whichever comes first, encodes them in the WIRE.md §3 format and hands
+//! them to the sink under an `{gateway_id}:{lane}:{first_seq}-{last_seq}` key (the HTTP sink's
+//! `Idempotency-Key`). The alarm lane is read first,
 //! never lingers, and an alarm batch started while the readings lane is idle gets a head start:
 //! readings start only once it completed. Readings already in flight keep flowing, and idle ones
 //! wait behind at most one alarm batch, so a steady stream of alarms cannot starve them.
 //!
-//! Shape: [`Forwarder::new`] returns a [`ForwarderHandle`] (stats, cheap to clone) and a
-//! [`ForwarderDriver`] whose [`ForwarderDriver::run`] future the caller spawns; the crate spawns
-//! nothing. The decisions are pure state machines with the clock and I/O outside them:
-//! [`Batcher`] (when to cut), [`Pacing`] (how many attempts at once, and when every attempt must
-//! wait), [`Backoff`] (how long), [`Outcome`] (what a response means), [`AckOrder`] (how far the
-//! cursor may move).
+//! Shape: [`Forwarder::new`] (HTTP) or [`Forwarder::with_sink`] returns a [`ForwarderHandle`]
+//! (stats, cheap to clone) and a [`ForwarderDriver`] whose [`ForwarderDriver::run`] future the
+//! caller spawns; the crate spawns nothing. The decisions are pure state machines with the
+//! clock and I/O outside them: [`Batcher`] (when to cut), [`Pacing`] (how many attempts at
+//! once, and when every attempt must wait), [`Backoff`] (how long), [`Outcome`] (what an
+//! attempt means), [`AckOrder`] (how far the cursor may move).
 //!
 //! # Guarantees
 //! - **At least once, never dropped.** A batch is acked in the buffer only after a 2xx, or
-//!   after it was parked as a dead letter (reason `upstream_rejected`, origin `upstream`,
+//!   after it was parked as a dead letter (reason `upstream_rejected`, origin the consumer name,
 //!   payload [`gateway_buffer::DeadPayload::Records`] with the original seqs, detail = status +
-//!   the first 1 KiB of the response body) because the upstream refused it with a status the
-//!   [`RetryPolicy`] does not retry. Retryable failures — 408, 429, 5xx (configurable), 1xx/3xx,
+//!   the first 1 KiB of the response body) because the sink refused it ([`Outcome::Refused`]:
+//!   for HTTP, a status the [`RetryPolicy`] does not retry). Retryable failures — 408, 429, 5xx (configurable), 1xx/3xx,
 //!   timeouts, connection and TLS errors — are retried forever.
 //! - **Same batch, same bytes.** A batch is encoded (and gzipped) once and every retry sends the
 //!   identical body and Idempotency-Key. Before its first send its seq range is written to
@@ -80,7 +88,7 @@ mod gate;
 mod options;
 mod outcome;
 mod pacing;
-mod sender;
+pub mod sinks;
 mod stats;
 mod wire;
 
@@ -93,9 +101,10 @@ pub use driver::{
 pub use error::ForwarderError;
 pub use gate::PROBE_EVERY;
 pub use options::{CONSUMER, Compression, ForwarderOptions};
-pub use outcome::{Outcome, RetryPolicy, RetryReason};
+pub use outcome::{Outcome, RetryReason};
 pub use pacing::{Admit, Answer, HoldCause, LATENCY_SLACK, Pacing, Ticket};
-pub use sender::MAX_REJECTION_BODY_BYTES;
+pub use sinks::http::{HttpSink, MAX_REJECTION_BODY_BYTES, RetryPolicy};
+pub use sinks::{Attempt, EncodedBatch, Sink};
 pub use stats::{
     DOWN_AFTER_FAILURES, ForwarderStats, LATENCY_BUCKETS_S, LatencyHistogram, PerLane,
     UpstreamState,

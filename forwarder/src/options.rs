@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::error::ForwarderError;
-use crate::outcome::RetryPolicy;
+use crate::sinks::http::RetryPolicy;
 
 /// The buffer consumer the forwarder reads and acks as.
 pub const CONSUMER: &str = "upstream";

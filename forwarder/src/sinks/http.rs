@@ -1,75 +1,85 @@
-//! One HTTP attempt for one encoded batch: the only place that touches the network.
+//! The HTTP sink (WIRE §3): one POST per attempt, classified by status. `[upstream]` is this
+//! sink, named "upstream".
 
+use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway_buffer::{Lane, Stored};
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use gateway_config::{TlsClient, TlsFiles};
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use tokio::time::Instant;
 
+use super::{Attempt, EncodedBatch, Sink};
 use crate::backoff::parse_retry_after;
 use crate::error::ForwarderError;
 use crate::gate::ProbeTarget;
 use crate::options::{Compression, ForwarderOptions};
-use crate::outcome::{Outcome, RetryPolicy};
+use crate::outcome::{Outcome, RetryReason, error_chain};
 
 /// How much of a rejecting response body is kept in the dead letter.
 pub const MAX_REJECTION_BODY_BYTES: usize = 1024;
 
-/// A batch ready to go: encoded once, then sent byte-for-byte on every attempt.
-#[derive(Debug)]
-pub struct EncodedBatch {
-    /// Its lane.
-    pub lane: Lane,
-    /// Seq of the last record.
-    pub last_seq: u64,
-    /// `{gateway_id}:{lane}:{first_seq}-{last_seq}`.
-    pub idempotency_key: String,
-    /// The request body as sent (gzipped if configured).
-    pub body: Bytes,
-    /// The records, for the dead-letter store if the upstream refuses them.
-    pub records: Vec<Stored>,
+/// Which HTTP statuses are worth retrying. A non-2xx status that is not retried dead-letters
+/// the batch.
+///
+/// 1xx and 3xx are always retried: they mean a confused proxy or a moved endpoint, not a verdict
+/// on the batch, and throwing data into dead letters for that helps nobody.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Bit `code - 100` set: that status is retryable.
+    retryable: [u64; 8],
 }
 
-impl EncodedBatch {
-    /// `records` (not empty, in seq order) with their JSON body `json`, gzipped if `gzip`, and
-    /// the idempotency key of their seq range.
-    pub fn new(
-        gateway_id: &str,
-        lane: Lane,
-        records: Vec<Stored>,
-        json: Vec<u8>,
-        gzip: bool,
-    ) -> Self {
-        let first_seq = records.first().map_or(0, |r| r.seq);
-        let last_seq = records.last().map_or(0, |r| r.seq);
-        let body = if gzip {
-            crate::wire::gzip(&json)
-        } else {
-            Bytes::from(json)
-        };
-        EncodedBatch {
-            lane,
-            last_seq,
-            idempotency_key: crate::wire::idempotency_key(gateway_id, lane, first_seq, last_seq),
-            body,
-            records,
+impl RetryPolicy {
+    /// Retry the listed statuses (values outside 100..=599 are ignored), and every 5xx when
+    /// `retry_5xx` (config `upstream.retry_on_status`, `upstream.retry_on_5xx`).
+    pub fn new(statuses: impl IntoIterator<Item = u16>, retry_5xx: bool) -> Self {
+        let mut policy = RetryPolicy { retryable: [0; 8] };
+        let always = (100..200).chain(300..400);
+        let server = (500..600).filter(|_| retry_5xx);
+        for status in statuses.into_iter().chain(always).chain(server) {
+            if (100..=599).contains(&status) {
+                let bit = usize::from(status - 100);
+                policy.retryable[bit / 64] |= 1 << (bit % 64);
+            }
         }
+        policy
+    }
+
+    /// Whether a non-2xx `status` should be retried.
+    pub fn retries(&self, status: u16) -> bool {
+        if !(100..=599).contains(&status) {
+            return false;
+        }
+        let bit = usize::from(status - 100);
+        self.retryable[bit / 64] & (1 << (bit % 64)) != 0
+    }
+
+    /// The 4xx and 5xx statuses this policy retries, ascending.
+    pub fn statuses(&self) -> Vec<u16> {
+        (400..=599).filter(|s| self.retries(*s)).collect()
     }
 }
 
-/// What came of one attempt.
-#[derive(Debug)]
-pub struct Attempt {
-    /// Its meaning.
-    pub outcome: Outcome,
-    /// Time to the response head, if a response came.
-    pub latency: Option<Duration>,
+impl Default for RetryPolicy {
+    /// WIRE.md §3: 408, 429 and every 5xx.
+    fn default() -> Self {
+        RetryPolicy::new([408, 429], true)
+    }
+}
+
+impl fmt::Debug for RetryPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryPolicy")
+            .field("statuses", &self.statuses())
+            .finish()
+    }
 }
 
 /// A configured HTTP client for the upstream. `Debug` shows the URL redacted and no token.
-pub struct HttpSender {
+pub struct HttpSink {
     client: reqwest::Client,
     url: reqwest::Url,
     auth: Option<HeaderValue>,
@@ -78,9 +88,9 @@ pub struct HttpSender {
     policy: RetryPolicy,
 }
 
-impl std::fmt::Debug for HttpSender {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpSender")
+impl fmt::Debug for HttpSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpSink")
             .field("url", &gateway_config::redact_url(&self.url))
             .field("auth", &self.auth.as_ref().map(|_| "***"))
             .field("gzip", &self.gzip)
@@ -89,7 +99,7 @@ impl std::fmt::Debug for HttpSender {
     }
 }
 
-impl HttpSender {
+impl HttpSink {
     /// Builds the client: for `https://`, rustls configured by [`gateway_config::tls`].
     pub fn new(options: &ForwarderOptions) -> Result<Self, ForwarderError> {
         let url =
@@ -134,7 +144,7 @@ impl HttpSender {
             builder = builder.tls_backend_preconfigured((*tls.config()).clone());
         }
         let client = builder.build().map_err(ForwarderError::Client)?;
-        Ok(HttpSender {
+        Ok(HttpSink {
             client,
             url,
             auth,
@@ -143,11 +153,21 @@ impl HttpSender {
             policy: options.retry_policy.clone(),
         })
     }
+}
 
-    /// Where to probe the upstream's reachability with a bare TCP connect: the URL's host and
-    /// port. `None` when a proxy is configured in the environment (reqwest goes through it, so
-    /// the upstream's own port says nothing).
-    pub fn probe_target(&self) -> Option<ProbeTarget> {
+impl Sink for HttpSink {
+    /// Gzipped when `upstream.compression = "gzip"`.
+    fn encode(&self, json: Vec<u8>) -> Bytes {
+        if self.gzip {
+            crate::wire::gzip(&json)
+        } else {
+            Bytes::from(json)
+        }
+    }
+
+    /// The URL's host and port. `None` when a proxy is configured in the environment (reqwest
+    /// goes through it, so the upstream's own port says nothing).
+    fn probe_target(&self) -> Option<ProbeTarget> {
         let proxied = ["http_proxy", "https_proxy", "all_proxy"]
             .iter()
             .any(|name| {
@@ -162,14 +182,15 @@ impl HttpSender {
         })
     }
 
-    /// Whether bodies are gzipped.
-    pub fn gzip(&self) -> bool {
-        self.gzip
-    }
-
     /// POSTs the batch once and classifies what happened. Never panics, never returns an error:
     /// every failure is an [`Outcome`].
-    pub async fn attempt(&self, batch: &EncodedBatch) -> Attempt {
+    fn attempt<'a>(&'a self, batch: &'a EncodedBatch) -> BoxFuture<'a, Attempt> {
+        self.post(batch).boxed()
+    }
+}
+
+impl HttpSink {
+    async fn post(&self, batch: &EncodedBatch) -> Attempt {
         let mut request = self
             .client
             .post(self.url.clone())
@@ -190,7 +211,7 @@ impl HttpSender {
             Err(e) => {
                 // The URL may carry a secret in its query; the error text must not.
                 return Attempt {
-                    outcome: Outcome::from_transport_error(&e.without_url()),
+                    outcome: from_transport_error(&e.without_url()),
                     latency: None,
                 };
             }
@@ -206,9 +227,9 @@ impl HttpSender {
             // Read the (small) body so the connection goes back to the pool; a failure here
             // changes nothing, the server already said yes.
             let _ = drain(response, 64 * 1024).await;
-            Outcome::Delivered { status }
+            Outcome::Delivered
         } else if self.policy.retries(status) {
-            Outcome::from_status(&self.policy, status, retry_after, String::new)
+            from_status(&self.policy, status, retry_after, String::new)
         } else {
             let body = drain(response, MAX_REJECTION_BODY_BYTES)
                 .await
@@ -217,7 +238,7 @@ impl HttpSender {
             if body.len() >= MAX_REJECTION_BODY_BYTES {
                 text.push('…');
             }
-            Outcome::from_status(&self.policy, status, retry_after, || text)
+            from_status(&self.policy, status, retry_after, || text)
         };
         Attempt {
             outcome,
@@ -236,4 +257,99 @@ async fn drain(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>,
         }
     }
     Ok(body)
+}
+
+/// Classifies a response status. `retry_after` and `body` are only kept where they matter.
+fn from_status(
+    policy: &RetryPolicy,
+    status: u16,
+    retry_after: Option<Duration>,
+    body: impl FnOnce() -> String,
+) -> Outcome {
+    if (200..300).contains(&status) {
+        Outcome::Delivered
+    } else if policy.retries(status) {
+        Outcome::Retry {
+            reason: RetryReason::Answered(format!("HTTP {status}")),
+            retry_after,
+        }
+    } else {
+        Outcome::Refused {
+            answer: format!("HTTP {status}"),
+            detail: body(),
+        }
+    }
+}
+
+/// Classifies a failure below HTTP. All of them are retryable: the request may never have
+/// reached the server, and the cloud deduplicates if it did.
+fn from_transport_error(err: &reqwest::Error) -> Outcome {
+    let reason = if err.is_timeout() {
+        RetryReason::Timeout
+    } else if err.is_connect() {
+        RetryReason::Connect(error_chain(err))
+    } else {
+        RetryReason::Transport(error_chain(err))
+    };
+    Outcome::Retry {
+        reason,
+        retry_after: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(status: u16) -> Outcome {
+        from_status(&RetryPolicy::default(), status, None, || "body".into())
+    }
+
+    #[test]
+    fn any_2xx_is_delivered() {
+        for s in [200, 201, 202, 204, 299] {
+            assert_eq!(classify(s), Outcome::Delivered, "{s}");
+        }
+    }
+
+    #[test]
+    fn the_wire_contract_statuses_are_retried() {
+        for s in [408, 429, 500, 502, 503, 504, 599] {
+            assert_eq!(
+                classify(s),
+                Outcome::Retry {
+                    reason: RetryReason::Answered(format!("HTTP {s}")),
+                    retry_after: None
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn other_4xx_are_refused_with_their_body() {
+        for s in [400, 401, 403, 404, 409, 413, 422] {
+            assert_eq!(
+                classify(s),
+                Outcome::Refused {
+                    answer: format!("HTTP {s}"),
+                    detail: "body".into()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_custom_policy_retries_only_what_it_lists() {
+        let policy = RetryPolicy::new([503, 401, 9999], false);
+        assert!(policy.retries(503));
+        assert!(policy.retries(401));
+        assert!(!policy.retries(500));
+        assert!(!policy.retries(429));
+        assert!(policy.retries(302), "3xx is never a verdict on the batch");
+        assert_eq!(policy.statuses(), vec![401, 503]);
+        assert!(matches!(
+            from_status(&policy, 500, None, String::new),
+            Outcome::Refused { .. }
+        ));
+    }
 }
