@@ -17,7 +17,10 @@ use crate::health::{self, BufferHealth};
 use crate::keys;
 use crate::options::{BufferOptions, WhenFull};
 use crate::record::{Lane, Record, Stored};
-use crate::stats::{BufferStats, DeadKindStats, DeadLetterStats, LaneStats, MovedAside};
+use crate::stats::{
+    BufferStats, ConsumerLaneStats, ConsumerStats, DeadKindStats, DeadLetterStats, LaneStats,
+    MovedAside,
+};
 use crate::watermark::{self, Loaded, Watermark};
 
 /// Handle on the durable queue. Cheap to clone; every clone talks to the same database.
@@ -70,6 +73,8 @@ pub(crate) struct State {
     pub(crate) lanes: [LaneState; 2],
     /// consumer -> acked seq per lane.
     cursors: HashMap<String, [Option<u64>; 2]>,
+    /// consumer -> what eviction took from it, per lane (only lanes it reads are ever counted).
+    views: HashMap<String, [ConsumerView; 2]>,
     pub(crate) dead: DeadState,
     pub(crate) compressor: flate2::Compress,
     moved_aside: u64,
@@ -93,14 +98,32 @@ pub(crate) struct LaneState {
     expired: u64,
     undecodable: u64,
     requeued: u64,
-    /// Highest seq `read` handed to the accounting consumer (see [`Inner::accounting_consumer`]);
-    /// starts at its acked cursor.
+}
+
+/// One consumer's view of what eviction took from one lane.
+#[derive(Debug, Default)]
+pub(crate) struct ConsumerView {
+    /// Highest seq `read` handed to the consumer; counts from its acked cursor.
     handed: u64,
-    /// Records evicted (quota or expiry) after they were handed to the accounting consumer and
-    /// before it acked them: the consumer may still deliver them (then they are its delivered
-    /// records) or shed them ([`Buffer::shed_evicted`], then they are counted here under their
-    /// reason). Bounded by what the consumer holds un-acked (a few batches for the forwarder).
+    /// Records evicted (quota or expiry) after they were handed to the consumer and before it
+    /// acked them: the consumer may still deliver them (then they are its delivered records) or
+    /// shed them ([`Buffer::shed_evicted`], then they are counted under their reason). Bounded by
+    /// what the consumer holds un-acked (a few batches for a forwarder).
     in_hand_evicted: BTreeMap<u64, Removal>,
+    /// Records evicted by the quota before the consumer had them, or shed by it.
+    dropped_quota: u64,
+    /// The same, by `max_age_s`.
+    expired: u64,
+}
+
+impl ConsumerView {
+    /// Counts one record this consumer lost, under `why`.
+    fn count(&mut self, why: Removal) {
+        match why {
+            Removal::Expired => self.expired += 1,
+            Removal::Quota | Removal::Acked => self.dropped_quota += 1,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -208,6 +231,11 @@ impl Buffer {
                 .consumers
                 .iter()
                 .map(|c| (c.clone(), [None, None]))
+                .collect(),
+            views: opts
+                .consumers
+                .iter()
+                .map(|c| (c.clone(), Default::default()))
                 .collect(),
             dead: DeadState::default(),
             compressor: block::new_compressor(),
@@ -358,21 +386,23 @@ impl Buffer {
 
     /// Makes what `read` found the consumer's, atomically with respect to eviction: records
     /// evicted while they were being decoded are withheld (eviction, which saw them un-handed,
-    /// counted them as dropped), and the accounting consumer's handed mark moves over the rest
-    /// (so from now on eviction leaves them to the consumer to deliver or shed). Nothing but
-    /// eviction and expiry removes a record above the consumer's ack cursor, and both take the
-    /// lane's oldest blocks first, so "evicted" is exactly "below the lane's oldest stored seq".
+    /// counted them as dropped for this consumer), and the consumer's handed mark moves over the
+    /// rest (so from now on eviction leaves them to the consumer to deliver or shed). Nothing
+    /// but eviction and expiry removes a record above the consumer's ack cursor, and both take
+    /// the lane's oldest blocks first, so "evicted" is exactly "below the lane's oldest stored
+    /// seq".
     fn hand_over(&self, consumer: &str, lane: Lane, out: &mut Vec<Stored>) {
         if out.is_empty() {
             return;
         }
-        let accounting = self.inner.accounting_consumer() == consumer;
         let mut st = self.inner.lock();
-        let ls = &mut st.lanes[lane.index()];
-        let oldest = ls.front.map(|(first, _)| first);
+        let oldest = st.lanes[lane.index()].front.map(|(first, _)| first);
         out.retain(|s| oldest.is_some_and(|o| s.seq >= o));
-        if accounting && let Some(last) = out.last() {
-            ls.handed = ls.handed.max(last.seq);
+        if let Some(last) = out.last()
+            && let Some(view) = st.views.get_mut(consumer)
+        {
+            let view = &mut view[lane.index()];
+            view.handed = view.handed.max(last.seq);
         }
     }
 
@@ -383,9 +413,9 @@ impl Buffer {
     /// (here, when the consumer sheds it), never both. Records the consumer had not been handed
     /// when evicted were counted at eviction.
     ///
-    /// Only the accounting consumer's sheds are counted (the first consumer that reads every
-    /// lane; the forwarder in the gateway); for another consumer the evicted seqs are returned
-    /// uncounted.
+    /// Each consumer's losses are counted in its own [`ConsumerStats`]; the lane counters
+    /// ([`LaneStats::dropped_quota`], [`LaneStats::expired`]) take the accounting consumer's
+    /// (the first consumer that reads every lane; the `[upstream]` forwarder in the gateway).
     pub fn shed_evicted(
         &self,
         consumer: &str,
@@ -394,24 +424,22 @@ impl Buffer {
     ) -> Result<Vec<u64>, BufferError> {
         let accounting = self.inner.accounting_consumer() == consumer;
         let mut st = self.inner.lock();
-        if !st.cursors.contains_key(consumer) {
-            return Err(BufferError::UnknownConsumer(consumer.to_string()));
-        }
-        let ls = &mut st.lanes[lane.index()];
-        if !accounting {
-            let oldest = ls.front.map(|(first, _)| first);
-            return Ok(seqs
-                .iter()
-                .copied()
-                .filter(|s| oldest.is_none_or(|o| *s < o))
-                .collect());
-        }
+        let State { views, lanes, .. } = &mut *st;
+        let view = &mut views
+            .get_mut(consumer)
+            .ok_or_else(|| BufferError::UnknownConsumer(consumer.to_string()))?[lane.index()];
+        let ls = &mut lanes[lane.index()];
         let mut shed = Vec::new();
         for &seq in seqs {
-            match ls.in_hand_evicted.remove(&seq) {
-                Some(Removal::Expired) => ls.expired += 1,
-                Some(_) => ls.dropped_quota += 1,
-                None => continue,
+            let Some(why) = view.in_hand_evicted.remove(&seq) else {
+                continue;
+            };
+            view.count(why);
+            if accounting {
+                match why {
+                    Removal::Expired => ls.expired += 1,
+                    Removal::Quota | Removal::Acked => ls.dropped_quota += 1,
+                }
             }
             shed.push(seq);
         }
@@ -440,11 +468,11 @@ impl Buffer {
             return Ok(());
         }
         *slot = Some(up);
-        if inner.accounting_consumer() == consumer {
+        if let Some(view) = st.views.get_mut(consumer) {
             // Evicted records it held up to here were delivered (or parked) by it: theirs.
-            let ls = &mut st.lanes[lane.index()];
-            ls.in_hand_evicted = ls.in_hand_evicted.split_off(&up.saturating_add(1));
-            ls.handed = ls.handed.max(up);
+            let view = &mut view[lane.index()];
+            view.in_hand_evicted = view.in_hand_evicted.split_off(&up.saturating_add(1));
+            view.handed = view.handed.max(up);
         }
         // While the database refuses writes the cursor moves in memory only (see `health.rs`).
         if inner.is_failed() {
@@ -502,7 +530,10 @@ impl Buffer {
                 expired: s.expired,
                 undecodable: s.undecodable,
                 requeued: s.requeued,
-                evicted_in_flight: s.in_hand_evicted.len() as u64,
+                evicted_in_flight: st
+                    .views
+                    .get(self.inner.accounting_consumer())
+                    .map_or(0, |v| v[l.index()].in_hand_evicted.len() as u64),
             }
         };
         BufferStats {
@@ -532,6 +563,25 @@ impl Buffer {
             commits: self.inner.commits.load(Ordering::Relaxed),
             write_errors: self.inner.write_errors.load(Ordering::Relaxed),
         }
+    }
+
+    /// What eviction took from `consumer` (see [`ConsumerStats`]); `None` for an unknown
+    /// consumer. From memory.
+    pub fn consumer_stats(&self, consumer: &str) -> Option<ConsumerStats> {
+        let st = self.inner.lock();
+        let view = st.views.get(consumer)?;
+        let lane = |l: Lane| {
+            let v = &view[l.index()];
+            ConsumerLaneStats {
+                dropped_quota: v.dropped_quota,
+                expired: v.expired,
+                evicted_in_flight: v.in_hand_evicted.len() as u64,
+            }
+        };
+        Some(ConsumerStats {
+            alarms: lane(Lane::Alarms),
+            readings: lane(Lane::Readings),
+        })
     }
 
     /// The databases moved aside in this buffer's directory that are still on disk, by this
@@ -1101,14 +1151,12 @@ impl Inner {
         Ok(())
     }
 
-    /// The lowest ack over the consumers that read `lane` (alarms-only consumers do not hold
-    /// back the readings lane).
+    /// The lowest ack over the consumers that read `lane` (a consumer of one lane does not
+    /// hold back the other).
     fn min_cursor(&self, st: &State, lane: Lane) -> u64 {
         st.cursors
             .iter()
-            .filter(|(name, _)| {
-                lane == Lane::Alarms || !self.opts.alarms_only_consumers.contains(name)
-            })
+            .filter(|(name, _)| self.opts.reads(name, lane))
             .map(|(_, c)| c[lane.index()].unwrap_or(0))
             .min()
             .unwrap_or(0)
@@ -1266,83 +1314,118 @@ impl Inner {
     }
 
     /// The consumer whose view the lane counters (`dropped_quota`, `expired`) take: the first
-    /// of [`BufferOptions::consumers`] that reads every lane (validation guarantees one). A
-    /// record evicted before it was handed to this consumer is counted at eviction; one evicted
-    /// while this consumer held it is left to the consumer ([`Buffer::shed_evicted`]).
+    /// of [`BufferOptions::consumers`] that reads every lane (validation guarantees one). Every
+    /// consumer also has its own counts ([`Buffer::consumer_stats`]).
     pub(crate) fn accounting_consumer(&self) -> &str {
         self.opts
             .consumers
             .iter()
-            .find(|c| !self.opts.alarms_only_consumers.contains(c))
+            .find(|c| Lane::ALL.iter().all(|l| self.opts.reads(c, *l)))
             .map_or("", String::as_str)
     }
 
-    /// How the un-acked records of the front block `(first, h)`, removed for `why`, are
-    /// counted: returns (counted now, seqs the accounting consumer holds). Records every
-    /// consumer acked, or the accounting consumer acked (delivered; a slower alarms-only
-    /// consumer still owed them), count nowhere.
+    /// How each consumer that reads `lane` counts the records of the front block `(first, h)`
+    /// when eviction removes it: (consumer, records it loses now because it was never handed
+    /// them, seqs it was handed and has not acked). Records a consumer acked count nowhere for
+    /// it.
     fn split_evicted(
         &self,
         st: &State,
         lane: Lane,
         first: u64,
         h: &BlockHeader,
-    ) -> Result<(u64, Vec<u64>), BufferError> {
-        let ls = &st.lanes[lane.index()];
-        let acc_acked = st
+    ) -> Result<Vec<(String, u64, Vec<u64>)>, BufferError> {
+        let unacked_by_all = u64::from(h.count) - st.lanes[lane.index()].acked_in_front;
+        let readers: Vec<(&String, u64, u64)> = st
             .cursors
-            .get(self.accounting_consumer())
-            .and_then(|c| c[lane.index()])
-            .unwrap_or(0);
-        let handed = ls.handed.max(acc_acked);
-        if handed < first {
-            return Ok((u64::from(h.count) - ls.acked_in_front, Vec::new()));
-        }
-        let min = self.min_cursor(st, lane);
-        let Some(v) = self.lanes[lane.index()].get(keys::block_key(first))? else {
-            return Ok((u64::from(h.count) - ls.acked_in_front, Vec::new()));
+            .iter()
+            .filter(|(name, _)| self.opts.reads(name, lane))
+            .map(|(name, cursor)| {
+                let acked = cursor[lane.index()].unwrap_or(0);
+                let handed = st
+                    .views
+                    .get(name)
+                    .map_or(0, |v| v[lane.index()].handed)
+                    .max(acked);
+                (name, acked, handed)
+            })
+            .collect();
+        // Only a consumer that acked or was handed part of the block needs its seqs.
+        let entries = if readers.iter().any(|(_, _, handed)| *handed >= first) {
+            self.lanes[lane.index()]
+                .get(keys::block_key(first))?
+                .and_then(|v| block::decode(first, &v).ok())
+        } else {
+            None
         };
-        let Ok(entries) = block::decode(first, &v) else {
-            return Ok((u64::from(h.count) - ls.acked_in_front, Vec::new()));
-        };
-        let mut now = 0;
-        let mut in_hand = Vec::new();
-        for (seq, _, _) in entries {
-            if seq <= min || seq <= acc_acked {
-                continue;
-            }
-            if seq > handed {
-                now += 1;
-            } else {
-                in_hand.push(seq);
-            }
-        }
-        Ok((now, in_hand))
+        Ok(readers
+            .into_iter()
+            .map(|(name, acked, handed)| {
+                let Some(entries) = entries.as_ref().filter(|_| handed >= first) else {
+                    // Never handed any of it (or it no longer decodes): all it had not acked
+                    // is lost to it now.
+                    let now = if acked >= h.last_seq {
+                        0
+                    } else {
+                        unacked_by_all
+                    };
+                    return (name.clone(), now, Vec::new());
+                };
+                let mut now = 0;
+                let mut in_hand = Vec::new();
+                for (seq, _, _) in entries {
+                    if *seq <= acked {
+                        continue;
+                    }
+                    if *seq > handed {
+                        now += 1;
+                    } else {
+                        in_hand.push(*seq);
+                    }
+                }
+                (name.clone(), now, in_hand)
+            })
+            .collect())
     }
 
-    /// Delete the front block, counting its un-acked records under `why` (see
-    /// [`Inner::split_evicted`]). Returns how many un-acked records it held.
+    /// Delete the front block, counting its un-acked records under `why` for each consumer (see
+    /// [`Inner::split_evicted`]). Returns how many records not every consumer had acked it
+    /// held.
     fn remove_front(&self, st: &mut State, lane: Lane, why: Removal) -> Result<u64, BufferError> {
         let Some((first, h)) = st.lanes[lane.index()].front else {
             return Ok(0);
         };
-        let (lost, in_hand) = match why {
-            Removal::Acked => (0, Vec::new()),
+        let losses = match why {
+            Removal::Acked => Vec::new(),
             Removal::Quota | Removal::Expired => self.split_evicted(st, lane, first, &h)?,
         };
         let mut batch = sled::Batch::default();
         batch.remove(&keys::header_key(first));
         batch.remove(&keys::block_key(first));
         self.lanes[lane.index()].apply_batch(batch)?;
-        let ls = &mut st.lanes[lane.index()];
+        let accounting = self.accounting_consumer();
+        let State { lanes, views, .. } = st;
+        let ls = &mut lanes[lane.index()];
         let unacked = u64::from(h.count) - ls.acked_in_front;
-        match why {
-            Removal::Acked => {}
-            Removal::Quota => ls.dropped_quota += lost,
-            Removal::Expired => ls.expired += lost,
+        for (name, now, in_hand) in losses {
+            if name == accounting {
+                match why {
+                    Removal::Acked => {}
+                    Removal::Quota => ls.dropped_quota += now,
+                    Removal::Expired => ls.expired += now,
+                }
+            }
+            if let Some(view) = views.get_mut(&name) {
+                let view = &mut view[lane.index()];
+                match why {
+                    Removal::Acked => {}
+                    Removal::Quota => view.dropped_quota += now,
+                    Removal::Expired => view.expired += now,
+                }
+                view.in_hand_evicted
+                    .extend(in_hand.into_iter().map(|seq| (seq, why)));
+            }
         }
-        ls.in_hand_evicted
-            .extend(in_hand.into_iter().map(|seq| (seq, why)));
         ls.stored_records -= u64::from(h.count);
         ls.bytes -= u64::from(h.stored_bytes);
         ls.blocks -= 1;

@@ -37,6 +37,13 @@
 //!   `appended = records + dropped + expired + undecodable + evicted_in_flight + acked by the
 //!   consumer` ([`LaneStats::evicted_in_flight`]). The alarms lane has its own quota; readings
 //!   never evict alarms.
+//! - **A cursor per consumer, losses per consumer.** Each consumer (one per sink in the
+//!   gateway) reads, sheds and acks on its own; a block leaves once every consumer that reads
+//!   its lane acked it ([`BufferOptions::alarms_only_consumers`],
+//!   [`BufferOptions::readings_only_consumers`]). The same identity holds for every consumer
+//!   with its own counts ([`Buffer::consumer_stats`]): `appended = stored and not acked by it +
+//!   its dropped + its expired + its evicted_in_flight + acked by it`. The lane counters above
+//!   are the accounting consumer's view.
 //! - **Every block opens.** A block holds ≤ 16 KiB of records or one larger record alone, and
 //!   a record is at most [`MAX_RECORD_BYTES`] ([`Buffer::append`] refuses larger ones with
 //!   [`AppendError::RecordTooLarge`]), so the reader's cap covers every block the writer builds.
@@ -154,7 +161,10 @@ pub use error::{AppendError, BufferError};
 pub use health::{BufferHealth, PROBE_BYTES, PROBE_FILE_NAME, PROBE_INTERVAL};
 pub use options::{BufferOptions, Clock, ManualClock, SystemClock, WhenFull};
 pub use record::{AlarmEvent, AlarmState, Lane, Reading, Record, Severity, Source, Stored};
-pub use stats::{BufferStats, DeadKindStats, DeadLetterStats, LaneStats, MovedAside};
+pub use stats::{
+    BufferStats, ConsumerLaneStats, ConsumerStats, DeadKindStats, DeadLetterStats, LaneStats,
+    MovedAside,
+};
 
 /// Name of the sled directory inside [`BufferOptions::dir`].
 pub const DB_DIR_NAME: &str = keys::DB_DIR_NAME;

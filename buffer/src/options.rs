@@ -101,6 +101,8 @@ pub struct BufferOptions {
     /// Those of `consumers` that read only the alarms lane: their acks gate deletion there, and
     /// the readings lane does not wait for them. Default none.
     pub alarms_only_consumers: Vec<String>,
+    /// Those of `consumers` that read only the readings lane, the same way round. Default none.
+    pub readings_only_consumers: Vec<String>,
     /// Source of wall-clock time. Default [`SystemClock`].
     pub clock: Arc<dyn Clock>,
 }
@@ -122,8 +124,19 @@ impl BufferOptions {
             refused_dead_letter_max_bytes: 4 * 1024 * 1024,
             consumers: vec!["forwarder".to_string()],
             alarms_only_consumers: Vec::new(),
+            readings_only_consumers: Vec::new(),
             clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Whether `consumer` reads `lane` (it is one of [`BufferOptions::consumers`] and not
+    /// limited to the other lane).
+    pub fn reads(&self, consumer: &str, lane: Lane) -> bool {
+        let only_other = match lane {
+            Lane::Alarms => &self.readings_only_consumers,
+            Lane::Readings => &self.alarms_only_consumers,
+        };
+        self.consumers.iter().any(|c| c == consumer) && !only_other.iter().any(|c| c == consumer)
     }
 
     /// The byte quota of `lane`.
@@ -196,6 +209,26 @@ impl BufferOptions {
             return bad(
                 "alarms_only_consumers",
                 "some consumer must read the readings lane, or no reading would ever be deleted",
+            );
+        }
+        if let Some(c) = self
+            .readings_only_consumers
+            .iter()
+            .find(|c| !self.consumers.contains(c) || self.alarms_only_consumers.contains(c))
+        {
+            return bad(
+                "readings_only_consumers",
+                &format!("`{c}` is not one of `consumers`, or also reads only the alarms lane"),
+            );
+        }
+        if !self
+            .consumers
+            .iter()
+            .any(|c| Lane::ALL.iter().all(|l| self.reads(c, *l)))
+        {
+            return bad(
+                "readings_only_consumers",
+                "some consumer must read both lanes: the lane counters take its view",
             );
         }
         Ok(())

@@ -46,6 +46,39 @@ impl LaneStats {
     }
 }
 
+/// What eviction took from one consumer in one lane, since open: records removed by the quota
+/// or by `max_age_s` before the consumer acked them, and not delivered by it afterwards. A
+/// consumer that keeps up loses nothing; a slow or down one loses what the quota evicts before
+/// it had it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerLaneStats {
+    /// Records evicted by the byte quota (`drop_oldest`).
+    pub dropped_quota: u64,
+    /// Records deleted by `max_age_s`.
+    pub expired: u64,
+    /// Records evicted while the consumer held them un-acked (gauge): it delivers or sheds them.
+    pub evicted_in_flight: u64,
+}
+
+/// One consumer's losses, per lane ([`crate::Buffer::consumer_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerStats {
+    /// The alarms lane (zero for a consumer that does not read it).
+    pub alarms: ConsumerLaneStats,
+    /// The readings lane (zero for a consumer that does not read it).
+    pub readings: ConsumerLaneStats,
+}
+
+impl ConsumerStats {
+    /// One lane.
+    pub fn lane(&self, lane: Lane) -> &ConsumerLaneStats {
+        match lane {
+            Lane::Alarms => &self.alarms,
+            Lane::Readings => &self.readings,
+        }
+    }
+}
+
 /// The dead-letter store (both kinds summed, and each kind).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeadLetterStats {
