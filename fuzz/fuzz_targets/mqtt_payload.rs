@@ -3,7 +3,7 @@
 //! value, a timestamp within the bounds of the clock.
 #![no_main]
 
-use gateway::decode::{IdKind, IngestRules, MqttDecoder};
+use gateway::sources::decode::{IdKind, IngestRules, MqttDecoder};
 use gateway_config::IngestConfig;
 use libfuzzer_sys::fuzz_target;
 

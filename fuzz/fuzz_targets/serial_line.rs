@@ -2,8 +2,8 @@
 //! every reading passes the `[ingest]` rules of WIRE.md §1.
 #![no_main]
 
-use gateway::decode::{IdKind, IngestRules, SerialDecoder};
-use gateway::framing::{Frame, LineFramer};
+use gateway::sources::decode::{IdKind, IngestRules, SerialDecoder};
+use gateway::sources::framing::{Frame, LineFramer};
 use libfuzzer_sys::fuzz_target;
 
 const NOW: i64 = 1_764_081_600_000;

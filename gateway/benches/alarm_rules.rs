@@ -17,9 +17,9 @@
 //! number of readings per ingest run; default 200,000).
 
 use gateway::alarm::{Band, Condition, Engine, Rule};
-use gateway::decode::MqttDecoder;
-use gateway::metrics::IngestMetrics;
+use gateway::ops::metrics::IngestMetrics;
 use gateway::pipeline::Pipeline;
+use gateway::sources::decode::MqttDecoder;
 use gateway_buffer::{Buffer, BufferOptions, Reading, Severity, Source};
 use nix::sys::resource::{UsageWho, getrusage};
 use std::sync::Arc;

@@ -16,20 +16,11 @@
 //! - Serial lines have no acknowledgement: up to one commit interval of lines read from a port
 //!   can be lost in a crash.
 
-pub mod admin;
 pub mod alarm;
-pub mod app;
-pub mod broker;
-pub mod commands;
-pub mod decode;
-pub mod demo;
-pub mod framing;
-pub mod local_alarms;
-pub mod metrics;
-pub mod mqtt;
+pub mod ops;
 pub mod pipeline;
-pub mod sd_notify;
-pub mod serial;
-pub mod telemetry;
+pub mod sinks;
+pub mod sources;
+pub mod wiring;
 
-pub use app::{RunError, RunOptions, run};
+pub use wiring::{RunError, RunOptions, run};

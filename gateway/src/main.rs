@@ -3,8 +3,9 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use gateway::telemetry::{self, LogFormat};
-use gateway::{RunOptions, commands};
+use gateway::RunOptions;
+use gateway::ops::commands;
+use gateway::ops::telemetry::{self, LogFormat};
 use gateway_config::Config;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -4,9 +4,9 @@
 //! Sources call [`Pipeline::ingest`] and acknowledge their input only when it returns `Ok`.
 
 use crate::alarm::{self, ActiveAlarm, Engine, EngineStats, Rule, SHARDS, Snapshot};
-use crate::decode::Reject;
-use crate::metrics::IngestMetrics;
-use crate::telemetry::Throttle;
+use crate::ops::metrics::IngestMetrics;
+use crate::ops::telemetry::Throttle;
+use crate::sources::decode::Reject;
 use gateway_buffer::{
     AppendError, Appended, Buffer, DeadLetterInput, OnWait, Reading, Record, Source,
 };

@@ -3,7 +3,7 @@
 //! real HTTP client, the `prometheus-parse` crate for `/metrics`, and headless Chromium for the
 //! status page.
 
-use gateway::admin::Limits;
+use gateway::ops::admin::Limits;
 use gateway::{RunError, RunOptions};
 use gateway_config::Config;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -1010,10 +1010,14 @@ async fn serve_limited(
     limits: Limits,
 ) -> (SocketAddr, tokio_util::sync::CancellationToken) {
     let stop = tokio_util::sync::CancellationToken::new();
-    let addr =
-        gateway::admin::serve_with("127.0.0.1:0".parse().unwrap(), router, limits, stop.clone())
-            .await
-            .unwrap();
+    let addr = gateway::ops::admin::serve_with(
+        "127.0.0.1:0".parse().unwrap(),
+        router,
+        limits,
+        stop.clone(),
+    )
+    .await
+    .unwrap();
     (addr, stop)
 }
 

@@ -1,7 +1,7 @@
 //! Every payload form of WIRE.md §1 and line form of §2, the RFC 8428 §5.1 examples, a table of
 //! malformed inputs, and properties every reading out of a decoder has.
 
-use gateway::decode::{IngestRules, MqttDecoder, Reject, SerialDecoder, checksum_suffix};
+use gateway::sources::decode::{IngestRules, MqttDecoder, Reject, SerialDecoder, checksum_suffix};
 use gateway_buffer::{Reading, Source};
 use proptest::prelude::*;
 

@@ -426,7 +426,7 @@ async fn publishes_through_sigterm_and_restart_lose_nothing_acknowledged(broker:
     };
     // With mosquitto every acknowledged reading must arrive. The embedded broker acknowledges
     // devices itself and holds messages only in memory, so what it acknowledged between the
-    // end of the gateway's drain and the process exiting is lost (documented in broker.rs):
+    // end of the gateway's drain and the process exiting is lost (documented in sources/broker.rs):
     // there, what was acknowledged before SIGTERM and after the restart must arrive.
     let acked = match broker {
         BrokerKind::Mosquitto => acked,

@@ -1,7 +1,7 @@
 //! The log throttle: repeated failures cost one line per interval, and that line says how many
 //! were held back.
 
-use gateway::telemetry::Throttle;
+use gateway::ops::telemetry::Throttle;
 use std::time::{Duration, Instant};
 
 #[test]

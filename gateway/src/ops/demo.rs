@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use url::Url;
 
 /// Binds the receiver on the upstream URL's host and port and serves its path.
-pub async fn start(url: &Url) -> Result<SocketAddr, crate::app::RunError> {
+pub async fn start(url: &Url) -> Result<SocketAddr, crate::wiring::RunError> {
     let host = url.host_str().unwrap_or("127.0.0.1");
     let port = url.port_or_known_default().unwrap_or(80);
     let addr: SocketAddr = format!("{host}:{port}")
@@ -20,7 +20,7 @@ pub async fn start(url: &Url) -> Result<SocketAddr, crate::app::RunError> {
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], port)));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| crate::app::RunError::Listen {
+        .map_err(|source| crate::wiring::RunError::Listen {
             what: "demo receiver (upstream.url)",
             addr,
             source,

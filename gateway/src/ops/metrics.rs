@@ -3,7 +3,7 @@
 //! Plain atomics: every source bumps them on its hot path, and `/metrics` reads them without
 //! taking a lock that ingest would wait on.
 
-use crate::decode::Reject;
+use crate::sources::decode::Reject;
 use gateway_buffer::Source;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;

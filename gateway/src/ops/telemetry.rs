@@ -29,7 +29,7 @@ pub fn is_unsafe_char(c: char) -> bool {
 /// non-ASCII text included, is shown as is.
 ///
 /// ```
-/// use gateway::telemetry::Escaped;
+/// use gateway::ops::telemetry::Escaped;
 /// assert_eq!(Escaped("dev\n\u{1b}[31m").to_string(), "dev\\n\\u{1b}[31m");
 /// ```
 #[derive(Debug, Clone, Copy)]
@@ -199,7 +199,7 @@ pub fn init(format: LogFormat, default_filter: &str) {
 /// per interval instead of thousands per second. One `static` per call site:
 ///
 /// ```
-/// use gateway::telemetry::Throttle;
+/// use gateway::ops::telemetry::Throttle;
 /// use std::time::Duration;
 /// static PUBACK_FAILED: Throttle = Throttle::new(Duration::from_secs(10));
 /// if let Some(suppressed) = PUBACK_FAILED.allow() {

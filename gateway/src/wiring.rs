@@ -1,16 +1,19 @@
-//! `gateway run`: wires sources → alarm engine → buffer → forwarder as tasks under one
+//! `gateway run`: the one place that turns the config into components (buffer, pipeline,
+//! sources, sinks, ops), wires sources → alarm engine → buffer → forwarder as tasks under one
 //! cancellation protocol, and takes them down in the order that loses nothing.
 //!
 //! Shutdown order: stop the sources (they finish their appends and send those acks), then give
 //! the forwarder `shutdown_grace_s` to deliver what it has in flight, then let the committer
 //! commit anything still queued and flush the buffer.
 
-use crate::admin::{self, AdminState};
 use crate::alarm::{Band, Condition, Rule, RuleError};
-use crate::mqtt::MqttSettings;
+use crate::ops::admin::{self, AdminState};
+use crate::ops::{demo, metrics::IngestMetrics};
 use crate::pipeline::Pipeline;
-use crate::serial::SerialSettings;
-use crate::{broker, demo, local_alarms, metrics::IngestMetrics, mqtt, serial};
+use crate::sinks::local_alarms;
+use crate::sources::mqtt::{self, MqttSettings};
+use crate::sources::serial::{self, SerialSettings};
+use crate::sources::{broker, decode};
 use gateway_buffer::{Buffer, BufferHealth, BufferOptions, Severity, SystemClock};
 use gateway_config::{AlarmCondition, Config, MqttMode, Secret};
 use gateway_forwarder::{Forwarder, ForwarderOptions, RetryPolicy};
@@ -164,6 +167,7 @@ pub fn buffer_options(config: &Config) -> BufferOptions {
         refused_dead_letter_max_bytes: config.buffer.refused_dead_letter_max_bytes,
         consumers,
         alarms_only_consumers,
+        readings_only_consumers: Vec::new(),
         clock: Arc::new(SystemClock),
     }
 }
@@ -232,7 +236,7 @@ fn mqtt_settings(
         max_inflight: m.max_inflight,
         max_payload_bytes: m.max_payload_bytes,
         max_packet_bytes: m.max_packet_bytes,
-        rules: crate::decode::IngestRules::new(&config.ingest),
+        rules: decode::IngestRules::new(&config.ingest),
         keep_alive: Duration::from_secs(u64::from(m.keep_alive_s)),
         reconnect_max: Duration::from_millis(m.reconnect_max_ms),
         // Three quarters of the grace, at least 1 s: the rest is for the acks and the stop.
@@ -283,7 +287,7 @@ pub async fn run(
         })?;
     // The buffer is open: any panic from here on ends the process (when the binary installed
     // the hook), rather than leaving a task dead.
-    crate::telemetry::exit_on_panic();
+    crate::ops::telemetry::exit_on_panic();
     let (pipeline, metrics) = pipeline_from_config(&config, &buffer)?;
 
     // Tokens in shutdown order: sources first, then the forwarder and sinks, the committer last.
@@ -384,7 +388,7 @@ pub async fn run(
             baud: port.baud,
             device: port.device.clone(),
             max_line_bytes: port.max_line_bytes,
-            rules: crate::decode::IngestRules::new(&config.ingest),
+            rules: decode::IngestRules::new(&config.ingest),
             reopen_max: Duration::from_millis(port.reopen_max_ms),
         };
         source_tasks.spawn(serial::run(settings, pipeline.clone(), sources.clone()));
@@ -418,9 +422,9 @@ pub async fn run(
     let admin_addr = admin::serve(config.admin.listen, admin_state.clone(), sinks.clone()).await?;
     tracing::info!(gateway_id = %config.gateway_id, admin = %admin_addr, data_dir = %config.data_dir.display(), "gateway running");
 
-    crate::sd_notify::notify("READY=1");
+    crate::ops::sd_notify::notify("READY=1");
     // Under systemd's watchdog, ping from this loop: a wedged runtime stops the pings.
-    let mut watchdog = crate::sd_notify::watchdog_interval().map(tokio::time::interval);
+    let mut watchdog = crate::ops::sd_notify::watchdog_interval().map(tokio::time::interval);
 
     // Wait for the end, reloading rules on request meanwhile.
     tokio::pin!(shutdown);
@@ -429,7 +433,7 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break None,
             _ = async { match watchdog.as_mut() { Some(w) => w.tick().await, None => std::future::pending().await } } => {
-                crate::sd_notify::notify("WATCHDOG=1");
+                crate::ops::sd_notify::notify("WATCHDOG=1");
             }
             Some(e) = fatal_rx.recv() => break Some(e),
             Some(()) = async { match reload.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
@@ -444,7 +448,7 @@ pub async fn run(
         tracing::error!(error = %e, "stopping after a failure");
     }
 
-    crate::sd_notify::notify("STOPPING=1");
+    crate::ops::sd_notify::notify("STOPPING=1");
     tracing::info!("stopping: sources first");
     // One deadline for the whole stop, so the process ends within `shutdown_grace_s` (plus the
     // final commit and flush, which are short and must not be cut).

@@ -30,7 +30,7 @@
 //!   alias, and the broker then forwards to us a packet that carries the whole topic.
 //! - A message over `mqtt.max_payload_bytes` but within that packet limit is read, rejected as
 //!   `too_large` (counted), dead-lettered with only its first
-//!   [`TOO_LARGE_EXCERPT_BYTES`](crate::decode::TOO_LARGE_EXCERPT_BYTES) bytes, and acknowledged
+//!   [`TOO_LARGE_EXCERPT_BYTES`](crate::sources::decode::TOO_LARGE_EXCERPT_BYTES) bytes, and acknowledged
 //!   like any other rejected message, so it never comes back.
 //! - A device sending a packet over the broker's limit is disconnected by the broker (mosquitto's
 //!   behaviour for `max_packet_size`): its message never enters our queue, and the gateway's
@@ -46,10 +46,10 @@
 //! `max_inflight` unacknowledged messages, so raw payloads in memory stay within about ten times
 //! `max_packet_bytes` however large or many the messages are.
 
-use crate::decode::{IngestRules, MqttDecoder};
-use crate::metrics::IngestMetrics;
+use crate::ops::metrics::IngestMetrics;
+use crate::ops::telemetry::Throttle;
 use crate::pipeline::{IngestError, Pipeline};
-use crate::telemetry::Throttle;
+use crate::sources::decode::{IngestRules, MqttDecoder};
 use futures::FutureExt;
 use futures::stream::{FuturesOrdered, StreamExt};
 use gateway_buffer::{Reading, Source};

@@ -20,7 +20,7 @@
 //! or the reading is `bad_ts`. Any arithmetic on values (SenML `bv + v`) that is not finite is
 //! `bad_value`.
 
-use crate::telemetry::is_unsafe_char;
+use crate::ops::telemetry::is_unsafe_char;
 use gateway_buffer::{Reading, Source};
 use serde_json::{Map, Value};
 use std::fmt;

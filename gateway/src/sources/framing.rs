@@ -4,7 +4,7 @@
 //! Lines end in `\n`; a trailing `\r` is stripped. A line longer than the limit is reported once
 //! and everything up to the next `\n` is skipped: reading resynchronises on the next line.
 
-use crate::decode::Reject;
+use crate::sources::decode::Reject;
 
 /// What one call to [`LineFramer::push`] produced, in order.
 #[derive(Debug, PartialEq, Eq)]

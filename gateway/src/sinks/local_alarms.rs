@@ -29,9 +29,9 @@
 //!
 //! The decisions are in [`Outbox`], a pure state machine; [`run`] does the I/O.
 
-use crate::metrics::IngestMetrics;
-use crate::mqtt::MqttSettings;
-use crate::telemetry::Throttle;
+use crate::ops::metrics::IngestMetrics;
+use crate::ops::telemetry::Throttle;
+use crate::sources::mqtt::MqttSettings;
 use gateway_buffer::{AlarmState, Buffer, Lane, Record, Stored};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::sync::Arc;

@@ -28,8 +28,8 @@
 //! Not promised: fairness between clients beyond the backlog's order, TLS (put a reverse proxy
 //! in front for that), HTTP/2.
 
-use crate::app::rules_from_config;
 use crate::pipeline::Pipeline;
+use crate::wiring::rules_from_config;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -428,7 +428,7 @@ pub async fn render_metrics(state: &AdminState) -> String {
     );
     let ack = m.ack_latency();
     // A histogram through `family`: each sample's "labels" carry the series suffix too.
-    let mut samples: Vec<(String, f64)> = crate::metrics::ACK_LATENCY_BUCKETS_S
+    let mut samples: Vec<(String, f64)> = crate::ops::metrics::ACK_LATENCY_BUCKETS_S
         .iter()
         .map(|b| format!("_bucket{{le=\"{b}\"}}"))
         .chain(["_bucket{le=\"+Inf\"}".to_owned()])
@@ -712,7 +712,7 @@ pub async fn serve(
     listen: SocketAddr,
     state: AdminState,
     stop: CancellationToken,
-) -> Result<SocketAddr, crate::app::RunError> {
+) -> Result<SocketAddr, crate::wiring::RunError> {
     serve_with(listen, router(state), Limits::default(), stop).await
 }
 
@@ -724,11 +724,11 @@ pub async fn serve_with(
     app: Router,
     limits: Limits,
     stop: CancellationToken,
-) -> Result<SocketAddr, crate::app::RunError> {
+) -> Result<SocketAddr, crate::wiring::RunError> {
     let listener =
         TcpListener::bind(listen)
             .await
-            .map_err(|source| crate::app::RunError::Listen {
+            .map_err(|source| crate::wiring::RunError::Listen {
                 what: "admin.listen",
                 addr: listen,
                 source,

@@ -5,10 +5,10 @@
 //! interval of lines) is lost. A port that disappears, errors or reaches EOF is reopened with
 //! capped backoff; a line cut short by that is counted as `partial_line`.
 
-use crate::decode::{IngestRules, SerialDecoder};
-use crate::framing::{Frame, LineFramer};
+use crate::ops::telemetry::Throttle;
 use crate::pipeline::{IngestError, Pipeline};
-use crate::telemetry::Throttle;
+use crate::sources::decode::{IngestRules, SerialDecoder};
+use crate::sources::framing::{Frame, LineFramer};
 use futures::stream::{FuturesUnordered, StreamExt};
 use gateway_buffer::Source;
 use std::path::PathBuf;

@@ -3,9 +3,9 @@
 //! Both print what devices sent (ids, topics, payload excerpts): every such text goes through
 //! [`Escaped`], so a control character in it cannot forge an output line or drive the terminal.
 
-use crate::app::{buffer_options, pipeline_from_config};
-use crate::decode::{IngestRules, MqttDecoder, SerialDecoder};
-use crate::telemetry::Escaped;
+use crate::ops::telemetry::Escaped;
+use crate::sources::decode::{IngestRules, MqttDecoder, SerialDecoder};
+use crate::wiring::{buffer_options, pipeline_from_config};
 use gateway_buffer::{Buffer, DeadPayload, Source};
 use gateway_config::Config;
 use serde_json::Value;
@@ -292,7 +292,7 @@ fn iso(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::is_unsafe_char;
+    use crate::ops::telemetry::is_unsafe_char;
     use serde_json::json;
 
     const HOSTILE: &str = "dev\n2026-01-01T00:00:00Z INFO forged \u{1b}[31mred\u{7}";

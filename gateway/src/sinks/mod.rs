@@ -1,0 +1,25 @@
+//! Sinks: what takes durable records and alarm events out of the buffer and delivers them
+//! somewhere.
+//!
+//! # What a sink is here
+//! - **It reads only what is durable.** A sink is a consumer of the buffer with a cursor of its
+//!   own (its `CONSUMER` name, registered when the buffer is opened), reading one lane or both;
+//!   it never sees a record before the record is fsynced.
+//! - **It acknowledges only once delivered.** A record is acked to the buffer after its
+//!   destination took it, or after it was counted (and, where it can be, set aside as a dead
+//!   letter) because no destination ever will; so a restart or an outage repeats records and
+//!   never skips one.
+//! - **It never holds back the others.** Each sink has its own cursor, and one record that
+//!   cannot be delivered must not stop its cursor: the buffer keeps a record until every
+//!   consumer acked it, and with `buffer.when_full = "block"` a stuck cursor would in the end
+//!   stop ingest.
+//! - **It stops on the token,** after the sources: what it has not acked is read again on the
+//!   next start.
+//!
+//! The local alarm topics on the gateway's own broker ([`local_alarms`]) are the sink that lives
+//! in this crate. The upstream sinks (batches to the cloud, retries, dead letters of refused
+//! batches) live in the `gateway-forwarder` crate; `crate::wiring` builds its
+//! [`Forwarder`](gateway_forwarder::Forwarder) from `[upstream]` and runs its driver beside
+//! these.
+
+pub mod local_alarms;
