@@ -105,3 +105,48 @@ pub const ADMIN_LISTEN: &str = "127.0.0.1:9100";
 pub const ALARM_GLOB: &str = "*";
 /// `alarm[].for_s` and `alarm[].clear_for_s`.
 pub const ALARM_FOR_S: u64 = 0;
+
+/// `upstream.*` forwarding keys, as one value (see [`crate::ForwardingConfig`]).
+pub const UPSTREAM_FORWARDING: crate::ForwardingConfig = crate::ForwardingConfig {
+    batch_max_records: UPSTREAM_BATCH_MAX_RECORDS,
+    batch_max_bytes: UPSTREAM_BATCH_MAX_BYTES,
+    linger_ms: UPSTREAM_LINGER_MS,
+    timeout_ms: UPSTREAM_TIMEOUT_MS,
+    retry_initial_ms: UPSTREAM_RETRY_INITIAL_MS,
+    retry_max_ms: UPSTREAM_RETRY_MAX_MS,
+    max_in_flight: UPSTREAM_MAX_IN_FLIGHT,
+};
+
+/// The `sink[].kind` values this build supports.
+pub const SINK_KINDS: &[&str] = &["mqtt"];
+/// Longest `sink[].name`, in bytes: it is a buffer consumer name and a Prometheus label value.
+pub const SINK_NAME_MAX_BYTES: usize = 32;
+/// `sink[].name` values taken by the gateway's own buffer consumers: `"upstream"` is the
+/// `[upstream]` HTTP sink (`gateway_forwarder::CONSUMER`), `"local-alarms"` the local alarm
+/// publisher (`gateway::sinks::local_alarms::CONSUMER`).
+pub const SINK_RESERVED_NAMES: &[&str] = &["upstream", "local-alarms"];
+/// `sink[].lanes`: both lanes.
+pub const SINK_LANES: &[&str] = &["readings", "alarms"];
+
+/// Longest `sink[].client_id` of an MQTT sink, in bytes (AWS IoT Core's limit).
+pub const MQTT_SINK_CLIENT_ID_MAX_BYTES: usize = 128;
+/// `sink[].keep_alive_s` of an MQTT sink.
+pub const MQTT_SINK_KEEP_ALIVE_S: u16 = 30;
+/// Smallest `sink[].keep_alive_s` of an MQTT sink.
+pub const MQTT_SINK_KEEP_ALIVE_MIN_S: u16 = 5;
+/// Largest `sink[].keep_alive_s` of an MQTT sink (one hour).
+pub const MQTT_SINK_KEEP_ALIVE_MAX_S: u16 = 3600;
+/// `sink[].max_message_bytes` of an MQTT sink (128 KiB): AWS IoT Core's message size limit.
+pub const MQTT_SINK_MAX_MESSAGE_BYTES: usize = 131_072;
+/// Smallest `sink[].max_message_bytes` of an MQTT sink.
+pub const MQTT_SINK_MAX_MESSAGE_BYTES_MIN: usize = 1024;
+/// Largest `sink[].max_message_bytes` of an MQTT sink: the largest MQTT packet there is
+/// (256 MiB - 1, the 4-byte remaining-length limit).
+pub const MQTT_SINK_MAX_MESSAGE_BYTES_LIMIT: usize = 268_435_455;
+/// The forwarding keys of an MQTT sink (`sink[].batch_max_records` …): as `[upstream]`, but a
+/// batch of at most 128 KiB, AWS IoT Core's message size limit, and `timeout_ms` is the wait for
+/// the broker's PUBACK.
+pub const MQTT_SINK_FORWARDING: crate::ForwardingConfig = crate::ForwardingConfig {
+    batch_max_bytes: MQTT_SINK_MAX_MESSAGE_BYTES,
+    ..UPSTREAM_FORWARDING
+};

@@ -4,7 +4,7 @@
 //! and allowed values) once at start-up, through [`Config::load`], into a [`Config`] that the rest
 //! of the program uses read-only. Every key has a default, so an empty file is a valid config:
 //! an embedded MQTT broker on `127.0.0.1:1883`, no serial ports, upstream
-//! `http://127.0.0.1:8080/ingest`, admin on `127.0.0.1:9100`, no alarm rules.
+//! `http://127.0.0.1:8080/ingest`, admin on `127.0.0.1:9100`, no alarm rules, no `[[sink]]`.
 //!
 //! Loading happens in three steps: the text is parsed by `toml_edit` to learn where every key is
 //! (module `locate`), read by serde into types that say what was written (module `raw`), then
@@ -23,7 +23,9 @@
 //!   `mqtt://`/`mqtts://` and `http://`/`https://` URLs without credentials; socket addresses;
 //!   compiled alarm globs; unique alarm names; hysteresis on the right side of its trigger; a
 //!   `gateway_id` safe for the `Idempotency-Key` and MQTT topics; a token for a non-loopback
-//!   admin address.
+//!   admin address; `[[sink]]` names unique, not reserved and safe as buffer consumer and metric
+//!   label; a supported sink `kind` (today `"mqtt"` only); sink topics that fill in to valid
+//!   MQTT publish topics; no two MQTT sessions of ours with one client id on one broker.
 //! - Secrets are read at load time (a missing variable fails the load, naming key and variable)
 //!   and held as [`Secret`], whose `Debug` and `Display` print `***`; so does `{:?}` of a
 //!   [`Config`].
@@ -52,9 +54,9 @@ mod validate;
 
 pub use error::ConfigError;
 pub use model::{
-    AdminConfig, AlarmCondition, AlarmRule, BufferConfig, Compression, Config, IngestConfig, Limit,
-    MqttConfig, MqttMode, SerialConfig, Severity, TopicMatch, TopicTemplate, UpstreamConfig,
-    WhenFull,
+    AdminConfig, AlarmCondition, AlarmRule, BufferConfig, Compression, Config, ForwardingConfig,
+    IngestConfig, Limit, MqttConfig, MqttMode, MqttSinkConfig, SerialConfig, Severity, SinkConfig,
+    SinkKind, SinkLane, SinkLanes, SinkTopic, TopicMatch, TopicTemplate, UpstreamConfig, WhenFull,
 };
 pub use redact::{redact_url, redact_url_text};
 pub use secret::Secret;
@@ -107,6 +109,20 @@ impl Config {
                 redact_url(&up.url)
             ));
         }
+        for (i, sink) in self.sinks.iter().enumerate() {
+            match &sink.kind {
+                SinkKind::Mqtt(m) => {
+                    if m.password.is_some() && !m.uses_tls() && remote(&m.url) {
+                        found.push(format!(
+                            "sink[{i}].password_env: the password of sink \"{}\" goes to {} in \
+                             the clear; use mqtts://",
+                            sink.name,
+                            redact_url(&m.url)
+                        ));
+                    }
+                }
+            }
+        }
         found
     }
 
@@ -156,13 +172,14 @@ impl Config {
         // The spanned parse comes first: a syntax error is reported once, from it, and every
         // later error can be placed on its line.
         let index = locate::SpanIndex::build(text, origin)?;
-        let raw: raw::RawConfig =
-            toml::from_str(text).map_err(|e| locate::from_serde(&index, text, origin, &e))?;
         let cx = validate::Ctx {
             index: &index,
             origin,
             env: &env,
         };
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+            validate::unsupported_sink_kind_first(locate::from_serde(&index, text, origin, &e), &cx)
+        })?;
         validate::resolve(raw, &cx)
     }
 }

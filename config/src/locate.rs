@@ -25,6 +25,9 @@ struct Entry {
     key: Option<Range<usize>>,
     /// Span of the value (for plain values, inline tables and arrays).
     value: Option<Range<usize>>,
+    /// The value, when it is a string: what a check made before serde's reading needs
+    /// (`sink[].kind`).
+    string: Option<String>,
 }
 
 impl SpanIndex {
@@ -90,8 +93,30 @@ impl SpanIndex {
         }
     }
 
-    fn push(&mut self, path: String, key: Option<Range<usize>>, value: Option<Range<usize>>) {
-        self.entries.push(Entry { path, key, value });
+    /// The string value written at `path`; `None` when there is none or it is not a string.
+    pub(crate) fn string_at(&self, path: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|e| e.path == path)
+            .and_then(|e| e.string.as_deref())
+    }
+
+    fn push(&mut self, path: String, key: Option<Range<usize>>, value: &Value) {
+        self.entries.push(Entry {
+            path,
+            key,
+            value: value.span(),
+            string: value.as_str().map(str::to_owned),
+        });
+    }
+
+    fn push_header(&mut self, path: String, span: Option<Range<usize>>) {
+        self.entries.push(Entry {
+            path,
+            key: span,
+            value: None,
+            string: None,
+        });
     }
 
     fn walk_table(&mut self, prefix: &str, table: &Table) {
@@ -101,19 +126,19 @@ impl SpanIndex {
             match item {
                 Item::None => {}
                 Item::Value(value) => {
-                    self.push(path.clone(), key_span, value.span());
+                    self.push(path.clone(), key_span, value);
                     self.walk_value(&path, value);
                 }
                 Item::Table(sub) => {
                     // A dotted-key table (`mqtt.url = ...`) has no header; its key span is it.
-                    self.push(path.clone(), sub.span().or(key_span), None);
+                    self.push_header(path.clone(), sub.span().or(key_span));
                     self.walk_table(&path, sub);
                 }
                 Item::ArrayOfTables(array) => {
-                    self.push(path.clone(), key_span, None);
+                    self.push_header(path.clone(), key_span);
                     for (i, sub) in array.iter().enumerate() {
                         let element = format!("{path}[{i}]");
-                        self.push(element.clone(), sub.span(), None);
+                        self.push_header(element.clone(), sub.span());
                         self.walk_table(&element, sub);
                     }
                 }
@@ -126,7 +151,7 @@ impl SpanIndex {
             Value::Array(array) => {
                 for (i, element) in array.iter().enumerate() {
                     let element_path = format!("{path}[{i}]");
-                    self.push(element_path.clone(), None, element.span());
+                    self.push(element_path.clone(), None, element);
                     self.walk_value(&element_path, element);
                 }
             }
@@ -134,7 +159,7 @@ impl SpanIndex {
                 for (name, element) in table.iter() {
                     let element_path = join(path, name);
                     let key_span = table.key(name).and_then(|k| k.span());
-                    self.push(element_path.clone(), key_span, element.span());
+                    self.push(element_path.clone(), key_span, element);
                     self.walk_value(&element_path, element);
                 }
             }
@@ -242,13 +267,15 @@ fn or_list(items: &[String]) -> String {
     }
 }
 
-/// The allowed words of the enum-valued key at `path`.
+/// The allowed words of the enum-valued key at `path` (or of an element of its array).
 fn enum_words(path: &str) -> Option<&'static str> {
-    Some(match path.rsplit('.').next()? {
+    let key = path.rsplit('.').next()?;
+    Some(match key.split('[').next()? {
         "mode" => r#""embedded", "external" or "disabled""#,
         "when_full" => r#""drop_oldest" or "block""#,
         "compression" => r#""gzip" or "none""#,
         "severity" => r#""info", "warning" or "critical""#,
+        "lanes" => r#""readings" or "alarms""#,
         _ => return None,
     })
 }
@@ -305,6 +332,14 @@ mod tests {
         assert_eq!(index.path_at(&(offset..offset + 2)), Some("t.x[1]"));
         let offset = TEXT.find("\"q\"").unwrap();
         assert_eq!(index.path_at(&(offset..offset + 3)), Some("t.y.z"));
+    }
+
+    #[test]
+    fn string_at_gives_string_values_only() {
+        let index = index();
+        assert_eq!(index.string_at("t.y.z"), Some("q"));
+        assert_eq!(index.string_at("a"), None);
+        assert_eq!(index.string_at("arr[0]"), None);
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// `[[alarm]]`: alarm rules, in file order. Default: none.
     pub alarm: Vec<AlarmRule>,
+    /// `[[sink]]`: ways out besides `[upstream]`, in file order, each its own forwarder and
+    /// buffer consumer (named by [`SinkConfig::name`]). Default: none. (Plural, unlike the TOML
+    /// table name: one `[[sink]]` table is one sink.)
+    pub sinks: Vec<SinkConfig>,
 }
 
 /// Where MQTT readings come from (`mqtt.mode`).
@@ -165,11 +169,7 @@ impl MqttConfig {
 
     /// Port of [`MqttConfig::url`], or 1883 (`mqtt://`) / 8883 (`mqtts://`) when it names none.
     pub fn broker_port(&self) -> u16 {
-        self.url.port().unwrap_or(if self.uses_tls() {
-            crate::defaults::MQTTS_PORT
-        } else {
-            crate::defaults::MQTT_PORT
-        })
+        mqtt_port(&self.url)
     }
 
     /// Whether [`MqttConfig::url`] is `mqtts://`.
@@ -450,12 +450,364 @@ impl UpstreamConfig {
         tls_client(self.url.scheme() == "https", &self.tls, || self.tls_files())
     }
 
+    /// The forwarding keys of `[upstream]` as one value, the shape every [`SinkConfig`] has.
+    pub fn forwarding(&self) -> ForwardingConfig {
+        ForwardingConfig {
+            batch_max_records: self.batch_max_records,
+            batch_max_bytes: self.batch_max_bytes,
+            linger_ms: self.linger_ms,
+            timeout_ms: self.timeout_ms,
+            retry_initial_ms: self.retry_initial_ms,
+            retry_max_ms: self.retry_max_ms,
+            max_in_flight: self.max_in_flight,
+        }
+    }
+
     /// Whether a response with this HTTP status is retried (per `retry_on_status` and
     /// `retry_on_5xx`) rather than dead-lettered. 2xx is never retried.
     pub fn is_retryable_status(&self, status: u16) -> bool {
         self.retry_on_status.contains(&status)
             || (self.retry_on_5xx && (500..=599).contains(&status))
     }
+}
+
+/// The forwarding settings every sink has: how its forwarder batches, paces and retries. Read
+/// from the same keys in `[upstream]` ([`UpstreamConfig::forwarding`]) and in each `[[sink]]`
+/// ([`SinkConfig::forwarding`]), checked by the same rules; only the defaults differ by section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardingConfig {
+    /// `batch_max_records`: most records in one batch. Positive. Default 500.
+    pub batch_max_records: usize,
+    /// `batch_max_bytes`: most bytes of (uncompressed) batch JSON in one batch. Positive.
+    /// Default 262144 in `[upstream]`, 131072 (AWS IoT Core's message limit) in an MQTT sink.
+    pub batch_max_bytes: usize,
+    /// `linger_ms`: milliseconds a readings batch waits to fill; alarm batches never wait.
+    /// Default 1000.
+    pub linger_ms: u64,
+    /// `timeout_ms`: milliseconds one attempt may take before it fails and is retried (HTTP: to
+    /// the last byte of the response; MQTT: until the broker's PUBACK). Positive. Default 10000.
+    pub timeout_ms: u64,
+    /// `retry_initial_ms`: first retry backoff in milliseconds (exponential with full jitter up
+    /// to `retry_max_ms`). Positive, at most `retry_max_ms`. Default 200.
+    pub retry_initial_ms: u64,
+    /// `retry_max_ms`: ceiling of the retry backoff in milliseconds. At least
+    /// `retry_initial_ms`. Default 60000.
+    pub retry_max_ms: u64,
+    /// `max_in_flight`: cap on readings batches outstanding at once; the forwarder adapts
+    /// between 1 and it. 1 keeps order. Positive. Default 16.
+    pub max_in_flight: usize,
+}
+
+/// `[[sink]]`: one more way out of the buffer besides `[upstream]`. The gateway runs one
+/// forwarder per sink, reading the buffer as consumer [`SinkConfig::name`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkConfig {
+    /// `name`: the sink's buffer consumer name and its Prometheus label value. Required; unique
+    /// among sinks; 1 to 32 bytes of `a-z`, `0-9`, `_` and `-`; not one of
+    /// [`crate::defaults::SINK_RESERVED_NAMES`] (`"upstream"`, `"local-alarms"`).
+    pub name: String,
+    /// `lanes`: which lanes of the buffer this sink reads and delivers. A non-empty subset of
+    /// `["readings", "alarms"]`, no duplicates. Default both.
+    pub lanes: SinkLanes,
+    /// `batch_max_records`, `batch_max_bytes`, `linger_ms`, `timeout_ms`, `retry_initial_ms`,
+    /// `retry_max_ms` and `max_in_flight`: as in `[upstream]`, with the defaults of the kind
+    /// (for MQTT [`crate::defaults::MQTT_SINK_FORWARDING`]).
+    pub forwarding: ForwardingConfig,
+    /// `kind` and the keys of that kind.
+    pub kind: SinkKind,
+}
+
+/// `sink[].kind` with the settings of that kind of sink.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkKind {
+    /// `kind = "mqtt"`: one QoS 1 message per batch, body = the batch JSON of WIRE.md §3,
+    /// delivered when the remote broker acks it (AWS IoT Core, any MQTT 3.1.1 broker).
+    Mqtt(MqttSinkConfig),
+}
+
+impl SinkKind {
+    /// The TOML spelling of the kind (`"mqtt"`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Mqtt(_) => "mqtt",
+        }
+    }
+}
+
+/// A lane of the buffer, as `sink[].lanes` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkLane {
+    /// `"readings"`: sensor readings.
+    Readings,
+    /// `"alarms"`: alarm events.
+    Alarms,
+}
+
+/// The lanes a sink reads (`sink[].lanes`): at least one after validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkLanes {
+    /// Whether `"readings"` is listed.
+    pub readings: bool,
+    /// Whether `"alarms"` is listed.
+    pub alarms: bool,
+}
+
+impl SinkLanes {
+    /// Both lanes: the default.
+    pub const ALL: SinkLanes = SinkLanes {
+        readings: true,
+        alarms: true,
+    };
+
+    /// Whether `lane` is one of them.
+    pub fn contains(self, lane: SinkLane) -> bool {
+        match lane {
+            SinkLane::Readings => self.readings,
+            SinkLane::Alarms => self.alarms,
+        }
+    }
+
+    /// The lanes in the set, alarms first (the order the forwarder serves them).
+    pub fn iter(self) -> impl Iterator<Item = SinkLane> {
+        [SinkLane::Alarms, SinkLane::Readings]
+            .into_iter()
+            .filter(move |lane| self.contains(*lane))
+    }
+}
+
+/// `sink[].topic` of an MQTT sink, checked: non-empty, only the placeholders `{gateway_id}` and
+/// `{lane}` (anywhere, any number of times), no `+`, `#` or NUL; filled in with the config's
+/// `gateway_id` and each configured lane it is at most 65535 bytes. Fill it in with
+/// [`SinkTopic::fill`]. `Debug` and `Display` show the template.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SinkTopic {
+    template: String,
+    /// The template cut at its placeholders, so filling it in cannot fail.
+    parts: Vec<TopicPart>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum TopicPart {
+    Literal(String),
+    GatewayId,
+    Lane,
+}
+
+/// Longest MQTT topic, in bytes (an MQTT UTF-8 string).
+const MQTT_TOPIC_MAX_BYTES: usize = 65_535;
+
+impl SinkTopic {
+    /// Checks one template; the error says what is wrong, without key or line.
+    pub(crate) fn new(template: &str) -> Result<Self, String> {
+        if template.is_empty() {
+            return Err("must not be empty".into());
+        }
+        for wildcard in ['+', '#'] {
+            if template.contains(wildcard) {
+                return Err(format!(
+                    "\"{template}\" contains '{wildcard}': a topic to publish to has no wildcards"
+                ));
+            }
+        }
+        if template.contains('\0') {
+            return Err(format!(
+                "{template:?} contains a NUL character, which no MQTT topic may"
+            ));
+        }
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(at) = rest.find(['{', '}']) {
+            if rest[at..].starts_with('}') {
+                return Err(format!(
+                    "\"{template}\" has a '}}' without its '{{'; the placeholders are \
+                     {{gateway_id}} and {{lane}}"
+                ));
+            }
+            let Some(len) = rest[at..].find('}') else {
+                return Err(format!(
+                    "\"{template}\" has a '{{' without its '}}'; the placeholders are \
+                     {{gateway_id}} and {{lane}}"
+                ));
+            };
+            if at > 0 {
+                parts.push(TopicPart::Literal(rest[..at].to_owned()));
+            }
+            parts.push(match &rest[at + 1..at + len] {
+                "gateway_id" => TopicPart::GatewayId,
+                "lane" => TopicPart::Lane,
+                other => {
+                    return Err(format!(
+                        "unknown placeholder {{{other}}} in \"{template}\"; the only \
+                         placeholders are {{gateway_id}} and {{lane}}"
+                    ));
+                }
+            });
+            rest = &rest[at + len + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(TopicPart::Literal(rest.to_owned()));
+        }
+        Ok(Self {
+            template: template.to_owned(),
+            parts,
+        })
+    }
+
+    /// The template as written.
+    pub fn as_str(&self) -> &str {
+        &self.template
+    }
+
+    /// The topic to publish `lane`'s batches of gateway `gateway_id` on: each placeholder
+    /// replaced once, so a `gateway_id` that happens to contain `{lane}` stays as it is.
+    pub fn fill(&self, gateway_id: &str, lane: SinkLane) -> String {
+        let mut topic = String::with_capacity(self.template.len() + gateway_id.len());
+        for part in &self.parts {
+            topic.push_str(match part {
+                TopicPart::Literal(text) => text,
+                TopicPart::GatewayId => gateway_id,
+                TopicPart::Lane => lane.as_str(),
+            });
+        }
+        topic
+    }
+
+    /// Checks the topic [`SinkTopic::fill`] makes: not longer than an MQTT topic can be.
+    pub(crate) fn check_filled(&self, gateway_id: &str, lane: SinkLane) -> Result<(), String> {
+        let topic = self.fill(gateway_id, lane);
+        if topic.len() > MQTT_TOPIC_MAX_BYTES {
+            return Err(format!(
+                "filled in for lane \"{lane}\" the topic is {} bytes; an MQTT topic has at most \
+                 {MQTT_TOPIC_MAX_BYTES}",
+                topic.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for SinkTopic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.template)
+    }
+}
+
+impl fmt::Debug for SinkTopic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.template)
+    }
+}
+
+/// The keys of a `kind = "mqtt"` sink: a bridge to a cloud MQTT broker such as AWS IoT Core.
+/// `Debug` shows the URL as [`crate::redact_url`] does and the password as `***`.
+#[derive(Clone, PartialEq)]
+pub struct MqttSinkConfig {
+    /// `url`: the broker, `mqtt://host[:port]` (plain, port 1883 by default) or
+    /// `mqtts://host[:port]` (always TLS, never plaintext; port 8883 by default). Nothing after
+    /// the port: no path, query or credentials. Required. See [`MqttSinkConfig::broker_host`].
+    pub url: Url,
+    /// `client_id`: MQTT client id of the sink's session. Required; 1 to 128 bytes, no
+    /// whitespace, control characters, `/`, `+` or `#`; not the client id of another sink (or of
+    /// an external `[mqtt]`) on the same broker, which would take the session over.
+    pub client_id: String,
+    /// `username`: sent to the broker. Default: none.
+    pub username: Option<String>,
+    /// `password_env`: name of the environment variable holding the broker password. Requires
+    /// `username`. Default: none.
+    pub password_env: Option<String>,
+    /// The password read from `password_env` at load time; `Some` exactly when `password_env`
+    /// is. Prints as `***`.
+    pub password: Option<Secret>,
+    /// `ca_file`: PEM file of the CA certificates trusted for the broker (`mqtts://` only);
+    /// replaces the platform's roots, e.g. `AmazonRootCA1.pem`. Default: the platform's roots.
+    pub ca_file: Option<PathBuf>,
+    /// `client_cert_file`: PEM certificate chain presented to the broker (`mqtts://` only), e.g.
+    /// an AWS IoT Core device certificate. Requires `client_key_file`. Default: none.
+    pub client_cert_file: Option<PathBuf>,
+    /// `client_key_file`: PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) of
+    /// `client_cert_file`; must match it. Default: none.
+    pub client_key_file: Option<PathBuf>,
+    /// The TLS client built and checked from the three keys above at load time: `Some` exactly
+    /// when `url` is `mqtts://`.
+    pub tls: Option<TlsClient>,
+    /// `topic`: where each batch is published, `{gateway_id}` and `{lane}` filled in
+    /// ([`MqttSinkConfig::topic_for`]). Required.
+    pub topic: SinkTopic,
+    /// `keep_alive_s`: MQTT keep-alive interval in seconds. 5 to 3600. Default 30.
+    pub keep_alive_s: u16,
+    /// `max_message_bytes`: largest MQTT message payload the broker accepts, in bytes; the sink
+    /// splits a batch whose JSON is larger. 1024 to 268435455. Default 131072 (AWS IoT Core's
+    /// limit).
+    pub max_message_bytes: usize,
+}
+
+impl MqttSinkConfig {
+    /// The topic a batch of `lane` from gateway `gateway_id` is published on.
+    pub fn topic_for(&self, gateway_id: &str, lane: SinkLane) -> String {
+        self.topic.fill(gateway_id, lane)
+    }
+
+    /// The TLS keys of this sink as written.
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            ca_file: self.ca_file.clone(),
+            client_cert_file: self.client_cert_file.clone(),
+            client_key_file: self.client_key_file.clone(),
+            alpn: Vec::new(),
+        }
+    }
+
+    /// The TLS client for [`MqttSinkConfig::url`], as [`MqttConfig::tls_client`]: never `None`
+    /// for `mqtts://`.
+    pub fn tls_client(&self) -> Result<Option<TlsClient>, TlsError> {
+        tls_client(self.uses_tls(), &self.tls, || self.tls_files())
+    }
+
+    /// Host of [`MqttSinkConfig::url`].
+    pub fn broker_host(&self) -> &str {
+        // Validation rejects a URL without a host, so the fallback is never used.
+        self.url.host_str().unwrap_or_default()
+    }
+
+    /// Port of [`MqttSinkConfig::url`], or 1883 (`mqtt://`) / 8883 (`mqtts://`) when it names
+    /// none.
+    pub fn broker_port(&self) -> u16 {
+        mqtt_port(&self.url)
+    }
+
+    /// Whether [`MqttSinkConfig::url`] is `mqtts://`.
+    pub fn uses_tls(&self) -> bool {
+        self.url.scheme() == "mqtts"
+    }
+}
+
+impl fmt::Debug for MqttSinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MqttSinkConfig")
+            .field("url", &crate::redact_url(&self.url))
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password_env", &self.password_env)
+            .field("password", &self.password)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert_file", &self.client_cert_file)
+            .field("client_key_file", &self.client_key_file)
+            .field("tls", &self.tls)
+            .field("topic", &self.topic)
+            .field("keep_alive_s", &self.keep_alive_s)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish()
+    }
+}
+
+/// Port of an `mqtt://` or `mqtts://` URL, or the scheme's default.
+pub(crate) fn mqtt_port(url: &Url) -> u16 {
+    url.port().unwrap_or(if url.scheme() == "mqtts" {
+        crate::defaults::MQTTS_PORT
+    } else {
+        crate::defaults::MQTT_PORT
+    })
 }
 
 /// `[admin]`: the local admin HTTP server.
@@ -615,6 +967,7 @@ names!(MqttMode { Embedded => "embedded", External => "external", Disabled => "d
 names!(WhenFull { DropOldest => "drop_oldest", Block => "block" });
 names!(Compression { Gzip => "gzip", None => "none" });
 names!(Severity { Info => "info", Warning => "warning", Critical => "critical" });
+names!(SinkLane { Readings => "readings", Alarms => "alarms" });
 
 #[cfg(test)]
 mod tests {
@@ -628,6 +981,21 @@ mod tests {
         assert!(TopicTemplate::new("sensors/+/{device}").is_err());
         assert!(TopicTemplate::new("").is_err());
         assert!(TopicTemplate::new("{device}").is_ok());
+    }
+
+    #[test]
+    fn sink_topic_placeholders_may_sit_anywhere_and_repeat() {
+        let t = SinkTopic::new("gw-{gateway_id}.{lane}/{lane}").unwrap();
+        assert_eq!(t.fill("a", SinkLane::Alarms), "gw-a.alarms/alarms");
+        assert_eq!(
+            SinkTopic::new("plain")
+                .unwrap()
+                .fill("a", SinkLane::Readings),
+            "plain"
+        );
+        let empty = SinkTopic::new("x/{}").unwrap_err();
+        assert!(empty.contains("unknown placeholder {}"), "{empty}");
+        assert!(SinkTopic::new("{Lane}").is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use serde::Deserialize;
 use std::path::PathBuf;
 
-use crate::model::{Compression, MqttMode, Severity, WhenFull};
+use crate::model::{Compression, MqttMode, Severity, SinkLane, WhenFull};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -27,6 +27,7 @@ pub(crate) struct RawConfig {
     pub admin: RawAdmin,
     pub ingest: RawIngest,
     pub alarm: Vec<RawAlarm>,
+    pub sink: Vec<RawSink>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +101,34 @@ pub(crate) struct RawUpstream {
     pub retry_on_5xx: Option<bool>,
 }
 
+impl RawUpstream {
+    pub fn forwarding(&self) -> RawForwarding {
+        RawForwarding {
+            batch_max_records: self.batch_max_records,
+            batch_max_bytes: self.batch_max_bytes,
+            linger_ms: self.linger_ms,
+            timeout_ms: self.timeout_ms,
+            retry_initial_ms: self.retry_initial_ms,
+            retry_max_ms: self.retry_max_ms,
+            max_in_flight: self.max_in_flight,
+        }
+    }
+}
+
+/// The forwarding keys every sink has (`[upstream]` and each `[[sink]]`), as written; not read
+/// by serde itself (serde's `flatten` does not combine with `deny_unknown_fields`), but copied
+/// out of the section that holds them so one function checks them for every sink.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawForwarding {
+    pub batch_max_records: Option<usize>,
+    pub batch_max_bytes: Option<usize>,
+    pub linger_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub retry_initial_ms: Option<u64>,
+    pub retry_max_ms: Option<u64>,
+    pub max_in_flight: Option<usize>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawAdmin {
@@ -130,4 +159,45 @@ pub(crate) struct RawAlarm {
     pub rate_above_per_s: Option<f64>,
     pub no_data_s: Option<u64>,
     pub severity: Option<Severity>,
+}
+
+/// One `[[sink]]` table. It holds the keys of every kind; `kind` stays a string so that an
+/// unsupported kind gets its own message rather than serde's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawSink {
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    pub url: Option<String>,
+    pub client_id: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    pub topic: Option<String>,
+    pub lanes: Option<Vec<SinkLane>>,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub keep_alive_s: Option<u16>,
+    pub timeout_ms: Option<u64>,
+    pub max_message_bytes: Option<usize>,
+    pub batch_max_records: Option<usize>,
+    pub batch_max_bytes: Option<usize>,
+    pub linger_ms: Option<u64>,
+    pub retry_initial_ms: Option<u64>,
+    pub retry_max_ms: Option<u64>,
+    pub max_in_flight: Option<usize>,
+}
+
+impl RawSink {
+    pub fn forwarding(&self) -> RawForwarding {
+        RawForwarding {
+            batch_max_records: self.batch_max_records,
+            batch_max_bytes: self.batch_max_bytes,
+            linger_ms: self.linger_ms,
+            timeout_ms: self.timeout_ms,
+            retry_initial_ms: self.retry_initial_ms,
+            retry_max_ms: self.retry_max_ms,
+            max_in_flight: self.max_in_flight,
+        }
+    }
 }

@@ -254,6 +254,7 @@ pub(crate) fn resolve(raw: RawConfig, cx: &Ctx<'_>) -> Result<Config> {
     let admin = admin(raw.admin, cx)?;
     let ingest = ingest(raw.ingest, cx)?;
     let alarm = alarms(raw.alarm, cx)?;
+    let sinks = sinks(raw.sink, &gateway_id, &mqtt, cx)?;
 
     Ok(Config {
         gateway_id,
@@ -268,6 +269,7 @@ pub(crate) fn resolve(raw: RawConfig, cx: &Ctx<'_>) -> Result<Config> {
         admin,
         ingest,
         alarm,
+        sinks,
     })
 }
 
@@ -573,6 +575,7 @@ fn buffer(raw: RawBuffer, cx: &Ctx<'_>) -> Result<BufferConfig> {
 }
 
 fn upstream(raw: RawUpstream, cx: &Ctx<'_>) -> Result<UpstreamConfig> {
+    let raw_forwarding = raw.forwarding();
     let url = cx.url("upstream.url", raw.url, d::UPSTREAM_URL, &["http", "https"])?;
     let files = TlsFiles {
         ca_file: raw.ca_file,
@@ -591,17 +594,7 @@ fn upstream(raw: RawUpstream, cx: &Ctx<'_>) -> Result<UpstreamConfig> {
         None
     };
     let bearer_token = cx.secret("upstream.bearer_token_env", raw.bearer_token_env.as_ref())?;
-    let retry_initial_ms = cx.positive(
-        "upstream.retry_initial_ms",
-        raw.retry_initial_ms.unwrap_or(d::UPSTREAM_RETRY_INITIAL_MS),
-    )?;
-    let retry_max_ms = raw.retry_max_ms.unwrap_or(d::UPSTREAM_RETRY_MAX_MS);
-    if retry_initial_ms > retry_max_ms {
-        return Err(cx.invalid(
-            "upstream.retry_initial_ms",
-            format!("must be <= upstream.retry_max_ms ({retry_max_ms}), found {retry_initial_ms}"),
-        ));
-    }
+    let forwarding = forwarding("upstream", raw_forwarding, &d::UPSTREAM_FORWARDING, cx)?;
     let retry_on_status = raw
         .retry_on_status
         .unwrap_or_else(|| d::UPSTREAM_RETRY_ON_STATUS.to_vec());
@@ -613,6 +606,15 @@ fn upstream(raw: RawUpstream, cx: &Ctx<'_>) -> Result<UpstreamConfig> {
             ));
         }
     }
+    let ForwardingConfig {
+        batch_max_records,
+        batch_max_bytes,
+        linger_ms,
+        timeout_ms,
+        retry_initial_ms,
+        retry_max_ms,
+        max_in_flight,
+    } = forwarding;
     Ok(UpstreamConfig {
         url,
         bearer_token_env: raw.bearer_token_env,
@@ -621,29 +623,62 @@ fn upstream(raw: RawUpstream, cx: &Ctx<'_>) -> Result<UpstreamConfig> {
         client_cert_file: files.client_cert_file,
         client_key_file: files.client_key_file,
         tls,
+        batch_max_records,
+        batch_max_bytes,
+        linger_ms,
+        compression: raw.compression.unwrap_or(Compression::Gzip),
+        timeout_ms,
+        retry_initial_ms,
+        retry_max_ms,
+        max_in_flight,
+        retry_on_status,
+        retry_on_5xx: raw.retry_on_5xx.unwrap_or(d::UPSTREAM_RETRY_ON_5XX),
+    })
+}
+
+/// The forwarding keys of one sink (`section` is `upstream` or `sink[i]`), with the defaults of
+/// its kind: the same rules and messages for every sink.
+fn forwarding(
+    section: &str,
+    raw: RawForwarding,
+    default: &ForwardingConfig,
+    cx: &Ctx<'_>,
+) -> Result<ForwardingConfig> {
+    let key = |k: &str| format!("{section}.{k}");
+    let retry_initial_ms = cx.positive(
+        &key("retry_initial_ms"),
+        raw.retry_initial_ms.unwrap_or(default.retry_initial_ms),
+    )?;
+    let retry_max_ms = raw.retry_max_ms.unwrap_or(default.retry_max_ms);
+    if retry_initial_ms > retry_max_ms {
+        return Err(cx.invalid(
+            &key("retry_initial_ms"),
+            format!(
+                "must be <= {} ({retry_max_ms}), found {retry_initial_ms}",
+                key("retry_max_ms")
+            ),
+        ));
+    }
+    Ok(ForwardingConfig {
         batch_max_records: cx.positive(
-            "upstream.batch_max_records",
-            raw.batch_max_records
-                .unwrap_or(d::UPSTREAM_BATCH_MAX_RECORDS),
+            &key("batch_max_records"),
+            raw.batch_max_records.unwrap_or(default.batch_max_records),
         )?,
         batch_max_bytes: cx.positive(
-            "upstream.batch_max_bytes",
-            raw.batch_max_bytes.unwrap_or(d::UPSTREAM_BATCH_MAX_BYTES),
+            &key("batch_max_bytes"),
+            raw.batch_max_bytes.unwrap_or(default.batch_max_bytes),
         )?,
-        linger_ms: raw.linger_ms.unwrap_or(d::UPSTREAM_LINGER_MS),
-        compression: raw.compression.unwrap_or(Compression::Gzip),
+        linger_ms: raw.linger_ms.unwrap_or(default.linger_ms),
         timeout_ms: cx.positive(
-            "upstream.timeout_ms",
-            raw.timeout_ms.unwrap_or(d::UPSTREAM_TIMEOUT_MS),
+            &key("timeout_ms"),
+            raw.timeout_ms.unwrap_or(default.timeout_ms),
         )?,
         retry_initial_ms,
         retry_max_ms,
         max_in_flight: cx.positive(
-            "upstream.max_in_flight",
-            raw.max_in_flight.unwrap_or(d::UPSTREAM_MAX_IN_FLIGHT),
+            &key("max_in_flight"),
+            raw.max_in_flight.unwrap_or(default.max_in_flight),
         )?,
-        retry_on_status,
-        retry_on_5xx: raw.retry_on_5xx.unwrap_or(d::UPSTREAM_RETRY_ON_5XX),
     })
 }
 
@@ -908,4 +943,305 @@ fn glob(key: &str, pattern: &str, cx: &Ctx<'_>) -> Result<CompiledGlob> {
                 ),
             )
         })
+}
+
+/// The `[[sink]]` tables, in file order.
+fn sinks(
+    raw: Vec<RawSink>,
+    gateway_id: &str,
+    mqtt: &MqttConfig,
+    cx: &Ctx<'_>,
+) -> Result<Vec<SinkConfig>> {
+    let mut names = HashSet::new();
+    // MQTT sessions by broker: (host, port, client id) -> who has it. A broker disconnects a
+    // session when another connects with its client id, so two of ours would take turns forever.
+    let mut sessions: Vec<((String, u16, String), String)> = Vec::new();
+    if mqtt.mode == MqttMode::External {
+        sessions.push((
+            (
+                mqtt.broker_host().to_ascii_lowercase(),
+                mqtt.broker_port(),
+                mqtt.client_id.clone(),
+            ),
+            "[mqtt]".to_owned(),
+        ));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, raw) in raw.into_iter().enumerate() {
+        let sink = sink(i, raw, gateway_id, cx)?;
+        if !names.insert(sink.name.clone()) {
+            return Err(cx.invalid(
+                &format!("sink[{i}].name"),
+                format!(
+                    "\"{}\" is already the name of an earlier sink; names must be unique (each \
+                     is a buffer consumer)",
+                    sink.name
+                ),
+            ));
+        }
+        match &sink.kind {
+            SinkKind::Mqtt(m) => {
+                let session = (
+                    m.broker_host().to_ascii_lowercase(),
+                    m.broker_port(),
+                    m.client_id.clone(),
+                );
+                if let Some((_, owner)) = sessions.iter().find(|(s, _)| *s == session) {
+                    return Err(cx.invalid(
+                        &format!("sink[{i}].client_id"),
+                        format!(
+                            "\"{}\" is already the client id of {owner} on {}:{}; the broker \
+                             would disconnect one session for the other, over and over",
+                            m.client_id, session.0, session.1
+                        ),
+                    ));
+                }
+                sessions.push((session, format!("sink \"{}\"", sink.name)));
+            }
+        }
+        out.push(sink);
+    }
+    Ok(out)
+}
+
+/// What is said about a `sink[].kind` this build does not support.
+fn unsupported_sink_kind(kind: &str) -> String {
+    let supported = d::SINK_KINDS
+        .iter()
+        .map(|k| format!("\"{k}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match kind {
+        "kafka" => {
+            format!("\"kafka\" is not supported by this build yet; supported kinds: {supported}")
+        }
+        other => format!("expected one of the supported kinds {supported}, found \"{other}\""),
+    }
+}
+
+/// An unknown key in a `[[sink]]` table whose `kind` this build does not support is most likely
+/// a key of that kind (`brokers` of a Kafka sink): say that the kind is unsupported instead.
+pub(crate) fn unsupported_sink_kind_first(err: ConfigError, cx: &Ctx<'_>) -> ConfigError {
+    let ConfigError::UnknownKey { key, .. } = &err else {
+        return err;
+    };
+    let Some(table) = key
+        .strip_prefix("sink[")
+        .and_then(|rest| rest.find("].").map(|end| &key[..end + "sink[]".len()]))
+    else {
+        return err;
+    };
+    let kind_key = format!("{table}.kind");
+    match cx.index.string_at(&kind_key) {
+        Some(kind) if !d::SINK_KINDS.contains(&kind) => {
+            cx.invalid(&kind_key, unsupported_sink_kind(kind))
+        }
+        _ => err,
+    }
+}
+
+fn sink(i: usize, raw: RawSink, gateway_id: &str, cx: &Ctx<'_>) -> Result<SinkConfig> {
+    let section = format!("sink[{i}]");
+    let key = |k: &str| format!("{section}.{k}");
+    let name = raw.name.clone().ok_or_else(|| cx.missing(&key("name")))?;
+    sink_name(&key("name"), &name, cx)?;
+    let kind = raw.kind.clone().ok_or_else(|| cx.missing(&key("kind")))?;
+    if !d::SINK_KINDS.contains(&kind.as_str()) {
+        return Err(cx.invalid(&key("kind"), unsupported_sink_kind(&kind)));
+    }
+    // The only kind so far; a second one makes this a `match` on `kind`.
+    let (kind, default_forwarding) = (
+        SinkKind::Mqtt(mqtt_sink(&section, &raw, cx)?),
+        d::MQTT_SINK_FORWARDING,
+    );
+    let lanes = sink_lanes(&key("lanes"), raw.lanes.as_deref(), cx)?;
+    match &kind {
+        SinkKind::Mqtt(m) => {
+            for lane in lanes.iter() {
+                m.topic
+                    .check_filled(gateway_id, lane)
+                    .map_err(|why| cx.invalid(&key("topic"), why))?;
+            }
+        }
+    }
+    let forwarding = forwarding(&section, raw.forwarding(), &default_forwarding, cx)?;
+    Ok(SinkConfig {
+        name,
+        lanes,
+        forwarding,
+        kind,
+    })
+}
+
+/// `sink[].name`: a buffer consumer name and a Prometheus label value.
+fn sink_name(key: &str, name: &str, cx: &Ctx<'_>) -> Result<()> {
+    if name.is_empty() || name.len() > d::SINK_NAME_MAX_BYTES {
+        return Err(cx.invalid(
+            key,
+            format!(
+                "expected 1 to {} bytes, found {} ({name:?})",
+                d::SINK_NAME_MAX_BYTES,
+                name.len()
+            ),
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-')))
+    {
+        return Err(cx.invalid(
+            key,
+            format!(
+                "{name:?} contains {c:?}; allowed: a-z, 0-9, '_' and '-' (the name is a buffer \
+                 consumer and a metrics label)"
+            ),
+        ));
+    }
+    if d::SINK_RESERVED_NAMES.contains(&name) {
+        let whose = match name {
+            "upstream" => "the [upstream] HTTP sink",
+            _ => "the gateway's local alarm publisher",
+        };
+        return Err(cx.invalid(
+            key,
+            format!("\"{name}\" is reserved: it is the buffer consumer of {whose}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `sink[].lanes`: a non-empty set, each lane at most once.
+fn sink_lanes(key: &str, written: Option<&[SinkLane]>, cx: &Ctx<'_>) -> Result<SinkLanes> {
+    let Some(written) = written else {
+        return Ok(SinkLanes::ALL);
+    };
+    if written.is_empty() {
+        return Err(cx.invalid(
+            key,
+            "expected one or both of \"readings\" and \"alarms\", found []",
+        ));
+    }
+    let mut lanes = SinkLanes {
+        readings: false,
+        alarms: false,
+    };
+    for (j, lane) in written.iter().enumerate() {
+        if lanes.contains(*lane) {
+            return Err(cx.invalid(
+                &format!("{key}[{j}]"),
+                format!("\"{lane}\" is listed twice"),
+            ));
+        }
+        match lane {
+            SinkLane::Readings => lanes.readings = true,
+            SinkLane::Alarms => lanes.alarms = true,
+        }
+    }
+    Ok(lanes)
+}
+
+/// The keys of a `kind = "mqtt"` sink, checked like `[mqtt]`'s.
+fn mqtt_sink(section: &str, raw: &RawSink, cx: &Ctx<'_>) -> Result<MqttSinkConfig> {
+    let key = |k: &str| format!("{section}.{k}");
+    let url = raw.url.clone().ok_or_else(|| cx.missing(&key("url")))?;
+    let url = cx.url(&key("url"), Some(url), "", &["mqtt", "mqtts"])?;
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+        return Err(cx.invalid(
+            &key("url"),
+            format!(
+                "expected mqtt://host[:port] or mqtts://host[:port] with nothing after the port, \
+                 found \"{}\"",
+                redact_url(&url)
+            ),
+        ));
+    }
+
+    let client_id = raw
+        .client_id
+        .clone()
+        .ok_or_else(|| cx.missing(&key("client_id")))?;
+    cx.name_part(&key("client_id"), &client_id, TOPIC_LEVEL_FORBIDDEN)?;
+    if client_id.len() > d::MQTT_SINK_CLIENT_ID_MAX_BYTES {
+        return Err(cx.invalid(
+            &key("client_id"),
+            format!(
+                "must be at most {} bytes, found {}",
+                d::MQTT_SINK_CLIENT_ID_MAX_BYTES,
+                client_id.len()
+            ),
+        ));
+    }
+
+    let files = TlsFiles {
+        ca_file: raw.ca_file.clone(),
+        client_cert_file: raw.client_cert_file.clone(),
+        client_key_file: raw.client_key_file.clone(),
+        alpn: Vec::new(),
+    };
+    let tls = if url.scheme() == "mqtts" {
+        Some(cx.tls(section, &files)?)
+    } else {
+        let why = format!(
+            "an mqtts:// url, but {section}.url is \"{}\"",
+            redact_url(&url)
+        );
+        cx.no_tls_keys(section, &files, &why)?;
+        None
+    };
+
+    let topic = raw
+        .topic
+        .as_deref()
+        .ok_or_else(|| cx.missing(&key("topic")))?;
+    let topic = SinkTopic::new(topic).map_err(|why| cx.invalid(&key("topic"), why))?;
+
+    if raw.password_env.is_some() && raw.username.is_none() {
+        return Err(cx.invalid(
+            &key("password_env"),
+            format!("needs {section}.username: MQTT sends a password only with a username"),
+        ));
+    }
+    let password = cx.secret(&key("password_env"), raw.password_env.as_ref())?;
+
+    let keep_alive_s = raw.keep_alive_s.unwrap_or(d::MQTT_SINK_KEEP_ALIVE_S);
+    let keep_alive_range = d::MQTT_SINK_KEEP_ALIVE_MIN_S..=d::MQTT_SINK_KEEP_ALIVE_MAX_S;
+    if !keep_alive_range.contains(&keep_alive_s) {
+        return Err(cx.invalid(
+            &key("keep_alive_s"),
+            format!(
+                "expected {} to {} seconds, found {keep_alive_s}",
+                keep_alive_range.start(),
+                keep_alive_range.end()
+            ),
+        ));
+    }
+    let max_message_bytes = raw
+        .max_message_bytes
+        .unwrap_or(d::MQTT_SINK_MAX_MESSAGE_BYTES);
+    let message_range = d::MQTT_SINK_MAX_MESSAGE_BYTES_MIN..=d::MQTT_SINK_MAX_MESSAGE_BYTES_LIMIT;
+    if !message_range.contains(&max_message_bytes) {
+        return Err(cx.invalid(
+            &key("max_message_bytes"),
+            format!(
+                "expected {} to {} bytes, found {max_message_bytes}",
+                message_range.start(),
+                message_range.end()
+            ),
+        ));
+    }
+
+    Ok(MqttSinkConfig {
+        url,
+        client_id,
+        username: raw.username.clone(),
+        password_env: raw.password_env.clone(),
+        password,
+        ca_file: files.ca_file,
+        client_cert_file: files.client_cert_file,
+        client_key_file: files.client_key_file,
+        tls,
+        topic,
+        keep_alive_s,
+        max_message_bytes,
+    })
 }
