@@ -618,9 +618,17 @@ impl Buffer {
         }
     }
 
-    /// Store records (dead-lettered by the forwarder) for replay, keeping their ORIGINAL seqs,
-    /// apart from the lane's queue. Re-requeuing a seq overwrites it.
-    pub fn requeue(&self, lane: Lane, records: Vec<Stored>) -> Result<(), BufferError> {
+    /// Store records (dead-lettered by a consumer) for `consumer` to replay, keeping their
+    /// ORIGINAL seqs, apart from the lane's queue: only that consumer reads them back, so a
+    /// batch one sink refused is replayed to that sink, not to the others that had it.
+    /// Re-requeuing a seq overwrites it.
+    pub fn requeue(
+        &self,
+        consumer: &str,
+        lane: Lane,
+        records: Vec<Stored>,
+    ) -> Result<(), BufferError> {
+        self.acked_checked(consumer, lane)?;
         for s in &records {
             if s.record.lane() != lane {
                 return Err(BufferError::WrongLane {
@@ -636,7 +644,7 @@ impl Buffer {
             let value = postcard::to_stdvec(&s.record)?;
             if inner
                 .requeue
-                .insert(keys::requeue_key(lane, s.seq), value)?
+                .insert(keys::requeue_key(consumer, lane, s.seq), value)?
                 .is_none()
             {
                 st.lanes[lane.index()].requeued += 1;
@@ -646,15 +654,21 @@ impl Buffer {
         Ok(())
     }
 
-    /// The first `max_records` requeued records of `lane`, in seq order. A record that does not
-    /// decode is moved to the dead letters.
+    /// The first `max_records` records of `lane` requeued for `consumer`, in seq order. A
+    /// record that does not decode is moved to the dead letters.
     pub fn read_requeued(
         &self,
+        consumer: &str,
         lane: Lane,
         max_records: usize,
     ) -> Result<Vec<Stored>, BufferError> {
+        self.acked_checked(consumer, lane)?;
         let mut out = Vec::new();
-        for item in self.inner.requeue.scan_prefix([lane.tag()]) {
+        for item in self
+            .inner
+            .requeue
+            .scan_prefix(keys::requeue_prefix(consumer, lane))
+        {
             if out.len() >= max_records {
                 break;
             }
@@ -683,8 +697,14 @@ impl Buffer {
         Ok(out)
     }
 
-    /// Remove requeued records of `lane` with seq ≤ `up_to_seq`.
-    pub fn ack_requeued(&self, lane: Lane, up_to_seq: u64) -> Result<(), BufferError> {
+    /// Remove the records of `lane` requeued for `consumer` with seq ≤ `up_to_seq`.
+    pub fn ack_requeued(
+        &self,
+        consumer: &str,
+        lane: Lane,
+        up_to_seq: u64,
+    ) -> Result<(), BufferError> {
+        self.acked_checked(consumer, lane)?;
         let inner = &self.inner;
         // Like an ack: with the database refusing writes, the records are sent again after the
         // reopen (a duplicate, never a loss).
@@ -692,7 +712,8 @@ impl Buffer {
             return Ok(());
         }
         let mut st = inner.lock();
-        let range = keys::requeue_key(lane, 0)..=keys::requeue_key(lane, up_to_seq);
+        let range =
+            keys::requeue_key(consumer, lane, 0)..=keys::requeue_key(consumer, lane, up_to_seq);
         let removed = (|| -> Result<(), BufferError> {
             for item in inner.requeue.range(range) {
                 let (k, _) = item?;
@@ -1246,6 +1267,7 @@ impl Inner {
             self.refresh_front(&mut st, lane)?;
             self.gc_acked(&mut st, lane)?;
         }
+        self.migrate_shared_requeue()?;
         for item in self.requeue.iter() {
             let (k, _) = item?;
             if let Some(lane) = Lane::ALL.into_iter().find(|l| k.first() == Some(&l.tag())) {
@@ -1310,6 +1332,39 @@ impl Inner {
         let ls = &mut st.lanes[lane.index()];
         ls.front = front;
         ls.acked_in_front = acked_in_front;
+        Ok(())
+    }
+
+    /// Moves requeued records of older versions, which every consumer shared, to the
+    /// accounting consumer (the only one there was), in one batch: a crash leaves either
+    /// layout whole.
+    fn migrate_shared_requeue(&self) -> Result<(), BufferError> {
+        let mut batch = sled::Batch::default();
+        let mut moved = 0u64;
+        for item in self.requeue.iter() {
+            let (k, v) = item?;
+            if k.len() != keys::LEGACY_REQUEUE_KEY_LEN {
+                continue;
+            }
+            let (Some(lane), Some(seq)) = (
+                Lane::ALL.into_iter().find(|l| k.first() == Some(&l.tag())),
+                keys::seq_of(&k),
+            ) else {
+                continue;
+            };
+            batch.insert(keys::requeue_key(self.accounting_consumer(), lane, seq), v);
+            batch.remove(k);
+            moved += 1;
+        }
+        if moved > 0 {
+            self.requeue.apply_batch(batch)?;
+            self.mark_dirty();
+            info!(
+                records = moved,
+                consumer = self.accounting_consumer(),
+                "buffer: requeued records of an older version now belong to the accounting consumer"
+            );
+        }
         Ok(())
     }
 

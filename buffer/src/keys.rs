@@ -45,9 +45,23 @@ pub(crate) fn header_key(seq: u64) -> [u8; 9] {
 pub(crate) fn block_key(seq: u64) -> [u8; 9] {
     prefixed(BLOCK_PREFIX, seq)
 }
-pub(crate) fn requeue_key(lane: Lane, seq: u64) -> [u8; 9] {
-    prefixed(lane.tag(), seq)
+/// Records put back for `consumer`: lane tag ++ consumer ++ NUL ++ seq. Consumer names never
+/// hold a NUL, so one consumer's keys are one contiguous, seq-ordered range.
+pub(crate) fn requeue_key(consumer: &str, lane: Lane, seq: u64) -> Vec<u8> {
+    let mut k = requeue_prefix(consumer, lane);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
 }
+pub(crate) fn requeue_prefix(consumer: &str, lane: Lane) -> Vec<u8> {
+    let mut k = Vec::with_capacity(consumer.len() + 10);
+    k.push(lane.tag());
+    k.extend_from_slice(consumer.as_bytes());
+    k.push(0);
+    k
+}
+/// Requeue keys of older versions, shared by every consumer: lane tag ++ seq (9 bytes). Open
+/// moves them to the accounting consumer's range.
+pub(crate) const LEGACY_REQUEUE_KEY_LEN: usize = 9;
 
 /// The seq of a 9-byte prefixed key (or of an 8-byte id key).
 pub(crate) fn seq_of(key: &[u8]) -> Option<u64> {

@@ -132,8 +132,9 @@
 //!   "ack\0" ++ lane tag ('a'|'r') ++ "\0" ++ consumer -> u64be  acked up to (inclusive)
 //!   "cmeta\0" ++ consumer ++ "\0" ++ key  -> bytes   per-consumer state
 //!   "state\0" ++ key                      -> bytes   state of other components (alarm engine)
-//! tree "requeue"
-//!   lane tag ++ seq:u64be                 -> postcard Record (original seq kept)
+//! tree "requeue"                            (dead letters put back for one consumer)
+//!   lane tag ++ consumer ++ "\0" ++ seq:u64be -> postcard Record (original seq kept)
+//!       (older versions: lane tag ++ seq:u64be, moved to the accounting consumer at open)
 //! tree "dead"                                (rejected input: Raw payloads)
 //!   id:u64be                              -> postcard DeadLetter
 //! tree "dead.refused"                        (batches the upstream refused: Records payloads)

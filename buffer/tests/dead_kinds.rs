@@ -75,7 +75,9 @@ async fn a_flood_of_rejected_input_never_evicts_a_refused_batch_and_each_kind_is
     let DeadPayload::Records { records, .. } = letter.payload else {
         panic!("a refused batch");
     };
-    r.buffer.requeue(Lane::Readings, records).unwrap();
+    r.buffer
+        .requeue("forwarder", Lane::Readings, records)
+        .unwrap();
     assert_eq!(r.buffer.stats().readings.requeued, 5);
     drop(dl);
     r.close().await;

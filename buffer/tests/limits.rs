@@ -311,26 +311,103 @@ async fn requeued_records_round_trip_with_their_original_seqs() {
         .into_iter()
         .map(|(seq, record)| Stored { seq, record })
         .collect();
-    r.buffer.requeue(Lane::Readings, recs.clone()).unwrap();
+    r.buffer.requeue(C, Lane::Readings, recs.clone()).unwrap();
     let err = r
         .buffer
-        .requeue(Lane::Alarms, vec![recs[0].clone()])
+        .requeue(C, Lane::Alarms, vec![recs[0].clone()])
         .unwrap_err();
     assert!(matches!(err, BufferError::WrongLane { seq: 7, .. }));
+    assert!(matches!(
+        r.buffer.requeue("stranger", Lane::Readings, recs.clone()),
+        Err(BufferError::UnknownConsumer(_))
+    ));
     assert_eq!(r.buffer.stats().readings.requeued, 3);
     r.close().await;
 
     let r = Running::open(opts(dir.path()));
-    assert_eq!(r.buffer.read_requeued(Lane::Readings, 10).unwrap(), recs);
-    assert!(r.buffer.read_requeued(Lane::Alarms, 10).unwrap().is_empty());
-    r.buffer.ack_requeued(Lane::Readings, 9).unwrap();
+    assert_eq!(r.buffer.read_requeued(C, Lane::Readings, 10).unwrap(), recs);
+    assert!(
+        r.buffer
+            .read_requeued(C, Lane::Alarms, 10)
+            .unwrap()
+            .is_empty()
+    );
+    r.buffer.ack_requeued(C, Lane::Readings, 9).unwrap();
     assert_eq!(
-        r.buffer.read_requeued(Lane::Readings, 10).unwrap(),
+        r.buffer.read_requeued(C, Lane::Readings, 10).unwrap(),
         recs[2..]
     );
     assert_eq!(r.buffer.stats().readings.requeued, 1);
     // Requeued records are apart from the lane.
     assert!(read_all(&r.buffer, C, Lane::Readings).is_empty());
+    r.close().await;
+}
+
+#[tokio::test]
+async fn records_requeued_for_one_consumer_are_replayed_to_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path());
+    o.consumers = vec![C.into(), "cloud-mqtt".into()];
+    let r = Running::open(o);
+    let recs: Vec<Stored> = [(3, reading(3)), (5, reading(5))]
+        .into_iter()
+        .map(|(seq, record)| Stored { seq, record })
+        .collect();
+    r.buffer
+        .requeue("cloud-mqtt", Lane::Readings, recs.clone())
+        .unwrap();
+    assert!(
+        r.buffer
+            .read_requeued(C, Lane::Readings, 10)
+            .unwrap()
+            .is_empty(),
+        "the other consumer never sees them"
+    );
+    r.buffer.ack_requeued(C, Lane::Readings, 5).unwrap();
+    assert_eq!(
+        r.buffer
+            .read_requeued("cloud-mqtt", Lane::Readings, 10)
+            .unwrap(),
+        recs,
+        "another consumer's ack removes nothing"
+    );
+    r.buffer
+        .ack_requeued("cloud-mqtt", Lane::Readings, 5)
+        .unwrap();
+    assert_eq!(r.buffer.stats().readings.requeued, 0);
+    r.close().await;
+}
+
+#[tokio::test]
+async fn records_requeued_by_an_older_version_go_to_the_accounting_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path());
+    o.consumers = vec![C.into(), "cloud-mqtt".into()];
+    Running::open(o.clone()).close().await;
+    {
+        // The older layout: lane tag ++ seq, shared by every consumer.
+        let db = common::open_raw_sled(dir.path());
+        let tree = db.open_tree("requeue").unwrap();
+        for seq in [4u64, 6] {
+            let mut key = vec![b'r'];
+            key.extend_from_slice(&seq.to_be_bytes());
+            tree.insert(key, postcard::to_stdvec(&reading(seq)).unwrap())
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let r = Running::open(o);
+    assert_eq!(r.buffer.stats().readings.requeued, 2);
+    let seqs = |consumer: &str| -> Vec<u64> {
+        r.buffer
+            .read_requeued(consumer, Lane::Readings, 10)
+            .unwrap()
+            .iter()
+            .map(|s| s.seq)
+            .collect()
+    };
+    assert_eq!(seqs(C), [4, 6]);
+    assert!(seqs("cloud-mqtt").is_empty());
     r.close().await;
 }
 

@@ -486,7 +486,7 @@ impl ForwarderDriver {
         }
         let requeued = self
             .buffer
-            .read_requeued(state.lane, opts.batch_max_records)?;
+            .read_requeued(&opts.consumer, state.lane, opts.batch_max_records)?;
         if !requeued.is_empty() {
             // Cut by bytes like any batch; what does not fit stays queued for the next one.
             let mut batcher = Batcher::new(
@@ -615,7 +615,8 @@ impl ForwarderDriver {
                 }
             }
             Kind::Requeued => {
-                self.buffer.ack_requeued(state.lane, batch.last_seq)?;
+                self.buffer
+                    .ack_requeued(&self.options.consumer, state.lane, batch.last_seq)?;
                 state.requeue_in_flight = false;
             }
         }

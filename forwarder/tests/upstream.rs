@@ -550,7 +550,9 @@ async fn replayed_dead_letters_are_sent_before_newer_records_with_their_original
     tb.buffer
         .ack("upstream", Lane::Readings, old[2].seq)
         .unwrap();
-    tb.buffer.requeue(Lane::Readings, old.clone()).unwrap();
+    tb.buffer
+        .requeue(gateway_forwarder::CONSUMER, Lane::Readings, old.clone())
+        .unwrap();
     let new = append(&tb.buffer, (3..6).map(reading).collect()).await;
     let (handle, driver) = Forwarder::new(tb.buffer.clone(), options(&upstream.url())).unwrap();
     let fwd = Running::spawn(handle.clone(), driver);
