@@ -52,6 +52,7 @@
 //! for one shard's copy, and the bytes are encoded and written without it).
 
 use gateway_buffer::{AlarmEvent, AlarmState, Reading, Severity};
+use gateway_config::{AlarmCondition, Config};
 use globset::{Glob, GlobMatcher};
 use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
@@ -154,6 +155,47 @@ impl Rule {
 
 fn secs_to_ms(s: u64) -> i64 {
     i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// The alarm rules of a config (`[[alarm]]`), ready for the engine. Used wherever rules are
+/// built: at start, on reload, and by the dead-letter replay.
+pub fn rules_from_config(config: &Config) -> Result<Vec<Rule>, RuleError> {
+    config
+        .alarm
+        .iter()
+        .map(|a| {
+            let band = |l: gateway_config::Limit| Band {
+                trigger: l.trigger,
+                clear: l.clear,
+            };
+            let condition = match a.condition {
+                AlarmCondition::Threshold { above, below } => Condition::Threshold {
+                    above: above.map(band),
+                    below: below.map(band),
+                },
+                AlarmCondition::Rate { rate_above_per_s } => Condition::Rate {
+                    above_per_s: rate_above_per_s,
+                },
+                AlarmCondition::NoData { no_data_s } => Condition::Silence {
+                    no_data_ms: secs_to_ms(no_data_s),
+                },
+            };
+            let severity = match a.severity {
+                gateway_config::Severity::Info => Severity::Info,
+                gateway_config::Severity::Warning => Severity::Warning,
+                gateway_config::Severity::Critical => Severity::Critical,
+            };
+            Rule::new(
+                &a.name,
+                &a.device,
+                &a.metric,
+                condition,
+                a.for_s,
+                a.clear_for_s,
+                severity,
+            )
+        })
+        .collect()
 }
 
 /// Where one series stands.

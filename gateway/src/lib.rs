@@ -15,8 +15,36 @@
 //!   that gets a new `seq`); the cloud deduplicates.
 //! - Serial lines have no acknowledgement: up to one commit interval of lines read from a port
 //!   can be lost in a crash.
+//!
+//! # Layout
+//! The folders follow the data: [`sources`] (MQTT, serial, framing, decoding, the embedded
+//! broker) hand readings to the core, [`alarm`] (the rule engine) and [`pipeline`] (rules, then
+//! a durable append), which writes them to the buffer opened as [`buffer`] says; [`sinks`] take
+//! them out of it again (the local alarm topics here; the upstream is the `gateway-forwarder`
+//! crate). [`ops`] is beside the flow: admin API, metrics, commands, demo receiver, logging,
+//! systemd. [`wiring`] is the one module that turns the config into all of these and runs them.
+//!
+//! Each module imports only modules listed below it, so there are no cycles (not drawn: most
+//! also use `ops::telemetry`, for throttled logs and escaping what devices sent):
+//!
+//! ```text
+//! wiring ─────────────▶ everything below; only lib.rs and main.rs import it
+//! ops::commands ──────▶ buffer, pipeline, sources::decode
+//! ops::admin ─────────▶ pipeline, alarm (rules_from_config), ops::metrics, ops (ListenError)
+//! ops::demo ──────────▶ ops (ListenError)
+//! buffer ─────────────▶ sinks::local_alarms (its consumer name)
+//! sinks::local_alarms ▶ sources::mqtt (MqttSettings: the same broker), ops::metrics
+//! sources::mqtt ──────▶ pipeline, sources::decode, ops::metrics
+//! sources::serial ────▶ pipeline, sources::{decode, framing}
+//! sources::framing ───▶ sources::decode (Reject)
+//! pipeline ───────────▶ alarm, sources::decode (Reject), ops::metrics
+//! ops::metrics ───────▶ sources::decode (Reject: a counter per reason)
+//! sources::decode ────▶ ops::telemetry (is_unsafe_char)
+//! alarm, sources::broker, ops::telemetry, ops::sd_notify, ops (ListenError): nothing of ours
+//! ```
 
 pub mod alarm;
+pub mod buffer;
 pub mod ops;
 pub mod pipeline;
 pub mod sinks;

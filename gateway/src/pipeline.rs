@@ -3,13 +3,14 @@
 //!
 //! Sources call [`Pipeline::ingest`] and acknowledge their input only when it returns `Ok`.
 
-use crate::alarm::{self, ActiveAlarm, Engine, EngineStats, Rule, SHARDS, Snapshot};
+use crate::alarm::{self, ActiveAlarm, Engine, EngineStats, Rule, RuleError, SHARDS, Snapshot};
 use crate::ops::metrics::IngestMetrics;
 use crate::ops::telemetry::Throttle;
 use crate::sources::decode::Reject;
 use gateway_buffer::{
     AppendError, Appended, Buffer, DeadLetterInput, OnWait, Reading, Record, Source,
 };
+use gateway_config::Config;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -151,6 +152,22 @@ impl Pipeline {
             }
         }
         pipeline
+    }
+
+    /// The ingest pipeline of a config on `buffer` (its alarm rules, with the engine state the
+    /// buffer holds), and the metrics it counts into.
+    pub fn from_config(
+        config: &Config,
+        buffer: &Buffer,
+    ) -> Result<(Pipeline, Arc<IngestMetrics>), RuleError> {
+        let metrics = Arc::new(IngestMetrics::default());
+        let pipeline = Pipeline::new(
+            buffer.clone(),
+            alarm::rules_from_config(config)?,
+            config.alarm_max_series,
+            metrics.clone(),
+        );
+        Ok((pipeline, metrics))
     }
 
     pub fn metrics(&self) -> &Arc<IngestMetrics> {

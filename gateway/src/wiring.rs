@@ -6,21 +6,19 @@
 //! the forwarder `shutdown_grace_s` to deliver what it has in flight, then let the committer
 //! commit anything still queued and flush the buffer.
 
-use crate::alarm::{Band, Condition, Rule, RuleError};
+use crate::alarm::RuleError;
 use crate::ops::admin::{self, AdminState};
-use crate::ops::{demo, metrics::IngestMetrics};
+use crate::ops::demo;
 use crate::pipeline::Pipeline;
 use crate::sinks::local_alarms;
 use crate::sources::mqtt::{self, MqttSettings};
 use crate::sources::serial::{self, SerialSettings};
 use crate::sources::{broker, decode};
-use gateway_buffer::{Buffer, BufferHealth, BufferOptions, Severity, SystemClock};
-use gateway_config::{AlarmCondition, Config, MqttMode, Secret};
+use gateway_buffer::{Buffer, BufferHealth};
+use gateway_config::{Config, MqttMode, Secret};
 use gateway_forwarder::{Forwarder, ForwarderOptions, RetryPolicy};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -68,12 +66,8 @@ pub enum RunError {
     #[error("upstream: {0}")]
     Forwarder(#[from] gateway_forwarder::ForwarderError),
     /// The admin or demo listener could not bind.
-    #[error("{what} {addr}: cannot listen: {source}")]
-    Listen {
-        what: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] crate::ops::ListenError),
     /// The buffer's database failed a write (disk full, I/O error) and the disk takes writes
     /// again: sled refuses writes until the database is reopened, so the gateway stops and exits
     /// non-zero for its service manager to restart it (systemd `Restart=on-failure`).
@@ -84,92 +78,6 @@ pub enum RunError {
     /// A task that must not stop (the buffer's committer, the forwarder) failed.
     #[error("{task} failed: {reason}")]
     TaskFailed { task: &'static str, reason: String },
-}
-
-/// The ingest pipeline of a config on `buffer` (its alarm rules, with the engine state the
-/// buffer holds), and the metrics it counts into.
-pub fn pipeline_from_config(
-    config: &Config,
-    buffer: &Buffer,
-) -> Result<(Pipeline, Arc<IngestMetrics>), RuleError> {
-    let metrics = Arc::new(IngestMetrics::default());
-    let pipeline = Pipeline::new(
-        buffer.clone(),
-        rules_from_config(config)?,
-        config.alarm_max_series,
-        metrics.clone(),
-    );
-    Ok((pipeline, metrics))
-}
-
-/// The alarm rules of a config, ready for the engine.
-pub fn rules_from_config(config: &Config) -> Result<Vec<Rule>, RuleError> {
-    config
-        .alarm
-        .iter()
-        .map(|a| {
-            let band = |l: gateway_config::Limit| Band {
-                trigger: l.trigger,
-                clear: l.clear,
-            };
-            let condition = match a.condition {
-                AlarmCondition::Threshold { above, below } => Condition::Threshold {
-                    above: above.map(band),
-                    below: below.map(band),
-                },
-                AlarmCondition::Rate { rate_above_per_s } => Condition::Rate {
-                    above_per_s: rate_above_per_s,
-                },
-                AlarmCondition::NoData { no_data_s } => Condition::Silence {
-                    no_data_ms: i64::try_from(no_data_s.saturating_mul(1000)).unwrap_or(i64::MAX),
-                },
-            };
-            let severity = match a.severity {
-                gateway_config::Severity::Info => Severity::Info,
-                gateway_config::Severity::Warning => Severity::Warning,
-                gateway_config::Severity::Critical => Severity::Critical,
-            };
-            Rule::new(
-                &a.name,
-                &a.device,
-                &a.metric,
-                condition,
-                a.for_s,
-                a.clear_for_s,
-                severity,
-            )
-        })
-        .collect()
-}
-
-/// The buffer's options from the config.
-pub fn buffer_options(config: &Config) -> BufferOptions {
-    let mut consumers = vec![gateway_forwarder::CONSUMER.to_owned()];
-    let mut alarms_only_consumers = Vec::new();
-    if config.mqtt.mode != MqttMode::Disabled {
-        consumers.push(local_alarms::CONSUMER.to_owned());
-        alarms_only_consumers.push(local_alarms::CONSUMER.to_owned());
-    }
-    BufferOptions {
-        dir: config.data_dir.join("buffer"),
-        readings_max_bytes: config.buffer.max_bytes,
-        alarms_max_bytes: config.buffer.alarm_max_bytes,
-        when_full: match config.buffer.when_full {
-            gateway_config::WhenFull::DropOldest => gateway_buffer::WhenFull::DropOldest,
-            gateway_config::WhenFull::Block => gateway_buffer::WhenFull::Block,
-        },
-        max_age_s: config.buffer.max_age_s,
-        commit_interval_ms: config.buffer.commit_interval_ms,
-        commit_max_records: config.buffer.commit_max_records,
-        commit_stretch_ms: config.buffer.commit_stretch_ms,
-        cache_capacity_bytes: config.buffer.cache_capacity_bytes,
-        dead_letter_max_bytes: config.buffer.dead_letter_max_bytes,
-        refused_dead_letter_max_bytes: config.buffer.refused_dead_letter_max_bytes,
-        consumers,
-        alarms_only_consumers,
-        readings_only_consumers: Vec::new(),
-        clock: Arc::new(SystemClock),
-    }
 }
 
 /// The forwarder's options from the config.
@@ -281,14 +189,14 @@ pub async fn run(
     prepare_data_dir(&config)?;
     let dir = config.data_dir.join("buffer");
     let (buffer, committer) =
-        Buffer::open(buffer_options(&config)).map_err(|source| RunError::Buffer {
+        Buffer::open(crate::buffer::options(&config)).map_err(|source| RunError::Buffer {
             dir: dir.clone(),
             source,
         })?;
     // The buffer is open: any panic from here on ends the process (when the binary installed
     // the hook), rather than leaving a task dead.
     crate::ops::telemetry::exit_on_panic();
-    let (pipeline, metrics) = pipeline_from_config(&config, &buffer)?;
+    let (pipeline, metrics) = Pipeline::from_config(&config, &buffer)?;
 
     // Tokens in shutdown order: sources first, then the forwarder and sinks, the committer last.
     let sources = CancellationToken::new();

@@ -28,8 +28,9 @@
 //! Not promised: fairness between clients beyond the backlog's order, TLS (put a reverse proxy
 //! in front for that), HTTP/2.
 
+use crate::alarm::rules_from_config;
+use crate::ops::ListenError;
 use crate::pipeline::Pipeline;
-use crate::wiring::rules_from_config;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -712,7 +713,7 @@ pub async fn serve(
     listen: SocketAddr,
     state: AdminState,
     stop: CancellationToken,
-) -> Result<SocketAddr, crate::wiring::RunError> {
+) -> Result<SocketAddr, ListenError> {
     serve_with(listen, router(state), Limits::default(), stop).await
 }
 
@@ -724,15 +725,14 @@ pub async fn serve_with(
     app: Router,
     limits: Limits,
     stop: CancellationToken,
-) -> Result<SocketAddr, crate::wiring::RunError> {
-    let listener =
-        TcpListener::bind(listen)
-            .await
-            .map_err(|source| crate::wiring::RunError::Listen {
-                what: "admin.listen",
-                addr: listen,
-                source,
-            })?;
+) -> Result<SocketAddr, ListenError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ListenError {
+            what: "admin.listen",
+            addr: listen,
+            source,
+        })?;
     let addr = listener.local_addr().unwrap_or(listen);
     let app = app
         // Extractors that read a body stop at the limit with 413 (a chunked body has no

@@ -4,8 +4,8 @@
 //! [`Escaped`], so a control character in it cannot forge an output line or drive the terminal.
 
 use crate::ops::telemetry::Escaped;
+use crate::pipeline::Pipeline;
 use crate::sources::decode::{IngestRules, MqttDecoder, SerialDecoder};
-use crate::wiring::{buffer_options, pipeline_from_config};
 use gateway_buffer::{Buffer, DeadPayload, Source};
 use gateway_config::Config;
 use serde_json::Value;
@@ -145,7 +145,7 @@ async fn with_buffer<T>(
     config: &Config,
     f: impl AsyncFnOnce(&Buffer) -> Result<T, CommandError>,
 ) -> Result<T, CommandError> {
-    let opts = buffer_options(config);
+    let opts = crate::buffer::options(config);
     let dir = opts.dir.display().to_string();
     let (buffer, committer) =
         Buffer::open(opts).map_err(|source| CommandError::Buffer { dir, source })?;
@@ -221,7 +221,7 @@ pub async fn replay_dead_letters(config: &Config) -> Result<String, CommandError
     )
     .with_rules(IngestRules::new(&config.ingest));
     with_buffer(config, async |buffer: &Buffer| {
-        let (pipeline, metrics) = pipeline_from_config(config, buffer)
+        let (pipeline, metrics) = Pipeline::from_config(config, buffer)
             .map_err(|e| CommandError::DeadLetters(e.to_string()))?;
         let (mut requeued, mut appended, mut kept) = (0u64, 0u64, 0u64);
         let err = |e: gateway_buffer::BufferError| CommandError::DeadLetters(e.to_string());

@@ -2,6 +2,7 @@
 //! first run needs nothing else. It accepts every batch, logs a line per batch, and keeps
 //! nothing. It is a demo choice, not a sink for production data.
 
+use crate::ops::ListenError;
 use axum::Router;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
@@ -11,7 +12,7 @@ use std::net::SocketAddr;
 use url::Url;
 
 /// Binds the receiver on the upstream URL's host and port and serves its path.
-pub async fn start(url: &Url) -> Result<SocketAddr, crate::wiring::RunError> {
+pub async fn start(url: &Url) -> Result<SocketAddr, ListenError> {
     let host = url.host_str().unwrap_or("127.0.0.1");
     let port = url.port_or_known_default().unwrap_or(80);
     let addr: SocketAddr = format!("{host}:{port}")
@@ -20,7 +21,7 @@ pub async fn start(url: &Url) -> Result<SocketAddr, crate::wiring::RunError> {
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], port)));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| crate::wiring::RunError::Listen {
+        .map_err(|source| ListenError {
             what: "demo receiver (upstream.url)",
             addr,
             source,

@@ -3,12 +3,12 @@
 //!
 //! # What a sink is here
 //! - **It reads only what is durable.** A sink is a consumer of the buffer with a cursor of its
-//!   own (its `CONSUMER` name, registered when the buffer is opened), reading one lane or both;
-//!   it never sees a record before the record is fsynced.
+//!   own (its `CONSUMER` name, registered by [`buffer::options`](crate::buffer::options)),
+//!   reading one lane or both; the buffer shows readers only durable records.
 //! - **It acknowledges only once delivered.** A record is acked to the buffer after its
-//!   destination took it, or after it was counted (and, where it can be, set aside as a dead
-//!   letter) because no destination ever will; so a restart or an outage repeats records and
-//!   never skips one.
+//!   destination took it, or after it was counted because the destination never will (the
+//!   forwarder keeps such a batch as a dead letter; the local alarm topics count and skip an
+//!   event no broker accepts); so a restart or an outage repeats records and never skips one.
 //! - **It never holds back the others.** Each sink has its own cursor, and one record that
 //!   cannot be delivered must not stop its cursor: the buffer keeps a record until every
 //!   consumer acked it, and with `buffer.when_full = "block"` a stuck cursor would in the end
@@ -18,7 +18,7 @@
 //!
 //! The local alarm topics on the gateway's own broker ([`local_alarms`]) are the sink that lives
 //! in this crate. The upstream sinks (batches to the cloud, retries, dead letters of refused
-//! batches) live in the `gateway-forwarder` crate; `crate::wiring` builds its
+//! batches) live in the `gateway-forwarder` crate; the `wiring` module builds their
 //! [`Forwarder`](gateway_forwarder::Forwarder) from `[upstream]` and runs its driver beside
 //! these.
 

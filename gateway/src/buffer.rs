@@ -1,0 +1,42 @@
+//! The durable buffer as this gateway opens it: the `[buffer]` limits, and one consumer cursor
+//! per sink that runs (the forwarder always; the local alarm topics, on the alarm lane only,
+//! whenever MQTT is on).
+//!
+//! Everything that opens the buffer (`gateway run`, and the dead-letter commands while the
+//! gateway is stopped) takes its options from [`options`], so both register the same consumers
+//! on the same lanes.
+
+use crate::sinks::local_alarms;
+use gateway_buffer::{BufferOptions, SystemClock};
+use gateway_config::{Config, MqttMode};
+use std::sync::Arc;
+
+/// The buffer's options from the config.
+pub fn options(config: &Config) -> BufferOptions {
+    let mut consumers = vec![gateway_forwarder::CONSUMER.to_owned()];
+    let mut alarms_only_consumers = Vec::new();
+    if config.mqtt.mode != MqttMode::Disabled {
+        consumers.push(local_alarms::CONSUMER.to_owned());
+        alarms_only_consumers.push(local_alarms::CONSUMER.to_owned());
+    }
+    BufferOptions {
+        dir: config.data_dir.join("buffer"),
+        readings_max_bytes: config.buffer.max_bytes,
+        alarms_max_bytes: config.buffer.alarm_max_bytes,
+        when_full: match config.buffer.when_full {
+            gateway_config::WhenFull::DropOldest => gateway_buffer::WhenFull::DropOldest,
+            gateway_config::WhenFull::Block => gateway_buffer::WhenFull::Block,
+        },
+        max_age_s: config.buffer.max_age_s,
+        commit_interval_ms: config.buffer.commit_interval_ms,
+        commit_max_records: config.buffer.commit_max_records,
+        commit_stretch_ms: config.buffer.commit_stretch_ms,
+        cache_capacity_bytes: config.buffer.cache_capacity_bytes,
+        dead_letter_max_bytes: config.buffer.dead_letter_max_bytes,
+        refused_dead_letter_max_bytes: config.buffer.refused_dead_letter_max_bytes,
+        consumers,
+        alarms_only_consumers,
+        readings_only_consumers: Vec::new(),
+        clock: Arc::new(SystemClock),
+    }
+}
