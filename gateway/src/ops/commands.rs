@@ -223,15 +223,22 @@ pub async fn replay_dead_letters(config: &Config) -> Result<String, CommandError
     with_buffer(config, async |buffer: &Buffer| {
         let (pipeline, metrics) = Pipeline::from_config(config, buffer)
             .map_err(|e| CommandError::DeadLetters(e.to_string()))?;
-        let (mut requeued, mut appended, mut kept) = (0u64, 0u64, 0u64);
+        let (mut requeued, mut appended, mut kept, mut orphaned) = (0u64, 0u64, 0u64, 0u64);
         let err = |e: gateway_buffer::BufferError| CommandError::DeadLetters(e.to_string());
         let all = buffer.dead_letters().list(usize::MAX, None).map_err(err)?;
         for d in all {
             match &d.payload {
+                // A refused batch goes back to the sink that refused it (its origin), and to
+                // no other: the other sinks had it. A sink no longer configured keeps it.
                 DeadPayload::Records { lane, records } => {
-                    buffer.requeue(*lane, records.clone()).map_err(err)?;
-                    buffer.dead_letters().take(d.id).map_err(err)?;
-                    requeued += records.len() as u64;
+                    match buffer.requeue(&d.origin, *lane, records.clone()) {
+                        Ok(()) => {
+                            buffer.dead_letters().take(d.id).map_err(err)?;
+                            requeued += records.len() as u64;
+                        }
+                        Err(gateway_buffer::BufferError::UnknownConsumer(_)) => orphaned += 1,
+                        Err(e) => return Err(err(e)),
+                    }
                 }
                 DeadPayload::Raw(bytes) => {
                     let serial = config.serial.iter().find(|p| p.port.display().to_string() == d.origin);
@@ -261,9 +268,15 @@ pub async fn replay_dead_letters(config: &Config) -> Result<String, CommandError
         }
         pipeline.save_engine_state();
         let alarms = metrics.alarm_events.load(std::sync::atomic::Ordering::Relaxed);
-        Ok(format!(
+        let mut text = format!(
             "replayed: {requeued} upstream records back on their lanes (original seqs), {appended} readings from payloads that now decode ({alarms} alarm events raised or cleared by them); {kept} dead letters still unreadable and kept\n"
-        ))
+        );
+        if orphaned > 0 {
+            text.push_str(&format!(
+                "kept: {orphaned} refused batches of sinks no longer configured (see `gateway dead-letters list` for their origin)\n"
+            ));
+        }
+        Ok(text)
     })
     .await
 }
