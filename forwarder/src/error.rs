@@ -30,6 +30,23 @@ pub enum ForwarderError {
         /// What was wrong (the token itself is never included).
         reason: String,
     },
+    /// An option of a `[[sink]]` other than `[upstream]` (such as the MQTT sink's) is out of
+    /// range or does not parse; the message names the key.
+    #[error("invalid sink[].{field}: {reason}")]
+    InvalidSinkOptions {
+        /// The config key, without the `sink[].` prefix.
+        field: &'static str,
+        /// What is wrong with it (never a secret).
+        reason: String,
+    },
+    /// The TLS client of a `[[sink]]` with an `mqtts://` URL and no TLS files could not be
+    /// built (no platform roots).
+    #[error("sink[].{key}: {source}", key = .source.key())]
+    SinkTls {
+        /// What went wrong, naming the key.
+        #[source]
+        source: gateway_config::TlsError,
+    },
     /// The HTTP client could not be built (TLS backend initialisation).
     #[error("cannot build the upstream HTTP client: {0}")]
     Client(#[source] reqwest::Error),

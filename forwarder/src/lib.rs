@@ -104,6 +104,7 @@ pub use options::{CONSUMER, Compression, ForwarderOptions};
 pub use outcome::{Outcome, RetryReason};
 pub use pacing::{Admit, Answer, HoldCause, LATENCY_SLACK, Pacing, Ticket};
 pub use sinks::http::{HttpSink, MAX_REJECTION_BODY_BYTES, RetryPolicy};
+pub use sinks::mqtt::{MqttConnection, MqttSink, MqttSinkOptions};
 pub use sinks::{Attempt, EncodedBatch, Sink};
 pub use stats::{
     DOWN_AFTER_FAILURES, ForwarderStats, LATENCY_BUCKETS_S, LatencyHistogram, PerLane,
