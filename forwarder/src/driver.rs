@@ -484,9 +484,9 @@ impl ForwarderDriver {
         if state.requeue_in_flight {
             return Ok(None);
         }
-        let requeued = self
-            .buffer
-            .read_requeued(&opts.consumer, state.lane, opts.batch_max_records)?;
+        let requeued =
+            self.buffer
+                .read_requeued(&opts.consumer, state.lane, opts.batch_max_records)?;
         if !requeued.is_empty() {
             // Cut by bytes like any batch; what does not fit stays queued for the next one.
             let mut batcher = Batcher::new(
@@ -880,9 +880,15 @@ mod tests {
     #[test]
     fn a_batch_nothing_of_which_was_evicted_is_sent_as_it_was() {
         let b = batch(&[3, 5, 8]);
-        assert!(matches!(trim_batch(&b, &[], "gw", &http(false)), Trim::Whole));
+        assert!(matches!(
+            trim_batch(&b, &[], "gw", &http(false)),
+            Trim::Whole
+        ));
         // Seqs shed that are not in the batch change nothing either.
-        assert!(matches!(trim_batch(&b, &[4, 9], "gw", &http(false)), Trim::Whole));
+        assert!(matches!(
+            trim_batch(&b, &[4, 9], "gw", &http(false)),
+            Trim::Whole
+        ));
     }
 
     #[test]
@@ -917,6 +923,9 @@ mod tests {
     #[test]
     fn a_batch_whose_every_record_was_evicted_is_gone() {
         let b = batch(&[3, 5]);
-        assert!(matches!(trim_batch(&b, &[3, 5], "gw", &http(false)), Trim::Gone));
+        assert!(matches!(
+            trim_batch(&b, &[3, 5], "gw", &http(false)),
+            Trim::Gone
+        ));
     }
 }

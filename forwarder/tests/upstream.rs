@@ -565,7 +565,7 @@ async fn replayed_dead_letters_are_sent_before_newer_records_with_their_original
     assert_eq!(got[1].json, encode_body("gw-test", Lane::Readings, &new));
     assert!(
         tb.buffer
-            .read_requeued(Lane::Readings, 10)
+            .read_requeued(gateway_forwarder::CONSUMER, Lane::Readings, 10)
             .unwrap()
             .is_empty()
     );
