@@ -1,6 +1,7 @@
 //! The durable buffer as this gateway opens it: the `[buffer]` limits, and one consumer cursor
-//! per sink that runs (the forwarder always; the local alarm topics, on the alarm lane only,
-//! whenever MQTT is on).
+//! per sink that runs: the `[upstream]` forwarder always (first, so the lane counters take its
+//! view), each `[[sink]]` under its name on the lanes it lists, and the local alarm topics, on
+//! the alarm lane only, whenever MQTT is on.
 //!
 //! Everything that opens the buffer (`gateway run`, and the dead-letter commands while the
 //! gateway is stopped) takes its options from [`options`], so both register the same consumers
@@ -15,6 +16,16 @@ use std::sync::Arc;
 pub fn options(config: &Config) -> BufferOptions {
     let mut consumers = vec![gateway_forwarder::CONSUMER.to_owned()];
     let mut alarms_only_consumers = Vec::new();
+    let mut readings_only_consumers = Vec::new();
+    for sink in &config.sinks {
+        consumers.push(sink.name.clone());
+        match (sink.lanes.readings, sink.lanes.alarms) {
+            (true, false) => readings_only_consumers.push(sink.name.clone()),
+            (false, true) => alarms_only_consumers.push(sink.name.clone()),
+            // Config validation refuses a sink of no lane.
+            _ => {}
+        }
+    }
     if config.mqtt.mode != MqttMode::Disabled {
         consumers.push(local_alarms::CONSUMER.to_owned());
         alarms_only_consumers.push(local_alarms::CONSUMER.to_owned());
@@ -36,7 +47,19 @@ pub fn options(config: &Config) -> BufferOptions {
         refused_dead_letter_max_bytes: config.buffer.refused_dead_letter_max_bytes,
         consumers,
         alarms_only_consumers,
-        readings_only_consumers: Vec::new(),
+        readings_only_consumers,
         clock: Arc::new(SystemClock),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_consumer_names_of_the_gateway_are_those_config_keeps_from_sinks() {
+        let reserved = gateway_config::defaults::SINK_RESERVED_NAMES;
+        assert!(reserved.contains(&gateway_forwarder::CONSUMER));
+        assert!(reserved.contains(&local_alarms::CONSUMER));
     }
 }

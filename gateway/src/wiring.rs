@@ -10,15 +10,19 @@ use crate::alarm::RuleError;
 use crate::ops::admin::{self, AdminState};
 use crate::ops::demo;
 use crate::pipeline::Pipeline;
-use crate::sinks::local_alarms;
+use crate::sinks::{SinkView, local_alarms};
 use crate::sources::mqtt::{self, MqttSettings};
 use crate::sources::serial::{self, SerialSettings};
 use crate::sources::{broker, decode};
 use gateway_buffer::{Buffer, BufferHealth};
-use gateway_config::{Config, MqttMode, Secret};
-use gateway_forwarder::{Forwarder, ForwarderOptions, RetryPolicy};
+use gateway_config::{Config, ForwardingConfig, MqttMode, Secret, SinkConfig, SinkKind, SinkLane};
+use gateway_forwarder::{
+    Forwarder, ForwarderDriver, ForwarderOptions, MqttConnection, MqttSink, MqttSinkOptions,
+    RetryPolicy,
+};
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -62,6 +66,13 @@ pub enum RunError {
     /// The embedded broker could not start.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    /// A `[[sink]]` could not be built.
+    #[error("sink {name}: {source}")]
+    Sink {
+        /// Its `name`.
+        name: String,
+        source: gateway_forwarder::ForwarderError,
+    },
     /// The forwarder could not be built from `[upstream]`.
     #[error("upstream: {0}")]
     Forwarder(#[from] gateway_forwarder::ForwarderError),
@@ -80,25 +91,73 @@ pub enum RunError {
     TaskFailed { task: &'static str, reason: String },
 }
 
-/// The forwarder's options from the config.
+/// The forwarder's options from the config: the HTTP sink of `[upstream]`.
 pub fn forwarder_options(config: &Config) -> ForwarderOptions {
     let up = &config.upstream;
-    let mut o = ForwarderOptions::new(&config.gateway_id, up.url.as_str());
+    let mut o = forwarding_options(config, up.url.as_str(), &up.forwarding());
     o.bearer_token = up.bearer_token.as_ref().map(|s| s.expose().to_owned());
     o.tls = up.tls.clone();
-    o.batch_max_records = up.batch_max_records;
-    o.batch_max_bytes = up.batch_max_bytes;
-    o.linger = Duration::from_millis(up.linger_ms);
     o.compression = match up.compression {
         gateway_config::Compression::Gzip => gateway_forwarder::Compression::Gzip,
         gateway_config::Compression::None => gateway_forwarder::Compression::None,
     };
-    o.timeout = Duration::from_millis(up.timeout_ms);
-    o.retry_initial = Duration::from_millis(up.retry_initial_ms);
-    o.retry_max = Duration::from_millis(up.retry_max_ms);
-    o.max_in_flight = up.max_in_flight;
     o.retry_policy = RetryPolicy::new(up.retry_on_status.iter().copied(), up.retry_on_5xx);
     o
+}
+
+/// What every forwarder takes from its forwarding keys (batching, timeout, backoff,
+/// concurrency); consumer `upstream` until the caller names another.
+fn forwarding_options(config: &Config, url: &str, f: &ForwardingConfig) -> ForwarderOptions {
+    let mut o = ForwarderOptions::new(&config.gateway_id, url);
+    o.batch_max_records = f.batch_max_records;
+    o.batch_max_bytes = f.batch_max_bytes;
+    o.linger = Duration::from_millis(f.linger_ms);
+    o.timeout = Duration::from_millis(f.timeout_ms);
+    o.retry_initial = Duration::from_millis(f.retry_initial_ms);
+    o.retry_max = Duration::from_millis(f.retry_max_ms);
+    o.max_in_flight = f.max_in_flight;
+    o
+}
+
+/// One `[[sink]]`, built: its forwarder, and the connection task an MQTT bridge runs beside it
+/// (it must outlive the forwarder's drain at shutdown: PUBACKs come through it).
+struct BuiltSink {
+    view: SinkView,
+    driver: ForwarderDriver,
+    connection: MqttConnection,
+}
+
+fn build_sink(config: &Config, buffer: &Buffer, sink: &SinkConfig) -> Result<BuiltSink, RunError> {
+    let SinkKind::Mqtt(m) = &sink.kind;
+    let mut options = forwarding_options(config, m.url.as_str(), &sink.forwarding);
+    options.consumer = sink.name.clone();
+    let mut mqtt = MqttSinkOptions::new(&config.gateway_id, m.url.as_str(), &m.client_id);
+    mqtt.username = m.username.clone();
+    mqtt.password = m.password.as_ref().map(|s| s.expose().to_owned());
+    mqtt.tls = m.tls.clone();
+    mqtt.readings_topic = m.topic_for(&config.gateway_id, SinkLane::Readings);
+    mqtt.alarms_topic = m.topic_for(&config.gateway_id, SinkLane::Alarms);
+    mqtt.keep_alive = Duration::from_secs(u64::from(m.keep_alive_s));
+    mqtt.timeout = Duration::from_millis(sink.forwarding.timeout_ms);
+    mqtt.max_message_bytes = m.max_message_bytes;
+    let (mqtt_sink, connection) = MqttSink::new(mqtt).map_err(|source| RunError::Sink {
+        name: sink.name.clone(),
+        source,
+    })?;
+    let (handle, driver) = Forwarder::with_sink(buffer.clone(), options, Arc::new(mqtt_sink))
+        .map_err(|source| RunError::Sink {
+            name: sink.name.clone(),
+            source,
+        })?;
+    Ok(BuiltSink {
+        view: SinkView {
+            name: sink.name.clone(),
+            kind: sink.kind.as_str(),
+            forwarder: handle,
+        },
+        driver,
+        connection,
+    })
 }
 
 /// Where the gateway's own MQTT clients connect, from the config (`None`: MQTT disabled).
@@ -307,24 +366,46 @@ pub async fn run(
         demo::start(&config.upstream.url).await?;
     }
     let (forwarder, driver) = Forwarder::new(buffer.clone(), forwarder_options(&config))?;
+    let mut views = vec![SinkView {
+        name: gateway_forwarder::CONSUMER.to_owned(),
+        kind: "http",
+        forwarder: forwarder.clone(),
+    }];
+    let mut drivers = vec![driver];
+    // The MQTT bridges' connections stop only after every forwarder drained.
+    let links = CancellationToken::new();
+    let link_tasks = TaskTracker::new();
+    for sink in &config.sinks {
+        let built = build_sink(&config, &buffer, sink)?;
+        tracing::info!(sink = %built.view.name, kind = built.view.kind, "sink configured");
+        views.push(built.view);
+        drivers.push(built.driver);
+        link_tasks.spawn(built.connection.run(links.clone()));
+    }
     let grace = Duration::from_secs(config.shutdown_grace_s);
-    let forwarder_task = {
-        let sinks = sinks.clone();
-        let fatal = fatal_tx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = driver.run(sinks.clone(), grace).await {
-                let _ = fatal.try_send(RunError::TaskFailed {
-                    task: "forwarder",
-                    reason: e.to_string(),
-                });
-            }
+    let forwarder_tasks: Vec<_> = drivers
+        .into_iter()
+        .zip(&views)
+        .map(|(driver, view)| {
+            let sinks = sinks.clone();
+            let fatal = fatal_tx.clone();
+            let name = view.name.clone();
+            tokio::spawn(async move {
+                if let Err(e) = driver.run(sinks.clone(), grace).await {
+                    let _ = fatal.try_send(RunError::TaskFailed {
+                        task: "forwarder",
+                        reason: format!("sink {name}: {e}"),
+                    });
+                }
+            })
         })
-    };
+        .collect();
 
     let admin_state = AdminState::new(
         &config,
         pipeline.clone(),
         forwarder,
+        views,
         options.config_path.clone(),
     );
     let admin_addr = admin::serve(config.admin.listen, admin_state.clone(), sinks.clone()).await?;
@@ -373,14 +454,16 @@ pub async fn run(
         "stopping: forwarder delivers what it can"
     );
     sinks.cancel();
-    let forwarder_abort = forwarder_task.abort_handle();
-    if tokio::time::timeout_at(deadline, forwarder_task)
-        .await
-        .is_err()
-    {
-        // Batches still on the wire were not acked: they are sent again, same seqs, next run.
-        forwarder_abort.abort();
+    for task in forwarder_tasks {
+        let abort = task.abort_handle();
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            // Batches still on the wire were not acked: they are sent again, same seqs, next run.
+            abort.abort();
+        }
     }
+    links.cancel();
+    link_tasks.close();
+    let _ = tokio::time::timeout_at(deadline, link_tasks.wait()).await;
     sink_tasks.close();
     let _ = tokio::time::timeout_at(deadline, sink_tasks.wait()).await;
     // Not cut at the deadline: what was acknowledged must be on disk. A disk busy with other

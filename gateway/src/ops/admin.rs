@@ -31,6 +31,7 @@
 use crate::alarm::rules_from_config;
 use crate::ops::ListenError;
 use crate::pipeline::Pipeline;
+use crate::sinks::SinkView;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -110,6 +111,8 @@ struct Inner {
     gateway_id: String,
     pipeline: Pipeline,
     forwarder: ForwarderHandle,
+    /// Every forwarder sink, `[upstream]` first.
+    sinks: Vec<SinkView>,
     config_path: Option<PathBuf>,
     token: Option<Secret>,
     started: Instant,
@@ -120,6 +123,7 @@ impl AdminState {
         config: &Config,
         pipeline: Pipeline,
         forwarder: ForwarderHandle,
+        sinks: Vec<SinkView>,
         config_path: Option<PathBuf>,
     ) -> AdminState {
         AdminState {
@@ -127,6 +131,7 @@ impl AdminState {
                 gateway_id: config.gateway_id.clone(),
                 pipeline,
                 forwarder,
+                sinks,
                 config_path,
                 token: config.admin.token.clone(),
                 started: Instant::now(),
@@ -215,6 +220,26 @@ impl AdminState {
                 "records_delivered": { "alarms": f.records_delivered.alarms, "readings": f.records_delivered.readings },
                 "latency_avg_s": if f.latency.count > 0 { Some(f.latency.sum_s / f.latency.count as f64) } else { None },
             },
+            "sinks": self.inner.sinks.iter().map(|sink| {
+                let f = sink.forwarder.stats();
+                let lost = p.buffer().consumer_stats(&sink.name).unwrap_or_default();
+                json!({
+                    "name": sink.name,
+                    "kind": sink.kind,
+                    "state": f.upstream.as_str(),
+                    "last_delivered_ms": f.last_delivered_ms,
+                    "last_error": f.last_error,
+                    "batches_sent": f.batches_sent,
+                    "failed_retryable": f.failed_retryable,
+                    "failed_permanent": f.failed_permanent,
+                    "in_flight": f.in_flight,
+                    "concurrency": f.concurrency,
+                    "records_delivered": { "alarms": f.records_delivered.alarms, "readings": f.records_delivered.readings },
+                    "records_dead_lettered": { "alarms": f.records_dead_lettered.alarms, "readings": f.records_dead_lettered.readings },
+                    "dropped": { "alarms": lost.alarms.dropped_quota, "readings": lost.readings.dropped_quota },
+                    "expired": { "alarms": lost.alarms.expired, "readings": lost.readings.expired },
+                })
+            }).collect::<Vec<_>>(),
             "alarms": {
                 "active": p.active_alarms(),
                 "events": m.alarm_events.load(std::sync::atomic::Ordering::Relaxed),
@@ -260,6 +285,11 @@ impl AdminState {
             }
             _ => {}
         }
+        for sink in self.inner.sinks.iter().skip(1) {
+            if sink.forwarder.stats().upstream == gateway_forwarder::UpstreamState::Down {
+                degraded.push(Degraded::SinkDown(sink.name.clone()));
+            }
+        }
         let (code, status) = if degraded.iter().any(Degraded::is_unhealthy) {
             (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
         } else if degraded.is_empty() {
@@ -287,6 +317,8 @@ enum Degraded {
     UpstreamDown,
     /// The upstream failed and the forwarder waits before retrying.
     UpstreamBackingOff,
+    /// A `[[sink]]` (by name) is down.
+    SinkDown(String),
 }
 
 impl Degraded {
@@ -336,6 +368,7 @@ impl Degraded {
             }
             Degraded::UpstreamDown => "upstream: down".into(),
             Degraded::UpstreamBackingOff => "upstream: backing off".into(),
+            Degraded::SinkDown(name) => format!("sink {name}: down"),
         }
     }
 }
@@ -365,6 +398,102 @@ async fn list_moved_aside(state: &AdminState) -> Result<Vec<MovedAside>, String>
         Ok(listed) => listed.map_err(|e| e.to_string()),
         Err(e) => Err(format!("listing the moved-aside databases failed: {e}")),
     }
+}
+
+/// The `gateway_sink_*` families: one series per forwarder sink (`sink="upstream"` for
+/// `[upstream]`, whose `gateway_upstream_*` families stay as they were).
+fn render_sink_metrics(out: &mut String, state: &AdminState) {
+    let buffer = state.inner.pipeline.buffer();
+    let sinks: Vec<_> = state
+        .inner
+        .sinks
+        .iter()
+        .map(|s| {
+            let lost = buffer.consumer_stats(&s.name).unwrap_or_default();
+            (s, s.forwarder.stats(), lost)
+        })
+        .collect();
+    let lanes = [Lane::Alarms, Lane::Readings];
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let per_sink = |f: &dyn Fn(&gateway_forwarder::ForwarderStats) -> f64| {
+        sinks
+            .iter()
+            .map(|(s, stats, _)| (format!("{{sink=\"{}\"}}", s.name), f(stats)))
+            .collect::<Vec<_>>()
+    };
+    let per_lane = |f: &dyn Fn(
+        &gateway_forwarder::ForwarderStats,
+        &gateway_buffer::ConsumerStats,
+        Lane,
+    ) -> f64| {
+        sinks
+            .iter()
+            .flat_map(|(s, stats, lost)| {
+                lanes.map(|l| {
+                    (
+                        format!("{{sink=\"{}\",lane=\"{}\"}}", s.name, l.as_str()),
+                        f(stats, lost, l),
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        "gateway_sink_records_delivered_total",
+        "counter",
+        "Records a sink delivered, by sink and lane.",
+        per_lane(&|f, _, l| f.records_delivered.get(l) as f64),
+    );
+    family(
+        "gateway_sink_dropped_total",
+        "counter",
+        "Records the buffer's quota (drop_oldest) or max_age_s removed before the sink had them, by sink and lane: each sink counts what it lost.",
+        per_lane(&|_, lost, l| {
+            let lane = lost.lane(l);
+            (lane.dropped_quota + lane.expired) as f64
+        }),
+    );
+    family(
+        "gateway_sink_dead_lettered_total",
+        "counter",
+        "Records of batches a sink refused for good, kept as dead letters, by sink and lane.",
+        per_lane(&|f, _, l| f.records_dead_lettered.get(l) as f64),
+    );
+    family(
+        "gateway_sink_batches_sent_total",
+        "counter",
+        "Batches a sink delivered.",
+        per_sink(&|f| f.batches_sent as f64),
+    );
+    family(
+        "gateway_sink_attempts_failed_total",
+        "counter",
+        "Attempts that failed and will be retried, by sink.",
+        per_sink(&|f| f.failed_retryable as f64),
+    );
+    family(
+        "gateway_sink_concurrency",
+        "gauge",
+        "Readings batches a sink lets out at once now (adaptive, between 1 and its max_in_flight).",
+        per_sink(&|f| f.concurrency as f64),
+    );
+    family(
+        "gateway_sink_up",
+        "gauge",
+        "1 unless the sink is backing off or down.",
+        per_sink(&|f| {
+            f64::from(u8::from(!matches!(
+                f.upstream,
+                gateway_forwarder::UpstreamState::Down
+                    | gateway_forwarder::UpstreamState::BackingOff
+            )))
+        }),
+    );
 }
 
 /// Renders `/metrics` in the Prometheus text exposition format.
@@ -656,6 +785,7 @@ pub async fn render_metrics(state: &AdminState) -> String {
         "gateway_upstream_latency_seconds_count {}",
         f.latency.count
     );
+    render_sink_metrics(&mut out, state);
     let mut family = |name: &str, kind: &str, help: &str, v: f64| {
         let _ = writeln!(
             out,

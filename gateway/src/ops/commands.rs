@@ -116,6 +116,24 @@ pub fn render_status(s: &Value) -> String {
             .map(|e| format!("; last error: {}", Escaped(e)))
             .unwrap_or_default()
     );
+    // `[upstream]` is the line above; every `[[sink]]` gets one of its own.
+    for k in s["sinks"].as_array().into_iter().flatten().skip(1) {
+        let _ = writeln!(
+            out,
+            "sink:      {} ({}): {}; {} readings and {} alarms delivered, {} readings and {} alarms lost to the buffer's limits{}",
+            text(&k["name"]),
+            text(&k["kind"]),
+            text(&k["state"]),
+            n(&k["records_delivered"]["readings"]),
+            n(&k["records_delivered"]["alarms"]),
+            n(&k["dropped"]["readings"]) + n(&k["expired"]["readings"]),
+            n(&k["dropped"]["alarms"]) + n(&k["expired"]["alarms"]),
+            k["last_error"]
+                .as_str()
+                .map(|e| format!("; last error: {}", Escaped(e)))
+                .unwrap_or_default()
+        );
+    }
     let _ = writeln!(
         out,
         "dead:      {} dead letters",
@@ -325,12 +343,16 @@ mod tests {
         let status = json!({
             "gateway_id": HOSTILE, "version": HOSTILE, "uptime_s": 3,
             "upstream": {"state": HOSTILE, "last_error": HOSTILE},
+            "sinks": [
+                {"name": "upstream"},
+                {"name": HOSTILE, "kind": HOSTILE, "state": HOSTILE, "last_error": HOSTILE},
+            ],
             "alarms": {"active": [{
                 "severity": HOSTILE, "alarm": HOSTILE, "device": HOSTILE, "metric": HOSTILE,
                 "since_ms": HOSTILE
             }]}
         });
-        assert_clean(&render_status(&status), 8);
+        assert_clean(&render_status(&status), 9);
     }
 
     #[test]

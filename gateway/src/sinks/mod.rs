@@ -18,8 +18,23 @@
 //!
 //! The local alarm topics on the gateway's own broker ([`local_alarms`]) are the sink that lives
 //! in this crate. The upstream sinks (batches to the cloud, retries, dead letters of refused
-//! batches) live in the `gateway-forwarder` crate; the `wiring` module builds their
-//! [`Forwarder`](gateway_forwarder::Forwarder) from `[upstream]` and runs its driver beside
-//! these.
+//! batches) live in the `gateway-forwarder` crate: the HTTP sink of `[upstream]` (consumer
+//! `upstream`) and one [`Forwarder`](gateway_forwarder::Forwarder) per `[[sink]]` (consumer =
+//! its name, on the lanes it lists; an MQTT bridge runs its connection task beside it). The
+//! `wiring` module builds them and runs their drivers beside these; [`SinkView`] is how
+//! operations code sees each of them.
 
 pub mod local_alarms;
+
+use gateway_forwarder::ForwarderHandle;
+
+/// One forwarder sink as operations code (metrics, `/status`) sees it.
+#[derive(Clone, Debug)]
+pub struct SinkView {
+    /// Its name: the buffer consumer (`upstream` for `[upstream]`, else `sink[].name`).
+    pub name: String,
+    /// `http` or `mqtt`.
+    pub kind: &'static str,
+    /// Its forwarder's counters.
+    pub forwarder: ForwarderHandle,
+}
