@@ -11,6 +11,8 @@
 //!   temp dir; SIGTERM, SIGKILL and restart on the same data dir.
 //! - [`Publisher`]: an MQTT QoS 1 publisher (rumqttc) that records exactly which messages were
 //!   PUBACKed; [`Subscriber`] for the local alarm topics.
+//! - [`tls_mosquitto`] and [`Cloud`]: a cloud IoT broker for the MQTT sink (TLS, client
+//!   certificates required) and a subscriber there that records every batch.
 //! - [`FaultyUpstream`]: a cloud that goes down (connection refused) and comes back on the same
 //!   port, answers any status, `Retry-After`, slowly or never, and refuses one poison batch.
 //! - [`fleet`]: device-sim (binary or library) as the fleet of a fault test, and the check of
@@ -27,6 +29,7 @@
 //! It does not promise that the `gateway` binary is fresh unless it could build it: see
 //! [`gateway_bin`].
 
+mod cloud;
 pub mod fleet;
 mod gateway;
 mod mosquitto;
@@ -38,6 +41,7 @@ mod upstream;
 mod util;
 pub mod workload;
 
+pub use cloud::{Cloud, CloudMessage, tls_client, tls_mosquitto};
 pub use gateway::{GatewayProcess, GatewaySpec, MqttSetup, gateway_bin};
 pub use mosquitto::{
     BrokerChoice, Mosquitto, deploy_limits, mosquitto_available, require_mosquitto,

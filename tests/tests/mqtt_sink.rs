@@ -8,20 +8,18 @@
 //! a batch over `max_message_bytes` goes out as several messages, each within the limit.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_buffer::{
     AlarmEvent, AlarmState, Buffer, BufferOptions, Lane, Reading, Record, Severity, Source,
 };
-use gateway_config::{TlsClient, TlsFiles};
 use gateway_forwarder::{
     Forwarder, ForwarderError, ForwarderHandle, ForwarderOptions, MqttSink, MqttSinkOptions,
 };
-use gateway_tests::{Mosquitto, free_port, mosquitto_available, wait_until};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use gateway_tests::{Cloud, tls_client, tls_mosquitto, wait_until};
 use serde_json::Value;
-use test_peers::{Authority, Pki};
+use test_peers::Pki;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -32,40 +30,6 @@ const GATEWAY_ID: &str = "gw-e2e";
 const TOPICS: &str = "dt/gateways/gw-e2e/+";
 const READINGS_TOPIC: &str = "dt/gateways/gw-e2e/readings";
 const ALARMS_TOPIC: &str = "dt/gateways/gw-e2e/alarms";
-
-/// mosquitto with its plain listener and a TLS listener that requires a client certificate
-/// signed by `server`'s CA; `None` (reported) when mosquitto is not installed.
-fn tls_mosquitto(test: &str, server: &Authority) -> Option<(Mosquitto, u16)> {
-    if !mosquitto_available() {
-        test_peers::missing(
-            test,
-            "mosquitto is not installed",
-            "apt-get install mosquitto",
-        );
-        return None;
-    }
-    let tls_port = free_port();
-    let conf = format!(
-        "listener {tls_port} 127.0.0.1\n\
-         cafile {}\ncertfile {}\nkeyfile {}\n\
-         require_certificate true\n\
-         log_type information\n",
-        server.ca.display(),
-        server.server_cert.display(),
-        server.server_key.display(),
-    );
-    Some((Mosquitto::start_with(&conf), tls_port))
-}
-
-fn tls_client(ca: &Authority, cert: Option<(&std::path::Path, &std::path::Path)>) -> TlsClient {
-    TlsClient::load(TlsFiles {
-        ca_file: Some(ca.ca.clone()),
-        client_cert_file: cert.map(|(c, _)| c.to_path_buf()),
-        client_key_file: cert.map(|(_, k)| k.to_path_buf()),
-        alpn: Vec::new(),
-    })
-    .expect("TLS client from the test PKI")
-}
 
 /// The sink's options for the broker's TLS port, with the gateway's client certificate.
 fn sink_options(tls_port: u16, pki: &Pki) -> MqttSinkOptions {
@@ -78,103 +42,6 @@ fn sink_options(tls_port: u16, pki: &Pki) -> MqttSinkOptions {
     o.tls = Some(tls_client(t, Some((&t.client_cert, &t.client_key))));
     o.timeout = Duration::from_secs(3);
     o
-}
-
-/// One message the cloud got.
-#[derive(Clone, Debug)]
-struct Message {
-    topic: String,
-    payload: Vec<u8>,
-}
-
-/// The cloud: a subscriber over TLS with a client certificate of its own, on a persistent
-/// session that it subscribes again on every connect, so it misses nothing across a broker
-/// restart. Records everything until dropped.
-struct Cloud {
-    messages: Arc<Mutex<Vec<Message>>>,
-    task: JoinHandle<()>,
-}
-
-impl Cloud {
-    async fn subscribe(tls_port: u16, pki: &Pki) -> Cloud {
-        let t = &pki.trusted;
-        let tls = tls_client(t, Some((&t.rsa_client_cert, &t.rsa_client_key)));
-        let mut mo = MqttOptions::new("e2e-cloud", "127.0.0.1", tls_port);
-        mo.set_clean_session(false)
-            .set_keep_alive(Duration::from_secs(5))
-            .set_max_packet_size(1 << 20, 1 << 20)
-            .set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.config())));
-        let (client, mut eventloop) = AsyncClient::new(mo, 16);
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
-        let sink = messages.clone();
-        let task = tokio::spawn(async move {
-            let mut subscribed = Some(subscribed_tx);
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        client
-                            .try_subscribe(TOPICS, QoS::AtLeastOnce)
-                            .expect("queue SUBSCRIBE");
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(tx) = subscribed.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        sink.lock().unwrap().push(Message {
-                            topic: p.topic.clone(),
-                            payload: p.payload.to_vec(),
-                        });
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(20), subscribed_rx)
-            .await
-            .expect("the cloud subscribed within 20 s")
-            .expect("cloud task alive");
-        Cloud { messages, task }
-    }
-
-    fn messages(&self) -> Vec<Message> {
-        self.messages.lock().unwrap().clone()
-    }
-
-    /// Every record received, with the topic it came on, after checking that each message is
-    /// a WIRE §3 batch of this gateway whose lane is its topic's.
-    fn records(&self) -> Vec<(String, Value)> {
-        let mut out = Vec::new();
-        for m in self.messages() {
-            let batch: Value = serde_json::from_slice(&m.payload).unwrap_or_else(|e| {
-                panic!("not JSON ({e}): {}", String::from_utf8_lossy(&m.payload))
-            });
-            assert_eq!(batch["gateway_id"], GATEWAY_ID, "{batch}");
-            let lane = batch["lane"].as_str().expect("a lane");
-            assert_eq!(m.topic, format!("dt/gateways/{GATEWAY_ID}/{lane}"));
-            for record in batch["records"].as_array().expect("records") {
-                out.push((m.topic.clone(), record.clone()));
-            }
-        }
-        out
-    }
-
-    /// The distinct seqs received so far.
-    fn seqs(&self) -> std::collections::BTreeSet<u64> {
-        self.records()
-            .iter()
-            .map(|(_, r)| r["seq"].as_u64().expect("a seq"))
-            .collect()
-    }
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// A buffer in a temp dir and a forwarder to an MQTT sink over it, all running.
@@ -339,7 +206,7 @@ async fn readings_and_alarms_reach_a_broker_that_requires_client_certificates_on
     let Some((broker, tls_port)) = tls_mosquitto(test, &pki.trusted) else {
         return;
     };
-    let cloud = Cloud::subscribe(tls_port, &pki).await;
+    let cloud = Cloud::subscribe(tls_port, &pki, "e2e-cloud", TOPICS, GATEWAY_ID).await;
     let rig = Rig::start(sink_options(tls_port, &pki));
 
     let mut expected = HashMap::new();
@@ -428,7 +295,7 @@ async fn without_a_client_certificate_the_broker_refuses_the_sink_and_nothing_is
     let Some((broker, tls_port)) = tls_mosquitto(test, &pki.trusted) else {
         return;
     };
-    let cloud = Cloud::subscribe(tls_port, &pki).await;
+    let cloud = Cloud::subscribe(tls_port, &pki, "e2e-cloud", TOPICS, GATEWAY_ID).await;
     let mut options = sink_options(tls_port, &pki);
     options.tls = Some(tls_client(&pki.trusted, None));
     options.timeout = Duration::from_secs(2);
@@ -468,7 +335,7 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_duplicates_keep_their_seq
     let Some((mut broker, tls_port)) = tls_mosquitto(test, &pki.trusted) else {
         return;
     };
-    let cloud = Cloud::subscribe(tls_port, &pki).await;
+    let cloud = Cloud::subscribe(tls_port, &pki, "e2e-cloud", TOPICS, GATEWAY_ID).await;
     let rig = Rig::start(sink_options(tls_port, &pki));
 
     // A steady stream of single readings, ~3 ms apart, that goes on across the outage.
@@ -540,7 +407,7 @@ async fn a_tiny_max_message_bytes_splits_batches_and_every_record_still_arrives(
     let Some((_broker, tls_port)) = tls_mosquitto(test, &pki.trusted) else {
         return;
     };
-    let cloud = Cloud::subscribe(tls_port, &pki).await;
+    let cloud = Cloud::subscribe(tls_port, &pki, "e2e-cloud", TOPICS, GATEWAY_ID).await;
     const MAX: usize = 400;
     let mut options = sink_options(tls_port, &pki);
     options.max_message_bytes = MAX;
