@@ -5,8 +5,8 @@
 //! Both sides are measured alike: the same fleet (device-sim reports every reading it sent), the
 //! same probes publishing during the load, a clock that starts when the fleet starts and stops
 //! when the consumer (the subscriber, or the cloud receiver) holds the last distinct fleet
-//! reading. Readings are checked by identity (device, metric, ts): "lost" is the sent readings
-//! that never arrived.
+//! reading. Readings are checked by identity (device, metric, ts) and value: "lost" is the sent
+//! readings that never arrived.
 //!
 //! Reports end-to-end readings/s and its ratio to the baseline, the gateway's ingest rate (first
 //! `/status` poll, every 10 ms, showing every fleet reading durable), publish→receipt latency
@@ -19,6 +19,17 @@
 //! Environment: `BENCH_READINGS` (default 200000), `BENCH_DEVICES` (50), `GATEWAY_BIN`,
 //! `BENCH_RTT_MS` (0): the cloud receiver answers each batch this long after it arrived, as a
 //! distant cloud does (the gateway runs with the contract's `max_in_flight = 16`).
+//!
+//! `BENCH_MQTT_SINK=1`: instead, what a second sink costs. The same fleet and probes through a
+//! gateway with the HTTP upstream alone, then through a fresh gateway (new data dir) with the
+//! HTTP upstream and one `[[sink]] kind = "mqtt"` publishing to a second mosquitto on a TLS
+//! listener that requires client certificates (as AWS IoT Core does), where a subscriber with a
+//! certificate of its own plays the cloud; no `mosquitto_sub` baseline. Each clock runs from the
+//! fleet's start until every consumer (the HTTP receiver, and the cloud subscriber) holds the last
+//! distinct fleet reading; every consumer is checked by identity (device, metric, ts), value bit
+//! for bit, and a reading must carry the same seq at both sinks and in every duplicate. Reports
+//! both rates and their ratio, each sink's own rate and latencies, ingest, peak RSS, CPU and disk
+//! written. Writes `target/e2e-bench-mqtt-sink[-rttN].{json,md}`.
 //!
 //! `BENCH_MODE=wear`: instead, a Pi-like trickle for the SD card's sake: 20 devices × 3 metrics
 //! at 1 Hz for `BENCH_WEAR_S` seconds (60), with the upstream up (or down with
@@ -37,15 +48,16 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use device_sim::{Broker, FleetConfig, Metric, MqttForm, SentRecord};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use serde_json::{Value, json};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use test_peers::Pki;
 
 /// The gateway's linger in this run (the contract's default); p99 target is linger + 100 ms.
 const LINGER_MS: u64 = 1000;
@@ -155,15 +167,21 @@ fn key_of(r: &SentRecord) -> Key {
     )
 }
 
-/// What one consumer (the baseline subscriber or the gateway's cloud receiver) received.
+/// What arrived of one fleet reading, first time: its seq (none through the baseline) and value.
+type Ident = (Option<u64>, f64);
+
+/// What one consumer (the baseline subscriber, the gateway's cloud receiver, or the cloud behind
+/// its MQTT sink) received.
 #[derive(Default)]
 struct Tally {
     /// Fleet readings wanted: the clock stops when this many distinct ones arrived.
     want: usize,
-    /// Distinct fleet readings received.
-    seen: HashSet<Key>,
+    /// Distinct fleet readings received, with the seq and value of their first copy.
+    seen: HashMap<Key, Ident>,
     /// Copies beyond the first.
     duplicates: usize,
+    /// Copies that came under another seq than the first (a re-sent record keeps its seq).
+    renumbered: usize,
     /// When the `want`-th distinct fleet reading arrived.
     done_at: Option<Instant>,
     /// Publish→receipt of the latency probes, ms.
@@ -181,48 +199,73 @@ impl Tally {
     }
 
     /// One reading received at `arrived_ms` (wall clock).
-    fn reading(&mut self, device: &str, metric: &str, ts: i64, arrived_ms: i64) {
+    fn reading(&mut self, key: Key, value: f64, seq: Option<u64>, arrived_ms: i64) {
+        let device = key.0.as_str();
         if device == "probe-latency" {
-            self.probe_latency_ms.push((arrived_ms - ts) as f64);
+            self.probe_latency_ms.push((arrived_ms - key.2) as f64);
         } else if device.starts_with("probe-") {
-        } else if self.seen.insert((device.to_owned(), metric.to_owned(), ts)) {
+        } else if let Some(&(first_seq, _)) = self.seen.get(&key) {
+            self.duplicates += 1;
+            if first_seq != seq {
+                self.renumbered += 1;
+            }
+        } else {
+            self.seen.insert(key, (seq, value));
             if self.seen.len() == self.want {
                 self.done_at = Some(Instant::now());
             }
-        } else {
-            self.duplicates += 1;
         }
+    }
+}
+
+/// What one consumer got of a side's fleet.
+struct Got {
+    /// Readings per second from the fleet's start until this consumer held the last one.
+    rate: f64,
+    /// Sent readings that never arrived (within [`DRAIN_TIMEOUT`]).
+    lost: Vec<Key>,
+    /// Fleet readings that arrived but were never sent.
+    unexpected: usize,
+    /// Readings that arrived with another value than the one sent (compared bit for bit).
+    wrong_value: usize,
+    duplicates: usize,
+    renumbered: usize,
+    probe_latency_ms: Vec<f64>,
+    alarm_latency_ms: Vec<f64>,
+    /// Each reading that arrived, with the seq and value of its first copy.
+    seen: HashMap<Key, Ident>,
+}
+
+impl Got {
+    fn delivered(&self, sent: usize) -> usize {
+        sent - self.lost.len()
     }
 }
 
 /// How one side went.
 struct Side {
-    /// Readings per second from the fleet's start until the consumer held the last one.
+    /// Readings per second from the fleet's start until every consumer held the last one.
     rate: f64,
     /// Sent readings (all acknowledged by the broker).
     sent: usize,
-    /// Sent readings that never arrived (within [`DRAIN_TIMEOUT`]).
-    lost: Vec<Key>,
-    /// Fleet readings that arrived but were never sent.
-    unexpected: usize,
-    duplicates: usize,
-    probe_latency_ms: Vec<f64>,
-    alarm_latency_ms: Vec<f64>,
+    /// What each consumer got, in the order they were given to [`measure`].
+    got: Vec<Got>,
     /// When the fleet started (the clock's start).
     started: Instant,
     /// From the fleet's start until device-sim returned (publishing, draining, disconnecting).
     publish_elapsed: Duration,
 }
 
-/// Starts the probes, waits until `tally` shows the consumer receives them (so it is
-/// subscribed and warm), runs the fleet, and waits until the consumer has every reading. The
-/// clock runs from the fleet's start to `tally.done_at`.
+/// Starts the probes, waits until every consumer's tally shows it receives them (so it is
+/// subscribed and warm), runs the fleet, and waits until every consumer has every reading. The
+/// side's clock runs from the fleet's start until the last consumer's `done_at`; each consumer's
+/// own until its `done_at`.
 async fn measure(
     port: u16,
     devices: u32,
     per_device: u64,
     prefix: &str,
-    tally: Arc<Mutex<Tally>>,
+    consumers: &[Arc<Mutex<Tally>>],
     probes_published: Arc<AtomicU64>,
 ) -> Side {
     let stop_probes = tokio_util::sync::CancellationToken::new();
@@ -233,16 +276,19 @@ async fn measure(
         probes_published,
     ));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while tally.lock().unwrap().probe_latency_ms.is_empty() {
+    while consumers
+        .iter()
+        .any(|t| t.lock().unwrap().probe_latency_ms.is_empty())
+    {
         assert!(
             Instant::now() < deadline,
-            "{prefix}: the consumer never received a probe"
+            "{prefix}: a consumer never received a probe"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    {
+    for t in consumers {
         // Latency counts under the load only.
-        let mut t = tally.lock().unwrap();
+        let mut t = t.lock().unwrap();
         t.probe_latency_ms.clear();
         t.alarm_latency_ms.clear();
     }
@@ -254,14 +300,22 @@ async fn measure(
     .await
     .unwrap();
     let publish_elapsed = started.elapsed();
-    let sent: HashSet<Key> = report.records.iter().map(key_of).collect();
+    let sent: HashMap<Key, f64> = report
+        .records
+        .iter()
+        .map(|r| (key_of(r), r.value))
+        .collect();
     assert_eq!(
         report.summary.totals.readings_acked as usize,
         sent.len(),
         "{prefix}: the broker acknowledged every reading sent"
     );
     let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while tally.lock().unwrap().done_at.is_none() && Instant::now() < deadline {
+    while consumers
+        .iter()
+        .any(|t| t.lock().unwrap().done_at.is_none())
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop_probes.cancel();
@@ -269,18 +323,44 @@ async fn measure(
         .await
         .unwrap()
         .unwrap();
-    let t = tally.lock().unwrap();
-    let end = t.done_at.unwrap_or_else(Instant::now);
-    let mut lost: Vec<Key> = sent.difference(&t.seen).cloned().collect();
-    lost.sort();
+    let mut got = Vec::new();
+    let mut last_end = started;
+    for t in consumers {
+        let mut t = t.lock().unwrap();
+        let end = t.done_at.unwrap_or_else(Instant::now);
+        last_end = last_end.max(end);
+        let mut lost: Vec<Key> = sent
+            .keys()
+            .filter(|k| !t.seen.contains_key(*k))
+            .cloned()
+            .collect();
+        lost.sort();
+        let arrived_sent = t.seen.keys().filter(|k| sent.contains_key(*k)).count();
+        got.push(Got {
+            rate: arrived_sent as f64 / (end - started).as_secs_f64(),
+            lost,
+            unexpected: t.seen.len() - arrived_sent,
+            wrong_value: t
+                .seen
+                .iter()
+                .filter(|(k, (_, v))| sent.get(*k).is_some_and(|s| s.to_bits() != v.to_bits()))
+                .count(),
+            duplicates: t.duplicates,
+            renumbered: t.renumbered,
+            probe_latency_ms: t.probe_latency_ms.clone(),
+            alarm_latency_ms: t.alarm_latency_ms.clone(),
+            seen: std::mem::take(&mut t.seen),
+        });
+    }
+    // Readings that reached every consumer, over the time until the last one held them all.
+    let everywhere = sent
+        .keys()
+        .filter(|k| got.iter().all(|g| g.seen.contains_key(*k)))
+        .count();
     Side {
-        rate: t.seen.intersection(&sent).count() as f64 / (end - started).as_secs_f64(),
+        rate: everywhere as f64 / (last_end - started).as_secs_f64(),
         sent: sent.len(),
-        lost,
-        unexpected: t.seen.difference(&sent).count(),
-        duplicates: t.duplicates,
-        probe_latency_ms: t.probe_latency_ms.clone(),
-        alarm_latency_ms: t.alarm_latency_ms.clone(),
+        got,
         started,
         publish_elapsed,
     }
@@ -321,11 +401,13 @@ async fn baseline(port: u16, devices: u32, per_device: u64) -> Side {
             let (Some(device), Some(metric)) = (parts.next(), parts.next()) else {
                 continue;
             };
-            let ts = serde_json::from_str::<Value>(payload)
-                .ok()
-                .and_then(|v| v["ts"].as_i64())
+            let v: Value = serde_json::from_str(payload).expect("every message is JSON");
+            let ts = v["ts"]
+                .as_i64()
                 .expect("every message of the bench carries ts");
-            t.lock().unwrap().reading(device, metric, ts, arrived);
+            let value = v["value"].as_f64().unwrap_or(f64::NAN);
+            let key = (device.to_owned(), metric.to_owned(), ts);
+            t.lock().unwrap().reading(key, value, None, arrived);
         }
     });
     let side = measure(
@@ -333,7 +415,7 @@ async fn baseline(port: u16, devices: u32, per_device: u64) -> Side {
         devices,
         per_device,
         "base-",
-        tally,
+        &[tally],
         Arc::new(AtomicU64::new(0)),
     )
     .await;
@@ -378,11 +460,13 @@ impl Tally {
             if alarms {
                 self.alarm_latency_ms.push((arrived - ts) as f64);
             } else {
-                let (device, metric) = (
-                    r["device"].as_str().unwrap_or(""),
-                    r["metric"].as_str().unwrap_or(""),
+                let key = (
+                    r["device"].as_str().unwrap_or("").to_owned(),
+                    r["metric"].as_str().unwrap_or("").to_owned(),
+                    ts,
                 );
-                self.reading(device, metric, ts, arrived);
+                let value = r["value"].as_f64().unwrap_or(f64::NAN);
+                self.reading(key, value, r["seq"].as_u64(), arrived);
             }
         }
     }
@@ -546,28 +630,46 @@ where
     })
 }
 
-#[tokio::main]
-async fn main() {
-    if std::env::var("BENCH_MODE").as_deref() == Ok("wear") {
-        wear().await;
-        return;
-    }
-    let n_total = env_usize("BENCH_READINGS", 200_000) as u64;
-    let devices = env_usize("BENCH_DEVICES", 50) as u32;
-    let per_device = n_total / u64::from(devices);
+/// One gateway run on a fresh data dir: what each consumer got, and what the process used
+/// while the load ran.
+struct GatewayRun {
+    side: Side,
+    /// Fleet readings per second until every one was durable in the buffer (`None`: not seen).
+    ingest_rate: Option<f64>,
+    /// Peak RSS of the gateway process, bytes.
+    rss: u64,
+    /// CPU seconds and bytes written to disk from ready until every consumer had the fleet.
+    cpu: f64,
+    written: u64,
+}
+
+/// The cloud IoT broker of the MQTT sink: its TLS port, and the PKI its certificates (and the
+/// gateway's and the cloud subscriber's client certificates) come from.
+#[derive(Clone, Copy)]
+struct MqttCloud<'a> {
+    tls_port: u16,
+    pki: &'a Pki,
+}
+
+/// The topic the MQTT sink publishes on (the contract's example) and the cloud subscribes to.
+const SINK_TOPIC: &str = "dt/gateways/{gateway_id}/{lane}";
+const SINK_FILTER: &str = "dt/gateways/gw-bench/+";
+
+/// Starts a gateway on the broker at `port` with the HTTP upstream (a receiver on a thread of its
+/// own, answering after `rtt`) and, with `mqtt`, one MQTT sink to that cloud broker (a subscriber
+/// there counting what arrives); measures the fleet through it (fleet and client ids prefixed
+/// `prefix`) and stops it. The consumers of the side are the HTTP receiver, then the MQTT cloud.
+async fn run_gateway(
+    port: u16,
+    devices: u32,
+    per_device: u64,
+    prefix: &str,
+    rtt: Duration,
+    mqtt: Option<MqttCloud<'_>>,
+) -> GatewayRun {
     let n = per_device * u64::from(devices);
-    let broker = Mosquitto::start();
-    println!(
-        "workload: {n} readings from {devices} devices, QoS 1, one reading per message; the cloud answers after {} ms",
-        env_usize("BENCH_RTT_MS", 0)
-    );
-
-    let base = baseline(broker.port, devices, per_device).await;
-    println!("baseline (mosquitto_sub -q 1): {:.0} readings/s", base.rate);
-
     // Receiver.
     let tally = Arc::new(Mutex::new(Tally::new(n as usize)));
-    let rtt = Duration::from_millis(env_usize("BENCH_RTT_MS", 0) as u64);
     let app = Router::new()
         .route("/ingest", axum::routing::post(receive))
         .with_state(Cloud {
@@ -583,18 +685,41 @@ async fn main() {
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         axum::serve(listener, app).await.unwrap()
     });
+    let mut consumers = vec![tally];
+
+    // The MQTT sink's cloud, subscribed before the gateway starts.
+    let sink = match mqtt {
+        None => String::new(),
+        Some(cloud) => {
+            let tally = Arc::new(Mutex::new(Tally::new(n as usize)));
+            mqtt_cloud(cloud, &format!("{prefix}cloud"), tally.clone()).await;
+            consumers.push(tally);
+            let t = &cloud.pki.trusted;
+            format!(
+                "[[sink]]\nname = \"cloud-mqtt\"\nkind = \"mqtt\"\n\
+                 url = \"mqtts://127.0.0.1:{tls_port}\"\nclient_id = \"{prefix}bench-sink\"\n\
+                 ca_file = \"{ca}\"\nclient_cert_file = \"{cert}\"\nclient_key_file = \"{key}\"\n\
+                 topic = \"{SINK_TOPIC}\"\nlanes = [\"readings\", \"alarms\"]\n\
+                 linger_ms = {LINGER_MS}\nbatch_max_records = 1000\n",
+                tls_port = cloud.tls_port,
+                ca = t.ca.display(),
+                cert = t.client_cert.display(),
+                key = t.client_key.display(),
+            )
+        }
+    };
 
     // Gateway.
     let dir = tempfile::tempdir().unwrap();
     let admin = free_port();
     let config = format!(
         "gateway_id = \"gw-bench\"\ndata_dir = \"{data}\"\n\
-         [mqtt]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"gw-bench\"\nmax_inflight = 1000\n\
+         [mqtt]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"{prefix}bench\"\nmax_inflight = 1000\n\
          [upstream]\nurl = \"http://127.0.0.1:{recv_port}/ingest\"\nlinger_ms = {LINGER_MS}\nbatch_max_records = 1000\n\
          [admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-         [[alarm]]\nname = \"overheat\"\ndevice = \"probe-*\"\nmetric = \"temperature\"\nabove = 35.0\nclear_below = 33.0\nseverity = \"critical\"\n",
+         [[alarm]]\nname = \"overheat\"\ndevice = \"probe-*\"\nmetric = \"temperature\"\nabove = 35.0\nclear_below = 33.0\nseverity = \"critical\"\n\
+         {sink}",
         data = dir.path().join("data").display(),
-        port = broker.port,
     );
     let mut gw = spawn_gateway(dir.path(), &config);
     let client = reqwest::Client::new();
@@ -620,11 +745,11 @@ async fn main() {
         stop_ingest_poll.clone(),
     ));
     let side = measure(
-        broker.port,
+        port,
         devices,
         per_device,
-        "gw-",
-        tally,
+        prefix,
+        &consumers,
         probes_published,
     )
     .await;
@@ -633,38 +758,113 @@ async fn main() {
         .await
         .unwrap()
         .unwrap();
-    let ingest_rate = ingested.map(|t| n as f64 / (t - side.started).as_secs_f64());
-    let ingest_ratio = ingest_rate.map(|r| r / base.rate);
-    let delivered = side.sent - side.lost.len();
     let (rss, cpu_after, written_after) = proc_stats(gw.id());
-    let cpu = cpu_after - cpu_before;
-    let written_per_reading = (written_after - written_before) as f64 / delivered.max(1) as f64;
-    let (mut lat, mut alarm) = (side.probe_latency_ms.clone(), side.alarm_latency_ms.clone());
-    let (p50, p99) = (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
-    let (a50, a99) = (percentile(&mut alarm, 0.5), percentile(&mut alarm, 0.99));
-    let mut base_lat = base.probe_latency_ms.clone();
-    let (b50, b99) = (
-        percentile(&mut base_lat, 0.5),
-        percentile(&mut base_lat, 0.99),
-    );
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(gw.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = gw.wait();
+    GatewayRun {
+        ingest_rate: ingested.map(|t| n as f64 / (t - side.started).as_secs_f64()),
+        side,
+        rss,
+        cpu: cpu_after - cpu_before,
+        written: written_after - written_before,
+    }
+}
+
+/// The cloud behind the MQTT sink: a subscriber as `client_id` on the cloud broker's TLS port
+/// with a client certificate of its own (as the harness's `Cloud`: a persistent session that
+/// subscribes again on every connect), on a thread of its own like the HTTP receiver. Counts
+/// every batch into `tally` as it arrives, after checking it is a WIRE §3 batch of this gateway
+/// on its lane's topic. Returns once the broker granted the subscription.
+async fn mqtt_cloud(cloud: MqttCloud<'_>, client_id: &str, tally: Arc<Mutex<Tally>>) {
+    let t = &cloud.pki.trusted;
+    let tls = gateway_tests::tls_client(t, Some((&t.rsa_client_cert, &t.rsa_client_key)));
+    let mut mo = MqttOptions::new(client_id, "127.0.0.1", cloud.tls_port);
+    mo.set_clean_session(false)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.config())));
+    let (subscribed_tx, subscribed_rx) = std::sync::mpsc::channel();
+    on_own_thread(async move {
+        let (client, mut eventloop) = AsyncClient::new(mo, 16);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => client
+                    .try_subscribe(SINK_FILTER, QoS::AtLeastOnce)
+                    .expect("queue SUBSCRIBE"),
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = subscribed_tx.send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let arrived = now_ms();
+                    let batch: Value = serde_json::from_slice(&p.payload).unwrap_or_else(|e| {
+                        panic!("not JSON ({e}): {}", String::from_utf8_lossy(&p.payload))
+                    });
+                    assert_eq!(batch["gateway_id"], "gw-bench", "{batch}");
+                    let lane = batch["lane"].as_str().expect("a lane");
+                    assert_eq!(p.topic, format!("dt/gateways/gw-bench/{lane}"));
+                    tally
+                        .lock()
+                        .unwrap()
+                        .batch(&batch, lane == "alarms", arrived);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    tokio::task::spawn_blocking(move || subscribed_rx.recv_timeout(Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .expect("the MQTT sink's cloud subscribed within 20 s");
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::var("BENCH_MODE").as_deref() == Ok("wear") {
+        wear().await;
+        return;
+    }
+    if std::env::var("BENCH_MQTT_SINK").is_ok_and(|v| v == "1") {
+        mqtt_sink().await;
+        return;
+    }
+    let n_total = env_usize("BENCH_READINGS", 200_000) as u64;
+    let devices = env_usize("BENCH_DEVICES", 50) as u32;
+    let per_device = n_total / u64::from(devices);
+    let n = per_device * u64::from(devices);
+    let broker = Mosquitto::start();
+    println!(
+        "workload: {n} readings from {devices} devices, QoS 1, one reading per message; the cloud answers after {} ms",
+        env_usize("BENCH_RTT_MS", 0)
+    );
+
+    let base = baseline(broker.port, devices, per_device).await;
+    println!("baseline (mosquitto_sub -q 1): {:.0} readings/s", base.rate);
+
+    let rtt = Duration::from_millis(env_usize("BENCH_RTT_MS", 0) as u64);
+    let run = run_gateway(broker.port, devices, per_device, "gw-", rtt, None).await;
+    let (side, base_got) = (&run.side, &base.got[0]);
+    let got = &side.got[0];
+    let ingest_rate = run.ingest_rate;
+    let ingest_ratio = ingest_rate.map(|r| r / base.rate);
+    let delivered = got.delivered(side.sent);
+    let (rss, cpu) = (run.rss, run.cpu);
+    let written_per_reading = run.written as f64 / delivered.max(1) as f64;
+    let (mut lat, mut alarm) = (got.probe_latency_ms.clone(), got.alarm_latency_ms.clone());
+    let (p50, p99) = (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
+    let (a50, a99) = (percentile(&mut alarm, 0.5), percentile(&mut alarm, 0.99));
+    let mut base_lat = base_got.probe_latency_ms.clone();
+    let (b50, b99) = (
+        percentile(&mut base_lat, 0.5),
+        percentile(&mut base_lat, 0.99),
+    );
 
     let ratio = side.rate / base.rate;
     let rss_mb = rss as f64 / 1_048_576.0;
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    let lost_row = |s: &Side| {
-        format!(
-            "{} / {} / {} ({} unexpected)",
-            s.sent,
-            s.sent - s.lost.len(),
-            s.lost.len(),
-            s.unexpected
-        )
-    };
     let rows = [
         (
             "ingest readings/s (durable in the buffer)",
@@ -726,17 +926,17 @@ async fn main() {
         ),
         (
             "readings sent / delivered / lost, by identity",
-            lost_row(&side),
-            format!("zero lost ({})", verdict(side.lost.is_empty())),
+            lost_row(side.sent, got),
+            format!("zero lost ({})", verdict(got.lost.is_empty())),
         ),
         (
             "baseline: sent / received / lost, by identity",
-            lost_row(&base),
+            lost_row(base.sent, base_got),
             String::new(),
         ),
         (
             "duplicate readings upstream",
-            format!("{}", side.duplicates),
+            format!("{}", got.duplicates),
             String::new(),
         ),
     ];
@@ -754,10 +954,10 @@ async fn main() {
         alarm.len()
     ));
     println!("\n{md}");
-    if !side.lost.is_empty() {
+    if !got.lost.is_empty() {
         println!(
             "first readings lost: {:?}",
-            &side.lost[..side.lost.len().min(5)]
+            &got.lost[..got.lost.len().min(5)]
         );
     }
     let report = json!({
@@ -766,8 +966,8 @@ async fn main() {
         "latency_ms": {"p50": p50, "p99": p99}, "baseline_latency_ms": {"p50": b50, "p99": b99},
         "alarm_latency_ms": {"p50": a50, "p99": a99},
         "peak_rss_bytes": rss, "cpu_s": cpu, "disk_bytes_per_reading": written_per_reading,
-        "sent": side.sent, "delivered": delivered, "lost": side.lost.len(), "unexpected": side.unexpected,
-        "duplicates": side.duplicates, "baseline_lost": base.lost.len(),
+        "sent": side.sent, "delivered": delivered, "lost": got.lost.len(), "unexpected": got.unexpected, "wrong_value": got.wrong_value,
+        "duplicates": got.duplicates, "renumbered": got.renumbered, "baseline_lost": base_got.lost.len(),
     });
     let target = gateway_bin()
         .parent()
@@ -784,9 +984,231 @@ async fn main() {
     );
     let _ = std::fs::write(target.join(format!("{name}.md")), &md);
     println!("wrote {}/{name}.{{json,md}}", target.display());
-    if !side.lost.is_empty() || side.unexpected > 0 {
+    if !got.lost.is_empty() || got.unexpected > 0 || got.wrong_value > 0 || got.renumbered > 0 {
         std::process::exit(1);
     }
+}
+
+/// p50 and p99 of `xs`, ms, as "p50 / p99 ms".
+fn p50_p99(xs: &[f64]) -> String {
+    let mut xs = xs.to_vec();
+    let (p50, p99) = (percentile(&mut xs, 0.5), percentile(&mut xs, 0.99));
+    format!("{p50:.0} / {p99:.0} ms")
+}
+
+/// `BENCH_MQTT_SINK=1`: the same fleet through a gateway with the HTTP upstream alone, then
+/// through a fresh gateway with the HTTP upstream and one MQTT sink (see the module docs).
+async fn mqtt_sink() {
+    let n_total = env_usize("BENCH_READINGS", 200_000) as u64;
+    let devices = env_usize("BENCH_DEVICES", 50) as u32;
+    let per_device = n_total / u64::from(devices);
+    let n = per_device * u64::from(devices);
+    let rtt = Duration::from_millis(env_usize("BENCH_RTT_MS", 0) as u64);
+    let broker = Mosquitto::start();
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(pki_dir.path());
+    let (_cloud_broker, tls_port) = gateway_tests::tls_mosquitto("e2e_bench", &pki.trusted)
+        .expect("mosquitto (apt-get install mosquitto)");
+    println!(
+        "workload: {n} readings from {devices} devices, QoS 1, one reading per message; the HTTP upstream answers after {} ms; the MQTT sink publishes to mosquitto over TLS with a client certificate",
+        rtt.as_millis()
+    );
+
+    let http = run_gateway(broker.port, devices, per_device, "http-", rtt, None).await;
+    println!("HTTP upstream alone: {:.0} readings/s", http.side.rate);
+    let cloud = MqttCloud {
+        tls_port,
+        pki: &pki,
+    };
+    let both = run_gateway(broker.port, devices, per_device, "both-", rtt, Some(cloud)).await;
+    println!(
+        "HTTP upstream + MQTT sink: {:.0} readings/s",
+        both.side.rate
+    );
+
+    let (h, bh, bm) = (&http.side.got[0], &both.side.got[0], &both.side.got[1]);
+    // The same record at both sinks: every reading under one seq.
+    let at_both: Vec<_> = bh
+        .seen
+        .iter()
+        .filter_map(|(k, (seq, _))| bm.seen.get(k).map(|(s, _)| (seq, s)))
+        .collect();
+    let seq_mismatch = at_both.iter().filter(|(a, b)| a != b).count();
+    let mb = |r: &GatewayRun| r.rss as f64 / 1_048_576.0;
+    let us = |r: &GatewayRun| r.cpu * 1e6 / n.max(1) as f64;
+    let per_reading = |r: &GatewayRun| r.written as f64 / n.max(1) as f64;
+    let rate = |r: Option<f64>| r.map_or("not seen".to_owned(), |r| format!("{r:.0}"));
+    let ratio = |a: f64, b: f64| format!("{:.2}", b / a);
+    let dups = |g: &Got| format!("{} ({} under another seq)", g.duplicates, g.renumbered);
+    let rows = [
+        (
+            "end-to-end readings/s (until every reading is at every sink)",
+            format!("{:.0}", http.side.rate),
+            format!("{:.0}", both.side.rate),
+            ratio(http.side.rate, both.side.rate),
+        ),
+        (
+            "readings/s until the last is at the HTTP upstream / the MQTT sink's cloud",
+            format!("{:.0} / -", h.rate),
+            format!("{:.0} / {:.0}", bh.rate, bm.rate),
+            String::new(),
+        ),
+        (
+            "ingest readings/s (durable in the buffer)",
+            rate(http.ingest_rate),
+            rate(both.ingest_rate),
+            match (http.ingest_rate, both.ingest_rate) {
+                (Some(a), Some(b)) => ratio(a, b),
+                _ => String::new(),
+            },
+        ),
+        (
+            "publish→receipt latency p50 / p99, HTTP upstream",
+            p50_p99(&h.probe_latency_ms),
+            p50_p99(&bh.probe_latency_ms),
+            String::new(),
+        ),
+        (
+            "publish→receipt latency p50 / p99, MQTT sink",
+            "-".to_owned(),
+            p50_p99(&bm.probe_latency_ms),
+            String::new(),
+        ),
+        (
+            "alarm latency p50 / p99 (under load), HTTP upstream",
+            p50_p99(&h.alarm_latency_ms),
+            p50_p99(&bh.alarm_latency_ms),
+            String::new(),
+        ),
+        (
+            "alarm latency p50 / p99 (under load), MQTT sink",
+            "-".to_owned(),
+            p50_p99(&bm.alarm_latency_ms),
+            String::new(),
+        ),
+        (
+            "gateway peak RSS",
+            format!("{:.1} MB", mb(&http)),
+            format!("{:.1} MB", mb(&both)),
+            ratio(mb(&http), mb(&both)),
+        ),
+        (
+            "gateway CPU",
+            format!("{:.1} s ({:.1} µs/reading)", http.cpu, us(&http)),
+            format!("{:.1} s ({:.1} µs/reading)", both.cpu, us(&both)),
+            ratio(http.cpu, both.cpu),
+        ),
+        (
+            "disk written per reading",
+            format!("{:.0} B", per_reading(&http)),
+            format!("{:.0} B", per_reading(&both)),
+            String::new(),
+        ),
+        (
+            "HTTP upstream: sent / delivered / lost, by identity",
+            lost_row(http.side.sent, h),
+            lost_row(both.side.sent, bh),
+            String::new(),
+        ),
+        (
+            "MQTT sink: sent / delivered / lost, by identity",
+            "-".to_owned(),
+            lost_row(both.side.sent, bm),
+            String::new(),
+        ),
+        (
+            "duplicate readings, HTTP upstream / MQTT sink",
+            dups(h),
+            format!("{} / {}", dups(bh), dups(bm)),
+            String::new(),
+        ),
+        (
+            "readings at both sinks under the same seq",
+            "-".to_owned(),
+            format!("{} of {}", at_both.len() - seq_mismatch, at_both.len()),
+            String::new(),
+        ),
+    ];
+    let mut md = "| measure | HTTP upstream alone | HTTP upstream + MQTT sink | ratio (both / HTTP alone) |\n|---|---|---|---|\n".to_owned();
+    for (k, a, b, r) in &rows {
+        md.push_str(&format!("| {k} | {a} | {b} | {r} |\n"));
+    }
+    md.push_str(&format!(
+        "\nWorkload: {n} readings from {devices} devices (device-sim load mode, QoS 1, {} connections), the same for both gateways, one after the other, each fresh; upstream linger {LINGER_MS} ms, batch 1000, gzip, max_in_flight 16, answering after {} ms; MQTT sink to mosquitto over TLS with client certificates required, topic {SINK_TOPIC}, linger {LINGER_MS} ms, batch 1000, its default batch_max_bytes and max_message_bytes (131072), max_in_flight 16. Each clock runs from the fleet's start until the last reading is held by every consumer (the HTTP receiver; the subscriber on the cloud broker). device-sim took {:.1} s (HTTP alone) and {:.1} s (both) from start to disconnect. Probes: {} / {} latency readings and {} / {} alarm events at the HTTP upstream / MQTT sink (both).\n",
+        devices.min(10),
+        rtt.as_millis(),
+        http.side.publish_elapsed.as_secs_f64(),
+        both.side.publish_elapsed.as_secs_f64(),
+        bh.probe_latency_ms.len(),
+        bm.probe_latency_ms.len(),
+        bh.alarm_latency_ms.len(),
+        bm.alarm_latency_ms.len(),
+    ));
+    println!("\n{md}");
+    for (name, g) in [("HTTP alone", h), ("HTTP (both)", bh), ("MQTT (both)", bm)] {
+        if !g.lost.is_empty() {
+            println!(
+                "{name}: first readings lost: {:?}",
+                &g.lost[..g.lost.len().min(5)]
+            );
+        }
+    }
+    let got_json = |g: &Got| {
+        json!({
+            "readings_per_s": g.rate, "lost": g.lost.len(), "unexpected": g.unexpected,
+            "wrong_value": g.wrong_value, "duplicates": g.duplicates, "renumbered": g.renumbered,
+            "latency_ms": {"p50": percentile(&mut g.probe_latency_ms.clone(), 0.5), "p99": percentile(&mut g.probe_latency_ms.clone(), 0.99)},
+            "alarm_latency_ms": {"p50": percentile(&mut g.alarm_latency_ms.clone(), 0.5), "p99": percentile(&mut g.alarm_latency_ms.clone(), 0.99)},
+        })
+    };
+    let run_json = |r: &GatewayRun, sinks: Value| {
+        json!({
+            "e2e_readings_per_s": r.side.rate, "ingest_readings_per_s": r.ingest_rate,
+            "peak_rss_bytes": r.rss, "cpu_s": r.cpu, "disk_bytes_per_reading": per_reading(r),
+            "sent": r.side.sent, "sinks": sinks,
+        })
+    };
+    let report = json!({
+        "mode": "mqtt_sink", "readings": n, "devices": devices, "rtt_ms": rtt.as_millis() as u64,
+        "http_alone": run_json(&http, json!({"upstream": got_json(h)})),
+        "http_and_mqtt": run_json(&both, json!({"upstream": got_json(bh), "cloud-mqtt": got_json(bm)})),
+        "ratio": both.side.rate / http.side.rate,
+        "rss_ratio": mb(&both) / mb(&http),
+        "seq_mismatch": seq_mismatch,
+    });
+    let target = gateway_bin()
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    let name = match rtt.as_millis() {
+        0 => "e2e-bench-mqtt-sink".to_owned(),
+        ms => format!("e2e-bench-mqtt-sink-rtt{ms}"),
+    };
+    let _ = std::fs::write(
+        target.join(format!("{name}.json")),
+        serde_json::to_string_pretty(&report).unwrap(),
+    );
+    let _ = std::fs::write(target.join(format!("{name}.md")), &md);
+    println!("wrote {}/{name}.{{json,md}}", target.display());
+    let failed = [h, bh, bm]
+        .iter()
+        .any(|g| !g.lost.is_empty() || g.unexpected > 0 || g.wrong_value > 0 || g.renumbered > 0);
+    if failed || seq_mismatch > 0 {
+        std::process::exit(1);
+    }
+}
+
+/// "sent / delivered / lost (unexpected, wrong values)" of one consumer, by identity.
+fn lost_row(sent: usize, g: &Got) -> String {
+    format!(
+        "{} / {} / {} ({} unexpected, {} with another value)",
+        sent,
+        g.delivered(sent),
+        g.lost.len(),
+        g.unexpected,
+        g.wrong_value
+    )
 }
 
 /// Bytes written to disk by the calling thread so far (`/proc/thread-self/io`).
