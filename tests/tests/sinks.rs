@@ -394,6 +394,10 @@ async fn under_a_tiny_quota_each_sinks_drop_count_is_exact() {
             + sink["expired"]["readings"].as_u64().unwrap();
         (distinct, lost)
     };
+    // Records a sink held in batches when the quota evicted them are its to deliver, not lost:
+    // how many a sink loses depends on how much it held, so only the sum must be above zero
+    // (the quota did evict), and each sink's own count must be exact.
+    let mut lost_total = 0;
     for (name, who) in [("upstream", "http"), (SINK, "mqtt")] {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
@@ -408,7 +412,7 @@ async fn under_a_tiny_quota_each_sinks_drop_count_is_exact() {
                 "{name}: {distinct} delivered + {lost} lost > {ingested} ingested"
             );
             if distinct + lost == ingested {
-                assert!(lost > 0, "{name}: the quota evicted readings it never had");
+                lost_total += lost;
                 eprintln!("{name}: {distinct} delivered + {lost} dropped = {ingested} ingested");
                 break;
             }
@@ -419,5 +423,9 @@ async fn under_a_tiny_quota_each_sinks_drop_count_is_exact() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    assert!(
+        lost_total > 0,
+        "the quota never evicted: this run proved nothing"
+    );
     rig.gw.stop().await;
 }
