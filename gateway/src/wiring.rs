@@ -369,7 +369,7 @@ pub async fn run(
     let mut views = vec![SinkView {
         name: gateway_forwarder::CONSUMER.to_owned(),
         kind: "http",
-        forwarder: forwarder.clone(),
+        forwarder,
     }];
     let mut drivers = vec![driver];
     // The MQTT bridges' connections stop only after every forwarder drained.
@@ -404,7 +404,6 @@ pub async fn run(
     let admin_state = AdminState::new(
         &config,
         pipeline.clone(),
-        forwarder,
         views,
         options.config_path.clone(),
     );

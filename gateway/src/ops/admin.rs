@@ -110,27 +110,36 @@ pub struct AdminState {
 struct Inner {
     gateway_id: String,
     pipeline: Pipeline,
-    forwarder: ForwarderHandle,
-    /// Every forwarder sink, `[upstream]` first.
+    /// Every forwarder sink, `[upstream]` first (see [`Inner::upstream`]).
     sinks: Vec<SinkView>,
     config_path: Option<PathBuf>,
     token: Option<Secret>,
     started: Instant,
 }
 
+impl Inner {
+    /// The `[upstream]` forwarder, which the wiring puts first among the sinks.
+    fn upstream(&self) -> &ForwarderHandle {
+        &self.sinks[0].forwarder
+    }
+}
+
 impl AdminState {
+    /// `sinks` must start with `[upstream]` (consumer [`gateway_forwarder::CONSUMER`]).
     pub fn new(
         config: &Config,
         pipeline: Pipeline,
-        forwarder: ForwarderHandle,
         sinks: Vec<SinkView>,
         config_path: Option<PathBuf>,
     ) -> AdminState {
+        debug_assert_eq!(
+            sinks.first().map(|s| s.name.as_str()),
+            Some(gateway_forwarder::CONSUMER)
+        );
         AdminState {
             inner: Arc::new(Inner {
                 gateway_id: config.gateway_id.clone(),
                 pipeline,
-                forwarder,
                 sinks,
                 config_path,
                 token: config.admin.token.clone(),
@@ -161,7 +170,7 @@ impl AdminState {
         let m = p.metrics();
         let ack = m.ack_latency();
         let b = p.buffer().stats();
-        let f = self.inner.forwarder.stats();
+        let f = self.inner.upstream().stats();
         let engine = p.engine_stats();
         let lane = |s: &LaneStats| {
             json!({
@@ -270,7 +279,7 @@ impl AdminState {
     /// of a buffer failure to its reason.
     fn health(&self, detail: bool) -> (StatusCode, Value) {
         let m = self.inner.pipeline.metrics();
-        let f = self.inner.forwarder.stats();
+        let f = self.inner.upstream().stats();
         let mut degraded = Vec::new();
         degraded.extend(Degraded::of_buffer(self.inner.pipeline.buffer().health()));
         if m.mqtt_enabled() && !m.mqtt_connected() {
@@ -502,7 +511,7 @@ pub async fn render_metrics(state: &AdminState) -> String {
     let p = &state.inner.pipeline;
     let m = p.metrics();
     let b = p.buffer().stats();
-    let f = state.inner.forwarder.stats();
+    let f = state.inner.upstream().stats();
     let engine = p.engine_stats();
     let mut out = String::with_capacity(4096);
     let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
