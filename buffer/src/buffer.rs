@@ -116,16 +116,6 @@ pub(crate) struct ConsumerView {
     expired: u64,
 }
 
-impl ConsumerView {
-    /// Counts one record this consumer lost, under `why`.
-    fn count(&mut self, why: Removal) {
-        match why {
-            Removal::Expired => self.expired += 1,
-            Removal::Quota | Removal::Acked => self.dropped_quota += 1,
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 pub(crate) struct DeadState {
     /// Per [`DeadKind`] (by `DeadKind::index`).
@@ -146,6 +136,17 @@ enum Removal {
     Acked,
     Quota,
     Expired,
+}
+
+impl Removal {
+    /// Adds `n` records lost for this reason to its counter; records acked are not lost.
+    fn count(self, n: u64, dropped_quota: &mut u64, expired: &mut u64) {
+        match self {
+            Removal::Acked => {}
+            Removal::Quota => *dropped_quota += n,
+            Removal::Expired => *expired += n,
+        }
+    }
 }
 
 impl Buffer {
@@ -434,12 +435,9 @@ impl Buffer {
             let Some(why) = view.in_hand_evicted.remove(&seq) else {
                 continue;
             };
-            view.count(why);
+            why.count(1, &mut view.dropped_quota, &mut view.expired);
             if accounting {
-                match why {
-                    Removal::Expired => ls.expired += 1,
-                    Removal::Quota | Removal::Acked => ls.dropped_quota += 1,
-                }
+                why.count(1, &mut ls.dropped_quota, &mut ls.expired);
             }
             shed.push(seq);
         }
@@ -1464,19 +1462,11 @@ impl Inner {
         let unacked = u64::from(h.count) - ls.acked_in_front;
         for (name, now, in_hand) in losses {
             if name == accounting {
-                match why {
-                    Removal::Acked => {}
-                    Removal::Quota => ls.dropped_quota += now,
-                    Removal::Expired => ls.expired += now,
-                }
+                why.count(now, &mut ls.dropped_quota, &mut ls.expired);
             }
             if let Some(view) = views.get_mut(&name) {
                 let view = &mut view[lane.index()];
-                match why {
-                    Removal::Acked => {}
-                    Removal::Quota => view.dropped_quota += now,
-                    Removal::Expired => view.expired += now,
-                }
+                why.count(now, &mut view.dropped_quota, &mut view.expired);
                 view.in_hand_evicted
                     .extend(in_hand.into_iter().map(|seq| (seq, why)));
             }
