@@ -35,7 +35,7 @@ Examples:
   # Serial into an existing port (or a file, to record the byte stream)
   device-sim serial --tty /dev/ttyUSB0 --baud 115200 --form json-multi
 
-  # Modbus TCP slaves for units 1..=3 (prints `TCP 127.0.0.1:PORT`), unit 2 silent 10 s in
+  # Modbus TCP slaves for units 1..=3 (prints `TCP 127.0.0.1:PORT`), unit 2 silent from 10 s to 30 s
   device-sim modbus --tcp 127.0.0.1:0 --devices 3 --fault silent:unit=2,at=10s,for=20s
 
   # Modbus RTU slave on a pty (prints `PTY /dev/pts/N`), every 5th answer with a bad CRC
