@@ -3,8 +3,8 @@
 //!
 //! What it offers:
 //! - [`Mosquitto`]: a mosquitto broker on free ports, with or without persistence, extra config
-//!   lines (such as [`deploy_limits`]), and a TLS listener requiring client certificates; stop,
-//!   kill and restart on the same port; killed on drop.
+//!   lines (such as [`deploy_limits`]), and a TLS listener (client certificates required or
+//!   not); stop, kill and restart on the same port; killed on drop.
 //! - [`Upstream`]: the cloud end, a real HTTP(S) server that records every WIRE.md §3 [`Batch`]
 //!   and answers from a script of [`Reply`]s (status, body, `Retry-After`, slow, never), refuses
 //!   a [`Poison`]ed batch, goes down (refusing and dropping connections) and comes back on the

@@ -2,7 +2,7 @@
 //!
 //! [`Mosquitto::builder`] sets what differs between tests: persistence (sessions and queued
 //! QoS 1 messages that survive a restart), extra config lines (queue limits, packet sizes; see
-//! [`deploy_limits`]), a TLS listener that requires client certificates, and the directory that
+//! [`deploy_limits`]), a TLS listener (requiring client certificates or not), and the directory that
 //! holds its config, database and logs. What every broker has: an anonymous plain listener, a log
 //! file (its tail is printed when a test panics), and `user root` when the tests run as root, since
 //! mosquitto would otherwise drop to a user that cannot write the test's directory.
@@ -69,7 +69,8 @@ pub struct MosquittoBuilder {
     /// `autosave_interval` in seconds when persistence is on.
     autosave_s: Option<u64>,
     conf: String,
-    tls: Option<Authority>,
+    /// The TLS listener's authority, and whether it requires client certificates.
+    tls: Option<(Authority, bool)>,
     dir: Option<PathBuf>,
 }
 
@@ -92,9 +93,9 @@ impl MosquittoBuilder {
     }
 
     /// A second listener, on [`Mosquitto::tls_port`], speaking TLS with `server`'s server
-    /// certificate and requiring a client certificate signed by its CA.
-    pub fn tls(mut self, server: &Authority) -> Self {
-        self.tls = Some(server.clone());
+    /// certificate; with `require_certificate`, clients must present one signed by its CA.
+    pub fn tls(mut self, server: &Authority, require_certificate: bool) -> Self {
+        self.tls = Some((server.clone(), require_certificate));
         self
     }
 
@@ -203,9 +204,9 @@ impl Mosquitto {
             None => "persistence false\n".to_owned(),
         };
         let tls = match (&self.options.tls, self.tls_port) {
-            (Some(a), Some(port)) => format!(
+            (Some((a, required)), Some(port)) => format!(
                 "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
-                 require_certificate true\n",
+                 require_certificate {required}\n",
                 a.ca.display(),
                 a.server_cert.display(),
                 a.server_key.display(),

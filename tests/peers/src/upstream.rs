@@ -410,13 +410,18 @@ impl Upstream {
         self.shared.max_on_wire.store(now, SeqCst);
     }
 
-    /// Waits until `done` holds over the batches so far; panics after `timeout` naming `what`.
-    pub async fn wait_until(&self, what: &str, timeout: Duration, done: impl Fn(&[Batch]) -> bool) {
-        crate::wait_until(what, timeout, || {
-            let met = self.inspect(&done);
-            async move { met.then_some(()) }
-        })
-        .await
+    /// Waits until `done` holds over the batches so far, checking every [`crate::POLL`]; panics
+    /// after `timeout`, saying how many batches had arrived.
+    pub async fn wait_until(&self, timeout: Duration, done: impl Fn(&[Batch]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !self.inspect(&done) {
+            assert!(
+                Instant::now() < deadline,
+                "condition not met within {timeout:?}; {} batches received",
+                self.inspect(<[Batch]>::len)
+            );
+            tokio::time::sleep(crate::POLL).await;
+        }
     }
 
     fn script(&self) -> std::sync::MutexGuard<'_, Script> {
@@ -714,7 +719,7 @@ mod tests {
             BATCH.len()
         );
         hung.write_all(req.as_bytes()).await.unwrap();
-        up.wait_until("the hung batch", Duration::from_secs(5), |b| b.len() == 1)
+        up.wait_until(Duration::from_secs(5), |b| b.len() == 1)
             .await;
         up.go_down().await;
         assert!(!up.is_up());
