@@ -6,10 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Decoded, Mosquitto, decode_mqtt};
+use common::{Decoded, decode_mqtt, mosquitto};
 use device_sim::mqtt::FleetError;
 use device_sim::{Broker, FleetConfig, MqttForm, Scenario, run_fleet};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use test_peers::Mosquitto;
 
 const START: i64 = 1_764_081_600_000;
 
@@ -120,8 +121,8 @@ fn key(d: &Decoded) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_form_reaches_a_real_subscriber_and_matches_the_summary_and_records() {
-    let Some(m) = Mosquitto::start() else { return };
-    let (got, sub) = subscribe(m.port).await;
+    let Some(m) = mosquitto() else { return };
+    let (got, sub) = subscribe(m.port()).await;
     let mut cfg = config(&m);
     cfg.devices = 5;
     cfg.rate_hz = 200.0;
@@ -141,7 +142,7 @@ async fn every_form_reaches_a_real_subscriber_and_matches_the_summary_and_record
         }
     }
 
-    let msgs = wait_for(&got, s.totals.messages_sent as usize, m.port).await;
+    let msgs = wait_for(&got, s.totals.messages_sent as usize, m.port()).await;
     sub.abort();
     assert_eq!(msgs.len() as u64, s.totals.messages_sent);
     let received = decoded_multiset(&msgs);
@@ -172,8 +173,8 @@ async fn every_form_reaches_a_real_subscriber_and_matches_the_summary_and_record
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pooled_load_mode_acknowledges_every_reading_exactly() {
-    let Some(m) = Mosquitto::start() else { return };
-    let (got, sub) = subscribe(m.port).await;
+    let Some(m) = mosquitto() else { return };
+    let (got, sub) = subscribe(m.port()).await;
     let mut cfg = config(&m);
     cfg.devices = 20;
     cfg.connections = Some(3);
@@ -187,7 +188,7 @@ async fn pooled_load_mode_acknowledges_every_reading_exactly() {
     assert_eq!(s.totals.readings_acked, 20 * 150 * 3);
     assert_eq!(s.totals.connects, 3);
     assert!(s.achieved_msgs_per_s > 0.0);
-    let msgs = wait_for(&got, 3000, m.port).await;
+    let msgs = wait_for(&got, 3000, m.port()).await;
     sub.abort();
     let distinct: BTreeSet<_> = msgs.iter().collect();
     assert_eq!(distinct.len(), 3000);
@@ -202,7 +203,7 @@ async fn pooled_load_mode_acknowledges_every_reading_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_bounded_by_duration_stops_cleanly_at_its_deadline() {
-    let Some(m) = Mosquitto::start() else { return };
+    let Some(m) = mosquitto() else { return };
     let mut cfg = config(&m);
     cfg.devices = 2;
     cfg.rate_hz = 20.0;
@@ -222,7 +223,7 @@ async fn a_run_bounded_by_duration_stops_cleanly_at_its_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn qos0_counts_written_messages_and_no_acks() {
-    let Some(m) = Mosquitto::start() else { return };
+    let Some(m) = mosquitto() else { return };
     let mut cfg = config(&m);
     cfg.devices = 3;
     cfg.qos = 0;
@@ -241,8 +242,8 @@ async fn qos0_counts_written_messages_and_no_acks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn garbage_is_published_and_counted_apart_from_readings() {
-    let Some(m) = Mosquitto::start() else { return };
-    let (got, sub) = subscribe(m.port).await;
+    let Some(m) = mosquitto() else { return };
+    let (got, sub) = subscribe(m.port()).await;
     let mut cfg = config(&m);
     cfg.devices = 2;
     cfg.count = Some(100);
@@ -257,7 +258,7 @@ async fn garbage_is_published_and_counted_apart_from_readings() {
     assert_eq!(s.totals.garbage_acked, garbage);
     assert_eq!(s.totals.readings_sent, (200 - garbage) * 3);
     assert_eq!(s.totals.readings_acked, s.totals.readings_sent);
-    let msgs = wait_for(&got, s.totals.messages_sent as usize, m.port).await;
+    let msgs = wait_for(&got, s.totals.messages_sent as usize, m.port()).await;
     sub.abort();
     let bad = msgs
         .iter()
@@ -269,7 +270,7 @@ async fn garbage_is_published_and_counted_apart_from_readings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reconnect_scenario_closes_and_reopens_the_connection_without_losing_readings() {
-    let Some(m) = Mosquitto::start() else { return };
+    let Some(m) = mosquitto() else { return };
     let mut cfg = config(&m);
     cfg.devices = 2;
     cfg.count = Some(60);
@@ -292,7 +293,7 @@ async fn a_reconnect_scenario_closes_and_reopens_the_connection_without_losing_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_same_seed_makes_two_fleet_runs_identical() {
-    let Some(m) = Mosquitto::start() else { return };
+    let Some(m) = mosquitto() else { return };
     let run = |seed: u64| {
         let mut cfg = config(&m);
         cfg.devices = 3;
@@ -304,10 +305,11 @@ async fn the_same_seed_makes_two_fleet_runs_identical() {
             "garbage:fraction=0.1".parse().unwrap(),
             "spike:at=20ms,for=30ms".parse().unwrap(),
         ];
+        let port = m.port();
         async move {
-            let (got, sub) = subscribe(m.port).await;
+            let (got, sub) = subscribe(port).await;
             let r = run_fleet(cfg, std::future::pending()).await.unwrap();
-            let mut msgs = wait_for(&got, r.summary.totals.messages_sent as usize, m.port).await;
+            let mut msgs = wait_for(&got, r.summary.totals.messages_sent as usize, port).await;
             sub.abort();
             msgs.sort();
             (r.records, msgs)
@@ -328,7 +330,7 @@ async fn the_same_seed_makes_two_fleet_runs_identical() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_restart_mid_run_loses_no_acknowledged_count() {
-    let Some(mut m) = Mosquitto::start() else {
+    let Some(mut m) = mosquitto() else {
         return;
     };
     let mut cfg = config(&m);
@@ -339,7 +341,10 @@ async fn a_broker_restart_mid_run_loses_no_acknowledged_count() {
     let fleet = tokio::spawn(run_fleet(cfg, std::future::pending()));
     tokio::time::sleep(Duration::from_millis(400)).await;
     let m = tokio::task::spawn_blocking(move || {
-        m.restart(Duration::from_millis(300));
+        // Every connection drops at once; the broker is back on the same port after 300 ms.
+        m.kill();
+        std::thread::sleep(Duration::from_millis(300));
+        m.restart();
         m
     })
     .await
@@ -359,11 +364,7 @@ async fn a_broker_restart_mid_run_loses_no_acknowledged_count() {
 
 #[tokio::test]
 async fn an_unreachable_broker_fails_fast_with_a_connect_error() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = test_peers::free_port();
     let mut cfg = FleetConfig::new(format!("127.0.0.1:{port}").parse().unwrap());
     cfg.connect_timeout = Duration::from_millis(500);
     cfg.count = Some(1);
@@ -390,8 +391,8 @@ fn broker_urls_parse_with_defaults() {
 /// tick; their readings keep the fleet's common timestamps. Without it they all publish at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn staggered_devices_publish_spread_over_the_period_with_common_timestamps() {
-    let Some(m) = Mosquitto::start() else { return };
-    let (got, sub) = subscribe(m.port).await;
+    let Some(m) = mosquitto() else { return };
+    let (got, sub) = subscribe(m.port()).await;
     let mut cfg = config(&m);
     cfg.devices = 4;
     cfg.rate_hz = 1.0;

@@ -23,6 +23,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use axum::serve::ListenerExt as _;
 use gateway_buffer::{
     AlarmEvent, AlarmState, Buffer, BufferOptions, Reading, Record, Severity, Source,
 };
@@ -152,7 +153,7 @@ async fn main() {
     let app = Router::new()
         .route("/ingest", post(ingest))
         .with_state(receiver.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(async move { axum::serve(listener.tap_io(nodelay), app).await.unwrap() });
 
     // --- Drain ---
     let dir = tempfile::tempdir().unwrap();
@@ -265,4 +266,10 @@ async fn main() {
         latencies.last().unwrap().as_secs_f64() * 1e3
     );
     buffer_stop.cancel();
+}
+
+/// Sets `TCP_NODELAY` on an accepted connection: a response is never held back by Nagle's
+/// algorithm waiting for the client's delayed ACK.
+fn nodelay(tcp: &mut tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
 }

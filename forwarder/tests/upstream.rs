@@ -14,16 +14,11 @@ use gateway_forwarder::{
     Compression, DEAD_LETTER_ORIGIN, DEAD_LETTER_REASON, Forwarder, ForwarderError, UpstreamState,
     encode_body,
 };
-use support::{Reply, Running, TestBuffer, Upstream, alarm, options, reading};
-use tokio::time::Instant;
+use std::time::Instant;
+use support::{Running, TestBuffer, alarm, options, reading, scripted};
+use test_peers::{Reply, Upstream};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A free port left closed: connections are refused until an upstream starts on it.
-fn closed_addr() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
 
 async fn append(buffer: &gateway_buffer::Buffer, records: Vec<Record>) -> Vec<Stored> {
     let seqs = buffer.append(records.clone()).await.unwrap();
@@ -37,7 +32,7 @@ async fn append(buffer: &gateway_buffer::Buffer, records: Vec<Record>) -> Vec<St
 async fn batches_are_cut_at_the_record_count_with_exactly_those_records() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
-    let upstream = Upstream::start([]).await;
+    let upstream = Upstream::start().await;
     let mut o = options(&upstream.url());
     o.batch_max_records = 3;
     o.linger = Duration::from_secs(30);
@@ -48,7 +43,7 @@ async fn batches_are_cut_at_the_record_count_with_exactly_those_records() {
     upstream.wait_until(WAIT, |r| r.len() >= 2).await;
     // A stop lets sends on the wire finish and starts none: after it, nothing more arrives.
     fwd.stop().await;
-    let got = upstream.received();
+    let got = upstream.batches();
     assert_eq!(got.len(), 2, "the seventh record lingers");
     assert_eq!(
         got[0].json,
@@ -59,7 +54,7 @@ async fn batches_are_cut_at_the_record_count_with_exactly_those_records() {
         encode_body("gw-test", Lane::Readings, &stored[3..6])
     );
     assert_eq!(
-        got[0].key(),
+        got[0].idempotency_key.clone().unwrap(),
         format!("gw-test:readings:{}-{}", stored[0].seq, stored[2].seq)
     );
     assert_eq!(
@@ -73,7 +68,7 @@ async fn batches_are_cut_at_the_record_count_with_exactly_those_records() {
 async fn batches_are_cut_before_the_record_that_would_exceed_the_byte_limit() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
-    let upstream = Upstream::start([]).await;
+    let upstream = Upstream::start().await;
     let mut o = options(&upstream.url());
     o.batch_max_records = 1_000;
     o.batch_max_bytes = 700;
@@ -88,7 +83,7 @@ async fn batches_are_cut_before_the_record_that_would_exceed_the_byte_limit() {
         })
         .await;
     // Several batches are in flight at once (max_in_flight): they may arrive in any order.
-    let mut got = upstream.received();
+    let mut got = upstream.batches();
     got.sort_by_key(|r| r.seqs()[0]);
     assert!(got.len() > 1);
     let mut next = 0;
@@ -116,7 +111,7 @@ async fn batches_are_cut_before_the_record_that_would_exceed_the_byte_limit() {
 async fn a_partial_batch_goes_out_when_linger_expires() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
-    let upstream = Upstream::start([]).await;
+    let upstream = Upstream::start().await;
     let mut o = options(&upstream.url());
     o.batch_max_records = 100;
     // Long enough that the second append surely lands inside it on a loaded machine.
@@ -129,8 +124,8 @@ async fn a_partial_batch_goes_out_when_linger_expires() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let second = append(&tb.buffer, (3..5).map(reading).collect()).await;
     upstream.wait_until(WAIT, |r| !r.is_empty()).await;
-    let got = upstream.received();
-    let waited = got[0].at - appended_at;
+    let got = upstream.batches();
+    let waited = got[0].arrived - appended_at;
     assert!(
         waited >= Duration::from_millis(990),
         "sent after {waited:?}: the linger runs from the first record"
@@ -149,7 +144,7 @@ async fn a_partial_batch_goes_out_when_linger_expires() {
 async fn a_batch_answered_503_503_200_is_delivered_once_with_the_same_key_and_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
-    let upstream = Upstream::start([Reply::Status(503), Reply::Status(503)]).await;
+    let upstream = scripted([Reply::Status(503), Reply::Status(503)]).await;
     let mut o = options(&upstream.url());
     o.compression = Compression::Gzip;
     o.linger = Duration::ZERO;
@@ -159,11 +154,11 @@ async fn a_batch_answered_503_503_200_is_delivered_once_with_the_same_key_and_by
 
     upstream.wait_until(WAIT, |r| r.len() >= 3).await;
     fwd.stop().await;
-    let got = upstream.received();
+    let got = upstream.batches();
     assert_eq!(got.len(), 3, "delivered exactly once");
     let key = format!("gw-test:readings:{}-{}", stored[0].seq, stored[2].seq);
     for req in &got {
-        assert_eq!(req.key(), key);
+        assert_eq!(req.idempotency_key.clone().unwrap(), key);
         assert_eq!(req.raw, got[0].raw, "every retry sends the same bytes");
     }
     assert_eq!(got[0].json, encode_body("gw-test", Lane::Readings, &stored));
@@ -186,7 +181,11 @@ async fn a_batch_answered_503_503_200_is_delivered_once_with_the_same_key_and_by
 async fn a_429_with_retry_after_2_delays_the_next_attempt_by_at_least_two_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
-    let upstream = Upstream::start([Reply::RetryAfter(429, "2")]).await;
+    let upstream = scripted([Reply::RetryAfter {
+        status: 429,
+        secs: 2,
+    }])
+    .await;
     let mut o = options(&upstream.url());
     o.linger = Duration::ZERO;
     append(&tb.buffer, vec![reading(0)]).await;
@@ -197,10 +196,13 @@ async fn a_429_with_retry_after_2_delays_the_next_attempt_by_at_least_two_second
         .wait_until(WAIT, |r| r.len() == 1 && handle.stats().backoff_ms >= 2_000)
         .await;
     upstream.wait_until(WAIT, |r| r.len() == 2).await;
-    let got = upstream.received();
-    let gap = got[1].at - got[0].at;
+    let got = upstream.batches();
+    let gap = got[1].arrived - got[0].arrived;
     assert!(gap >= Duration::from_secs(2), "retried after {gap:?}");
-    assert_eq!(got[0].key(), got[1].key());
+    assert_eq!(
+        got[0].idempotency_key.clone().unwrap(),
+        got[1].idempotency_key.clone().unwrap()
+    );
     fwd.stop().await;
     tb.close().await;
 }
@@ -209,7 +211,11 @@ async fn a_429_with_retry_after_2_delays_the_next_attempt_by_at_least_two_second
 async fn a_400_parks_the_batch_as_a_dead_letter_and_the_next_batch_is_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
-    let upstream = Upstream::start([Reply::StatusBody(400, "record 2: bad unit")]).await;
+    let upstream = scripted([Reply::Body {
+        status: 400,
+        body: "record 2: bad unit",
+    }])
+    .await;
     let mut o = options(&upstream.url());
     o.batch_max_records = 2;
     let stored = append(&tb.buffer, (0..4).map(reading).collect()).await;
@@ -218,7 +224,7 @@ async fn a_400_parks_the_batch_as_a_dead_letter_and_the_next_batch_is_delivered(
 
     upstream.wait_until(WAIT, |r| r.len() >= 2).await;
     fwd.stop().await;
-    assert_eq!(upstream.received().len(), 2, "a rejection is not retried");
+    assert_eq!(upstream.batches().len(), 2, "a rejection is not retried");
     assert_eq!(
         upstream.delivered_seqs("readings"),
         vec![stored[2].seq, stored[3].seq]
@@ -257,8 +263,8 @@ async fn a_400_parks_the_batch_as_a_dead_letter_and_the_next_batch_is_delivered(
 async fn everything_appended_while_the_server_is_down_arrives_in_order_once_it_is_up() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
-    let addr = closed_addr();
-    let mut o = options(&format!("http://{addr}/ingest"));
+    let mut upstream = Upstream::start_down().await;
+    let mut o = options(&upstream.url());
     o.batch_max_records = 10;
     let (handle, driver) = Forwarder::new(tb.buffer.clone(), o).unwrap();
     let fwd = Running::spawn(handle.clone(), driver);
@@ -281,7 +287,7 @@ async fn everything_appended_while_the_server_is_down_arrives_in_order_once_it_i
     let stats = handle.stats();
     assert!(stats.down_since_ms.is_some());
 
-    let upstream = Upstream::start_on(addr, []).await;
+    upstream.come_up().await;
     upstream
         .wait_until(WAIT, |r| {
             r.iter().map(|r| r.seqs().len()).sum::<usize>() == expected.len()
@@ -297,7 +303,11 @@ async fn everything_appended_while_the_server_is_down_arrives_in_order_once_it_i
 async fn a_hanging_server_trips_the_timeout_and_the_batch_is_retried() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
-    let upstream = Upstream::start([Reply::Hang(Duration::from_secs(5))]).await;
+    let upstream = scripted([Reply::Slow {
+        status: 200,
+        delay: Duration::from_secs(5),
+    }])
+    .await;
     let mut o = options(&upstream.url());
     o.timeout = Duration::from_millis(200);
     o.linger = Duration::ZERO;
@@ -306,11 +316,14 @@ async fn a_hanging_server_trips_the_timeout_and_the_batch_is_retried() {
     let fwd = Running::spawn(handle.clone(), driver);
 
     upstream.wait_until(WAIT, |r| r.len() >= 2).await;
-    let got = upstream.received();
-    let gap = got[1].at - got[0].at;
+    let got = upstream.batches();
+    let gap = got[1].arrived - got[0].arrived;
     assert!(gap >= Duration::from_millis(200), "retried after {gap:?}");
     assert!(gap < Duration::from_secs(3), "retried after {gap:?}");
-    assert_eq!(got[0].key(), got[1].key());
+    assert_eq!(
+        got[0].idempotency_key.clone().unwrap(),
+        got[1].idempotency_key.clone().unwrap()
+    );
     assert_eq!(got[0].raw, got[1].raw);
     upstream
         .wait_until(WAIT, |_| handle.stats().batches_sent == 1)
@@ -330,7 +343,7 @@ async fn a_hanging_server_trips_the_timeout_and_the_batch_is_retried() {
 async fn gzip_bodies_decode_to_the_same_json_and_carry_the_wire_headers() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
-    let upstream = Upstream::start([]).await;
+    let upstream = Upstream::start().await;
     let mut o = options(&upstream.url());
     o.compression = Compression::Gzip;
     o.bearer_token = Some("t0ken".into());
@@ -341,9 +354,9 @@ async fn gzip_bodies_decode_to_the_same_json_and_carry_the_wire_headers() {
     let fwd = Running::spawn(handle, driver);
 
     upstream.wait_until(WAIT, |r| r.len() >= 2).await;
-    let got = upstream.received();
-    let alarm_req = got.iter().find(|r| r.lane() == "alarms").unwrap();
-    let reading_req = got.iter().find(|r| r.lane() == "readings").unwrap();
+    let got = upstream.batches();
+    let alarm_req = got.iter().find(|r| r.lane == "alarms").unwrap();
+    let reading_req = got.iter().find(|r| r.lane == "readings").unwrap();
     assert_eq!(
         alarm_req.json,
         encode_body("gw-test", Lane::Alarms, &alarms)
@@ -358,11 +371,14 @@ async fn gzip_bodies_decode_to_the_same_json_and_carry_the_wire_headers() {
         assert_eq!(req.headers["content-type"], "application/json");
         assert_eq!(req.headers["authorization"], "Bearer t0ken");
     }
-    let v = reading_req.value();
+    let v = serde_json::from_slice::<serde_json::Value>(&reading_req.json).unwrap();
     assert_eq!(v["gateway_id"], "gw-test");
     assert_eq!(v["records"][1]["unit"], serde_json::Value::Null);
     assert_eq!(v["records"][0]["source"], "serial");
-    assert_eq!(alarm_req.value()["records"][0]["state"], "raised");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&alarm_req.json).unwrap()["records"][0]["state"],
+        "raised"
+    );
     fwd.stop().await;
     tb.close().await;
 }
@@ -371,7 +387,7 @@ async fn gzip_bodies_decode_to_the_same_json_and_carry_the_wire_headers() {
 async fn alarms_appended_behind_a_10000_reading_backlog_reach_the_server_first() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
-    let upstream = Upstream::start([]).await;
+    let upstream = Upstream::start().await;
     let mut o = options(&upstream.url());
     o.batch_max_records = 500;
     for chunk in 0..10 {
@@ -390,8 +406,8 @@ async fn alarms_appended_behind_a_10000_reading_backlog_reach_the_server_first()
             handle.stats().records_delivered.readings == 10_000
         })
         .await;
-    let got = upstream.received();
-    assert_eq!(got[0].lane(), "alarms");
+    let got = upstream.batches();
+    assert_eq!(got[0].lane, "alarms");
     assert_eq!(
         got[0].seqs(),
         alarms.iter().map(|s| s.seq).collect::<Vec<_>>()
@@ -406,7 +422,11 @@ async fn an_alarm_appended_while_a_backlog_drains_overtakes_the_rest_of_it() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
     // A slow upstream: each readings batch takes a while, so the backlog drains for seconds.
-    let upstream = Upstream::start((0..40).map(|_| Reply::Hang(Duration::from_millis(50)))).await;
+    let upstream = scripted((0..40).map(|_| Reply::Slow {
+        status: 200,
+        delay: Duration::from_millis(50),
+    }))
+    .await;
     let mut o = options(&upstream.url());
     o.batch_max_records = 250;
     append(&tb.buffer, (0..10_000).map(reading).collect()).await;
@@ -416,9 +436,9 @@ async fn an_alarm_appended_while_a_backlog_drains_overtakes_the_rest_of_it() {
     upstream.wait_until(WAIT, |r| r.len() >= 3).await;
     append(&tb.buffer, vec![alarm(1)]).await;
     upstream
-        .wait_until(WAIT, |r| r.iter().any(|r| r.lane() == "alarms"))
+        .wait_until(WAIT, |r| r.iter().any(|r| r.lane == "alarms"))
         .await;
-    let readings_before_alarm = upstream.received().len() - 1;
+    let readings_before_alarm = upstream.batches().len() - 1;
     assert!(
         readings_before_alarm < 10,
         "the alarm waited behind {readings_before_alarm} readings batches"
@@ -430,7 +450,7 @@ async fn an_alarm_appended_while_a_backlog_drains_overtakes_the_rest_of_it() {
 #[tokio::test]
 async fn a_restart_in_the_middle_of_a_retry_loop_resends_the_same_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let upstream = Upstream::start((0..1_000).map(|_| Reply::Status(503))).await;
+    let upstream = scripted((0..1_000).map(|_| Reply::Status(503))).await;
     let stored;
     let failing_key;
     let failing_body;
@@ -446,10 +466,13 @@ async fn a_restart_in_the_middle_of_a_retry_loop_resends_the_same_batch() {
         // Drop everything, as a crash would: no graceful shutdown of the forwarder.
         fwd.task.abort();
         let _ = fwd.task.await;
-        let got = upstream.received();
-        failing_key = got[0].key();
+        let got = upstream.batches();
+        failing_key = got[0].idempotency_key.clone().unwrap();
         failing_body = got[0].raw.clone();
-        assert!(got.iter().all(|r| r.key() == failing_key));
+        assert!(
+            got.iter()
+                .all(|r| r.idempotency_key.clone().unwrap() == failing_key)
+        );
         assert_eq!(
             failing_key,
             format!("gw-test:readings:{}-{}", stored[0].seq, stored[4].seq)
@@ -457,7 +480,7 @@ async fn a_restart_in_the_middle_of_a_retry_loop_resends_the_same_batch() {
         tb.close().await;
     }
 
-    let upstream = Upstream::start([]).await;
+    let upstream = Upstream::start().await;
     let tb = TestBuffer::open(dir.path());
     let more = append(&tb.buffer, (12..20).map(reading).collect()).await;
     let mut o = options(&upstream.url());
@@ -469,8 +492,8 @@ async fn a_restart_in_the_middle_of_a_retry_loop_resends_the_same_batch() {
     upstream
         .wait_until(WAIT, |_| handle.stats().records_delivered.readings == 20)
         .await;
-    let got = upstream.received();
-    assert_eq!(got[0].key(), failing_key);
+    let got = upstream.batches();
+    assert_eq!(got[0].idempotency_key.clone().unwrap(), failing_key);
     assert_eq!(got[0].raw, failing_body, "the same bytes after the restart");
     assert_eq!(
         got[0].seqs(),
@@ -487,12 +510,15 @@ async fn several_batches_in_flight_all_arrive_and_the_cursor_reaches_the_end() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
     let script = [
-        Reply::Hang(Duration::from_millis(100)),
+        Reply::Slow {
+            status: 200,
+            delay: Duration::from_millis(100),
+        },
         Reply::Status(503),
         Reply::Status(200),
         Reply::Status(500),
     ];
-    let upstream = Upstream::start(script).await;
+    let upstream = scripted(script).await;
     let mut o = options(&upstream.url());
     o.batch_max_records = 10;
     o.max_in_flight = 4;
@@ -520,7 +546,7 @@ async fn alarm_batches_go_one_at_a_time_even_with_several_readings_batches_allow
     let tb = TestBuffer::open(dir.path());
     // The first alarm batch is refused for a while: with more than one alarm batch in flight the
     // later ones (a clear, say) would be delivered before it.
-    let upstream = Upstream::start([Reply::Status(503), Reply::Status(503)]).await;
+    let upstream = scripted([Reply::Status(503), Reply::Status(503)]).await;
     let mut o = options(&upstream.url());
     o.batch_max_records = 5;
     o.max_in_flight = 4;
@@ -544,7 +570,7 @@ async fn alarm_batches_go_one_at_a_time_even_with_several_readings_batches_allow
 async fn replayed_dead_letters_are_sent_before_newer_records_with_their_original_seqs() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
-    let upstream = Upstream::start([]).await;
+    let upstream = Upstream::start().await;
     let old = append(&tb.buffer, (0..3).map(reading).collect()).await;
     // As if these had been rejected, acked, and then replayed by an operator.
     tb.buffer
@@ -560,7 +586,7 @@ async fn replayed_dead_letters_are_sent_before_newer_records_with_their_original
     upstream
         .wait_until(WAIT, |_| handle.stats().records_delivered.readings == 6)
         .await;
-    let got = upstream.received();
+    let got = upstream.batches();
     assert_eq!(got[0].json, encode_body("gw-test", Lane::Readings, &old));
     assert_eq!(got[1].json, encode_body("gw-test", Lane::Readings, &new));
     assert!(
@@ -577,7 +603,7 @@ async fn replayed_dead_letters_are_sent_before_newer_records_with_their_original
 async fn shutdown_with_the_server_down_returns_promptly_and_keeps_the_batch() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
-    let upstream = Upstream::start((0..1_000).map(|_| Reply::Status(503))).await;
+    let upstream = scripted((0..1_000).map(|_| Reply::Status(503))).await;
     let mut o = options(&upstream.url());
     o.retry_initial = Duration::from_secs(10);
     o.retry_max = Duration::from_secs(20);
@@ -652,9 +678,12 @@ async fn an_upstream_answering_503_to_everything_brings_the_concurrency_down_to_
  {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
-    let upstream = Upstream::start([]).await;
+    let upstream = Upstream::start().await;
     // Answers take a while, so several requests are on the wire at once.
-    upstream.set_default(Reply::After(Duration::from_millis(20), 200));
+    upstream.set_default(Reply::Slow {
+        status: 200,
+        delay: Duration::from_millis(20),
+    });
     let mut o = options(&upstream.url());
     o.batch_max_records = 10;
     o.max_in_flight = 16;
@@ -673,7 +702,10 @@ async fn an_upstream_answering_503_to_everything_brings_the_concurrency_down_to_
         .wait_until(WAIT, |_| upstream.max_on_wire() > 8)
         .await;
 
-    upstream.set_default(Reply::After(Duration::from_millis(5), 503));
+    upstream.set_default(Reply::Slow {
+        status: 503,
+        delay: Duration::from_millis(5),
+    });
     wait_for_stats(&handle, WAIT, "down to one", |s| s.concurrency == 1).await;
     // Attempts started before the last decrease drain away; from then on, one at a time.
     let failed = handle.stats().failed_retryable;
@@ -690,11 +722,18 @@ async fn an_upstream_answering_503_to_everything_brings_the_concurrency_down_to_
     assert_eq!(upstream.max_on_wire(), 1, "{:?}", handle.stats());
     assert_eq!(handle.stats().concurrency, 1);
 
-    upstream.set_default(Reply::After(Duration::from_millis(20), 200));
+    upstream.set_default(Reply::Slow {
+        status: 200,
+        delay: Duration::from_millis(20),
+    });
     wait_for_stats(&handle, WAIT, "climbing again", |s| s.concurrency >= 4).await;
     fwd.stop().await;
     // Whatever was delivered was delivered once per batch key, in whole batches.
-    let keys: Vec<String> = upstream.delivered().iter().map(|r| r.key()).collect();
+    let keys: Vec<String> = upstream
+        .delivered()
+        .iter()
+        .map(|r| r.idempotency_key.clone().unwrap())
+        .collect();
     let unique: std::collections::BTreeSet<&String> = keys.iter().collect();
     assert_eq!(unique.len(), keys.len(), "a delivered batch was sent again");
     tb.close().await;
@@ -704,7 +743,11 @@ async fn an_upstream_answering_503_to_everything_brings_the_concurrency_down_to_
 async fn a_429_with_retry_after_holds_every_batch_of_both_lanes_for_its_duration() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
-    let upstream = Upstream::start([Reply::RetryAfter(429, "2")]).await;
+    let upstream = scripted([Reply::RetryAfter {
+        status: 429,
+        secs: 2,
+    }])
+    .await;
     let mut o = options(&upstream.url());
     o.batch_max_records = 10;
     o.max_in_flight = 16;
@@ -726,14 +769,14 @@ async fn a_429_with_retry_after_holds_every_batch_of_both_lanes_for_its_duration
                 == 201
         })
         .await;
-    let got = upstream.received();
-    let first_after = got[1..].iter().map(|r| r.at).min().unwrap();
-    let gap = first_after - got[0].at;
+    let got = upstream.batches();
+    let first_after = got[1..].iter().map(|r| r.arrived).min().unwrap();
+    let gap = first_after - got[0].arrived;
     assert!(
         gap >= Duration::from_secs(2),
         "a request went {gap:?} after the 429 with Retry-After: 2"
     );
-    assert!(got.iter().any(|r| r.lane() == "alarms" && r.delivered()));
+    assert!(got.iter().any(|r| r.lane == "alarms" && r.delivered()));
     fwd.stop().await;
     tb.close().await;
 }
@@ -742,8 +785,8 @@ async fn a_429_with_retry_after_holds_every_batch_of_both_lanes_for_its_duration
 async fn delivery_resumes_soon_after_the_upstream_returns_however_long_the_backoff_grew() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
-    let addr = closed_addr();
-    let mut o = options(&format!("http://{addr}/ingest"));
+    let mut upstream = Upstream::start_down().await;
+    let mut o = options(&upstream.url());
     // One failure holds the upstream for a minute by the backoff alone.
     o.retry_initial = Duration::from_secs(60);
     o.retry_max = Duration::from_secs(60);
@@ -755,7 +798,7 @@ async fn delivery_resumes_soon_after_the_upstream_returns_however_long_the_backo
     tokio::time::sleep(gateway_forwarder::PROBE_EVERY * 3).await;
 
     let back = Instant::now();
-    let upstream = Upstream::start_on(addr, []).await;
+    upstream.come_up().await;
     upstream.wait_until(WAIT, |r| !r.is_empty()).await;
     let took = back.elapsed();
     assert!(
@@ -776,9 +819,12 @@ async fn delivery_resumes_soon_after_the_upstream_returns_however_long_the_backo
 async fn a_steady_stream_of_alarms_to_a_slow_upstream_does_not_starve_the_readings() {
     let dir = tempfile::tempdir().unwrap();
     let tb = TestBuffer::open(dir.path());
-    let upstream = Upstream::start([]).await;
+    let upstream = Upstream::start().await;
     // Every batch takes longer than the gap between alarms: an alarm batch is always in flight.
-    upstream.set_default(Reply::After(Duration::from_millis(100), 200));
+    upstream.set_default(Reply::Slow {
+        status: 200,
+        delay: Duration::from_millis(100),
+    });
     let mut o = options(&upstream.url());
     o.max_in_flight = 16;
     o.linger = Duration::ZERO;

@@ -1,6 +1,6 @@
 //! The admin API of a running gateway, driven in-process through `gateway::run` with real peers:
-//! the embedded MQTT broker on a free port, a small axum receiver standing in for the cloud, a
-//! real HTTP client, the `prometheus-parse` crate for `/metrics`, and headless Chromium for the
+//! the embedded MQTT broker on a free port, the scripted upstream of `test-peers` standing in for
+//! the cloud, a real HTTP client, the `prometheus-parse` crate for `/metrics`, and headless Chromium for the
 //! status page.
 
 use gateway::ops::admin::Limits;
@@ -11,9 +11,10 @@ use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use test_peers::{Reply, Upstream, free_port, wait_until};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -21,65 +22,6 @@ use tokio::task::JoinHandle;
 
 /// Long enough for a loaded CI box; every wait polls and returns as soon as it can.
 const DEADLINE: Duration = Duration::from_secs(20);
-const POLL: Duration = Duration::from_millis(50);
-
-/// A free TCP port on loopback: bound to port 0, read back, released.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// The cloud: answers every batch with `status` (200 unless a test changes it) and keeps the
-/// records of the batches it accepted.
-#[derive(Clone)]
-struct Receiver {
-    url: String,
-    status: Arc<AtomicU16>,
-    records: Arc<Mutex<Vec<Value>>>,
-}
-
-async fn start_receiver() -> Receiver {
-    use axum::body::Bytes;
-    use axum::extract::State;
-    use axum::http::{HeaderMap, StatusCode};
-    use std::io::Read as _;
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let receiver = Receiver {
-        url: format!("http://{addr}/ingest"),
-        status: Arc::new(AtomicU16::new(200)),
-        records: Arc::new(Mutex::new(Vec::new())),
-    };
-    async fn ingest(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
-        let status = StatusCode::from_u16(r.status.load(Ordering::SeqCst)).unwrap();
-        if !status.is_success() {
-            return status;
-        }
-        let mut json = Vec::new();
-        if headers
-            .get("content-encoding")
-            .is_some_and(|v| v.as_bytes() == b"gzip")
-        {
-            flate2::read::GzDecoder::new(&body[..])
-                .read_to_end(&mut json)
-                .unwrap();
-        } else {
-            json = body.to_vec();
-        }
-        let batch: Value = serde_json::from_slice(&json).unwrap();
-        let records = batch["records"].as_array().cloned().unwrap_or_default();
-        r.records.lock().unwrap().extend(records);
-        StatusCode::OK
-    }
-    let app = axum::Router::new()
-        .route("/ingest", axum::routing::post(ingest))
-        .with_state(receiver.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    receiver
-}
 
 /// One gateway running in this process until `stop`.
 struct Gateway {
@@ -143,12 +85,12 @@ listen = "{admin}"
     )
 }
 
-async fn start_gateway(receiver: &Receiver, setup: Setup<'_>) -> Gateway {
+async fn start_gateway(receiver: &Upstream, setup: Setup<'_>) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let admin_port = free_port();
     let mqtt_port = free_port();
     let admin = format!("{}:{admin_port}", setup.admin_host.unwrap_or("127.0.0.1"));
-    let text = config_text(dir.path(), &admin, mqtt_port, &receiver.url, &setup);
+    let text = config_text(dir.path(), &admin, mqtt_port, &receiver.url(), &setup);
     let env = setup.env.clone();
     let config = Config::parse_with_env(&text, "test", |name| env.get(name).cloned())
         .unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
@@ -178,7 +120,7 @@ async fn start_gateway(receiver: &Receiver, setup: Setup<'_>) -> Gateway {
         task: Some(task),
     };
     let token = setup.env.values().next().cloned();
-    poll(DEADLINE, "the admin API answers", || async {
+    wait_until("the admin API answers", DEADLINE, || async {
         get(&gw, "/healthz", token.as_deref()).await.ok()
     })
     .await;
@@ -215,9 +157,9 @@ impl Gateway {
     /// `ingest.mqtt_subscribed`): a message published before that is not queued for it, one
     /// published after is. Returns the readings count then, the baseline for a test's counters.
     async fn wait_until_subscribed(&self) -> u64 {
-        poll(
-            DEADLINE,
+        wait_until(
             "the gateway's subscription is granted",
+            DEADLINE,
             || async {
                 let s = self.status().await;
                 (s["ingest"]["mqtt_subscribed"] == true)
@@ -229,7 +171,7 @@ impl Gateway {
 
     /// Waits until `/status` counts `n` MQTT readings.
     async fn wait_for_readings(&self, n: u64) {
-        poll(DEADLINE, &format!("{n} readings counted"), || async {
+        wait_until(&format!("{n} readings counted"), DEADLINE, || async {
             (self.readings_mqtt().await >= n).then_some(())
         })
         .await;
@@ -259,25 +201,6 @@ async fn request(base: &str, path: &str, token: Option<&str>) -> Result<(u16, St
     let code = resp.status().as_u16();
     let body = resp.text().await.map_err(|e| e.to_string())?;
     Ok((code, body))
-}
-
-/// Polls `check` until it gives `Some`, or fails the test naming `what`.
-async fn poll<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting until {what}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 /// Publishes QoS 1 messages to the broker on `port` and waits for every PUBACK.
@@ -393,7 +316,7 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_parse_as_prometheus_text_name_every_wire_family_and_move_as_readings_flow() {
-    let receiver = start_receiver().await;
+    let receiver = Upstream::start().await;
     let gw = start_gateway(
         &receiver,
         Setup {
@@ -452,7 +375,7 @@ async fn metrics_parse_as_prometheus_text_name_every_wire_family_and_move_as_rea
     messages.push(("sensors/dev-bad".into(), "{not json".into()));
     publish(gw.mqtt_port, &messages).await;
     gw.wait_for_readings(base + 21).await;
-    poll(DEADLINE, "every reading is delivered upstream", || async {
+    wait_until("every reading is delivered upstream", DEADLINE, || async {
         let s = gw.status().await;
         (s["upstream"]["records_delivered"]["readings"].as_u64() >= Some(base + 21)
             && s["upstream"]["records_delivered"]["alarms"].as_u64() >= Some(1))
@@ -497,7 +420,7 @@ async fn metrics_parse_as_prometheus_text_name_every_wire_family_and_move_as_rea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_a_token_every_route_needs_it_but_healthz_and_the_page_shell_which_hold_no_data() {
-    let receiver = start_receiver().await;
+    let receiver = Upstream::start().await;
     let gw = start_gateway(
         &receiver,
         Setup {
@@ -574,10 +497,10 @@ fn the_config_refuses_an_admin_address_beyond_loopback_without_token_env() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn healthz_stays_200_and_names_the_upstream_as_degraded_while_the_receiver_fails() {
-    let receiver = start_receiver().await;
+    let receiver = Upstream::start().await;
     let gw = start_gateway(&receiver, Setup::default()).await;
     gw.wait_until_subscribed().await;
-    poll(DEADLINE, "healthz says ok", || async {
+    wait_until("healthz says ok", DEADLINE, || async {
         let (code, body) = get(&gw, "/healthz", None).await.unwrap();
         assert_eq!(code, 200);
         let h: Value = serde_json::from_str(&body).unwrap();
@@ -585,9 +508,9 @@ async fn healthz_stays_200_and_names_the_upstream_as_degraded_while_the_receiver
     })
     .await;
 
-    receiver.status.store(500, Ordering::SeqCst);
+    receiver.set_default(Reply::Status(500));
     publish(gw.mqtt_port, &[reading("dev-1", "temperature", 20.0)]).await;
-    let degraded = poll(DEADLINE, "healthz names the upstream", || async {
+    let degraded = wait_until("healthz names the upstream", DEADLINE, || async {
         let (code, body) = get(&gw, "/healthz", None).await.unwrap();
         assert_eq!(code, 200, "ingest and buffer are up: {body}");
         let h: Value = serde_json::from_str(&body).unwrap();
@@ -608,8 +531,8 @@ async fn healthz_stays_200_and_names_the_upstream_as_degraded_while_the_receiver
         "{degraded}"
     );
 
-    receiver.status.store(200, Ordering::SeqCst);
-    poll(DEADLINE, "healthz recovers", || async {
+    receiver.set_default(Reply::Status(200));
+    wait_until("healthz recovers", DEADLINE, || async {
         let (_, body) = get(&gw, "/healthz", None).await.unwrap();
         let h: Value = serde_json::from_str(&body).unwrap();
         (h["status"] == "ok" && h["degraded"].as_array().unwrap().is_empty()).then_some(())
@@ -620,7 +543,7 @@ async fn healthz_stays_200_and_names_the_upstream_as_degraded_while_the_receiver
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reload_with_an_invalid_file_keeps_the_old_rules_and_a_valid_file_swaps_them() {
-    let receiver = start_receiver().await;
+    let receiver = Upstream::start().await;
     let gw = start_gateway(
         &receiver,
         Setup {
@@ -758,7 +681,7 @@ async fn render(browser: &Path, url: &str) -> String {
         .stderr(std::fs::File::create(&err_file).unwrap())
         .spawn()
         .expect("chromium starts");
-    let exit = poll(Duration::from_secs(90), "chromium ends", || {
+    let exit = wait_until("chromium ends", Duration::from_secs(90), || {
         let exited = child.try_wait().unwrap();
         async move { exited }
     })
@@ -779,9 +702,9 @@ async fn the_status_page_in_headless_chromium_shows_the_numbers_of_status_and_dr
     let Some(browser) = chromium_or_report("admin::the_status_page_in_headless_chromium") else {
         return;
     };
-    let receiver = start_receiver().await;
+    let receiver = Upstream::start().await;
     // The receiver refuses everything, so the buffer depth holds still at a known number.
-    receiver.status.store(503, Ordering::SeqCst);
+    receiver.set_default(Reply::Status(503));
     let gw = start_gateway(
         &receiver,
         Setup {
@@ -798,7 +721,7 @@ async fn the_status_page_in_headless_chromium_shows_the_numbers_of_status_and_dr
     messages.push(reading("dev-b", "temperature", 80.0));
     publish(gw.mqtt_port, &messages).await;
     gw.wait_for_readings(base + 9).await;
-    let status = poll(DEADLINE, "the buffer holds every reading", || async {
+    let status = wait_until("the buffer holds every reading", DEADLINE, || async {
         let s = gw.status().await;
         (s["buffer"]["lanes"]["readings"]["records"].as_u64() == Some(base + 9)
             && s["alarms"]["active"].as_array().unwrap().len() == 2)
@@ -862,7 +785,7 @@ async fn with_a_token_the_status_page_asks_for_it_and_shows_the_numbers_once_giv
     else {
         return;
     };
-    let receiver = start_receiver().await;
+    let receiver = Upstream::start().await;
     // A token with characters a URL must escape: the page decodes the fragment.
     let token = "s3cr3t/+=x";
     let gw = start_gateway(
@@ -909,7 +832,7 @@ async fn databases_moved_aside_earlier_are_listed_in_status_and_metrics_until_re
         (format!("buffer/{aside}/blobs/7"), 4),
     ];
     let files: Vec<(&str, usize)> = files.iter().map(|(p, n)| (p.as_str(), *n)).collect();
-    let receiver = start_receiver().await;
+    let receiver = Upstream::start().await;
     let gw = start_gateway(
         &receiver,
         Setup {
@@ -1168,7 +1091,7 @@ async fn no_more_than_max_connections_are_served_at_once_and_the_others_wait_the
             let _ = answers_tx.send(get_to_close(stream, "/hold").await).await;
         });
     }
-    poll(DEADLINE, "the route holds CAP requests", || async {
+    wait_until("the route holds CAP requests", DEADLINE, || async {
         (hold.inside.load(Ordering::SeqCst) >= CAP).then_some(())
     })
     .await;
@@ -1276,7 +1199,7 @@ async fn a_request_body_over_the_limit_is_answered_413_a_late_one_408_and_one_wi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn post_reload_with_a_body_over_64_kib_is_answered_413() {
-    let receiver = start_receiver().await;
+    let receiver = Upstream::start().await;
     let gw = start_gateway(
         &receiver,
         Setup {
@@ -1335,14 +1258,14 @@ async fn on_stop_the_listener_closes_idle_connections_close_and_a_request_in_pro
         TcpStream::connect(addr).await.unwrap(),
         "/hold",
     ));
-    poll(DEADLINE, "the request is in the handler", || async {
+    wait_until("the request is in the handler", DEADLINE, || async {
         (hold.inside.load(Ordering::SeqCst) == 1).then_some(())
     })
     .await;
 
     stop.cancel();
     read_to_close(&mut idle).await;
-    poll(DEADLINE, "the port refuses connections", || async {
+    wait_until("the port refuses connections", DEADLINE, || async {
         TcpStream::connect(addr).await.is_err().then_some(())
     })
     .await;

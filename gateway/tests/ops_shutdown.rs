@@ -4,19 +4,19 @@
 //! upstream receiver.
 //!
 //! Peers are real: mosquitto (when installed) or the gateway's embedded broker, a rumqttc
-//! publisher, and an axum receiver in this process.
+//! publisher, and the scripted upstream of `test-peers` in this process, accepting everything.
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use test_peers::{Mosquitto, Upstream, free_port, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
@@ -34,73 +34,21 @@ const EXIT_MARGIN: Duration = Duration::from_secs(20);
 /// Readings delivered upstream before the SIGTERM, so it lands in the middle of the flow.
 const LOAD_BEFORE_SIGTERM: usize = 500;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// The values of the `load/counter` readings the upstream received.
+fn load_values(up: &Upstream) -> BTreeSet<u64> {
+    up.inspect(|batches| {
+        batches
+            .iter()
+            .flat_map(|b| &b.records)
+            .filter(|r| r["device"] == "load")
+            .map(|r| r["value"].as_f64().unwrap() as u64)
+            .collect()
+    })
 }
 
-async fn poll<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting until {what}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// The cloud: accepts every batch and keeps the values of the `load/counter` readings.
-#[derive(Clone, Default)]
-struct Receiver {
-    values: Arc<Mutex<BTreeSet<u64>>>,
-    records: Arc<Mutex<usize>>,
-}
-
-async fn start_receiver() -> (Receiver, String) {
-    use axum::body::Bytes;
-    use axum::extract::State;
-    use axum::http::{HeaderMap, StatusCode};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/ingest", listener.local_addr().unwrap());
-    let receiver = Receiver::default();
-    async fn ingest(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
-        let mut json = Vec::new();
-        if headers
-            .get("content-encoding")
-            .is_some_and(|v| v.as_bytes() == b"gzip")
-        {
-            flate2::read::GzDecoder::new(&body[..])
-                .read_to_end(&mut json)
-                .unwrap();
-        } else {
-            json = body.to_vec();
-        }
-        let batch: Value = serde_json::from_slice(&json).unwrap();
-        let records = batch["records"].as_array().cloned().unwrap_or_default();
-        *r.records.lock().unwrap() += records.len();
-        let mut values = r.values.lock().unwrap();
-        for rec in records {
-            if rec["device"] == "load" {
-                values.insert(rec["value"].as_f64().unwrap() as u64);
-            }
-        }
-        StatusCode::OK
-    }
-    let app = axum::Router::new()
-        .route("/ingest", axum::routing::post(ingest))
-        .with_state(receiver.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (receiver, url)
+/// How many records the upstream received in all.
+fn records_received(up: &Upstream) -> usize {
+    up.inspect(|batches| batches.iter().map(|b| b.records.len()).sum())
 }
 
 /// A child process killed when the test ends, however it ends.
@@ -111,41 +59,6 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// mosquitto on a free port (anonymous, no persistence, limits high enough that the broker never
-/// holds the load back), or `None` when it is not installed.
-async fn start_mosquitto(dir: &Path) -> Option<(Reaped, u16)> {
-    let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())?;
-    let port = free_port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 1000\n\
-             max_queued_messages 100000\nmax_queued_bytes 0\npersistence false\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new(binary)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("mosquitto.log")).unwrap())
-        .spawn()
-        .expect("mosquitto starts");
-    let child = Reaped(child);
-    poll(DEADLINE, "mosquitto listens", || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
-    Some((child, port))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -353,22 +266,20 @@ async fn publish_continuously(port: u16, stop: Arc<AtomicBool>, out: Arc<Mutex<P
 
 async fn publishes_through_sigterm_and_restart_lose_nothing_acknowledged(broker: BrokerKind) {
     let dir = tempfile::tempdir().unwrap();
-    let (receiver, upstream) = start_receiver().await;
+    let receiver = Upstream::start().await;
+    let upstream = receiver.url();
+    // Anonymous, no persistence, limits high enough that the broker never holds the load back.
     let mosquitto = match broker {
-        BrokerKind::Mosquitto => match start_mosquitto(dir.path()).await {
+        BrokerKind::Mosquitto => match Mosquitto::builder()
+            .conf("max_inflight_messages 1000\nmax_queued_messages 100000\nmax_queued_bytes 0")
+            .require("ops_shutdown (mosquitto)")
+        {
             Some(m) => Some(m),
-            None => {
-                test_peers::missing(
-                    "ops_shutdown (mosquitto)",
-                    "mosquitto is not installed",
-                    "apt-get install mosquitto",
-                );
-                return;
-            }
+            None => return,
         },
         BrokerKind::Embedded => None,
     };
-    let mqtt_port = mosquitto.as_ref().map_or_else(free_port, |(_, port)| *port);
+    let mqtt_port = mosquitto.as_ref().map_or_else(free_port, Mosquitto::port);
     let daemon = Daemon::new(dir.path(), broker, mqtt_port, &upstream);
     let mut gateway = daemon.start().await;
 
@@ -379,8 +290,8 @@ async fn publishes_through_sigterm_and_restart_lose_nothing_acknowledged(broker:
         stop.clone(),
         published.clone(),
     ));
-    poll(DEADLINE, "readings flow to the receiver", || async {
-        (receiver.values.lock().unwrap().len() >= LOAD_BEFORE_SIGTERM).then_some(())
+    wait_until("readings flow to the receiver", DEADLINE, || async {
+        (load_values(&receiver).len() >= LOAD_BEFORE_SIGTERM).then_some(())
     })
     .await;
 
@@ -401,9 +312,9 @@ async fn publishes_through_sigterm_and_restart_lose_nothing_acknowledged(broker:
 
     // Keep publishing while the gateway is away; the broker holds the persistent session.
     if broker == BrokerKind::Mosquitto {
-        poll(
-            DEADLINE,
+        wait_until(
             "the broker acks while the gateway is away",
+            DEADLINE,
             || async {
                 (published.lock().unwrap().acked.len() >= acked_at_exit + 100).then_some(())
             },
@@ -413,7 +324,7 @@ async fn publishes_through_sigterm_and_restart_lose_nothing_acknowledged(broker:
     let mut gateway = daemon.start().await;
     let acked_by_restart = published.lock().unwrap().acked.clone();
     let acked_at_restart = acked_by_restart.len();
-    poll(DEADLINE, "the publisher gets acks again", || async {
+    wait_until("the publisher gets acks again", DEADLINE, || async {
         (published.lock().unwrap().acked.len() >= acked_at_restart + 100).then_some(())
     })
     .await;
@@ -439,7 +350,7 @@ async fn publishes_through_sigterm_and_restart_lose_nothing_acknowledged(broker:
                 .collect()
         }
     };
-    let delivered = || receiver.values.lock().unwrap().clone();
+    let delivered = || load_values(&receiver);
     let outcome = tokio::time::timeout(DEADLINE, async {
         loop {
             if acked.is_subset(&delivered()) {
@@ -464,7 +375,7 @@ async fn publishes_through_sigterm_and_restart_lose_nothing_acknowledged(broker:
     eprintln!(
         "{broker:?}: all {} acknowledged readings delivered ({} records received in all)",
         acked.len(),
-        receiver.records.lock().unwrap()
+        records_received(&receiver)
     );
 
     let (status, took) = daemon.terminate(&mut gateway).await;
@@ -545,7 +456,8 @@ async fn publish_acked(port: u16, n: u64) {
 async fn sigterm_ingests_all_the_embedded_broker_acknowledged_even_behind_slow_commits() {
     const N: u64 = 1_000;
     let dir = tempfile::tempdir().unwrap();
-    let (receiver, upstream) = start_receiver().await;
+    let receiver = Upstream::start().await;
+    let upstream = receiver.url();
     let mqtt_port = free_port();
     let daemon = Daemon::with(
         dir.path(),
@@ -565,7 +477,7 @@ async fn sigterm_ingests_all_the_embedded_broker_acknowledged_even_behind_slow_c
             .unwrap();
         serde_json::from_str::<Value>(&body).unwrap()
     };
-    poll(DEADLINE, "the gateway's subscription", || async {
+    wait_until("the gateway's subscription", DEADLINE, || async {
         (status().await["ingest"]["mqtt_subscribed"] == true).then_some(())
     })
     .await;
@@ -586,15 +498,12 @@ async fn sigterm_ingests_all_the_embedded_broker_acknowledged_even_behind_slow_c
     let _gateway = daemon.start().await;
     let want: BTreeSet<u64> = (0..N).collect();
     let outcome = tokio::time::timeout(DEADLINE, async {
-        while !want.is_subset(&receiver.values.lock().unwrap()) {
+        while !want.is_subset(&load_values(&receiver)) {
             tokio::time::sleep(POLL).await;
         }
     })
     .await;
-    let missing: Vec<u64> = want
-        .difference(&receiver.values.lock().unwrap())
-        .copied()
-        .collect();
+    let missing: Vec<u64> = want.difference(&load_values(&receiver)).copied().collect();
     assert!(
         outcome.is_ok() && missing.is_empty(),
         "{} of {N} readings the embedded broker acknowledged were lost at a graceful stop \

@@ -9,34 +9,24 @@ use std::time::Duration;
 use gateway_config::{TlsClient, TlsFiles};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use serde_json::Value;
-use test_peers::{Authority, Pki};
+use test_peers::{Authority, Mosquitto, Pki};
 use tokio::task::JoinHandle;
 
-use crate::{Mosquitto, free_port, mosquitto_available};
-
-/// mosquitto with its plain listener and a TLS listener (the returned port) that requires a
-/// client certificate signed by `server`'s CA; `None` (reported through
-/// [`test_peers::missing`], which fails under `CI`) when mosquitto is not installed.
-pub fn tls_mosquitto(test: &str, server: &Authority) -> Option<(Mosquitto, u16)> {
-    if !mosquitto_available() {
-        test_peers::missing(
-            test,
-            "mosquitto is not installed",
-            "apt-get install mosquitto",
-        );
-        return None;
-    }
-    let tls_port = free_port();
-    let conf = format!(
-        "listener {tls_port} 127.0.0.1\n\
-         cafile {}\ncertfile {}\nkeyfile {}\n\
-         require_certificate true\n\
-         log_type information\n",
-        server.ca.display(),
-        server.server_cert.display(),
-        server.server_key.display(),
-    );
-    Some((Mosquitto::start_with(&conf), tls_port))
+/// The end-to-end [`crate::broker`] with a TLS listener (the returned port) serving `server`'s
+/// certificate and, with `require_certificate`, requiring a client certificate signed by its CA;
+/// `None` (reported through [`test_peers::missing`], which fails under `CI`) when mosquitto is
+/// not installed.
+pub fn tls_mosquitto(
+    test: &str,
+    server: &Authority,
+    require_certificate: bool,
+) -> Option<(Mosquitto, u16)> {
+    let broker = crate::broker()
+        .conf("log_type information")
+        .tls(server, require_certificate)
+        .require(test)?;
+    let tls_port = broker.tls_port().expect("a TLS listener");
+    Some((broker, tls_port))
 }
 
 /// A TLS client trusting `ca`'s CA, with the client certificate and key `cert` if given.

@@ -1,6 +1,5 @@
 //! The real `gateway` binary as a child process on a generated config.
 
-use crate::util::free_port;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -8,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use test_peers::free_port;
 
 /// Where the gateway gets its MQTT from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -405,7 +405,7 @@ impl GatewayProcess {
     /// A barrier through the whole pipeline: publishes one probe reading with a fresh value to
     /// the broker on `port` and waits until the receiver has it. Readings are forwarded in seq
     /// order, so everything the gateway stored before the probe has been delivered by then.
-    pub async fn barrier(&mut self, port: u16, receiver: &crate::Receiver) {
+    pub async fn barrier(&mut self, port: u16, receiver: &crate::Upstream) {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let value = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as f64;
         let probe = crate::Message {
@@ -438,7 +438,7 @@ impl GatewayProcess {
     /// [`GatewayProcess::barrier`], then waits until the alarms lane is empty. Alarm events are
     /// stored with the reading that raised them, so every event of a reading before the probe
     /// has been delivered by then: a count of alarm events taken now misses no late duplicate.
-    pub async fn settle(&mut self, port: u16, receiver: &crate::Receiver) {
+    pub async fn settle(&mut self, port: u16, receiver: &crate::Upstream) {
         self.barrier(port, receiver).await;
         self.wait_status("the alarms lane to drain", Duration::from_secs(60), |s| {
             (s["buffer"]["lanes"]["alarms"]["records"].as_u64() == Some(0)).then_some(())

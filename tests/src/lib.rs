@@ -1,24 +1,24 @@
 //! End-to-end harness for the gateway: real peers around the real `gateway` binary.
 //!
-//! Every peer a test talks to is the real thing on a port bound (or picked) at run time:
+//! Every peer a test talks to is the real thing on a port bound (or picked) at run time. The
+//! peers every crate's tests share come from [`test_peers`] and are re-exported here:
+//! [`Mosquitto`], the scripted cloud [`Upstream`] (it records every WIRE.md §3 [`Batch`] and
+//! answers from a script of [`Reply`]s, refuses a [`Poison`]ed batch, goes down and comes back on
+//! the same port), [`free_port`] and [`wait_until`]. On top of them:
 //!
-//! - [`Mosquitto`]: a mosquitto broker on a free port with persistence in a temp dir, so a
-//!   restart keeps sessions; [`BrokerChoice`] falls back to the gateway's embedded broker when
-//!   mosquitto is not installed (and fails instead when `CI` is set).
-//! - [`Receiver`]: an axum HTTP server standing in for the cloud; decodes gzip, parses WIRE.md §3
-//!   batches, records each one, and answers from a script of status codes and delays.
+//! - [`broker`]: mosquitto as these tests run it (the deployed limits, persistence in a temp
+//!   dir, so a restart keeps sessions); [`BrokerChoice`] falls back to the gateway's embedded
+//!   broker when mosquitto is not installed (and fails instead when `CI` is set).
 //! - [`GatewayProcess`]: the `gateway` binary run as a child process on a generated config in a
 //!   temp dir; SIGTERM, SIGKILL and restart on the same data dir.
 //! - [`Publisher`]: an MQTT QoS 1 publisher (rumqttc) that records exactly which messages were
 //!   PUBACKed; [`Subscriber`] for the local alarm topics.
 //! - [`tls_mosquitto`] and [`Cloud`]: a cloud IoT broker for the MQTT sink (TLS, client
-//!   certificates required) and a subscriber there that records every batch.
-//! - [`FaultyUpstream`]: a cloud that goes down (connection refused) and comes back on the same
-//!   port, answers any status, `Retry-After`, slowly or never, and refuses one poison batch.
+//!   certificates required or not) and a subscriber there that records every batch.
 //! - [`fleet`]: device-sim (binary or library) as the fleet of a fault test, and the check of
 //!   the cloud's records against what device-sim says it sent and the broker acknowledged.
 //! - [`workload`]: WIRE.md §1 payloads with the readings they must become, and the comparison of
-//!   what the receiver got against them.
+//!   what the upstream got against them.
 //!
 //! # Guarantees
 //! - Nothing binds a fixed port; waits poll a condition against a deadline ([`wait_until`]).
@@ -34,21 +34,18 @@ pub mod fleet;
 mod gateway;
 mod mosquitto;
 mod publisher;
-mod receiver;
 mod serial;
 mod subscriber;
-mod upstream;
 mod util;
 pub mod workload;
 
 pub use cloud::{Cloud, CloudMessage, tls_client, tls_mosquitto};
 pub use gateway::{GatewayProcess, GatewaySpec, MqttSetup, gateway_bin};
-pub use mosquitto::{
-    BrokerChoice, Mosquitto, deploy_limits, mosquitto_available, require_mosquitto,
-};
+pub use mosquitto::{BrokerChoice, broker, require_mosquitto};
 pub use publisher::{Message, PublishOutcome, Publisher, PublisherOptions};
-pub use receiver::{Batch, Receiver, Reply, TlsServer};
 pub use serial::PtyPair;
 pub use subscriber::{Received, Subscriber, retained_messages};
-pub use upstream::{Fault, FaultyUpstream, Poison};
-pub use util::{env_usize, free_port, wait_until};
+pub use test_peers::{
+    Batch, Mosquitto, Poison, Reply, TlsServer, Upstream, deploy_limits, free_port, wait_until,
+};
+pub use util::env_usize;

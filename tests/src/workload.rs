@@ -1,5 +1,5 @@
 //! Workloads: WIRE.md §1 messages together with the readings each must become upstream, and the
-//! comparison of what a [`crate::Receiver`] got against them.
+//! comparison of what a [`crate::Upstream`] got against them.
 
 use crate::publisher::Message;
 use serde_json::Value;
@@ -443,7 +443,7 @@ impl Stream {
 
 /// Waits until every `required` reading has been delivered, then returns the comparison.
 pub async fn wait_delivered(
-    receiver: &crate::Receiver,
+    receiver: &crate::Upstream,
     required: &[Expected],
     allowed: &[Expected],
     timeout: std::time::Duration,

@@ -5,8 +5,8 @@
 
 use gateway_tests::workload::{self, Expected, Stream, wait_delivered};
 use gateway_tests::{
-    Batch, BrokerChoice, GatewayProcess, GatewaySpec, Message, Publisher, PublisherOptions,
-    Receiver, Reply, Subscriber, retained_messages, wait_until,
+    Batch, BrokerChoice, GatewayProcess, GatewaySpec, Message, Publisher, PublisherOptions, Reply,
+    Subscriber, Upstream, retained_messages, wait_until,
 };
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -80,9 +80,9 @@ async fn crossing_a_threshold_sends_one_raise_and_one_clear_ahead_of_the_backlog
     let started = Instant::now();
     let broker = BrokerChoice::for_test("alarms");
     let port = broker.port();
-    let receiver = Receiver::start().await;
-    receiver.set_default(Reply::status(503));
-    let mut spec = GatewaySpec::new(broker.mqtt_setup(), receiver.url());
+    let receiver = Upstream::start().await;
+    receiver.set_default(Reply::Status(503));
+    let mut spec = GatewaySpec::new(broker.mqtt_setup(), &receiver.url());
     // One readings batch at a time, so the order below says where the alarms cut in.
     spec.upstream_extra = "batch_max_records = 100\nmax_in_flight = 1\n".into();
     spec.tables = RULE.into();
@@ -168,7 +168,7 @@ async fn crossing_a_threshold_sends_one_raise_and_one_clear_ahead_of_the_backlog
     );
 
     // The cloud comes back: alarms first, then the backlog drains.
-    receiver.set_default(Reply::status(200));
+    receiver.set_default(Reply::Status(200));
     wait_delivered(&receiver, &expected, &[], Duration::from_secs(120)).await;
     gw.barrier(port, &receiver).await;
 
@@ -251,8 +251,8 @@ async fn crossing_a_threshold_sends_one_raise_and_one_clear_ahead_of_the_backlog
 async fn an_active_alarm_survives_a_restart_without_being_raised_again() {
     let broker = BrokerChoice::for_test("alarm-restart");
     let port = broker.port();
-    let receiver = Receiver::start().await;
-    let mut spec = GatewaySpec::new(broker.mqtt_setup(), receiver.url());
+    let receiver = Upstream::start().await;
+    let mut spec = GatewaySpec::new(broker.mqtt_setup(), &receiver.url());
     spec.tables = RULE.into();
     let mut gw = GatewayProcess::start(&spec);
     gw.wait_ready().await;

@@ -9,7 +9,7 @@
 
 use gateway_tests::workload::{self, Stream, check_seq_stable, wait_delivered};
 use gateway_tests::{
-    GatewayProcess, GatewaySpec, MqttSetup, Receiver, env_usize, require_mosquitto,
+    GatewayProcess, GatewaySpec, MqttSetup, Upstream, env_usize, require_mosquitto,
 };
 use std::time::{Duration, Instant};
 
@@ -24,12 +24,12 @@ async fn gateway_reconnects_and_resubscribes_after_mosquitto_restarts_and_loses_
     let started = Instant::now();
     let total = env_usize("E2E_BROKER_RESTART_MESSAGES", 6000);
     let per_client = total / CLIENTS;
-    let receiver = Receiver::start().await;
+    let receiver = Upstream::start().await;
     let spec = GatewaySpec::new(
         MqttSetup::External {
             port: broker.port(),
         },
-        receiver.url(),
+        &receiver.url(),
     );
     let mut gw = GatewayProcess::start(&spec);
     gw.wait_ready().await;

@@ -2,14 +2,14 @@
 //! device, and the events reach the cloud in the alarm lane.
 
 use device_sim::{Broker, FleetConfig, Scenario, run_fleet};
-use gateway_tests::{GatewayProcess, GatewaySpec, MqttSetup, Receiver, free_port, wait_until};
+use gateway_tests::{GatewayProcess, GatewaySpec, MqttSetup, Upstream, free_port, wait_until};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_spike_scenario_raises_and_clears_an_alarm_once_per_device() {
-    let receiver = Receiver::start().await;
+    let receiver = Upstream::start().await;
     let port = free_port();
-    let mut spec = GatewaySpec::new(MqttSetup::Embedded { port }, receiver.url());
+    let mut spec = GatewaySpec::new(MqttSetup::Embedded { port }, &receiver.url());
     spec.tables = "[[alarm]]\nname = \"overheat\"\nmetric = \"temperature\"\nabove = 35.0\n\
                    clear_below = 33.0\nfor_s = 1\nseverity = \"critical\"\n"
         .to_owned();

@@ -15,8 +15,7 @@ use gateway_buffer::{Buffer, BufferOptions, Lane, Record};
 use gateway_tests::fleet::SentLog;
 use gateway_tests::workload::{self, BASE_TS_MS, check_seq_stable};
 use gateway_tests::{
-    FaultyUpstream, GatewayProcess, GatewaySpec, Mosquitto, MqttSetup, require_mosquitto,
-    wait_until,
+    GatewayProcess, GatewaySpec, Mosquitto, MqttSetup, Upstream, require_mosquitto, wait_until,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -58,7 +57,7 @@ async fn send(cfg: FleetConfig) -> SentLog {
     log
 }
 
-fn delivered(up: &FaultyUpstream) -> Vec<workload::UpReading> {
+fn delivered(up: &Upstream) -> Vec<workload::UpReading> {
     workload::parse_readings(&up.delivered_records("readings"))
 }
 
@@ -66,7 +65,7 @@ fn delivered(up: &FaultyUpstream) -> Vec<workload::UpReading> {
 /// waits until the probe reached the cloud.
 async fn start_gateway(
     broker: &Mosquitto,
-    up: &FaultyUpstream,
+    up: &Upstream,
     buffer_extra: &str,
     tables: &str,
 ) -> GatewayProcess {
@@ -108,7 +107,7 @@ async fn drop_oldest_at_the_quota_counts_every_evicted_reading_and_keeps_alarms(
         return;
     };
     let started = Instant::now();
-    let mut up = FaultyUpstream::start().await;
+    let mut up = Upstream::start().await;
     let buffer = format!("{QUOTA}when_full = \"drop_oldest\"\n");
     let mut gw = start_gateway(&broker, &up, &buffer, OVERHEAT).await;
     up.go_down().await;
@@ -153,7 +152,7 @@ async fn drop_oldest_at_the_quota_counts_every_evicted_reading_and_keeps_alarms(
             .then_some(())
     })
     .await;
-    up.barrier(broker.port(), &gw).await;
+    gw.barrier(broker.port(), &up).await;
     let status = gw.status().await;
     // The counter only grows; nothing was evicted after the cloud came back.
     assert_eq!(lane(&status, "readings")["dropped"].as_u64(), Some(dropped));
@@ -242,7 +241,7 @@ async fn block_at_the_quota_stops_acking_loses_nothing_and_resumes_when_the_clou
         return;
     };
     let started = Instant::now();
-    let mut up = FaultyUpstream::start().await;
+    let mut up = Upstream::start().await;
     let buffer = format!("{QUOTA}when_full = \"block\"\n");
     let mut gw = start_gateway(&broker, &up, &buffer, "").await;
     up.go_down().await;
@@ -286,7 +285,7 @@ async fn block_at_the_quota_stops_acking_loses_nothing_and_resumes_when_the_clou
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        up.barrier(broker.port(), &gw).await;
+        gw.barrier(broker.port(), &up).await;
         log.check(&delivered(&up))
     };
     assert!(
@@ -381,7 +380,7 @@ async fn corrupted_between_runs(damage: Damage, test: &str) {
         return;
     };
     let started = Instant::now();
-    let mut up = FaultyUpstream::start().await;
+    let mut up = Upstream::start().await;
     let mut gw = start_gateway(&broker, &up, "", "").await;
 
     // Run 1: delivered. Then readings that wait in the buffer while the cloud is down.
@@ -447,7 +446,7 @@ async fn corrupted_between_runs(damage: Damage, test: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    up.barrier(broker.port(), &gw).await;
+    gw.barrier(broker.port(), &up).await;
     let got = delivered(&up);
     let d_new = new_log.check(&got);
     assert!(d_new.is_clean(), "{}", d_new.describe());

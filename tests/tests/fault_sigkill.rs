@@ -19,7 +19,7 @@
 use gateway_tests::fleet::{DeviceSimProcess, SplitMix, seed_from_env};
 use gateway_tests::workload::{self, BASE_TS_MS, check_seq_stable};
 use gateway_tests::{
-    GatewayProcess, GatewaySpec, MqttSetup, Receiver, env_usize, require_mosquitto,
+    GatewayProcess, GatewaySpec, MqttSetup, Upstream, env_usize, require_mosquitto,
 };
 use std::time::{Duration, Instant};
 
@@ -96,12 +96,12 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_reading_and_keeps_devic
     let seed = seed_from_env("FAULT_SEED");
     let replay = format!("replay with FAULT_SEED={seed} FAULT_TRIALS={trials}");
     let _hint = ReplayHint(replay.clone());
-    let receiver = Receiver::start().await;
+    let receiver = Upstream::start().await;
     let spec = GatewaySpec::new(
         MqttSetup::External {
             port: broker.port(),
         },
-        receiver.url(),
+        &receiver.url(),
     );
     let mut gw = GatewayProcess::start(&spec);
     gw.wait_ready().await;

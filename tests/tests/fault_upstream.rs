@@ -12,7 +12,7 @@ use device_sim::{Broker, FleetConfig, MqttForm, run_fleet};
 use gateway_tests::fleet::SentLog;
 use gateway_tests::workload::{self, BASE_TS_MS, check_seq_stable};
 use gateway_tests::{
-    Batch, BrokerChoice, Fault, FaultyUpstream, GatewayProcess, GatewaySpec, Poison, wait_until,
+    Batch, BrokerChoice, GatewayProcess, GatewaySpec, Poison, Reply, Upstream, wait_until,
 };
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 struct Rig {
     test: &'static str,
     broker: BrokerChoice,
-    up: FaultyUpstream,
+    up: Upstream,
     gw: GatewayProcess,
 }
 
@@ -28,7 +28,7 @@ impl Rig {
     /// Starts the gateway (with `upstream_extra` in `[upstream]`) against `up` and proves the MQTT
     /// path; if `up` is up, waits until the probe reading was delivered, so the faults set next
     /// meet the fleet's readings.
-    async fn start(test: &'static str, up: FaultyUpstream, upstream_extra: &str) -> Rig {
+    async fn start(test: &'static str, up: Upstream, upstream_extra: &str) -> Rig {
         let broker = BrokerChoice::for_test(test);
         let mut spec = GatewaySpec::new(broker.mqtt_setup(), &up.url());
         spec.gateway_id = format!("gw-{test}");
@@ -84,7 +84,7 @@ impl Rig {
     /// Waits until every reading of `log` has arrived (`timeout`), then a barrier; returns the
     /// final comparison, which must be clean.
     async fn expect_all_delivered(
-        &self,
+        &mut self,
         log: &SentLog,
         timeout: Duration,
     ) -> gateway_tests::fleet::Delivery {
@@ -107,7 +107,7 @@ impl Rig {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        self.up.barrier(self.broker.port(), &self.gw).await;
+        self.gw.barrier(self.broker.port(), &self.up).await;
         let d = log.check(&self.delivered());
         assert!(d.is_clean(), "{}: {}", self.test, d.describe());
         check_seq_stable(&self.up.batches()).unwrap();
@@ -144,7 +144,7 @@ fn assert_resent_and_delivered(batches: &[Batch], status: u16) -> usize {
 async fn readings_sent_while_the_cloud_refuses_connections_arrive_once_it_is_back() {
     let test = "fault-upstream-down";
     let started = Instant::now();
-    let mut rig = Rig::start(test, FaultyUpstream::start_down().await, "").await;
+    let mut rig = Rig::start(test, Upstream::start_down().await, "").await;
     let log = rig.send(rig.fleet(3, 25.0, 50, MqttForm::Json)).await;
     rig.gw
         .wait_status(
@@ -185,16 +185,11 @@ async fn readings_sent_while_the_cloud_refuses_connections_arrive_once_it_is_bac
 async fn a_storm_of_5xx_answers_delays_delivery_but_loses_nothing() {
     let test = "fault-upstream-5xx";
     let started = Instant::now();
-    let rig = Rig::start(
-        test,
-        FaultyUpstream::start().await,
-        "batch_max_records = 100\n",
-    )
-    .await;
-    let storm: Vec<Fault> = (0..24)
-        .map(|i| Fault::Status([500, 502, 503, 504][i % 4]))
+    let mut rig = Rig::start(test, Upstream::start().await, "batch_max_records = 100\n").await;
+    let storm: Vec<Reply> = (0..24)
+        .map(|i| Reply::Status([500, 502, 503, 504][i % 4]))
         .collect();
-    rig.up.push_faults(storm);
+    rig.up.push_replies(storm);
     let log = rig.send(rig.fleet(3, 25.0, 50, MqttForm::Multi)).await;
     let d = rig
         .expect_all_delivered(&log, Duration::from_secs(90))
@@ -224,9 +219,9 @@ async fn a_storm_of_5xx_answers_delays_delivery_but_loses_nothing() {
 async fn a_429_with_retry_after_is_waited_out_and_loses_nothing() {
     let test = "fault-upstream-429";
     let started = Instant::now();
-    let rig = Rig::start(test, FaultyUpstream::start().await, "").await;
+    let mut rig = Rig::start(test, Upstream::start().await, "").await;
     // retry_max_ms is 500 in these tests, so only Retry-After explains a 2 s pause.
-    rig.up.push_faults([Fault::RetryAfter {
+    rig.up.push_replies([Reply::RetryAfter {
         status: 429,
         secs: 2,
     }]);
@@ -263,19 +258,14 @@ async fn a_429_with_retry_after_is_waited_out_and_loses_nothing() {
 async fn a_poison_batch_goes_to_the_dead_letters_exactly_and_delivery_resumes_after_it() {
     let test = "fault-upstream-poison";
     let started = Instant::now();
-    let mut rig = Rig::start(
-        test,
-        FaultyUpstream::start().await,
-        "batch_max_records = 40\n",
-    )
-    .await;
+    let mut rig = Rig::start(test, Upstream::start().await, "batch_max_records = 40\n").await;
     // Batch 0 was the probe; refuse the third readings batch of the fleet, and any re-send.
     rig.up.set_poison(Poison {
         nth: 3,
         status: 400,
     });
     let log = rig.send(rig.fleet(3, 25.0, 50, MqttForm::Json)).await;
-    rig.up.barrier(rig.broker.port(), &rig.gw).await;
+    rig.gw.barrier(rig.broker.port(), &rig.up).await;
 
     let batches = rig.up.batches();
     let poisoned: Vec<&Batch> = batches.iter().filter(|b| b.status == 400).collect();
@@ -361,9 +351,9 @@ async fn a_poison_batch_goes_to_the_dead_letters_exactly_and_delivery_resumes_af
 async fn slow_answers_within_the_timeout_deliver_everything_once() {
     let test = "fault-upstream-slow";
     let started = Instant::now();
-    let rig = Rig::start(test, FaultyUpstream::start().await, "").await;
+    let mut rig = Rig::start(test, Upstream::start().await, "").await;
     // timeout_ms is 5000 in these tests: a 1 s answer leaves room for a busy machine.
-    rig.up.set_default(Fault::Slow {
+    rig.up.set_default(Reply::Slow {
         status: 200,
         delay: Duration::from_millis(1_000),
     });
@@ -391,8 +381,8 @@ async fn slow_answers_within_the_timeout_deliver_everything_once() {
 async fn a_request_that_hangs_past_the_timeout_is_sent_again_and_nothing_is_lost() {
     let test = "fault-upstream-hang";
     let started = Instant::now();
-    let rig = Rig::start(test, FaultyUpstream::start().await, "").await;
-    rig.up.push_faults([Fault::Hang]);
+    let mut rig = Rig::start(test, Upstream::start().await, "").await;
+    rig.up.push_replies([Reply::Hang]);
     let log = rig.send(rig.fleet(2, 25.0, 40, MqttForm::Json)).await;
     let d = rig
         .expect_all_delivered(&log, Duration::from_secs(90))

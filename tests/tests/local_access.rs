@@ -251,8 +251,8 @@ async fn the_data_directory_and_its_files_are_the_owners_alone_unless_configured
 async fn a_device_that_connects_the_moment_the_embedded_broker_listens_loses_nothing() {
     const N: u64 = 200;
     let port = free_port();
-    let receiver = gateway_tests::Receiver::start().await;
-    let spec = GatewaySpec::new(MqttSetup::Embedded { port }, receiver.url());
+    let receiver = gateway_tests::Upstream::start().await;
+    let spec = GatewaySpec::new(MqttSetup::Embedded { port }, &receiver.url());
     // Built before the clock starts (the first call may run cargo).
     gateway_tests::gateway_bin();
     // The device starts knocking before the gateway runs.

@@ -4,7 +4,7 @@
 
 use gateway_tests::workload::{self, Expected, compare};
 use gateway_tests::{
-    BrokerChoice, GatewayProcess, GatewaySpec, Message, Publisher, PublisherOptions, Receiver,
+    BrokerChoice, GatewayProcess, GatewaySpec, Message, Publisher, PublisherOptions, Upstream,
 };
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -57,8 +57,8 @@ fn bad_messages() -> Vec<(String, Vec<u8>, &'static str)> {
 async fn malformed_payloads_are_counted_dead_lettered_and_do_not_stop_good_readings() {
     let started = Instant::now();
     let broker = BrokerChoice::for_test("malformed");
-    let receiver = Receiver::start().await;
-    let mut spec = GatewaySpec::new(broker.mqtt_setup(), receiver.url());
+    let receiver = Upstream::start().await;
+    let mut spec = GatewaySpec::new(broker.mqtt_setup(), &receiver.url());
     spec.mqtt_extra = "max_payload_bytes = 1024\n".into();
     let mut gw = GatewayProcess::start(&spec);
     gw.wait_ready().await;

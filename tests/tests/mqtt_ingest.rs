@@ -5,7 +5,7 @@
 
 use gateway_tests::workload::{self, check_seq_increasing, check_seq_stable, compare};
 use gateway_tests::{
-    GatewayProcess, GatewaySpec, MqttSetup, Publisher, PublisherOptions, Receiver, env_usize,
+    GatewayProcess, GatewaySpec, MqttSetup, Publisher, PublisherOptions, Upstream, env_usize,
     free_port, require_mosquitto,
 };
 use std::time::{Duration, Instant};
@@ -15,8 +15,8 @@ const CLIENTS: usize = 4;
 async fn ingest_through(setup: MqttSetup, broker_port: u16, label: &str, restart_after: bool) {
     let started = Instant::now();
     let n = env_usize("E2E_INGEST_READINGS", 10_000);
-    let receiver = Receiver::start().await;
-    let mut spec = GatewaySpec::new(setup, receiver.url());
+    let receiver = Upstream::start().await;
+    let mut spec = GatewaySpec::new(setup, &receiver.url());
     spec.upstream_extra = "batch_max_records = 500\n".into();
     let mut gw = GatewayProcess::start(&spec);
     gw.wait_ready().await;

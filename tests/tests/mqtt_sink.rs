@@ -203,7 +203,7 @@ async fn readings_and_alarms_reach_a_broker_that_requires_client_certificates_on
     let test = "mqtt-sink-delivers";
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(dir.path());
-    let Some((broker, tls_port)) = tls_mosquitto(test, &pki.trusted) else {
+    let Some((broker, tls_port)) = tls_mosquitto(test, &pki.trusted, true) else {
         return;
     };
     let cloud = Cloud::subscribe(tls_port, &pki, "e2e-cloud", TOPICS, GATEWAY_ID).await;
@@ -292,7 +292,7 @@ async fn without_a_client_certificate_the_broker_refuses_the_sink_and_nothing_is
     let test = "mqtt-sink-no-client-cert";
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(dir.path());
-    let Some((broker, tls_port)) = tls_mosquitto(test, &pki.trusted) else {
+    let Some((broker, tls_port)) = tls_mosquitto(test, &pki.trusted, true) else {
         return;
     };
     let cloud = Cloud::subscribe(tls_port, &pki, "e2e-cloud", TOPICS, GATEWAY_ID).await;
@@ -332,7 +332,7 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_duplicates_keep_their_seq
     let test = "mqtt-sink-broker-restart";
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(dir.path());
-    let Some((mut broker, tls_port)) = tls_mosquitto(test, &pki.trusted) else {
+    let Some((mut broker, tls_port)) = tls_mosquitto(test, &pki.trusted, true) else {
         return;
     };
     let cloud = Cloud::subscribe(tls_port, &pki, "e2e-cloud", TOPICS, GATEWAY_ID).await;
@@ -404,7 +404,7 @@ async fn a_tiny_max_message_bytes_splits_batches_and_every_record_still_arrives(
     let test = "mqtt-sink-split";
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(dir.path());
-    let Some((_broker, tls_port)) = tls_mosquitto(test, &pki.trusted) else {
+    let Some((_broker, tls_port)) = tls_mosquitto(test, &pki.trusted, true) else {
         return;
     };
     let cloud = Cloud::subscribe(tls_port, &pki, "e2e-cloud", TOPICS, GATEWAY_ID).await;

@@ -4,7 +4,7 @@
 //! running throughout, and readings keep arriving upstream.
 
 use gateway_tests::{
-    GatewayProcess, GatewaySpec, Message, MqttSetup, Publisher, PublisherOptions, Receiver,
+    GatewayProcess, GatewaySpec, Message, MqttSetup, Publisher, PublisherOptions, Upstream,
     require_mosquitto, wait_until,
 };
 use serde_json::Value;
@@ -32,7 +32,7 @@ async fn publish(port: u16, client: &str, device: &str, value: f64) {
 }
 
 /// Waits until `device`'s reading is upstream: by then the gateway has judged it.
-async fn delivered(receiver: &Receiver, device: &str) {
+async fn delivered(receiver: &Upstream, device: &str) {
     wait_until(&format!("{device}'s reading upstream"), WAIT, || async {
         receiver
             .delivered_records("readings")
@@ -62,12 +62,12 @@ async fn sighup_rereads_the_alarm_rules_and_an_invalid_file_keeps_the_old_ones()
     let Some(broker) = require_mosquitto(test) else {
         return;
     };
-    let receiver = Receiver::start().await;
+    let receiver = Upstream::start().await;
     let mut spec = GatewaySpec::new(
         MqttSetup::External {
             port: broker.port(),
         },
-        receiver.url(),
+        &receiver.url(),
     );
     spec.tables = HOT_ABOVE_50.to_owned();
     let mut gw = GatewayProcess::start(&spec);

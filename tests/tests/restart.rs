@@ -6,7 +6,7 @@
 
 use gateway_tests::workload::{self, Stream, check_seq_stable, wait_delivered};
 use gateway_tests::{
-    GatewayProcess, GatewaySpec, MqttSetup, Receiver, env_usize, require_mosquitto,
+    GatewayProcess, GatewaySpec, MqttSetup, Upstream, env_usize, require_mosquitto,
 };
 use std::time::{Duration, Instant};
 
@@ -26,12 +26,12 @@ async fn stop_mid_stream_and_restart(stop: Stop, test: &str) {
     let started = Instant::now();
     let total = env_usize("E2E_RESTART_MESSAGES", 6000);
     let per_client = total / CLIENTS;
-    let receiver = Receiver::start().await;
+    let receiver = Upstream::start().await;
     let spec = GatewaySpec::new(
         MqttSetup::External {
             port: broker.port(),
         },
-        receiver.url(),
+        &receiver.url(),
     );
     let mut gw = GatewayProcess::start(&spec);
     gw.wait_ready().await;

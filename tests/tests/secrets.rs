@@ -4,7 +4,7 @@
 //! errors name the URL), and its logs, `/status`, `/metrics`, `/healthz`, `check-config` and
 //! `gateway status` output are searched for each secret.
 
-use gateway_tests::{FaultyUpstream, GatewayProcess, GatewaySpec, MqttSetup, require_mosquitto};
+use gateway_tests::{GatewayProcess, GatewaySpec, MqttSetup, Upstream, require_mosquitto};
 use std::time::Duration;
 
 const SECRETS: [(&str, &str); 5] = [
@@ -35,7 +35,7 @@ async fn no_secret_reaches_logs_status_metrics_or_check_config() {
     let Some(broker) = require_mosquitto(test) else {
         return;
     };
-    let mut upstream = FaultyUpstream::start_down().await;
+    let mut upstream = Upstream::start_down().await;
     let url = format!("{}?code={}", upstream.url(), secret("URL_QUERY"));
     let mut spec = GatewaySpec::new(
         MqttSetup::External {

@@ -3,7 +3,7 @@
 //! at the same path. Good readings all arrive; bad lines are counted by reason.
 
 use gateway_tests::workload::{self, Expected, compare};
-use gateway_tests::{GatewayProcess, GatewaySpec, MqttSetup, PtyPair, Receiver, wait_until};
+use gateway_tests::{GatewayProcess, GatewaySpec, MqttSetup, PtyPair, Upstream, wait_until};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -108,8 +108,8 @@ async fn serial_lines_over_a_pty_arrive_bad_lines_are_counted_and_a_reopened_por
     let started = Instant::now();
     let ptys = tempfile::tempdir().expect("temp dir");
     let mut pty = PtyPair::open(ptys.path());
-    let receiver = Receiver::start().await;
-    let mut spec = GatewaySpec::new(MqttSetup::Disabled, receiver.url());
+    let receiver = Upstream::start().await;
+    let mut spec = GatewaySpec::new(MqttSetup::Disabled, &receiver.url());
     spec.tables = format!(
         "[[serial]]\nport = \"{}\"\nbaud = {BAUD}\ndevice = \"uart-0\"\nmax_line_bytes = 256\nreopen_max_ms = 500\n",
         pty.gateway_end().display()

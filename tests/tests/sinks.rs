@@ -16,7 +16,7 @@ use std::time::Duration;
 use gateway_tests::workload::{self, Stream, compare, parse_readings};
 use gateway_tests::{
     BrokerChoice, Cloud, GatewayProcess, GatewaySpec, Message, Mosquitto, Publisher,
-    PublisherOptions, Receiver, Reply, tls_mosquitto, wait_until,
+    PublisherOptions, Reply, Upstream, tls_mosquitto, wait_until,
 };
 use serde_json::Value;
 use test_peers::Pki;
@@ -28,7 +28,7 @@ const WAIT: Duration = Duration::from_secs(120);
 /// sending to both.
 struct Rig {
     broker: BrokerChoice,
-    receiver: Receiver,
+    receiver: Upstream,
     cloud_broker: Mosquitto,
     cloud: Cloud,
     gw: GatewayProcess,
@@ -41,7 +41,7 @@ impl Rig {
     async fn start(test: &str, buffer_extra: &str, tables: &str, http_down: bool) -> Option<Rig> {
         let pki_dir = tempfile::tempdir().unwrap();
         let pki = Pki::generate(pki_dir.path());
-        let (cloud_broker, tls_port) = tls_mosquitto(test, &pki.trusted)?;
+        let (cloud_broker, tls_port) = tls_mosquitto(test, &pki.trusted, true)?;
         let gateway_id = format!("gw-{test}");
         let cloud = Cloud::subscribe(
             tls_port,
@@ -51,12 +51,12 @@ impl Rig {
             &gateway_id,
         )
         .await;
-        let receiver = Receiver::start().await;
+        let receiver = Upstream::start().await;
         if http_down {
-            receiver.set_default(Reply::status(503));
+            receiver.set_default(Reply::Status(503));
         }
         let broker = BrokerChoice::for_test(test);
-        let mut spec = GatewaySpec::new(broker.mqtt_setup(), receiver.url());
+        let mut spec = GatewaySpec::new(broker.mqtt_setup(), &receiver.url());
         spec.gateway_id = gateway_id;
         spec.buffer_extra = buffer_extra.to_owned();
         let t = &pki.trusted;
@@ -337,7 +337,7 @@ async fn a_down_http_upstream_never_holds_back_the_cloud_broker_and_drains_when_
         backlog >= required.len() as u64,
         "the HTTP backlog waits in the buffer: {backlog} records"
     );
-    rig.receiver.set_default(Reply::status(200));
+    rig.receiver.set_default(Reply::Status(200));
     let cmp = workload::wait_delivered(&rig.receiver, &required, &allowed, WAIT).await;
     assert!(cmp.unexpected.is_empty(), "http: {}", cmp.describe());
     rig.gw
@@ -384,7 +384,7 @@ async fn under_a_tiny_quota_each_sinks_drop_count_is_exact() {
             },
         )
         .await;
-    rig.receiver.set_default(Reply::status(200));
+    rig.receiver.set_default(Reply::Status(200));
     rig.cloud_broker.restart();
     // Per sink: distinct readings delivered + readings counted dropped or expired for it =
     // every reading ingested. Reached once both sinks drained; never passed over.

@@ -7,12 +7,12 @@
 //! certificate is presented when configured and the peer's refusal is an error, not a fallback.
 
 use gateway_tests::{
-    GatewayProcess, GatewaySpec, Mosquitto, MqttSetup, Receiver, TlsServer, free_port,
-    mosquitto_available, wait_until,
+    GatewayProcess, GatewaySpec, Mosquitto, MqttSetup, TlsServer, Upstream, free_port,
+    tls_mosquitto, wait_until,
 };
 use std::path::Path;
 use std::time::Duration;
-use test_peers::{Authority, Pki};
+use test_peers::Pki;
 use tokio::io::AsyncReadExt as _;
 
 /// A TLS record of type handshake (a ClientHello) starts with this byte; an MQTT CONNECT with 0x10.
@@ -20,35 +20,6 @@ const TLS_HANDSHAKE: u8 = 0x16;
 
 fn toml_path(path: &Path) -> String {
     format!("\"{}\"", path.display())
-}
-
-/// mosquitto with its usual plain listener (devices publish there) and a TLS listener on
-/// another port serving `server`'s certificate; with `require_certificate`, clients must present
-/// one signed by `server`'s CA.
-fn tls_mosquitto(
-    test: &str,
-    server: &Authority,
-    require_certificate: bool,
-) -> Option<(Mosquitto, u16)> {
-    if !mosquitto_available() {
-        test_peers::missing(
-            test,
-            "mosquitto is not installed",
-            "apt-get install mosquitto",
-        );
-        return None;
-    }
-    let tls_port = free_port();
-    let conf = format!(
-        "listener {tls_port} 127.0.0.1\n\
-         cafile {}\ncertfile {}\nkeyfile {}\n\
-         require_certificate {require_certificate}\n\
-         log_type information\n",
-        server.ca.display(),
-        server.server_cert.display(),
-        server.server_key.display(),
-    );
-    Some((Mosquitto::start_with(&conf), tls_port))
 }
 
 /// A gateway reading from mosquitto's TLS listener; `tls_keys` are extra `[mqtt]` lines.
@@ -253,7 +224,7 @@ async fn an_https_upstream_that_requires_a_client_certificate_gets_batches_only_
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(dir.path());
     let t = &pki.trusted;
-    let receiver = Receiver::start_tls(&TlsServer {
+    let receiver = Upstream::start_tls(&TlsServer {
         cert: t.server_cert.clone(),
         key: t.server_key.clone(),
         client_ca: Some(t.ca.clone()),
@@ -261,7 +232,7 @@ async fn an_https_upstream_that_requires_a_client_certificate_gets_batches_only_
     .await;
 
     let port = free_port();
-    let mut spec = GatewaySpec::new(MqttSetup::Embedded { port }, receiver.url());
+    let mut spec = GatewaySpec::new(MqttSetup::Embedded { port }, &receiver.url());
     spec.upstream_extra = ca_key(&t.ca) + &client_keys(&t.client_cert, &t.client_key);
     let mut gw = GatewayProcess::start(&spec);
     gw.wait_ready().await;
@@ -286,7 +257,7 @@ async fn an_https_upstream_that_requires_a_client_certificate_gets_batches_only_
     // readings wait in the buffer.
     let before = receiver.batches().len();
     let port = free_port();
-    let mut spec = GatewaySpec::new(MqttSetup::Embedded { port }, receiver.url());
+    let mut spec = GatewaySpec::new(MqttSetup::Embedded { port }, &receiver.url());
     spec.upstream_extra = ca_key(&t.ca);
     let mut gw = GatewayProcess::start(&spec);
     gw.wait_ready().await;

@@ -1,104 +1,15 @@
-//! Shared test helpers: a real mosquitto on a free port, and a decoder of the wire forms.
+//! Shared test helpers: a real mosquitto (from `test-peers`), and a decoder of the wire forms.
 #![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use serde_json::Value;
+use test_peers::Mosquitto;
 
-/// A mosquitto broker for one test, killed on drop.
-pub struct Mosquitto {
-    child: Child,
-    pub port: u16,
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(bin: &PathBuf, conf: &std::path::Path) -> Child {
-    Command::new(bin)
-        .arg("-c")
-        .arg(conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn mosquitto_binary() -> Option<PathBuf> {
-    [
-        "/usr/sbin/mosquitto",
-        "/usr/bin/mosquitto",
-        "/usr/local/sbin/mosquitto",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-}
-
-impl Mosquitto {
-    /// Start a broker, or `None` (with a note) when mosquitto is missing outside CI.
-    pub fn start() -> Option<Mosquitto> {
-        let Some(bin) = mosquitto_binary() else {
-            test_peers::missing(
-                "device-sim broker test",
-                "mosquitto is not installed",
-                "apt-get install mosquitto",
-            );
-            return None;
-        };
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"
-            ),
-        )
-        .unwrap();
-        let child = spawn(&bin, &conf);
-        let m = Mosquitto {
-            child,
-            port,
-            bin,
-            dir,
-        };
-        m.wait_ready();
-        Some(m)
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Kill the broker (dropping every connection), wait `down`, start it again on the same port.
-    pub fn restart(&mut self, down: Duration) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::thread::sleep(down);
-        self.child = spawn(&self.bin, &self.dir.path().join("mosquitto.conf"));
-        self.wait_ready();
-    }
-
-    pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
+/// A mosquitto broker for one test (anonymous, no persistence, a deep queue), killed on drop;
+/// `None` (with a note) when mosquitto is missing outside CI.
+pub fn mosquitto() -> Option<Mosquitto> {
+    Mosquitto::builder()
+        .conf("max_queued_messages 100000")
+        .require("device-sim broker test")
 }
 
 /// A reading as decoded from the wire: (device, metric, value, ts).

@@ -1,7 +1,25 @@
-//! What a test does when a real peer it needs is missing: mosquitto, socat, FUSE, chromium, the
-//! shared contract file.
+//! Real peers for the tests of every crate, written once: what a test talks to, how it waits
+//! for it, and what it does when a peer it needs is missing.
+//!
+//! What it offers:
+//! - [`Mosquitto`]: a mosquitto broker on free ports, with or without persistence, extra config
+//!   lines (such as [`deploy_limits`]), and a TLS listener (client certificates required or
+//!   not); stop, kill and restart on the same port; killed on drop.
+//! - [`Upstream`]: the cloud end, a real HTTP(S) server that records every WIRE.md §3 [`Batch`]
+//!   and answers from a script of [`Reply`]s (status, body, `Retry-After`, slow, never), refuses
+//!   a [`Poison`]ed batch, goes down (refusing and dropping connections) and comes back on the
+//!   same port.
+//! - [`Pki`]: certificates for TLS peers; [`Tmpfs`]: a small filesystem to fill (it needs root).
+//! - [`free_port`] for addresses a config needs before its peer starts; [`wait_until`], polling a
+//!   condition against a deadline.
+//! - [`missing`] and [`outside_checkout`]: what a test does when a peer is missing.
+//!
+//! It depends on no crate of the workspace, so every crate's tests can use it. Helpers that
+//! need the gateway's own types live in the `gateway-tests` crate, on top of this one.
 //!
 //! # Guarantees
+//! - Nothing binds a fixed port; servers bind port 0, brokers retry when a picked port was
+//!   taken. Every child process is killed when its handle drops.
 //! - With `CI` set, a missing peer fails the test: [`missing`] panics, naming the peer and the
 //!   command that provides it. Only what lives outside the repository (the shared contract) is
 //!   reported without failing: [`outside_checkout`].
@@ -10,16 +28,23 @@
 //!   `GATEWAY_TEST_SKIPS`. `scripts/test` (the README's test command) sets it and lists every
 //!   such test at the end of the run, so a green run never hides a test that touched no peer.
 //!
-//! It does not decide whether a peer is there; each test knows how to look for its own. The
-//! peers it provides are [`Tmpfs`], a small filesystem to fill (it needs root), and [`Pki`],
-//! certificates for TLS peers.
+//! It does not decide for a test whether it can run without a peer: each test says what it
+//! needs ([`MosquittoBuilder::require`], [`Tmpfs::mount`]) or looks for it itself.
 
 use std::io::Write as _;
 
+mod mosquitto;
 mod pki;
+mod port;
 mod tmpfs;
+mod upstream;
+mod wait;
+pub use mosquitto::{Mosquitto, MosquittoBuilder, deploy_limits};
 pub use pki::{Authority, Pki};
+pub use port::free_port;
 pub use tmpfs::{Tmpfs, fill};
+pub use upstream::{Batch, Poison, Reply, TlsServer, Upstream};
+pub use wait::{POLL, wait_until};
 
 /// The environment variable naming the file that collects tests which did not run for real.
 pub const SKIPS_ENV: &str = "GATEWAY_TEST_SKIPS";

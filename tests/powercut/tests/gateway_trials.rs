@@ -57,7 +57,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -69,6 +69,7 @@ use nix::unistd::Pid;
 use powercut::{Options, PowerCutMount, Rng, env_u64};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde_json::Value;
+use test_peers::{Mosquitto, free_port};
 
 const TEST: &str = "acknowledged_readings_survive_power_cuts_of_the_whole_gateway";
 /// Concurrent publishers, one device each (publish order is defined per device).
@@ -84,14 +85,6 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 const QUIET: Duration = Duration::from_millis(300);
 /// Drain runs per trial before giving up on seeing the marker.
 const MAX_DRAINS: u32 = 5;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn gateway_bin() -> PathBuf {
     if let Ok(p) = std::env::var("GATEWAY_BIN") {
@@ -121,143 +114,20 @@ fn gateway_bin() -> PathBuf {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Mosquitto: a minimal copy of what `gateway-tests` does (this crate stays independent of the
-// gateway's code; it talks to the binary and opens the buffer).
+// Mosquitto.
 
-fn mosquitto_path() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("MOSQUITTO") {
-        return Some(PathBuf::from(p));
-    }
-    ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .or_else(|| {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|d| d.join("mosquitto"))
-                    .find(|p| p.exists())
-            })
-        })
-}
-
-/// The broker, or `None` after saying why the test does nothing; with `CI` set a missing
-/// mosquitto is a failure, not a skip.
-fn require_mosquitto() -> Option<PathBuf> {
-    if let Some(p) = mosquitto_path() {
-        return Some(p);
-    }
-    test_peers::missing(
-        TEST,
-        "mosquitto is not installed",
-        "apt-get install mosquitto",
-    );
-    None
-}
-
-/// A mosquitto process on a free port, persistence in its own directory (not on the power-cut
-/// mount). Killed on drop.
-#[derive(Debug)]
-struct Mosquitto {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Mosquitto {
-    fn start(bin: &Path, dir: &Path) -> Mosquitto {
-        std::fs::create_dir_all(dir).unwrap();
-        // Started as root, mosquitto drops to the `mosquitto` user, which cannot write our temp
-        // dir (persistence and log would silently fail); stay root then.
-        let as_root = {
-            use std::os::unix::fs::MetadataExt as _;
-            std::fs::metadata(dir).is_ok_and(|m| m.uid() == 0)
-        };
-        // A free port can be taken between picking and binding; try a few.
-        for _ in 0..5 {
-            let port = free_port();
-            // The queue limits matter: past max_queued_messages mosquitto drops QoS 1 messages
-            // for a session after PUBACKing the publisher, which would look like a gateway loss.
-            let conf = format!(
-                "listener {port} 127.0.0.1\n\
-                 allow_anonymous true\n\
-                 max_inflight_messages 100\n\
-                 max_queued_messages 10000000\n\
-                 max_queued_bytes 0\n\
-                 persistence true\n\
-                 persistence_location {dir}/\n\
-                 autosave_interval 60\n\
-                 set_tcp_nodelay true\n\
-                 log_dest file {dir}/mosquitto.log\n\
-                 log_type error\n\
-                 log_type warning\n\
-                 log_type notice\n\
-                 log_timestamp true\n\
-                 {user}",
-                dir = dir.display(),
-                user = if as_root { "user root\n" } else { "" },
-            );
-            std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
-            let out = std::fs::File::create(dir.join("stdout.log")).unwrap();
-            let mut child = Command::new(bin)
-                .arg("-c")
-                .arg(dir.join("mosquitto.conf"))
-                .stdin(Stdio::null())
-                .stdout(out.try_clone().unwrap())
-                .stderr(out)
-                .spawn()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            loop {
-                if child.try_wait().unwrap().is_some() {
-                    break; // The port was taken: try another.
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    let m = Mosquitto {
-                        child,
-                        port,
-                        dir: dir.to_path_buf(),
-                    };
-                    let early = std::fs::read_to_string(dir.join("stdout.log")).unwrap();
-                    assert!(
-                        !early.contains("Error"),
-                        "mosquitto reported errors at start:\n{early}"
-                    );
-                    return m;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "mosquitto did not listen within 15 s"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!(
-            "mosquitto did not start:\n{}",
-            std::fs::read_to_string(dir.join("stdout.log")).unwrap_or_default()
-        );
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Ok(Some(exit)) = self.child.try_wait()
-        {
-            eprintln!("{TEST}: mosquitto had exited ({exit}); this test never stops it");
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- mosquitto log (tail) ---\n{}", self.log_tail());
-        }
-    }
+/// A mosquitto on a free port, with persistence in `dir` (not on the power-cut mount). The queue
+/// limits matter: past max_queued_messages mosquitto drops QoS 1 messages for a session after
+/// PUBACKing the publisher, which would look like a gateway loss.
+fn mosquitto(dir: &Path) -> Mosquitto {
+    Mosquitto::builder()
+        .persistent(60)
+        .conf(
+            "max_inflight_messages 100\nmax_queued_messages 10000000\nmax_queued_bytes 0\n\
+             set_tcp_nodelay true",
+        )
+        .dir(dir)
+        .start()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -638,9 +508,14 @@ fn acknowledged_readings_survive_power_cuts_of_the_whole_gateway() {
     if !powercut::require_fuse(TEST) {
         return;
     }
-    let Some(mosquitto_bin) = require_mosquitto() else {
+    if !Mosquitto::available() {
+        test_peers::missing(
+            TEST,
+            "mosquitto is not installed",
+            "apt-get install mosquitto",
+        );
         return;
-    };
+    }
     let trials = env_u64("POWERCUT_GATEWAY_TRIALS").unwrap_or(10);
     let seed = powercut::seed();
     let torn_writes = std::env::var("POWERCUT_TORN").as_deref() == Ok("1");
@@ -663,8 +538,8 @@ fn acknowledged_readings_survive_power_cuts_of_the_whole_gateway() {
     let data = mnt.join("data");
     std::fs::create_dir(&data).unwrap();
     std::fs::File::open(&mnt).unwrap().sync_all().unwrap();
-    let broker = Mosquitto::start(&mosquitto_bin, &work.join("broker"));
-    let port = broker.port;
+    let broker = mosquitto(&work.join("broker"));
+    let port = broker.port();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -47,6 +47,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::serve::ListenerExt as _;
 use device_sim::{Broker, FleetConfig, Metric, MqttForm, SentRecord};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use serde_json::{Value, json};
@@ -57,7 +58,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use test_peers::Pki;
+use test_peers::{Mosquitto, Pki, deploy_limits, free_port};
 
 /// The gateway's linger in this run (the contract's default); p99 target is linger + 100 ms.
 const LINGER_MS: u64 = 1000;
@@ -81,64 +82,10 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// mosquitto with the limits of `deploy/mosquitto.conf` (in flight, queue, packet size),
 /// anonymous, and without persistence (its autosaves would only add noise to both sides).
-struct Mosquitto {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    fn start() -> Mosquitto {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{}",
-                gateway_tests::deploy_limits()
-            ),
-        )
-        .unwrap();
-        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .unwrap_or("mosquitto");
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto (apt-get install mosquitto)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Mosquitto {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn mosquitto() -> Mosquitto {
+    Mosquitto::builder().conf(&deploy_limits()).start()
 }
 
 fn fleet(port: u16, devices: u32, per_device: u64, prefix: &str) -> FleetConfig {
@@ -683,7 +630,7 @@ async fn run_gateway(
     let recv_port = listener.local_addr().unwrap().port();
     on_own_thread(async move {
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        axum::serve(listener, app).await.unwrap()
+        axum::serve(listener.tap_io(nodelay), app).await.unwrap()
     });
     let mut consumers = vec![tally];
 
@@ -835,17 +782,17 @@ async fn main() {
     let devices = env_usize("BENCH_DEVICES", 50) as u32;
     let per_device = n_total / u64::from(devices);
     let n = per_device * u64::from(devices);
-    let broker = Mosquitto::start();
+    let broker = mosquitto();
     println!(
         "workload: {n} readings from {devices} devices, QoS 1, one reading per message; the cloud answers after {} ms",
         env_usize("BENCH_RTT_MS", 0)
     );
 
-    let base = baseline(broker.port, devices, per_device).await;
+    let base = baseline(broker.port(), devices, per_device).await;
     println!("baseline (mosquitto_sub -q 1): {:.0} readings/s", base.rate);
 
     let rtt = Duration::from_millis(env_usize("BENCH_RTT_MS", 0) as u64);
-    let run = run_gateway(broker.port, devices, per_device, "gw-", rtt, None).await;
+    let run = run_gateway(broker.port(), devices, per_device, "gw-", rtt, None).await;
     let (side, base_got) = (&run.side, &base.got[0]);
     let got = &side.got[0];
     let ingest_rate = run.ingest_rate;
@@ -1004,23 +951,31 @@ async fn mqtt_sink() {
     let per_device = n_total / u64::from(devices);
     let n = per_device * u64::from(devices);
     let rtt = Duration::from_millis(env_usize("BENCH_RTT_MS", 0) as u64);
-    let broker = Mosquitto::start();
+    let broker = mosquitto();
     let pki_dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(pki_dir.path());
-    let (_cloud_broker, tls_port) = gateway_tests::tls_mosquitto("e2e_bench", &pki.trusted)
+    let (_cloud_broker, tls_port) = gateway_tests::tls_mosquitto("e2e_bench", &pki.trusted, true)
         .expect("mosquitto (apt-get install mosquitto)");
     println!(
         "workload: {n} readings from {devices} devices, QoS 1, one reading per message; the HTTP upstream answers after {} ms; the MQTT sink publishes to mosquitto over TLS with a client certificate",
         rtt.as_millis()
     );
 
-    let http = run_gateway(broker.port, devices, per_device, "http-", rtt, None).await;
+    let http = run_gateway(broker.port(), devices, per_device, "http-", rtt, None).await;
     println!("HTTP upstream alone: {:.0} readings/s", http.side.rate);
     let cloud = MqttCloud {
         tls_port,
         pki: &pki,
     };
-    let both = run_gateway(broker.port, devices, per_device, "both-", rtt, Some(cloud)).await;
+    let both = run_gateway(
+        broker.port(),
+        devices,
+        per_device,
+        "both-",
+        rtt,
+        Some(cloud),
+    )
+    .await;
     println!(
         "HTTP upstream + MQTT sink: {:.0} readings/s",
         both.side.rate
@@ -1261,7 +1216,7 @@ async fn wear() {
     let stagger = std::env::var("BENCH_STAGGER").is_ok_and(|v| v == "1");
     let metrics = vec![Metric::Temperature, Metric::Humidity, Metric::Pressure];
     let per_second = devices as usize * metrics.len();
-    let broker = Mosquitto::start();
+    let broker = mosquitto();
     let dir = tempfile::tempdir().unwrap();
 
     let tally = Arc::new(Mutex::new(Tally::new(usize::MAX)));
@@ -1279,7 +1234,7 @@ async fn wear() {
         let port = listener.local_addr().unwrap().port();
         on_own_thread(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, app).await.unwrap()
+            axum::serve(listener.tap_io(nodelay), app).await.unwrap()
         });
         port
     };
@@ -1290,7 +1245,7 @@ async fn wear() {
          [upstream]\nurl = \"http://127.0.0.1:{recv_port}/ingest\"\n\
          [admin]\nlisten = \"127.0.0.1:{admin}\"\n{buffer}",
         data = dir.path().join("data").display(),
-        port = broker.port,
+        port = broker.port(),
         buffer = stretch.as_ref().map_or(String::new(), |ms| format!(
             "[buffer]\ncommit_stretch_ms = {ms}\n"
         )),
@@ -1319,7 +1274,7 @@ async fn wear() {
         std::thread::spawn(move || append_only_floor(&dir, per_second, seconds, every))
     });
     let mut cfg = FleetConfig::new(
-        format!("127.0.0.1:{}", broker.port)
+        format!("127.0.0.1:{}", broker.port())
             .parse::<Broker>()
             .unwrap(),
     );
@@ -1431,4 +1386,10 @@ async fn wear() {
     );
     let _ = std::fs::write(target.join(format!("{name}.md")), &md);
     println!("wrote {}/{name}.{{json,md}}", target.display());
+}
+
+/// Sets `TCP_NODELAY` on an accepted connection: a response is never held back by Nagle's
+/// algorithm waiting for the client's delayed ACK.
+fn nodelay(tcp: &mut tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
 }

@@ -20,8 +20,9 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
+use axum::serve::ListenerExt as _;
 use device_sim::{Broker, FleetConfig, Metric, MqttForm};
-use gateway_tests::{Mosquitto, free_port};
+use gateway_tests::{broker, free_port};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -242,7 +243,9 @@ async fn main() {
     let devices = gateway_tests::env_usize("MEM_DEVICES", 100_000) as u32;
     let steady_s = gateway_tests::env_usize("MEM_STEADY_S", 60) as u64;
     // A queue deep enough that a fleet publishing faster than the gateway ingests loses nothing.
-    let broker = Mosquitto::start_with("max_queued_messages 0\nmax_queued_bytes 0");
+    let broker = broker()
+        .conf("max_queued_messages 0\nmax_queued_bytes 0")
+        .start();
     let delivered = Arc::new(AtomicU64::new(0));
     let app = Router::new()
         .route("/ingest", post(receive))
@@ -251,7 +254,7 @@ async fn main() {
         .await
         .expect("bind receiver");
     let recv_port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(async move { axum::serve(listener.tap_io(nodelay), app).await });
 
     let mut runs = Vec::new();
     // 1. Baseline: the same number of readings from 50 devices.
@@ -316,4 +319,10 @@ async fn main() {
         eprintln!("memory target missed");
         std::process::exit(1);
     }
+}
+
+/// Sets `TCP_NODELAY` on an accepted connection: a response is never held back by Nagle's
+/// algorithm waiting for the client's delayed ACK.
+fn nodelay(tcp: &mut tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
 }

@@ -16,7 +16,7 @@ mod storage;
 
 use gateway_tests::{
     GatewayProcess, GatewaySpec, Message, Mosquitto, PtyPair, Publisher, PublisherOptions,
-    Receiver, Subscriber, mosquitto_available, require_mosquitto, wait_until,
+    Subscriber, Upstream, broker, require_mosquitto, wait_until,
 };
 use serde_json::Value;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -33,7 +33,7 @@ pub const WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Rig {
     pub broker: Mosquitto,
-    pub receiver: Receiver,
+    pub receiver: Upstream,
     pub gw: GatewayProcess,
     /// Everything published on `alarms/#` since the gateway was ready.
     pub local: Subscriber,
@@ -60,18 +60,18 @@ impl Rig {
         opts: RigOptions,
         edit: impl FnOnce(&mut GatewaySpec),
     ) -> Option<Rig> {
-        if !mosquitto_available() {
+        if !Mosquitto::available() {
             // Fails under CI, says why it does nothing otherwise.
             require_mosquitto(test);
             return None;
         }
-        let broker = Mosquitto::start_with(opts.mosquitto_conf);
-        let receiver = Receiver::start().await;
+        let broker = broker().conf(opts.mosquitto_conf).start();
+        let receiver = Upstream::start().await;
         let mut spec = GatewaySpec::new(
             gateway_tests::MqttSetup::External {
                 port: broker.port(),
             },
-            receiver.url(),
+            &receiver.url(),
         );
         spec.tables = OVERHEAT.to_owned();
         let (pty, pty_dir) = if opts.serial {

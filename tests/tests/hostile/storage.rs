@@ -102,7 +102,7 @@ async fn a_flood_of_garbage_over_its_quota_leaves_a_refused_batch_listed_and_rep
         return;
     };
     // The next batch is refused for good.
-    rig.receiver.push_replies([Reply::status(400)]);
+    rig.receiver.push_replies([Reply::Status(400)]);
     rig.publish(
         "hostile-storage-refused",
         vec![Message {
@@ -333,7 +333,7 @@ async fn eviction_under_a_tiny_quota_with_a_slow_cloud_counts_each_reading_dropp
     let before = rig.gw.status().await;
     let dropped_before = lane(&before, "readings")["dropped"].as_u64().unwrap();
     let delivered_before = rig.receiver.delivered_count("readings");
-    rig.receiver.set_default(Reply {
+    rig.receiver.set_default(Reply::Slow {
         status: 200,
         delay: Duration::from_millis(400),
     });
@@ -358,7 +358,7 @@ async fn eviction_under_a_tiny_quota_with_a_slow_cloud_counts_each_reading_dropp
             |s| (ingested_mqtt(s) >= ingested_before + n as u64).then_some(()),
         )
         .await;
-    rig.receiver.set_default(Reply::status(200));
+    rig.receiver.set_default(Reply::Status(200));
     let drained = rig
         .gw
         .wait_status("the readings lane drained", Duration::from_secs(120), |s| {
