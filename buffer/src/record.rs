@@ -106,14 +106,20 @@ impl AlarmState {
     }
 }
 
-/// How bad an alarm is.
+/// How bad an alarm is: set by its rule (`alarm[].severity` in the gateway's config, which uses
+/// this type) and copied into its events.
+///
+/// Stored in every alarm record by variant index (postcard): never reorder or insert variants,
+/// only append. The names (`"info"`, `"warning"`, `"critical"`) are those of the config file
+/// and the wire; postcard does not store them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Severity {
-    /// Worth knowing.
+    /// `"info"`: worth knowing.
     Info,
-    /// Worth looking at.
+    /// `"warning"` (the config's default): worth looking at.
     Warning,
-    /// Act now.
+    /// `"critical"`: act now.
     Critical,
 }
 
@@ -125,6 +131,12 @@ impl Severity {
             Severity::Warning => "warning",
             Severity::Critical => "critical",
         }
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

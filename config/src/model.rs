@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use url::Url;
 
+pub use gateway_buffer::{Severity, WhenFull};
+
 use crate::secret::Secret;
 use crate::tls::{TlsClient, TlsError, TlsFiles};
 
@@ -303,16 +305,6 @@ pub struct SerialConfig {
     /// Ceiling of the backoff between attempts to reopen a vanished port, in milliseconds.
     /// Positive. Default 30000.
     pub reopen_max_ms: u64,
-}
-
-/// What the buffer does when the readings lane reaches `buffer.max_bytes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    /// `"drop_oldest"`: evict the oldest readings (counted) to make room.
-    DropOldest,
-    /// `"block"`: stop accepting (and acking MQTT) until there is room; the broker holds the rest.
-    Block,
 }
 
 /// `[buffer]`: the durable on-disk buffer.
@@ -837,18 +829,6 @@ pub struct IngestConfig {
     pub max_past_ts_s: Option<u64>,
 }
 
-/// How bad an alarm is; copied into its events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    /// `"info"`.
-    Info,
-    /// `"warning"` (the default).
-    Warning,
-    /// `"critical"`.
-    Critical,
-}
-
 /// A trigger level with its clear level (hysteresis).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limit {
@@ -964,9 +944,7 @@ macro_rules! names {
 }
 
 names!(MqttMode { Embedded => "embedded", External => "external", Disabled => "disabled" });
-names!(WhenFull { DropOldest => "drop_oldest", Block => "block" });
 names!(Compression { Gzip => "gzip", None => "none" });
-names!(Severity { Info => "info", Warning => "warning", Critical => "critical" });
 names!(SinkLane { Readings => "readings", Alarms => "alarms" });
 
 #[cfg(test)]
