@@ -48,6 +48,7 @@ mod locate;
 mod model;
 mod raw;
 pub mod redact;
+mod retry;
 mod secret;
 pub mod tls;
 mod validate;
@@ -59,6 +60,7 @@ pub use model::{
     SinkKind, SinkLane, SinkLanes, SinkTopic, TopicMatch, TopicTemplate, UpstreamConfig, WhenFull,
 };
 pub use redact::{redact_url, redact_url_text};
+pub use retry::RetryPolicy;
 pub use secret::Secret;
 pub use tls::{TlsClient, TlsError, TlsFiles};
 pub use validate::MAX_INPUT_BYTES;

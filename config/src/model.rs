@@ -12,6 +12,7 @@ use url::Url;
 
 pub use gateway_buffer::{Severity, WhenFull};
 
+use crate::retry::RetryPolicy;
 use crate::secret::Secret;
 use crate::tls::{TlsClient, TlsError, TlsFiles};
 
@@ -342,7 +343,7 @@ pub struct BufferConfig {
     pub refused_dead_letter_max_bytes: u64,
 }
 
-/// Body compression of upstream batches.
+/// Body compression of upstream batches; the forwarder's HTTP sink takes it as is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Compression {
@@ -455,11 +456,11 @@ impl UpstreamConfig {
         }
     }
 
-    /// Whether a response with this HTTP status is retried (per `retry_on_status` and
-    /// `retry_on_5xx`) rather than dead-lettered. 2xx is never retried.
-    pub fn is_retryable_status(&self, status: u16) -> bool {
-        self.retry_on_status.contains(&status)
-            || (self.retry_on_5xx && (500..=599).contains(&status))
+    /// Which answers are retried rather than dead-lettered: `retry_on_status` and
+    /// `retry_on_5xx` as the forwarder applies them (plus 1xx and 3xx, never a verdict on a
+    /// batch).
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::new(self.retry_on_status.iter().copied(), self.retry_on_5xx)
     }
 }
 
