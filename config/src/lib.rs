@@ -11,6 +11,21 @@
 //! checked and completed into the public types with `*_env` secrets read from the environment
 //! (module `validate`). Defaults live in [`defaults`].
 //!
+//! # One type per concept
+//!
+//! A key names a value of the component that uses it, and that value has one type, not one here
+//! and a translation there. The dependencies point from here to the storage:
+//!
+//! - `gateway-config` → `gateway-buffer`: the buffer owns the vocabulary it persists or acts on
+//!   by itself, [`Severity`] (stored in every alarm record, by variant index) and [`WhenFull`];
+//!   they are re-exported here with their TOML spellings. Keeping them beside the on-disk format
+//!   keeps the rule "never reorder a stored enum" where the format is, and the buffer a storage
+//!   library that knows nothing of TOML.
+//! - Everything else a key names is defined here and used as is downstream: [`Compression`],
+//!   [`RetryPolicy`], [`TopicTemplate`], compiled alarm rules ([`AlarmRule`], [`AlarmCondition`],
+//!   [`Limit`]), URLs as [`url::Url`]. The forwarder and the gateway depend on this crate and
+//!   take these values as they are, parsing nothing again.
+//!
 //! # Guarantees
 //!
 //! - A file that loads uses only known keys: every table is `deny_unknown_fields`, and an unknown

@@ -3,7 +3,7 @@
 //! Every value here has passed validation, every default is filled in and every `*_env` secret is
 //! resolved. Field names are the TOML key names; units are in the names.
 
-use globset::GlobMatcher;
+use globset::{GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
@@ -199,8 +199,9 @@ pub struct TopicMatch<'t> {
 }
 
 impl TopicTemplate {
-    /// Checks one template; the error says what is wrong, without key or line.
-    pub(crate) fn new(template: &str) -> Result<Self, String> {
+    /// Checks one template; the error says what is wrong, without key or line. (A loaded config
+    /// has its templates checked already; this is for templates made in code.)
+    pub fn new(template: &str) -> Result<Self, String> {
         if template.is_empty() {
             return Err("a topic template must not be empty".into());
         }
@@ -895,6 +896,31 @@ pub struct AlarmRule {
 }
 
 impl AlarmRule {
+    /// A rule made in code rather than loaded (benchmarks, tests): its globs compiled as loading
+    /// compiles them. The other checks of a loaded rule (limits finite, hysteresis on the right
+    /// side, `no_data_s` positive) are the caller's business.
+    pub fn new(
+        name: impl Into<String>,
+        device: &str,
+        metric: &str,
+        condition: AlarmCondition,
+        for_s: u64,
+        clear_for_s: u64,
+        severity: Severity,
+    ) -> Result<AlarmRule, globset::Error> {
+        Ok(AlarmRule {
+            name: name.into(),
+            device: device.to_owned(),
+            metric: metric.to_owned(),
+            condition,
+            for_s,
+            clear_for_s,
+            severity,
+            device_glob: CompiledGlob::new(device)?,
+            metric_glob: CompiledGlob::new(metric)?,
+        })
+    }
+
     /// The compiled `device` glob (compiled once at load time).
     pub fn device_glob(&self) -> &GlobMatcher {
         &self.device_glob.0
@@ -915,6 +941,15 @@ impl AlarmRule {
 /// and its `Debug` dumps the whole regex).
 #[derive(Clone)]
 pub(crate) struct CompiledGlob(pub(crate) GlobMatcher);
+
+impl CompiledGlob {
+    /// `pattern` in globset's default syntax (`*` also matches `/`).
+    pub(crate) fn new(pattern: &str) -> Result<Self, globset::Error> {
+        GlobBuilder::new(pattern)
+            .build()
+            .map(|g| CompiledGlob(g.compile_matcher()))
+    }
+}
 
 impl PartialEq for CompiledGlob {
     fn eq(&self, other: &Self) -> bool {

@@ -6,7 +6,6 @@
 //! the forwarder `shutdown_grace_s` to deliver what it has in flight, then let the committer
 //! commit anything still queued and flush the buffer.
 
-use crate::alarm::RuleError;
 use crate::ops::admin::{self, AdminState};
 use crate::ops::demo;
 use crate::pipeline::Pipeline;
@@ -60,9 +59,6 @@ pub enum RunError {
         dir: PathBuf,
         source: std::io::Error,
     },
-    /// An alarm rule could not be built.
-    #[error(transparent)]
-    Rule(#[from] RuleError),
     /// The embedded broker could not start.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
@@ -192,11 +188,7 @@ fn mqtt_settings(
         client_id: m.client_id.clone(),
         credentials,
         topics: m.topics.clone(),
-        templates: m
-            .topic_templates
-            .iter()
-            .map(|t| t.as_str().to_owned())
-            .collect(),
+        templates: m.topic_templates.clone(),
         max_inflight: m.max_inflight,
         max_payload_bytes: m.max_payload_bytes,
         max_packet_bytes: m.max_packet_bytes,
@@ -252,7 +244,7 @@ pub async fn run(
     // The buffer is open: any panic from here on ends the process (when the binary installed
     // the hook), rather than leaving a task dead.
     crate::ops::telemetry::exit_on_panic();
-    let (pipeline, metrics) = Pipeline::from_config(&config, &buffer)?;
+    let (pipeline, metrics) = Pipeline::from_config(&config, &buffer);
 
     // Tokens in shutdown order: sources first, then the forwarder and sinks, the committer last.
     let sources = CancellationToken::new();
