@@ -114,6 +114,11 @@
 //! One sled database in `<dir>/buffer.sled` and the seq watermark `<dir>/seq.watermark` (two
 //! checksummed copies of `reserved` and `durable`; layout in `src/watermark.rs`). In sled,
 //! big-endian numbers so byte order is numeric order.
+//! Records are postcard, which stores an enum by variant index: the enums inside them
+//! ([`Lane`], [`Source`], [`AlarmState`], [`Severity`]) are never reordered, only appended to (a
+//! test in `src/record.rs` pins the bytes of every severity). The gateway's config names
+//! [`Severity`] and [`WhenFull`] in its keys and uses these types as they are: it depends on this
+//! crate, never the other way round.
 //!
 //! ```text
 //! tree "lane.alarms" / "lane.readings"        (one tree per lane)

@@ -1,5 +1,6 @@
 //! Options of [`crate::Buffer::open`] and the injectable clock.
 
+use serde::Deserialize;
 use std::fmt::Debug;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,14 +9,34 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use crate::error::BufferError;
 use crate::record::Lane;
 
-/// What to do when a lane's byte quota is reached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// What to do when a lane's byte quota is reached; `buffer.when_full` in the gateway's config,
+/// which uses this type with the names below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WhenFull {
-    /// Evict the oldest blocks of that lane (counted as `dropped_quota`) to make room.
+    /// `"drop_oldest"`: evict the oldest blocks of that lane (counted as `dropped_quota`) to make
+    /// room.
     #[default]
     DropOldest,
-    /// Refuse new appends touching that lane with [`crate::AppendError::Full`] until consumers ack.
+    /// `"block"`: refuse new appends touching that lane with [`crate::AppendError::Full`] until
+    /// consumers ack (the gateway then stops acking MQTT; the broker holds the rest).
     Block,
+}
+
+impl WhenFull {
+    /// `"drop_oldest"` or `"block"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WhenFull::DropOldest => "drop_oldest",
+            WhenFull::Block => "block",
+        }
+    }
+}
+
+impl std::fmt::Display for WhenFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Wall-clock time in ms since the Unix epoch. Injected so expiry can be tested.

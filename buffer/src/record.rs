@@ -106,14 +106,20 @@ impl AlarmState {
     }
 }
 
-/// How bad an alarm is.
+/// How bad an alarm is: set by its rule (`alarm[].severity` in the gateway's config, which uses
+/// this type) and copied into its events.
+///
+/// Stored in every alarm record by variant index (postcard): never reorder or insert variants,
+/// only append. The names (`"info"`, `"warning"`, `"critical"`) are those of the config file
+/// and the wire; postcard does not store them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Severity {
-    /// Worth knowing.
+    /// `"info"`: worth knowing.
     Info,
-    /// Worth looking at.
+    /// `"warning"` (the config's default): worth looking at.
     Warning,
-    /// Act now.
+    /// `"critical"`: act now.
     Critical,
 }
 
@@ -125,6 +131,12 @@ impl Severity {
             Severity::Warning => "warning",
             Severity::Critical => "critical",
         }
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -209,4 +221,48 @@ pub struct Stored {
     pub seq: u64,
     /// The record.
     pub record: Record,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An alarm record as postcard writes it into a block: enum variants by index, so renaming
+    /// a variant keeps the format, reordering or inserting one does not.
+    fn alarm(severity: Severity) -> Record {
+        Record::Alarm(AlarmEvent {
+            alarm: "a".into(),
+            state: AlarmState::Raised,
+            severity,
+            device: "d".into(),
+            metric: "m".into(),
+            value: 1.0,
+            threshold: None,
+            ts_ms: 1,
+        })
+    }
+
+    #[test]
+    fn the_stored_encoding_of_every_severity_is_the_one_existing_databases_hold() {
+        for (severity, index) in [
+            (Severity::Info, 0x00),
+            (Severity::Warning, 0x01),
+            (Severity::Critical, 0x02),
+        ] {
+            let bytes = [
+                0x01, // Record::Alarm
+                0x01, b'a',  // alarm
+                0x00,  // AlarmState::Raised
+                index, // severity
+                0x01, b'd', // device
+                0x01, b'm', // metric
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xf0, 0x3f, // value 1.0
+                0x00, // no threshold
+                0x02, // ts_ms 1, zigzag
+            ];
+            let record = alarm(severity);
+            assert_eq!(postcard::to_stdvec(&record).unwrap(), bytes, "{severity:?}");
+            assert_eq!(postcard::from_bytes::<Record>(&bytes).unwrap(), record);
+        }
+    }
 }

@@ -11,6 +11,21 @@
 //! checked and completed into the public types with `*_env` secrets read from the environment
 //! (module `validate`). Defaults live in [`defaults`].
 //!
+//! # One type per concept
+//!
+//! A key names a value of the component that uses it, and that value has one type, not one here
+//! and a translation there. The dependencies point from here to the storage:
+//!
+//! - `gateway-config` → `gateway-buffer`: the buffer owns the vocabulary it persists or acts on
+//!   by itself, [`Severity`] (stored in every alarm record, by variant index) and [`WhenFull`];
+//!   they are re-exported here with their TOML spellings. Keeping them beside the on-disk format
+//!   keeps the rule "never reorder a stored enum" where the format is, and the buffer a storage
+//!   library that knows nothing of TOML.
+//! - Everything else a key names is defined here and used as is downstream: [`Compression`],
+//!   [`RetryPolicy`], [`TopicTemplate`], compiled alarm rules ([`AlarmRule`], [`AlarmCondition`],
+//!   [`Limit`]), URLs as [`url::Url`]. The forwarder and the gateway depend on this crate and
+//!   take these values as they are, parsing nothing again.
+//!
 //! # Guarantees
 //!
 //! - A file that loads uses only known keys: every table is `deny_unknown_fields`, and an unknown
@@ -48,6 +63,7 @@ mod locate;
 mod model;
 mod raw;
 pub mod redact;
+mod retry;
 mod secret;
 pub mod tls;
 mod validate;
@@ -59,6 +75,7 @@ pub use model::{
     SinkKind, SinkLane, SinkLanes, SinkTopic, TopicMatch, TopicTemplate, UpstreamConfig, WhenFull,
 };
 pub use redact::{redact_url, redact_url_text};
+pub use retry::RetryPolicy;
 pub use secret::Secret;
 pub use tls::{TlsClient, TlsError, TlsFiles};
 pub use validate::MAX_INPUT_BYTES;

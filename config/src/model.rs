@@ -3,13 +3,16 @@
 //! Every value here has passed validation, every default is filled in and every `*_env` secret is
 //! resolved. Field names are the TOML key names; units are in the names.
 
-use globset::GlobMatcher;
+use globset::{GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use url::Url;
 
+pub use gateway_buffer::{Severity, WhenFull};
+
+use crate::retry::RetryPolicy;
 use crate::secret::Secret;
 use crate::tls::{TlsClient, TlsError, TlsFiles};
 
@@ -196,8 +199,9 @@ pub struct TopicMatch<'t> {
 }
 
 impl TopicTemplate {
-    /// Checks one template; the error says what is wrong, without key or line.
-    pub(crate) fn new(template: &str) -> Result<Self, String> {
+    /// Checks one template; the error says what is wrong, without key or line. (A loaded config
+    /// has its templates checked already; this is for templates made in code.)
+    pub fn new(template: &str) -> Result<Self, String> {
         if template.is_empty() {
             return Err("a topic template must not be empty".into());
         }
@@ -305,16 +309,6 @@ pub struct SerialConfig {
     pub reopen_max_ms: u64,
 }
 
-/// What the buffer does when the readings lane reaches `buffer.max_bytes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    /// `"drop_oldest"`: evict the oldest readings (counted) to make room.
-    DropOldest,
-    /// `"block"`: stop accepting (and acking MQTT) until there is room; the broker holds the rest.
-    Block,
-}
-
 /// `[buffer]`: the durable on-disk buffer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BufferConfig {
@@ -350,7 +344,7 @@ pub struct BufferConfig {
     pub refused_dead_letter_max_bytes: u64,
 }
 
-/// Body compression of upstream batches.
+/// Body compression of upstream batches; the forwarder's HTTP sink takes it as is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Compression {
@@ -463,11 +457,11 @@ impl UpstreamConfig {
         }
     }
 
-    /// Whether a response with this HTTP status is retried (per `retry_on_status` and
-    /// `retry_on_5xx`) rather than dead-lettered. 2xx is never retried.
-    pub fn is_retryable_status(&self, status: u16) -> bool {
-        self.retry_on_status.contains(&status)
-            || (self.retry_on_5xx && (500..=599).contains(&status))
+    /// Which answers are retried rather than dead-lettered: `retry_on_status` and
+    /// `retry_on_5xx` as the forwarder applies them (plus 1xx and 3xx, never a verdict on a
+    /// batch).
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::new(self.retry_on_status.iter().copied(), self.retry_on_5xx)
     }
 }
 
@@ -837,18 +831,6 @@ pub struct IngestConfig {
     pub max_past_ts_s: Option<u64>,
 }
 
-/// How bad an alarm is; copied into its events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    /// `"info"`.
-    Info,
-    /// `"warning"` (the default).
-    Warning,
-    /// `"critical"`.
-    Critical,
-}
-
 /// A trigger level with its clear level (hysteresis).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limit {
@@ -914,6 +896,31 @@ pub struct AlarmRule {
 }
 
 impl AlarmRule {
+    /// A rule made in code rather than loaded (benchmarks, tests): its globs compiled as loading
+    /// compiles them. The other checks of a loaded rule (limits finite, hysteresis on the right
+    /// side, `no_data_s` positive) are the caller's business.
+    pub fn new(
+        name: impl Into<String>,
+        device: &str,
+        metric: &str,
+        condition: AlarmCondition,
+        for_s: u64,
+        clear_for_s: u64,
+        severity: Severity,
+    ) -> Result<AlarmRule, globset::Error> {
+        Ok(AlarmRule {
+            name: name.into(),
+            device: device.to_owned(),
+            metric: metric.to_owned(),
+            condition,
+            for_s,
+            clear_for_s,
+            severity,
+            device_glob: CompiledGlob::new(device)?,
+            metric_glob: CompiledGlob::new(metric)?,
+        })
+    }
+
     /// The compiled `device` glob (compiled once at load time).
     pub fn device_glob(&self) -> &GlobMatcher {
         &self.device_glob.0
@@ -934,6 +941,15 @@ impl AlarmRule {
 /// and its `Debug` dumps the whole regex).
 #[derive(Clone)]
 pub(crate) struct CompiledGlob(pub(crate) GlobMatcher);
+
+impl CompiledGlob {
+    /// `pattern` in globset's default syntax (`*` also matches `/`).
+    pub(crate) fn new(pattern: &str) -> Result<Self, globset::Error> {
+        GlobBuilder::new(pattern)
+            .build()
+            .map(|g| CompiledGlob(g.compile_matcher()))
+    }
+}
 
 impl PartialEq for CompiledGlob {
     fn eq(&self, other: &Self) -> bool {
@@ -964,9 +980,7 @@ macro_rules! names {
 }
 
 names!(MqttMode { Embedded => "embedded", External => "external", Disabled => "disabled" });
-names!(WhenFull { DropOldest => "drop_oldest", Block => "block" });
 names!(Compression { Gzip => "gzip", None => "none" });
-names!(Severity { Info => "info", Warning => "warning", Critical => "critical" });
 names!(SinkLane { Readings => "readings", Alarms => "alarms" });
 
 #[cfg(test)]

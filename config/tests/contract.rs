@@ -640,15 +640,15 @@ fn clear_threshold_defaults_to_the_trigger() {
 
 #[test]
 fn retryable_statuses_follow_the_wire_contract_by_default() {
-    let up = Config::default().upstream;
+    let up = Config::default().upstream.retry_policy();
     for status in [408, 429, 500, 503, 599] {
-        assert!(up.is_retryable_status(status), "{status}");
+        assert!(up.retries(status), "{status}");
     }
     for status in [200, 400, 401, 404, 413] {
-        assert!(!up.is_retryable_status(status), "{status}");
+        assert!(!up.retries(status), "{status}");
     }
     let strict = parse("[upstream]\nretry_on_status = []\nretry_on_5xx = false\n").upstream;
-    assert!(!strict.is_retryable_status(503));
+    assert!(!strict.retry_policy().retries(503));
 }
 
 #[test]

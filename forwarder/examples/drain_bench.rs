@@ -108,7 +108,7 @@ fn alarm(i: u64) -> Record {
 }
 
 fn options(url: &str, consumer: &str, compression: Compression) -> ForwarderOptions {
-    let mut o = ForwarderOptions::new("gw-bench", url);
+    let mut o = ForwarderOptions::new("gw-bench", url.parse().unwrap());
     o.consumer = consumer.into();
     o.batch_max_records = 1000;
     o.batch_max_bytes = 1024 * 1024;

@@ -833,12 +833,12 @@ fn trim_batch(batch: &EncodedBatch, shed: &[u64], gateway_id: &str, sink: &dyn S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::options::Compression;
     use gateway_buffer::{Reading, Record, Source};
+    use gateway_config::Compression;
 
     /// The HTTP sink, gzipping or not: what a trimmed batch is re-encoded for.
     fn http(gzip: bool) -> HttpSink {
-        let mut options = ForwarderOptions::new("gw", "http://127.0.0.1:9/ingest");
+        let mut options = ForwarderOptions::new("gw", "http://127.0.0.1:9/ingest".parse().unwrap());
         options.compression = if gzip {
             Compression::Gzip
         } else {

@@ -22,7 +22,7 @@ pub enum ForwarderError {
         #[from]
         source: gateway_config::TlsError,
     },
-    /// The URL does not parse, or the bearer token is not a valid header value.
+    /// The URL is not `http://` or `https://`, or the bearer token is not a valid header value.
     #[error("invalid upstream `{field}`: {reason}")]
     InvalidRequest {
         /// `url` or `bearer_token_env`.
@@ -31,7 +31,7 @@ pub enum ForwarderError {
         reason: String,
     },
     /// An option of a `[[sink]]` other than `[upstream]` (such as the MQTT sink's) is out of
-    /// range or does not parse; the message names the key.
+    /// range or not of the required form; the message names the key.
     #[error("invalid sink[].{field}: {reason}")]
     InvalidSinkOptions {
         /// The config key, without the `sink[].` prefix.

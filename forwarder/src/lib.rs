@@ -100,10 +100,12 @@ pub use driver::{
 };
 pub use error::ForwarderError;
 pub use gate::PROBE_EVERY;
-pub use options::{CONSUMER, Compression, ForwarderOptions};
+/// The config's own types, taken as loaded: where they are used, not translated.
+pub use gateway_config::{Compression, RetryPolicy};
+pub use options::{CONSUMER, ForwarderOptions};
 pub use outcome::{Outcome, RetryReason};
 pub use pacing::{Admit, Answer, HoldCause, LATENCY_SLACK, Pacing, Ticket};
-pub use sinks::http::{HttpSink, MAX_REJECTION_BODY_BYTES, RetryPolicy};
+pub use sinks::http::{HttpSink, MAX_REJECTION_BODY_BYTES};
 pub use sinks::mqtt::{MqttConnection, MqttSink, MqttSinkOptions};
 pub use sinks::{Attempt, EncodedBatch, Sink};
 pub use stats::{

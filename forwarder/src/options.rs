@@ -1,24 +1,15 @@
 //! What the forwarder needs to know, as plain values: built from the validated config by the
 //! gateway, or by hand in tests.
 
-use gateway_config::{TlsClient, redact_url_text};
+use gateway_config::{Compression, RetryPolicy, TlsClient, redact_url};
+use reqwest::Url;
 use std::fmt;
 use std::time::Duration;
 
 use crate::error::ForwarderError;
-use crate::sinks::http::RetryPolicy;
 
 /// The buffer consumer the forwarder reads and acks as.
 pub const CONSUMER: &str = "upstream";
-
-/// Request body compression.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Compression {
-    /// `Content-Encoding: gzip`.
-    Gzip,
-    /// Plain JSON.
-    None,
-}
 
 /// Everything the forwarder is configured with. Field defaults are those of
 /// `gateway.example.toml` `[upstream]`.
@@ -26,8 +17,8 @@ pub enum Compression {
 pub struct ForwarderOptions {
     /// Goes into every body and Idempotency-Key.
     pub gateway_id: String,
-    /// Where batches are POSTed (`upstream.url`).
-    pub url: String,
+    /// Where batches are POSTed (`upstream.url`, as loaded).
+    pub url: Url,
     /// Sent as `Authorization: Bearer …` when set (resolved from `upstream.bearer_token_env`).
     /// Redacted in `Debug`.
     pub bearer_token: Option<String>,
@@ -63,10 +54,10 @@ pub struct ForwarderOptions {
 
 impl ForwarderOptions {
     /// Defaults for everything but the gateway id and the URL.
-    pub fn new(gateway_id: impl Into<String>, url: impl Into<String>) -> Self {
+    pub fn new(gateway_id: impl Into<String>, url: Url) -> Self {
         ForwarderOptions {
             gateway_id: gateway_id.into(),
-            url: url.into(),
+            url,
             bearer_token: None,
             tls: None,
             batch_max_records: 500,
@@ -119,7 +110,7 @@ impl fmt::Debug for ForwarderOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ForwarderOptions")
             .field("gateway_id", &self.gateway_id)
-            .field("url", &redact_url_text(&self.url))
+            .field("url", &redact_url(&self.url))
             .field(
                 "bearer_token",
                 &self.bearer_token.as_ref().map(|_| "<redacted>"),
@@ -145,7 +136,7 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_the_token() {
-        let mut o = ForwarderOptions::new("gw", "http://x");
+        let mut o = ForwarderOptions::new("gw", "http://x".parse().unwrap());
         o.bearer_token = Some("s3cret".into());
         let text = format!("{o:?}");
         assert!(!text.contains("s3cret"));
@@ -154,7 +145,7 @@ mod tests {
 
     #[test]
     fn validation_names_the_bad_field() {
-        let mut o = ForwarderOptions::new("gw", "http://x");
+        let mut o = ForwarderOptions::new("gw", "http://x".parse().unwrap());
         o.max_in_flight = 0;
         let err = o.validate().unwrap_err().to_string();
         assert!(err.contains("max_in_flight"), "{err}");

@@ -4,7 +4,7 @@
 #![no_main]
 
 use gateway::sources::decode::{IdKind, IngestRules, MqttDecoder};
-use gateway_config::IngestConfig;
+use gateway_config::{IngestConfig, TopicTemplate};
 use libfuzzer_sys::fuzz_target;
 
 const NOW: i64 = 1_764_081_600_000;
@@ -24,8 +24,9 @@ fuzz_target!(|data: &[u8]| {
         max_future_ts_s: 300,
         max_past_ts_s: (pick & 0x20 != 0).then_some(3600),
     });
-    let decoder = MqttDecoder::new(&["sensors/{device}/{metric}", "sensors/{device}"], 4096)
-        .with_rules(rules);
+    let templates = ["sensors/{device}/{metric}", "sensors/{device}"]
+        .map(|t| TopicTemplate::new(t).unwrap());
+    let decoder = MqttDecoder::new(&templates, 4096).with_rules(rules);
     if let Ok(readings) = decoder.decode(topic, payload, NOW) {
         for r in readings {
             assert!(r.value.is_finite());

@@ -16,11 +16,12 @@
 //! Run: `cargo bench -p gateway --bench alarm_rules` (set `ALARM_BENCH_READINGS` to change the
 //! number of readings per ingest run; default 200,000).
 
-use gateway::alarm::{Band, Condition, Engine, Rule};
+use gateway::alarm::{Engine, Rule};
 use gateway::ops::metrics::IngestMetrics;
 use gateway::pipeline::Pipeline;
 use gateway::sources::decode::MqttDecoder;
 use gateway_buffer::{Buffer, BufferOptions, Reading, Severity, Source};
+use gateway_config::{AlarmCondition, Limit, TopicTemplate};
 use nix::sys::resource::{UsageWho, getrusage};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,20 +48,20 @@ fn rules() -> Vec<Rule> {
                 _ => format!("dev-{:02}*", i % 100),
             };
             let condition = match i % 5 {
-                0..=2 => Condition::Threshold {
-                    above: Some(Band {
+                0..=2 => AlarmCondition::Threshold {
+                    above: Some(Limit {
                         trigger: 60.0 + (i % 3) as f64,
                         clear: 30.0,
                     }),
-                    below: Some(Band {
+                    below: Some(Limit {
                         trigger: -40.0,
                         clear: -39.0,
                     }),
                 },
-                3 => Condition::Rate { above_per_s: 2.0 },
-                _ => Condition::Silence {
-                    no_data_ms: 3_600_000,
+                3 => AlarmCondition::Rate {
+                    rate_above_per_s: 2.0,
                 },
+                _ => AlarmCondition::NoData { no_data_s: 3_600 },
             };
             Rule::new(
                 &format!("rule-{i}"),
@@ -159,7 +160,8 @@ async fn ingest_run(rules: Vec<Rule>, payloads: &[(String, Vec<u8>)]) -> IngestR
         1_000_000,
         Arc::new(IngestMetrics::default()),
     );
-    let decoder = Arc::new(MqttDecoder::new(&["sensors/{device}/{metric}"], 65536));
+    let template = TopicTemplate::new("sensors/{device}/{metric}").unwrap();
+    let decoder = Arc::new(MqttDecoder::new(&[template], 65536));
     let payloads = Arc::new(payloads.to_vec());
     let (started, cpu_at_start) = (Instant::now(), cpu_ns());
     let tasks: Vec<_> = (0..APPENDERS)

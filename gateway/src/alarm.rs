@@ -52,50 +52,28 @@
 //! for one shard's copy, and the bytes are encoded and written without it).
 
 use gateway_buffer::{AlarmEvent, AlarmState, Reading, Severity};
-use gateway_config::{AlarmCondition, Config};
-use globset::{Glob, GlobMatcher};
+use gateway_config::{AlarmCondition, AlarmRule, Config};
 use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 
-/// A rule ready to evaluate, built from one `[[alarm]]` table.
+/// A rule ready to evaluate: a loaded `[[alarm]]` rule as the config has it (globs compiled
+/// there, once), and the one thing the engine keeps in another form: its holds in milliseconds,
+/// the engine's unit, converted once here rather than at every reading.
 #[derive(Debug, Clone)]
 pub struct Rule {
-    pub name: String,
-    device: GlobMatcher,
-    metric: GlobMatcher,
-    pub condition: Condition,
-    /// How long the condition must hold before raising, in milliseconds.
-    pub for_ms: i64,
-    /// How long the clear condition must hold before clearing, in milliseconds.
-    pub clear_for_ms: i64,
-    pub severity: Severity,
+    /// The rule as loaded: name, globs, condition, severity.
+    pub spec: AlarmRule,
+    /// `spec.for_s` in milliseconds: how long the condition must hold before raising.
+    for_ms: i64,
+    /// `spec.clear_for_s` in milliseconds: how long the clear condition must hold before
+    /// clearing.
+    clear_for_ms: i64,
 }
 
-/// What a rule watches.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Condition {
-    /// Raised when `value > above` or `value < below`; cleared when the value is back on the
-    /// inside of the clear thresholds (`<= clear_below` and `>= clear_above`).
-    Threshold {
-        above: Option<Band>,
-        below: Option<Band>,
-    },
-    /// Raised when |Δvalue| / Δt between consecutive readings exceeds this, per second.
-    Rate { above_per_s: f64 },
-    /// Raised when a series that was seen sends nothing for this long.
-    Silence { no_data_ms: i64 },
-}
-
-/// A trigger threshold and the threshold that clears it (hysteresis).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Band {
-    pub trigger: f64,
-    pub clear: f64,
-}
-
-/// A rule could not be built.
+/// A rule built in code ([`Rule::new`]) could not be built. Rules from a config cannot fail:
+/// the config checked them when it loaded.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RuleError {
     /// A `device` or `metric` pattern is not a valid glob.
@@ -107,49 +85,46 @@ pub enum RuleError {
     },
 }
 
+impl From<AlarmRule> for Rule {
+    fn from(spec: AlarmRule) -> Rule {
+        Rule {
+            for_ms: secs_to_ms(spec.for_s),
+            clear_for_ms: secs_to_ms(spec.clear_for_s),
+            spec,
+        }
+    }
+}
+
 impl Rule {
+    /// A rule built in code rather than loaded (benchmarks, tests); see [`AlarmRule::new`].
     pub fn new(
         name: &str,
         device_glob: &str,
         metric_glob: &str,
-        condition: Condition,
+        condition: AlarmCondition,
         for_s: u64,
         clear_for_s: u64,
         severity: Severity,
     ) -> Result<Rule, RuleError> {
-        let glob = |pattern: &str| {
-            Glob::new(pattern)
-                .map(|g| g.compile_matcher())
-                .map_err(|e| RuleError::BadGlob {
-                    rule: name.to_owned(),
-                    pattern: pattern.to_owned(),
-                    reason: e.kind().to_string(),
-                })
-        };
-        Ok(Rule {
-            name: name.to_owned(),
-            device: glob(device_glob)?,
-            metric: glob(metric_glob)?,
+        AlarmRule::new(
+            name,
+            device_glob,
+            metric_glob,
             condition,
-            for_ms: secs_to_ms(for_s),
-            clear_for_ms: secs_to_ms(clear_for_s),
+            for_s,
+            clear_for_s,
             severity,
+        )
+        .map(Rule::from)
+        .map_err(|e| RuleError::BadGlob {
+            rule: name.to_owned(),
+            pattern: e.glob().unwrap_or_default().to_owned(),
+            reason: e.kind().to_string(),
         })
     }
 
-    fn matches(&self, device: &str, metric: &str) -> bool {
-        self.device.is_match(device) && self.metric.is_match(metric)
-    }
-
-    /// Two rules are the same if a reload would not change how they evaluate.
-    fn same_as(&self, other: &Rule) -> bool {
-        self.name == other.name
-            && self.device.glob() == other.device.glob()
-            && self.metric.glob() == other.metric.glob()
-            && self.condition == other.condition
-            && self.for_ms == other.for_ms
-            && self.clear_for_ms == other.clear_for_ms
-            && self.severity == other.severity
+    fn name(&self) -> &str {
+        &self.spec.name
     }
 }
 
@@ -159,43 +134,8 @@ fn secs_to_ms(s: u64) -> i64 {
 
 /// The alarm rules of a config (`[[alarm]]`), ready for the engine. Used wherever rules are
 /// built: at start, on reload, and by the dead-letter replay.
-pub fn rules_from_config(config: &Config) -> Result<Vec<Rule>, RuleError> {
-    config
-        .alarm
-        .iter()
-        .map(|a| {
-            let band = |l: gateway_config::Limit| Band {
-                trigger: l.trigger,
-                clear: l.clear,
-            };
-            let condition = match a.condition {
-                AlarmCondition::Threshold { above, below } => Condition::Threshold {
-                    above: above.map(band),
-                    below: below.map(band),
-                },
-                AlarmCondition::Rate { rate_above_per_s } => Condition::Rate {
-                    above_per_s: rate_above_per_s,
-                },
-                AlarmCondition::NoData { no_data_s } => Condition::Silence {
-                    no_data_ms: secs_to_ms(no_data_s),
-                },
-            };
-            let severity = match a.severity {
-                gateway_config::Severity::Info => Severity::Info,
-                gateway_config::Severity::Warning => Severity::Warning,
-                gateway_config::Severity::Critical => Severity::Critical,
-            };
-            Rule::new(
-                &a.name,
-                &a.device,
-                &a.metric,
-                condition,
-                a.for_s,
-                a.clear_for_s,
-                severity,
-            )
-        })
-        .collect()
+pub fn rules_from_config(config: &Config) -> Vec<Rule> {
+    config.alarm.iter().cloned().map(Rule::from).collect()
 }
 
 /// Where one series stands.
@@ -446,7 +386,7 @@ impl Engine {
     /// routes, least recently seen first. Refuses (and counts) only when nothing idle is left.
     fn admit(&mut self, device: &str, metric: &str) -> Option<u32> {
         let matching: Vec<usize> = (0..self.rules.len())
-            .filter(|&i| self.rules[i].matches(device, metric))
+            .filter(|&i| self.rules[i].spec.matches(device, metric))
             .collect();
         let need = matching.len();
         let refuse = |stats: &mut EngineStats| stats.series_refused += need.max(1) as u64;
@@ -595,7 +535,8 @@ impl Engine {
             let (device, metric) = names.split_at(*split);
             for (i, slot) in entries.iter_mut() {
                 let rule = &self.rules[*i];
-                let (Condition::Silence { no_data_ms }, Some(s)) = (&rule.condition, slot.as_mut())
+                let (AlarmCondition::NoData { no_data_s }, Some(s)) =
+                    (&rule.spec.condition, slot.as_mut())
                 else {
                     continue;
                 };
@@ -604,7 +545,8 @@ impl Engine {
                     s.last_seen_ms = now_ms;
                     self.dirty |= 1 << *shard;
                 }
-                if s.phase != Phase::Normal || now_ms.saturating_sub(s.last_seen_ms) < *no_data_ms {
+                let no_data_ms = secs_to_ms(*no_data_s);
+                if s.phase != Phase::Normal || now_ms.saturating_sub(s.last_seen_ms) < no_data_ms {
                     continue;
                 }
                 s.phase = Phase::Active {
@@ -637,8 +579,9 @@ impl Engine {
     pub fn reload(&mut self, rules: Vec<Rule>) {
         let kept: Vec<String> = rules
             .iter()
-            .filter(|new| self.rules.iter().any(|old| old.same_as(new)))
-            .map(|r| r.name.clone())
+            // Unchanged: a reload would not change how it evaluates.
+            .filter(|new| self.rules.iter().any(|old| old.spec == new.spec))
+            .map(|r| r.name().to_owned())
             .collect();
         let mut snapshot = self.snapshot();
         snapshot
@@ -659,10 +602,10 @@ impl Engine {
                     threshold,
                     ..
                 } => Some(ActiveAlarm {
-                    alarm: rule.name.clone(),
+                    alarm: rule.name().to_owned(),
                     device: device.to_owned(),
                     metric: metric.to_owned(),
-                    severity: rule.severity.as_str(),
+                    severity: rule.spec.severity.as_str(),
                     threshold,
                     since_ms: raised_ms,
                 }),
@@ -680,7 +623,7 @@ impl Engine {
                 .each_series()
                 .map(|(rule, device, metric, s)| {
                     (
-                        (rule.name.clone(), device.to_owned(), metric.to_owned()),
+                        (rule.name().to_owned(), device.to_owned(), metric.to_owned()),
                         s.clone(),
                     )
                 })
@@ -706,7 +649,7 @@ impl Engine {
                 if let Some(s) = s {
                     series.insert(
                         (
-                            self.rules[*i].name.clone(),
+                            self.rules[*i].name().to_owned(),
                             route.device().to_owned(),
                             route.metric().to_owned(),
                         ),
@@ -733,7 +676,7 @@ impl Engine {
         self.dirty = 0;
         let mut routes: HashMap<(String, String), Vec<(usize, Series)>> = HashMap::new();
         for ((name, device, metric), s) in snapshot.series {
-            let Some(rule_idx) = self.rules.iter().position(|r| r.name == name) else {
+            let Some(rule_idx) = self.rules.iter().position(|r| r.name() == name) else {
                 continue;
             };
             routes
@@ -788,7 +731,7 @@ fn step(
     let ts = r.ts_ms.min(now_ms);
     let previous = s.last_ts_ms.map(|t| (t, s.last_value));
     s.last_seen_ms = now_ms;
-    if let Condition::Silence { .. } = rule.condition {
+    if let AlarmCondition::NoData { .. } = rule.spec.condition {
         // Any reading, late or not, ends a silence.
         if !ahead && previous.is_none_or(|(t, _)| ts >= t) {
             s.last_ts_ms = Some(ts);
@@ -824,8 +767,8 @@ fn step(
 
     // What this reading says: is the raise condition met, is the clear condition met, and the
     // value and threshold to report.
-    let (violates, clears, value, trigger, clear_at) = match rule.condition {
-        Condition::Threshold { above, below } => {
+    let (violates, clears, value, trigger, clear_at) = match rule.spec.condition {
+        AlarmCondition::Threshold { above, below } => {
             let up = above.filter(|b| r.value > b.trigger);
             let down = below.filter(|b| r.value < b.trigger);
             let clears = above.is_none_or(|b| r.value <= b.clear)
@@ -846,7 +789,9 @@ fn step(
                 active_band.map(|b| b.clear),
             )
         }
-        Condition::Rate { above_per_s } => {
+        AlarmCondition::Rate {
+            rate_above_per_s: above_per_s,
+        } => {
             let rate = match previous {
                 Some((t, v)) if ts > t => rate_per_s(v, t, r.value, ts),
                 // The first reading, or two at the same instant: no rate to judge.
@@ -860,7 +805,7 @@ fn step(
                 Some(above_per_s),
             )
         }
-        Condition::Silence { .. } => return None,
+        AlarmCondition::NoData { .. } => return None,
     };
 
     match s.phase {
@@ -953,9 +898,9 @@ fn event(
     ts_ms: i64,
 ) -> AlarmEvent {
     AlarmEvent {
-        alarm: rule.name.clone(),
+        alarm: rule.name().to_owned(),
         state,
-        severity: rule.severity,
+        severity: rule.spec.severity,
         device: device.to_owned(),
         metric: metric.to_owned(),
         value,

@@ -34,10 +34,7 @@ pub fn options(config: &Config) -> BufferOptions {
         dir: config.data_dir.join("buffer"),
         readings_max_bytes: config.buffer.max_bytes,
         alarms_max_bytes: config.buffer.alarm_max_bytes,
-        when_full: match config.buffer.when_full {
-            gateway_config::WhenFull::DropOldest => gateway_buffer::WhenFull::DropOldest,
-            gateway_config::WhenFull::Block => gateway_buffer::WhenFull::Block,
-        },
+        when_full: config.buffer.when_full,
         max_age_s: config.buffer.max_age_s,
         commit_interval_ms: config.buffer.commit_interval_ms,
         commit_max_records: config.buffer.commit_max_records,

@@ -3,7 +3,7 @@
 //!
 //! Sources call [`Pipeline::ingest`] and acknowledge their input only when it returns `Ok`.
 
-use crate::alarm::{self, ActiveAlarm, Engine, EngineStats, Rule, RuleError, SHARDS, Snapshot};
+use crate::alarm::{self, ActiveAlarm, Engine, EngineStats, Rule, SHARDS, Snapshot};
 use crate::ops::metrics::IngestMetrics;
 use crate::ops::telemetry::Throttle;
 use crate::sources::decode::Reject;
@@ -156,18 +156,15 @@ impl Pipeline {
 
     /// The ingest pipeline of a config on `buffer` (its alarm rules, with the engine state the
     /// buffer holds), and the metrics it counts into.
-    pub fn from_config(
-        config: &Config,
-        buffer: &Buffer,
-    ) -> Result<(Pipeline, Arc<IngestMetrics>), RuleError> {
+    pub fn from_config(config: &Config, buffer: &Buffer) -> (Pipeline, Arc<IngestMetrics>) {
         let metrics = Arc::new(IngestMetrics::default());
         let pipeline = Pipeline::new(
             buffer.clone(),
-            alarm::rules_from_config(config)?,
+            alarm::rules_from_config(config),
             config.alarm_max_series,
             metrics.clone(),
         );
-        Ok((pipeline, metrics))
+        (pipeline, metrics)
     }
 
     pub fn metrics(&self) -> &Arc<IngestMetrics> {

@@ -6,7 +6,6 @@
 //! the forwarder `shutdown_grace_s` to deliver what it has in flight, then let the committer
 //! commit anything still queued and flush the buffer.
 
-use crate::alarm::RuleError;
 use crate::ops::admin::{self, AdminState};
 use crate::ops::demo;
 use crate::pipeline::Pipeline;
@@ -18,7 +17,6 @@ use gateway_buffer::{Buffer, BufferHealth};
 use gateway_config::{Config, ForwardingConfig, MqttMode, Secret, SinkConfig, SinkKind, SinkLane};
 use gateway_forwarder::{
     Forwarder, ForwarderDriver, ForwarderOptions, MqttConnection, MqttSink, MqttSinkOptions,
-    RetryPolicy,
 };
 use std::future::Future;
 use std::path::PathBuf;
@@ -26,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use url::Url;
 
 /// How `run` was asked to run, beyond the config.
 #[derive(Debug, Default)]
@@ -60,9 +59,6 @@ pub enum RunError {
         dir: PathBuf,
         source: std::io::Error,
     },
-    /// An alarm rule could not be built.
-    #[error(transparent)]
-    Rule(#[from] RuleError),
     /// The embedded broker could not start.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
@@ -94,20 +90,17 @@ pub enum RunError {
 /// The forwarder's options from the config: the HTTP sink of `[upstream]`.
 pub fn forwarder_options(config: &Config) -> ForwarderOptions {
     let up = &config.upstream;
-    let mut o = forwarding_options(config, up.url.as_str(), &up.forwarding());
+    let mut o = forwarding_options(config, up.url.clone(), &up.forwarding());
     o.bearer_token = up.bearer_token.as_ref().map(|s| s.expose().to_owned());
     o.tls = up.tls.clone();
-    o.compression = match up.compression {
-        gateway_config::Compression::Gzip => gateway_forwarder::Compression::Gzip,
-        gateway_config::Compression::None => gateway_forwarder::Compression::None,
-    };
-    o.retry_policy = RetryPolicy::new(up.retry_on_status.iter().copied(), up.retry_on_5xx);
+    o.compression = up.compression;
+    o.retry_policy = up.retry_policy();
     o
 }
 
 /// What every forwarder takes from its forwarding keys (batching, timeout, backoff,
 /// concurrency); consumer `upstream` until the caller names another.
-fn forwarding_options(config: &Config, url: &str, f: &ForwardingConfig) -> ForwarderOptions {
+fn forwarding_options(config: &Config, url: Url, f: &ForwardingConfig) -> ForwarderOptions {
     let mut o = ForwarderOptions::new(&config.gateway_id, url);
     o.batch_max_records = f.batch_max_records;
     o.batch_max_bytes = f.batch_max_bytes;
@@ -129,9 +122,9 @@ struct BuiltSink {
 
 fn build_sink(config: &Config, buffer: &Buffer, sink: &SinkConfig) -> Result<BuiltSink, RunError> {
     let SinkKind::Mqtt(m) = &sink.kind;
-    let mut options = forwarding_options(config, m.url.as_str(), &sink.forwarding);
+    let mut options = forwarding_options(config, m.url.clone(), &sink.forwarding);
     options.consumer = sink.name.clone();
-    let mut mqtt = MqttSinkOptions::new(&config.gateway_id, m.url.as_str(), &m.client_id);
+    let mut mqtt = MqttSinkOptions::new(&config.gateway_id, m.url.clone(), &m.client_id);
     mqtt.username = m.username.clone();
     mqtt.password = m.password.as_ref().map(|s| s.expose().to_owned());
     mqtt.tls = m.tls.clone();
@@ -195,11 +188,7 @@ fn mqtt_settings(
         client_id: m.client_id.clone(),
         credentials,
         topics: m.topics.clone(),
-        templates: m
-            .topic_templates
-            .iter()
-            .map(|t| t.as_str().to_owned())
-            .collect(),
+        templates: m.topic_templates.clone(),
         max_inflight: m.max_inflight,
         max_payload_bytes: m.max_payload_bytes,
         max_packet_bytes: m.max_packet_bytes,
@@ -255,7 +244,7 @@ pub async fn run(
     // The buffer is open: any panic from here on ends the process (when the binary installed
     // the hook), rather than leaving a task dead.
     crate::ops::telemetry::exit_on_panic();
-    let (pipeline, metrics) = Pipeline::from_config(&config, &buffer)?;
+    let (pipeline, metrics) = Pipeline::from_config(&config, &buffer);
 
     // Tokens in shutdown order: sources first, then the forwarder and sinks, the committer last.
     let sources = CancellationToken::new();

@@ -1,7 +1,8 @@
 //! Table-driven tests of the alarm engine on scripted readings and clock times.
 
-use gateway::alarm::{Band, Condition, Engine, Rule};
+use gateway::alarm::{Engine, Rule};
 use gateway_buffer::{AlarmEvent, AlarmState, Reading, Severity, Source};
+use gateway_config::{AlarmCondition, Limit};
 
 #[derive(Clone, Copy)]
 enum Step {
@@ -21,8 +22,8 @@ type Want = (&'static str, &'static str, &'static str, i64);
 type Case = (&'static str, Vec<Rule>, Vec<Step>, Vec<Want>);
 
 fn above(name: &str, trigger: f64, clear: f64, for_s: u64, clear_for_s: u64) -> Rule {
-    let c = Condition::Threshold {
-        above: Some(Band { trigger, clear }),
+    let c = AlarmCondition::Threshold {
+        above: Some(Limit { trigger, clear }),
         below: None,
     };
     Rule::new(
@@ -38,9 +39,9 @@ fn above(name: &str, trigger: f64, clear: f64, for_s: u64, clear_for_s: u64) -> 
 }
 
 fn below(name: &str, trigger: f64, clear: f64) -> Rule {
-    let c = Condition::Threshold {
+    let c = AlarmCondition::Threshold {
         above: None,
-        below: Some(Band { trigger, clear }),
+        below: Some(Limit { trigger, clear }),
     };
     Rule::new(name, "*", "temperature", c, 0, 0, Severity::Warning).unwrap()
 }
@@ -50,7 +51,9 @@ fn rate(name: &str, per_s: f64) -> Rule {
         name,
         "*",
         "pressure",
-        Condition::Rate { above_per_s: per_s },
+        AlarmCondition::Rate {
+            rate_above_per_s: per_s,
+        },
         0,
         0,
         Severity::Warning,
@@ -58,16 +61,14 @@ fn rate(name: &str, per_s: f64) -> Rule {
     .unwrap()
 }
 
-fn silent(name: &str, no_data_s: i64) -> Rule {
-    let c = Condition::Silence {
-        no_data_ms: no_data_s * 1000,
-    };
+fn silent(name: &str, no_data_s: u64) -> Rule {
+    let c = AlarmCondition::NoData { no_data_s };
     Rule::new(name, "*", "*", c, 0, 0, Severity::Warning).unwrap()
 }
 
 fn globbed(name: &str, device: &str, metric: &str) -> Rule {
-    let c = Condition::Threshold {
-        above: Some(Band {
+    let c = AlarmCondition::Threshold {
+        above: Some(Limit {
             trigger: 35.0,
             clear: 33.0,
         }),
@@ -246,12 +247,12 @@ fn scripted_cases() {
                     "band",
                     "*",
                     T,
-                    Condition::Threshold {
-                        above: Some(Band {
+                    AlarmCondition::Threshold {
+                        above: Some(Limit {
                             trigger: 30.0,
                             clear: 28.0,
                         }),
-                        below: Some(Band {
+                        below: Some(Limit {
                             trigger: 10.0,
                             clear: 12.0,
                         }),
@@ -873,31 +874,43 @@ mod properties {
     }
 
     fn rules() -> Vec<Rule> {
-        let any_metric = |name: &str, c: Condition, for_s: u64| {
+        let any_metric = |name: &str, c: AlarmCondition, for_s: u64| {
             Rule::new(name, "*", "*", c, for_s, for_s, Severity::Warning).unwrap()
         };
         vec![
             any_metric(
                 "hot",
-                Condition::Threshold {
-                    above: Some(Band {
+                AlarmCondition::Threshold {
+                    above: Some(Limit {
                         trigger: 35.0,
                         clear: 33.0,
                     }),
-                    below: Some(Band {
+                    below: Some(Limit {
                         trigger: -1e300,
                         clear: -1e299,
                     }),
                 },
                 10,
             ),
-            any_metric("jump", Condition::Rate { above_per_s: 5.0 }, 0),
-            any_metric("held", Condition::Rate { above_per_s: 1e300 }, 3),
-            any_metric("quiet", Condition::Silence { no_data_ms: 1000 }, 0),
+            any_metric(
+                "jump",
+                AlarmCondition::Rate {
+                    rate_above_per_s: 5.0,
+                },
+                0,
+            ),
+            any_metric(
+                "held",
+                AlarmCondition::Rate {
+                    rate_above_per_s: 1e300,
+                },
+                3,
+            ),
+            any_metric("quiet", AlarmCondition::NoData { no_data_s: 1 }, 0),
             any_metric(
                 "forever",
-                Condition::Silence {
-                    no_data_ms: i64::MAX,
+                AlarmCondition::NoData {
+                    no_data_s: u64::MAX,
                 },
                 u64::MAX,
             ),

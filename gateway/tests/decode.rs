@@ -3,12 +3,15 @@
 
 use gateway::sources::decode::{IngestRules, MqttDecoder, Reject, SerialDecoder, checksum_suffix};
 use gateway_buffer::{Reading, Source};
+use gateway_config::TopicTemplate;
 use proptest::prelude::*;
 
 const NOW: i64 = 1_764_081_699_000;
 
 fn mqtt() -> MqttDecoder {
-    MqttDecoder::new(&["sensors/{device}/{metric}", "sensors/{device}"], 4096)
+    let templates =
+        ["sensors/{device}/{metric}", "sensors/{device}"].map(|t| TopicTemplate::new(t).unwrap());
+    MqttDecoder::new(&templates, 4096)
 }
 
 fn serial() -> SerialDecoder {

@@ -35,7 +35,7 @@ const ALARMS_TOPIC: &str = "dt/gateways/gw-e2e/alarms";
 fn sink_options(tls_port: u16, pki: &Pki) -> MqttSinkOptions {
     let mut o = MqttSinkOptions::new(
         GATEWAY_ID,
-        format!("mqtts://127.0.0.1:{tls_port}"),
+        format!("mqtts://127.0.0.1:{tls_port}").parse().unwrap(),
         "gw-e2e-sink",
     );
     let t = &pki.trusted;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use gateway_config::{TlsClient, TlsFiles};
+use gateway_config::{Compression, RetryPolicy, TlsClient, TlsFiles};
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use tokio::time::Instant;
 
@@ -15,68 +15,11 @@ use super::{Attempt, EncodedBatch, Sink};
 use crate::backoff::parse_retry_after;
 use crate::error::ForwarderError;
 use crate::gate::ProbeTarget;
-use crate::options::{Compression, ForwarderOptions};
+use crate::options::ForwarderOptions;
 use crate::outcome::{Outcome, RetryReason, error_chain};
 
 /// How much of a rejecting response body is kept in the dead letter.
 pub const MAX_REJECTION_BODY_BYTES: usize = 1024;
-
-/// Which HTTP statuses are worth retrying. A non-2xx status that is not retried dead-letters
-/// the batch.
-///
-/// 1xx and 3xx are always retried: they mean a confused proxy or a moved endpoint, not a verdict
-/// on the batch, and throwing data into dead letters for that helps nobody.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Bit `code - 100` set: that status is retryable.
-    retryable: [u64; 8],
-}
-
-impl RetryPolicy {
-    /// Retry the listed statuses (values outside 100..=599 are ignored), and every 5xx when
-    /// `retry_5xx` (config `upstream.retry_on_status`, `upstream.retry_on_5xx`).
-    pub fn new(statuses: impl IntoIterator<Item = u16>, retry_5xx: bool) -> Self {
-        let mut policy = RetryPolicy { retryable: [0; 8] };
-        let always = (100..200).chain(300..400);
-        let server = (500..600).filter(|_| retry_5xx);
-        for status in statuses.into_iter().chain(always).chain(server) {
-            if (100..=599).contains(&status) {
-                let bit = usize::from(status - 100);
-                policy.retryable[bit / 64] |= 1 << (bit % 64);
-            }
-        }
-        policy
-    }
-
-    /// Whether a non-2xx `status` should be retried.
-    pub fn retries(&self, status: u16) -> bool {
-        if !(100..=599).contains(&status) {
-            return false;
-        }
-        let bit = usize::from(status - 100);
-        self.retryable[bit / 64] & (1 << (bit % 64)) != 0
-    }
-
-    /// The 4xx and 5xx statuses this policy retries, ascending.
-    pub fn statuses(&self) -> Vec<u16> {
-        (400..=599).filter(|s| self.retries(*s)).collect()
-    }
-}
-
-impl Default for RetryPolicy {
-    /// WIRE.md §3: 408, 429 and every 5xx.
-    fn default() -> Self {
-        RetryPolicy::new([408, 429], true)
-    }
-}
-
-impl fmt::Debug for RetryPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RetryPolicy")
-            .field("statuses", &self.statuses())
-            .finish()
-    }
-}
 
 /// A configured HTTP client for the upstream. `Debug` shows the URL redacted and no token.
 pub struct HttpSink {
@@ -102,11 +45,7 @@ impl fmt::Debug for HttpSink {
 impl HttpSink {
     /// Builds the client: for `https://`, rustls configured by [`gateway_config::tls`].
     pub fn new(options: &ForwarderOptions) -> Result<Self, ForwarderError> {
-        let url =
-            reqwest::Url::parse(&options.url).map_err(|e| ForwarderError::InvalidRequest {
-                field: "url",
-                reason: e.to_string(),
-            })?;
+        let url = options.url.clone();
         if !matches!(url.scheme(), "http" | "https") {
             return Err(ForwarderError::InvalidRequest {
                 field: "url",
@@ -341,12 +280,10 @@ mod tests {
     #[test]
     fn a_custom_policy_retries_only_what_it_lists() {
         let policy = RetryPolicy::new([503, 401, 9999], false);
-        assert!(policy.retries(503));
-        assert!(policy.retries(401));
-        assert!(!policy.retries(500));
-        assert!(!policy.retries(429));
-        assert!(policy.retries(302), "3xx is never a verdict on the batch");
-        assert_eq!(policy.statuses(), vec![401, 503]);
+        assert!(matches!(
+            from_status(&policy, 503, None, String::new),
+            Outcome::Retry { .. }
+        ));
         assert!(matches!(
             from_status(&policy, 500, None, String::new),
             Outcome::Refused { .. }

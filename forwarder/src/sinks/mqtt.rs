@@ -88,6 +88,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, try_join_all};
 use gateway_buffer::Lane;
 use gateway_config::{TlsClient, TlsFiles};
+use reqwest::Url;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet,
     QoS, Request, TlsConfiguration, Transport,
@@ -140,8 +141,9 @@ const MQTT_MAX_PACKET: usize = 268_435_455;
 pub struct MqttSinkOptions {
     /// Goes into every message body (WIRE §3); must be the forwarder's `gateway_id`.
     pub gateway_id: String,
-    /// `mqtt://host[:port]` (plain TCP, default port 1883) or `mqtts://host[:port]` (TLS, 8883).
-    pub url: String,
+    /// `mqtt://host[:port]` (plain TCP, default port 1883) or `mqtts://host[:port]` (TLS, 8883)
+    /// (`sink[].url`, as loaded).
+    pub url: Url,
     /// MQTT client id of the persistent session (`sink[].client_id`); not empty.
     pub client_id: String,
     /// Sent in CONNECT when set (`sink[].username`).
@@ -171,17 +173,13 @@ pub struct MqttSinkOptions {
 impl MqttSinkOptions {
     /// Defaults for everything but the gateway id, the URL and the client id; topics
     /// `dt/gateways/{gateway_id}/{lane}` filled in.
-    pub fn new(
-        gateway_id: impl Into<String>,
-        url: impl Into<String>,
-        client_id: impl Into<String>,
-    ) -> Self {
+    pub fn new(gateway_id: impl Into<String>, url: Url, client_id: impl Into<String>) -> Self {
         let gateway_id = gateway_id.into();
         MqttSinkOptions {
             readings_topic: format!("dt/gateways/{gateway_id}/readings"),
             alarms_topic: format!("dt/gateways/{gateway_id}/alarms"),
             gateway_id,
-            url: url.into(),
+            url,
             client_id: client_id.into(),
             username: None,
             password: None,
@@ -255,7 +253,7 @@ impl fmt::Debug for MqttSinkOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MqttSinkOptions")
             .field("gateway_id", &self.gateway_id)
-            .field("url", &gateway_config::redact_url_text(&self.url))
+            .field("url", &gateway_config::redact_url(&self.url))
             .field("client_id", &self.client_id)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
@@ -278,31 +276,31 @@ struct Broker {
     port: u16,
 }
 
-fn parse_url(url: &str) -> Result<Broker, ForwarderError> {
+/// The broker `url` names, refused unless it is `mqtt[s]://host[:port]` (what config validation
+/// already ensures of `sink[].url`; options built by hand may hold any URL).
+fn broker_of(url: &Url) -> Result<Broker, ForwarderError> {
     let bad = |reason: String| ForwarderError::InvalidSinkOptions {
         field: "url",
         reason,
     };
-    let parsed = reqwest::Url::parse(url).map_err(|e| bad(e.to_string()))?;
-    let tls = match parsed.scheme() {
+    let tls = match url.scheme() {
         "mqtt" => false,
         "mqtts" => true,
         other => return Err(bad(format!("scheme must be mqtt or mqtts, not {other}"))),
     };
-    if !parsed.username().is_empty() || parsed.password().is_some() {
+    if !url.username().is_empty() || url.password().is_some() {
         return Err(bad(
             "credentials go in username and password_env, not in the URL".into(),
         ));
     }
-    if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() || parsed.fragment().is_some()
-    {
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
         return Err(bad("only a host and a port: mqtt[s]://host:port".into()));
     }
-    let host = match parsed.host_str() {
+    let host = match url.host_str() {
         Some(host) if !host.is_empty() => host.to_string(),
         _ => return Err(bad("no host".into())),
     };
-    let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
+    let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
     Ok(Broker { tls, host, port })
 }
 
@@ -371,7 +369,7 @@ impl MqttSink {
     /// returned [`MqttConnection`] does, once run.
     pub fn new(options: MqttSinkOptions) -> Result<(MqttSink, MqttConnection), ForwarderError> {
         options.validate()?;
-        let broker = parse_url(&options.url)?;
+        let broker = broker_of(&options.url)?;
         let tls = match (&options.tls, broker.tls) {
             (Some(tls), true) => Some(tls.clone()),
             (None, true) => Some(
@@ -1242,7 +1240,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_oversize_record_is_refused_without_touching_the_broker() {
-        let mut options = MqttSinkOptions::new("gw-1", "mqtt://127.0.0.1:1", "c");
+        let mut options = MqttSinkOptions::new("gw-1", "mqtt://127.0.0.1:1".parse().unwrap(), "c");
         options.max_message_bytes = 200;
         let (sink, _connection) = MqttSink::new(options).unwrap();
         let b = batch(Lane::Alarms, vec![alarm(41), alarm(42)]);
@@ -1260,7 +1258,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_attempt_while_the_broker_is_unreachable_is_a_connect_retry_after_the_timeout() {
-        let mut options = MqttSinkOptions::new("gw-1", "mqtt://127.0.0.1:1", "c");
+        let mut options = MqttSinkOptions::new("gw-1", "mqtt://127.0.0.1:1".parse().unwrap(), "c");
         options.timeout = Duration::from_secs(3);
         let (sink, connection) = MqttSink::new(options).unwrap();
         // The connection is not run: nothing ever comes up.
@@ -1347,7 +1345,8 @@ mod tests {
     ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("mqtt://{}", listener.local_addr().unwrap());
-        let (sink, connection) = MqttSink::new(MqttSinkOptions::new("gw-1", url, "gw-1")).unwrap();
+        let options = MqttSinkOptions::new("gw-1", url.parse().unwrap(), "gw-1");
+        let (sink, connection) = MqttSink::new(options).unwrap();
         let stop = CancellationToken::new();
         let task = tokio::spawn(connection.run(stop.clone()));
         (listener, sink, stop, task)
@@ -1427,6 +1426,7 @@ mod tests {
 
     #[test]
     fn urls_name_a_broker_and_nothing_else() {
+        let parse_url = |text: &str| broker_of(&text.parse().unwrap());
         assert_eq!(
             parse_url("mqtts://a1b2-ats.iot.eu-west-1.amazonaws.com").unwrap(),
             Broker {
@@ -1448,7 +1448,7 @@ mod tests {
             "mqtt://user:pw@broker:1883",
             "mqtt://broker:1883/topic",
             "mqtt://broker:1883?x=1",
-            "mqtt://:1883",
+            "mqtt:broker",
             "broker:1883",
         ] {
             let err = parse_url(bad).unwrap_err().to_string();
@@ -1459,7 +1459,7 @@ mod tests {
 
     #[test]
     fn invalid_options_are_errors_naming_the_key_never_panics() {
-        let ok = MqttSinkOptions::new("gw", "mqtt://127.0.0.1:1883", "gw");
+        let ok = MqttSinkOptions::new("gw", "mqtt://127.0.0.1:1883".parse().unwrap(), "gw");
         type Change = Box<dyn Fn(&mut MqttSinkOptions)>;
         let cases: Vec<(&str, Change)> = vec![
             ("client_id", Box::new(|o| o.client_id.clear())),
@@ -1490,7 +1490,7 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_the_password() {
-        let mut o = MqttSinkOptions::new("gw", "mqtt://127.0.0.1:1883", "gw");
+        let mut o = MqttSinkOptions::new("gw", "mqtt://127.0.0.1:1883".parse().unwrap(), "gw");
         o.username = Some("user".into());
         o.password = Some("s3cret".into());
         assert!(!format!("{o:?}").contains("s3cret"));
@@ -1500,7 +1500,7 @@ mod tests {
 
     #[test]
     fn the_packet_limit_fits_the_largest_message_and_the_connect() {
-        let mut o = MqttSinkOptions::new("gw", "mqtt://127.0.0.1:1883", "gw");
+        let mut o = MqttSinkOptions::new("gw", "mqtt://127.0.0.1:1883".parse().unwrap(), "gw");
         o.max_message_bytes = 1000;
         let topic = o.readings_topic.len();
         let publish =

@@ -92,7 +92,7 @@ pub fn alarm(i: usize) -> Record {
 /// Options suited to tests: fast retries, short timeouts, no linger unless asked, and one
 /// readings batch at a time (strict order) unless a test asks for more.
 pub fn options(url: &str) -> ForwarderOptions {
-    let mut o = ForwarderOptions::new("gw-test", url);
+    let mut o = ForwarderOptions::new("gw-test", url.parse().unwrap());
     o.max_in_flight = 1;
     o.linger = Duration::from_millis(20);
     o.timeout = Duration::from_secs(5);

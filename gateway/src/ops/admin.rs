@@ -156,8 +156,7 @@ impl AdminState {
         };
         let config =
             Config::load(path).map_err(|e| format!("reload: {e}; keeping the current rules"))?;
-        let rules = rules_from_config(&config)
-            .map_err(|e| format!("reload: {e}; keeping the current rules"))?;
+        let rules = rules_from_config(&config);
         let n = rules.len();
         self.inner.pipeline.reload_rules(rules);
         Ok(format!("reload: {n} alarm rule(s) from {}", path.display()))

@@ -228,19 +228,10 @@ pub fn dead_letter_line(d: &gateway_buffer::DeadLetter) -> String {
 /// reading: through the alarm rules (with the engine state the gateway saved, which is saved
 /// again after), alarm events first. What still does not read stays a dead letter.
 pub async fn replay_dead_letters(config: &Config) -> Result<String, CommandError> {
-    let mqtt = MqttDecoder::new(
-        &config
-            .mqtt
-            .topic_templates
-            .iter()
-            .map(|t| t.as_str().to_owned())
-            .collect::<Vec<_>>(),
-        config.mqtt.max_payload_bytes,
-    )
-    .with_rules(IngestRules::new(&config.ingest));
+    let mqtt = MqttDecoder::new(&config.mqtt.topic_templates, config.mqtt.max_payload_bytes)
+        .with_rules(IngestRules::new(&config.ingest));
     with_buffer(config, async |buffer: &Buffer| {
-        let (pipeline, metrics) = Pipeline::from_config(config, buffer)
-            .map_err(|e| CommandError::DeadLetters(e.to_string()))?;
+        let (pipeline, metrics) = Pipeline::from_config(config, buffer);
         let (mut requeued, mut appended, mut kept, mut orphaned) = (0u64, 0u64, 0u64, 0u64);
         let err = |e: gateway_buffer::BufferError| CommandError::DeadLetters(e.to_string());
         let all = buffer.dead_letters().list(usize::MAX, None).map_err(err)?;

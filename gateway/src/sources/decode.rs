@@ -22,6 +22,7 @@
 
 use crate::ops::telemetry::is_unsafe_char;
 use gateway_buffer::{Reading, Source};
+use gateway_config::TopicTemplate;
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -142,63 +143,6 @@ impl fmt::Display for Reject {
             }
             other => f.write_str(other.reason()),
         }
-    }
-}
-
-/// One `mqtt.topic_templates` entry, split into segments once.
-#[derive(Debug, Clone)]
-pub struct TopicTemplate {
-    segments: Vec<Segment>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Segment {
-    Literal(String),
-    Device,
-    Metric,
-}
-
-/// Device and metric read off a topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicNames<'a> {
-    pub device: &'a str,
-    pub metric: Option<&'a str>,
-}
-
-impl TopicTemplate {
-    /// Parses `sensors/{device}/{metric}`; the config crate has already checked the placeholders.
-    pub fn new(template: &str) -> TopicTemplate {
-        let segments = template
-            .split('/')
-            .map(|s| match s {
-                "{device}" => Segment::Device,
-                "{metric}" => Segment::Metric,
-                lit => Segment::Literal(lit.to_owned()),
-            })
-            .collect();
-        TopicTemplate { segments }
-    }
-
-    /// Device and metric if `topic` has this template's shape.
-    pub fn match_topic<'a>(&self, topic: &'a str) -> Option<TopicNames<'a>> {
-        let parts: Vec<&str> = topic.split('/').collect();
-        if parts.len() != self.segments.len() {
-            return None;
-        }
-        let (mut device, mut metric) = (None, None);
-        for (seg, part) in self.segments.iter().zip(parts) {
-            match seg {
-                Segment::Literal(lit) if lit == part => {}
-                Segment::Literal(_) => return None,
-                Segment::Device if !part.is_empty() => device = Some(part),
-                Segment::Metric if !part.is_empty() => metric = Some(part),
-                _ => return None,
-            }
-        }
-        Some(TopicNames {
-            device: device?,
-            metric,
-        })
     }
 }
 
@@ -323,7 +267,8 @@ impl IngestRules {
     }
 }
 
-/// Decodes MQTT payloads per WIRE.md §1 for one set of topic templates.
+/// Decodes MQTT payloads per WIRE.md §1 for one set of topic templates (`mqtt.topic_templates`,
+/// as loaded: each read device and metric off a topic with [`TopicTemplate::match_topic`]).
 #[derive(Debug, Clone)]
 pub struct MqttDecoder {
     templates: Vec<TopicTemplate>,
@@ -333,12 +278,9 @@ pub struct MqttDecoder {
 
 impl MqttDecoder {
     /// A decoder with the default `[ingest]` rules; see [`MqttDecoder::with_rules`].
-    pub fn new<S: AsRef<str>>(templates: &[S], max_payload_bytes: usize) -> MqttDecoder {
+    pub fn new(templates: &[TopicTemplate], max_payload_bytes: usize) -> MqttDecoder {
         MqttDecoder {
-            templates: templates
-                .iter()
-                .map(|t| TopicTemplate::new(t.as_ref()))
-                .collect(),
+            templates: templates.to_vec(),
             max_payload_bytes,
             rules: IngestRules::default(),
         }

@@ -53,7 +53,7 @@ use crate::sources::decode::{IngestRules, MqttDecoder};
 use futures::FutureExt;
 use futures::stream::{FuturesOrdered, StreamExt};
 use gateway_buffer::{Reading, Source};
-use gateway_config::{Secret, TlsClient};
+use gateway_config::{Secret, TlsClient, TopicTemplate};
 use rumqttc::{
     AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter, SubscribeReasonCode,
     TlsConfiguration, Transport,
@@ -76,7 +76,8 @@ pub struct MqttSettings {
     /// Username and password sent in CONNECT; the password never prints.
     pub credentials: Option<(String, Secret)>,
     pub topics: Vec<String>,
-    pub templates: Vec<String>,
+    /// `mqtt.topic_templates`, as loaded.
+    pub templates: Vec<TopicTemplate>,
     /// QoS 1 messages the gateway lets rumqttc keep unacknowledged at once.
     pub max_inflight: u16,
     pub max_payload_bytes: usize,
