@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::metric::Metric;
+use crate::modbus::{Fault, ModbusConfig};
 use crate::mqtt::{Broker, FleetConfig};
 use crate::payload::{LineForm, MqttForm};
 use crate::scenario::Scenario;
@@ -34,10 +35,20 @@ Examples:
   # Serial into an existing port (or a file, to record the byte stream)
   device-sim serial --tty /dev/ttyUSB0 --baud 115200 --form json-multi
 
+  # Modbus TCP slaves for units 1..=3 (prints `TCP 127.0.0.1:PORT`), unit 2 silent from 10 s to 30 s
+  device-sim modbus --tcp 127.0.0.1:0 --devices 3 --fault silent:unit=2,at=10s,for=20s
+
+  # Modbus RTU slave on a pty (prints `PTY /dev/pts/N`), every 5th answer with a bad CRC
+  device-sim modbus --pty --pty-link /tmp/modbus0 --baud 19200 --fault corrupt:unit=1,every=5 \\
+      --summary-json modbus.json
+
 Scenarios (repeatable --scenario KIND[:key=value,...]; at/for accept 500ms, 10s, 2m, 1h):
   spike:metric=temperature,to=40   drift:metric=temperature,per_min=0.5   stuck[:metric=humidity]
   dropout   burst:x=10   garbage:fraction=0.2   reconnect (for defaults to 5s)
   all kinds take at=, for= and devices=all|N|A..B (1-based)
+
+Modbus faults (repeatable --fault KIND:unit=U|all[,at=S][,for=S][,key=value]):
+  silent   exception:code=C (e.g. 4 device failure, 6 busy)   corrupt:every=K (bad CRC / MBAP)
 ";
 
 /// Simulated IoT sensor devices over MQTT and serial, for demos, tests and benchmarks.
@@ -58,6 +69,9 @@ pub enum Command {
     /// Devices writing lines to a serial port or a pty.
     #[command(after_help = EXAMPLES)]
     Serial(SerialArgs),
+    /// Modbus slaves (RTU on a pty or a serial port, or TCP) fed by the simulated sensors.
+    #[command(after_help = EXAMPLES)]
+    Modbus(ModbusArgs),
 }
 
 /// Settings shared by both transports.
@@ -325,6 +339,71 @@ impl SerialArgs {
             start_ts_ms: c.start_ts_ms,
             record_sent: c.record_sent.is_some(),
             progress: progress && !c.quiet,
+        }
+    }
+}
+
+/// `device-sim modbus`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("transport").required(true).args(["tcp", "pty", "tty"])))]
+pub struct ModbusArgs {
+    /// Serve Modbus TCP on this address (`127.0.0.1:0` picks a port) and print
+    /// `TCP 127.0.0.1:PORT` on stdout once listening.
+    #[arg(long, value_name = "ADDR")]
+    pub tcp: Option<String>,
+    /// Serve Modbus RTU on a new pty and print `PTY <path>` on stdout; point the gateway at it.
+    #[arg(long)]
+    pub pty: bool,
+    /// With --pty: also create a symlink here to the pty path (replaced if it exists).
+    #[arg(long, value_name = "PATH", requires = "pty")]
+    pub pty_link: Option<PathBuf>,
+    /// Serve Modbus RTU on this serial port (an RS-485 adapter).
+    #[arg(long, value_name = "PATH")]
+    pub tty: Option<PathBuf>,
+    /// Number of units (slaves): ids FIRST_UNIT..=FIRST_UNIT+DEVICES-1.
+    #[arg(long, default_value_t = 1)]
+    pub devices: u8,
+    /// Id of the first unit (1..=247).
+    #[arg(long, default_value_t = 1)]
+    pub first_unit: u8,
+    /// Reading sets per second per unit (the input registers change this often).
+    #[arg(long, default_value_t = 1.0)]
+    pub rate_hz: f64,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub duration_s: Option<f64>,
+    /// Seed of the signal models; the same seed gives the same readings per unit.
+    #[arg(long, env = "DEVICE_SIM_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// RTU: baud rate (paces the answers; set on a real port).
+    #[arg(long, default_value_t = 9600)]
+    pub baud: u32,
+    /// Fault, repeatable: KIND:unit=U|all[,at=S][,for=S][,key=value] (see below).
+    #[arg(long = "fault", value_name = "SPEC")]
+    pub faults: Vec<Fault>,
+    /// Write the end-of-run counts as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
+    /// Never print the live progress line (it is shown only when stderr is a terminal).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl ModbusArgs {
+    /// The run settings these arguments describe.
+    pub fn to_config(&self, progress: bool) -> ModbusConfig {
+        ModbusConfig {
+            first_unit: self.first_unit,
+            devices: self.devices,
+            rate_hz: self.rate_hz,
+            duration: self
+                .duration_s
+                .filter(|d| d.is_finite() && *d >= 0.0)
+                .map(Duration::from_secs_f64),
+            seed: self.seed,
+            baud: self.baud,
+            faults: self.faults.clone(),
+            progress: progress && !self.quiet,
         }
     }
 }

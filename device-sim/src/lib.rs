@@ -44,6 +44,7 @@ pub mod cli;
 pub mod device;
 pub mod drivers;
 pub mod metric;
+pub mod modbus;
 pub mod mqtt;
 pub mod payload;
 pub mod scenario;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use device_sim::cli::{Cli, Command, CommonArgs};
+use device_sim::cli::{Cli, Command, CommonArgs, ModbusArgs};
 use device_sim::summary::{SentRecord, Summary, write_records};
 
 fn main() -> anyhow::Result<()> {
@@ -73,7 +73,52 @@ fn main() -> anyhow::Result<()> {
             };
             finish(&args.common, &report.summary, &report.records)
         }
+        Command::Modbus(args) => rt.block_on(modbus(&args, progress)),
     }
+}
+
+/// `device-sim modbus`: open the transport, say where it is, serve until a signal or the
+/// duration, write the counts.
+async fn modbus(args: &ModbusArgs, progress: bool) -> anyhow::Result<()> {
+    use device_sim::modbus::{Transport, run_modbus};
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let cfg = args.to_config(progress);
+    cfg.validate()?;
+    // Listen for signals before announcing, so a stop sent right after the line is seen.
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let transport = match (&args.tcp, &args.tty) {
+        (Some(addr), _) => Transport::tcp(addr).await?,
+        (None, Some(path)) => Transport::tty(path, args.baud)?,
+        (None, None) => Transport::pty()?,
+    };
+    let link = args.pty_link.as_ref().zip(transport.path());
+    if let Some((link, path)) = link {
+        let _ = std::fs::remove_file(link);
+        std::os::unix::fs::symlink(path, link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    println!("{}", transport.announcement());
+    std::io::stdout().flush()?;
+    let summary = run_modbus(&cfg, transport, async {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+    .await;
+    if let Some(link) = &args.pty_link {
+        let _ = std::fs::remove_file(link);
+    }
+    let summary = summary?;
+    eprint!("{}", summary.human());
+    if let Some(path) = &args.summary_json {
+        summary
+            .write_json(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn finish(common: &CommonArgs, summary: &Summary, records: &[SentRecord]) -> anyhow::Result<()> {

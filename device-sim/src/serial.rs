@@ -48,6 +48,11 @@ impl Pty {
         self.master.try_clone()
     }
 
+    /// A handle on the master side, to read what the gateway writes and answer it.
+    pub fn master(&self) -> io::Result<File> {
+        self.master.try_clone()
+    }
+
     /// A handle that reads what the gateway would read (for tests).
     pub fn slave_reader(&self) -> io::Result<File> {
         Ok(File::from(self.slave.try_clone()?))
@@ -96,18 +101,23 @@ pub fn open_tty(path: &Path, baud: u32) -> io::Result<File> {
         .truncate(!path.starts_with("/dev"))
         .open(path)?;
     if nix::unistd::isatty(f.as_fd()).unwrap_or(false) {
-        let speed = baud_rate(baud).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("unsupported baud rate {baud}"),
-            )
-        })?;
-        let mut t = termios::tcgetattr(f.as_fd()).map_err(io::Error::from)?;
-        termios::cfmakeraw(&mut t);
-        termios::cfsetspeed(&mut t, speed).map_err(io::Error::from)?;
-        termios::tcsetattr(f.as_fd(), SetArg::TCSANOW, &t).map_err(io::Error::from)?;
+        set_raw(&f, baud)?;
     }
     Ok(f)
+}
+
+/// Put a tty in raw mode (no echo, no line editing, no translation) at `baud`.
+pub fn set_raw(tty: &File, baud: u32) -> io::Result<()> {
+    let speed = baud_rate(baud).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unsupported baud rate {baud}"),
+        )
+    })?;
+    let mut t = termios::tcgetattr(tty.as_fd()).map_err(io::Error::from)?;
+    termios::cfmakeraw(&mut t);
+    termios::cfsetspeed(&mut t, speed).map_err(io::Error::from)?;
+    termios::tcsetattr(tty.as_fd(), SetArg::TCSANOW, &t).map_err(io::Error::from)
 }
 
 /// Settings of a serial run.
