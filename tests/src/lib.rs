@@ -32,6 +32,7 @@
 mod cloud;
 pub mod fleet;
 mod gateway;
+mod modbus_sim;
 mod mosquitto;
 mod publisher;
 mod receiver;
@@ -43,6 +44,7 @@ pub mod workload;
 
 pub use cloud::{Cloud, CloudMessage, tls_client, tls_mosquitto};
 pub use gateway::{GatewayProcess, GatewaySpec, MqttSetup, gateway_bin};
+pub use modbus_sim::{ModbusSim, ModbusSimAt, UnitCounts};
 pub use mosquitto::{
     BrokerChoice, Mosquitto, deploy_limits, mosquitto_available, require_mosquitto,
 };
