@@ -58,14 +58,17 @@ pub enum Source {
     Mqtt,
     /// A line on a serial port.
     Serial,
+    /// A poll of a Modbus slave. (Last, so records stored before it existed decode as before.)
+    Modbus,
 }
 
 impl Source {
-    /// `"mqtt"` or `"serial"`, as on the wire.
+    /// `"mqtt"`, `"serial"` or `"modbus"`, as on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Mqtt => "mqtt",
             Source::Serial => "serial",
+            Source::Modbus => "modbus",
         }
     }
 }

@@ -150,3 +150,24 @@ pub const MQTT_SINK_FORWARDING: crate::ForwardingConfig = crate::ForwardingConfi
     batch_max_bytes: MQTT_SINK_MAX_MESSAGE_BYTES,
     ..UPSTREAM_FORWARDING
 };
+
+/// `modbus[].url` port of a `tcp://` URL that names none.
+pub const MODBUS_TCP_PORT: u16 = 502;
+/// `modbus[].baud` of an RTU line.
+pub const MODBUS_BAUD: u32 = 9600;
+/// `modbus[].stop_bits` of an RTU line.
+pub const MODBUS_STOP_BITS: u8 = 1;
+/// `modbus[].unit_id`.
+pub const MODBUS_UNIT_ID: u8 = 1;
+/// `modbus[].poll_ms`.
+pub const MODBUS_POLL_MS: u64 = 1000;
+/// `modbus[].timeout_ms`.
+pub const MODBUS_TIMEOUT_MS: u64 = 500;
+/// `modbus[].backoff_max_ms`.
+pub const MODBUS_BACKOFF_MAX_MS: u64 = 30_000;
+/// `modbus[].register[].scale`.
+pub const MODBUS_SCALE: f64 = 1.0;
+/// `modbus[].register[].offset`.
+pub const MODBUS_OFFSET: f64 = 0.0;
+/// Longest `modbus[].register[].unit`, in bytes.
+pub const MODBUS_UNIT_MAX_BYTES: usize = 32;

@@ -4,7 +4,8 @@
 //! and allowed values) once at start-up, through [`Config::load`], into a [`Config`] that the rest
 //! of the program uses read-only. Every key has a default, so an empty file is a valid config:
 //! an embedded MQTT broker on `127.0.0.1:1883`, no serial ports, upstream
-//! `http://127.0.0.1:8080/ingest`, admin on `127.0.0.1:9100`, no alarm rules, no `[[sink]]`.
+//! `http://127.0.0.1:8080/ingest`, admin on `127.0.0.1:9100`, no alarm rules, no `[[sink]]`,
+//! no `[[modbus]]`.
 //!
 //! Loading happens in three steps: the text is parsed by `toml_edit` to learn where every key is
 //! (module `locate`), read by serde into types that say what was written (module `raw`), then
@@ -40,7 +41,10 @@
 //!   `gateway_id` safe for the `Idempotency-Key` and MQTT topics; a token for a non-loopback
 //!   admin address; `[[sink]]` names unique, not reserved and safe as buffer consumer and metric
 //!   label; a supported sink `kind` (today `"mqtt"` only); sink topics that fill in to valid
-//!   MQTT publish topics; no two MQTT sessions of ours with one client id on one broker.
+//!   MQTT publish topics; no two MQTT sessions of ours with one client id on one broker;
+//!   `[[modbus]]` slaves with a `tcp://` or `rtu://` URL, line settings only on RTU and the
+//!   same for every slave of one port, unique device ids, registers whose type fits their kind
+//!   and whose value ends within the 65536 addresses (see the `modbus` module).
 //! - Secrets are read at load time (a missing variable fails the load, naming key and variable)
 //!   and held as [`Secret`], whose `Debug` and `Display` print `***`; so does `{:?}` of a
 //!   [`Config`].
@@ -60,6 +64,7 @@
 pub mod defaults;
 mod error;
 mod locate;
+mod modbus;
 mod model;
 mod raw;
 pub mod redact;
@@ -70,9 +75,11 @@ mod validate;
 
 pub use error::ConfigError;
 pub use model::{
-    AdminConfig, AlarmCondition, AlarmRule, BufferConfig, Compression, Config, ForwardingConfig,
-    IngestConfig, Limit, MqttConfig, MqttMode, MqttSinkConfig, SerialConfig, Severity, SinkConfig,
-    SinkKind, SinkLane, SinkLanes, SinkTopic, TopicMatch, TopicTemplate, UpstreamConfig, WhenFull,
+    AdminConfig, AlarmCondition, AlarmRule, BufferConfig, Compression, Config, DataType,
+    ForwardingConfig, IngestConfig, Limit, ModbusConfig, ModbusLink, ModbusRegister, MqttConfig,
+    MqttMode, MqttSinkConfig, Parity, RegisterKind, RegisterValue, RtuLine, SerialConfig, Severity,
+    SinkConfig, SinkKind, SinkLane, SinkLanes, SinkTopic, TopicMatch, TopicTemplate,
+    UpstreamConfig, WhenFull, WordOrder,
 };
 pub use redact::{redact_url, redact_url_text};
 pub use retry::RetryPolicy;

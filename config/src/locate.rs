@@ -276,6 +276,10 @@ fn enum_words(path: &str) -> Option<&'static str> {
         "compression" => r#""gzip" or "none""#,
         "severity" => r#""info", "warning" or "critical""#,
         "lanes" => r#""readings" or "alarms""#,
+        "parity" => r#""none", "even" or "odd""#,
+        "kind" => r#""holding", "input", "coil" or "discrete""#,
+        "type" => r#""u16", "i16", "u32", "i32" or "f32""#,
+        "word_order" => r#""big" or "little""#,
         _ => return None,
     })
 }

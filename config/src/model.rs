@@ -57,6 +57,8 @@ pub struct Config {
     /// buffer consumer (named by [`SinkConfig::name`]). Default: none. (Plural, unlike the TOML
     /// table name: one `[[sink]]` table is one sink.)
     pub sinks: Vec<SinkConfig>,
+    /// `[[modbus]]`: Modbus slaves to poll, in file order. Default: none.
+    pub modbus: Vec<ModbusConfig>,
 }
 
 /// Where MQTT readings come from (`mqtt.mode`).
@@ -804,6 +806,188 @@ pub(crate) fn mqtt_port(url: &Url) -> u16 {
     })
 }
 
+/// `[[modbus]]`: one Modbus slave the gateway polls. Its readings get source `"modbus"`, the
+/// poll's time as `ts`, `value = raw * scale + offset` and the register's `unit`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModbusConfig {
+    /// `device`: device id of this slave's readings. Required; an id as `[ingest]` allows
+    /// (1 to `max_id_bytes` bytes, no `+`, `#` or control characters) and no `/`; unique among
+    /// `[[modbus]]` entries.
+    pub device: String,
+    /// `url` with the line settings of an RTU port: where the slave is. Required.
+    pub link: ModbusLink,
+    /// `unit_id`: the slave's address. RTU 1 to 247; TCP 0 to 255. Default 1.
+    pub unit_id: u8,
+    /// `poll_ms`: milliseconds from the start of one poll to the start of the next. Positive.
+    /// Default 1000.
+    pub poll_ms: u64,
+    /// `timeout_ms`: milliseconds one request waits for its answer. Positive. Default 500.
+    pub timeout_ms: u64,
+    /// `backoff_max_ms` (project key): a slave that stopped answering is tried again after
+    /// `poll_ms`, then twice, four times … as long, up to this many milliseconds (never less
+    /// than `poll_ms`); its first answer restores `poll_ms`. Positive. Default 30000.
+    pub backoff_max_ms: u64,
+    /// `[[modbus.register]]`: what is read, in file order. At least one; metric names unique
+    /// within the slave.
+    pub registers: Vec<ModbusRegister>,
+}
+
+/// Where a Modbus slave is: `tcp://host[:port]` or `rtu:///dev/...` with its line settings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ModbusLink {
+    /// `tcp://host[:port]`: Modbus TCP, port 502 by default.
+    Tcp {
+        /// Host name or IP address (IPv6 without brackets).
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+    /// `rtu:///dev/ttyUSB0`: Modbus RTU on a serial port (an RS-485 adapter). Entries with
+    /// the same port share the bus and must agree on its settings.
+    Rtu(RtuLine),
+}
+
+impl ModbusLink {
+    /// The link as `url` spells it.
+    pub fn url(&self) -> String {
+        match self {
+            ModbusLink::Tcp { host, port } if host.contains(':') => {
+                format!("tcp://[{host}]:{port}")
+            }
+            ModbusLink::Tcp { host, port } => format!("tcp://{host}:{port}"),
+            ModbusLink::Rtu(line) => format!("rtu://{}", line.port.display()),
+        }
+    }
+}
+
+/// An RTU serial line: the port and how bytes go over it (8 data bits always, as Modbus RTU
+/// says).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RtuLine {
+    /// The device path from the `rtu://` URL.
+    pub port: PathBuf,
+    /// `baud`: line speed. Positive. Default 9600.
+    pub baud: u32,
+    /// `parity`: `"none"`, `"even"` or `"odd"`. Default `"none"`.
+    pub parity: Parity,
+    /// `stop_bits`: 1 or 2. Default 1.
+    pub stop_bits: u8,
+}
+
+/// Parity of an RTU line (`parity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parity {
+    /// `"none"`.
+    None,
+    /// `"even"` (the Modbus default on paper).
+    Even,
+    /// `"odd"`.
+    Odd,
+}
+
+/// Which Modbus table a register is in (`kind`), hence the function code that reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegisterKind {
+    /// `"holding"`: holding registers, function 03.
+    Holding,
+    /// `"input"`: input registers, function 04.
+    Input,
+    /// `"coil"`: coils, function 01; one bit, value 0 or 1.
+    Coil,
+    /// `"discrete"`: discrete inputs, function 02; one bit, value 0 or 1.
+    Discrete,
+}
+
+impl RegisterKind {
+    /// Whether this table holds bits (coils, discrete inputs) rather than 16-bit registers.
+    pub fn is_bit(self) -> bool {
+        matches!(self, RegisterKind::Coil | RegisterKind::Discrete)
+    }
+}
+
+/// The `type` of a register as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataType {
+    /// `"u16"`: one register, unsigned.
+    U16,
+    /// `"i16"`: one register, two's complement.
+    I16,
+    /// `"u32"`: two registers, unsigned.
+    U32,
+    /// `"i32"`: two registers, two's complement.
+    I32,
+    /// `"f32"`: two registers, IEEE 754 single precision.
+    F32,
+}
+
+impl DataType {
+    /// Registers a value of this type spans: 1 or 2.
+    pub fn registers(self) -> u16 {
+        match self {
+            DataType::U16 | DataType::I16 => 1,
+            DataType::U32 | DataType::I32 | DataType::F32 => 2,
+        }
+    }
+}
+
+/// Which register of a 32-bit value comes first (`word_order`); bytes inside a register are
+/// always big endian, as Modbus says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WordOrder {
+    /// `"big"`: the high word at the lower address (the default).
+    Big,
+    /// `"little"`: the low word at the lower address.
+    Little,
+}
+
+/// How the raw content of a register becomes a number, checked against its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RegisterValue {
+    /// A coil or discrete input: 0 or 1.
+    Bit,
+    /// A 16-bit type in one register.
+    Word(DataType),
+    /// A 32-bit type in two registers, in this word order.
+    DoubleWord(DataType, WordOrder),
+}
+
+impl RegisterValue {
+    /// Addresses the value spans in its table: 1 or 2.
+    pub fn span(self) -> u16 {
+        match self {
+            RegisterValue::Bit => 1,
+            RegisterValue::Word(t) | RegisterValue::DoubleWord(t, _) => t.registers(),
+        }
+    }
+}
+
+/// `[[modbus.register]]`: one value read from a slave, one metric of its readings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModbusRegister {
+    /// `metric`: metric name of the reading. Required; an id as `[ingest]` allows, no `/`;
+    /// unique within its slave.
+    pub metric: String,
+    /// `kind`: `"holding"`, `"input"`, `"coil"` or `"discrete"`. Default `"holding"`.
+    pub kind: RegisterKind,
+    /// `address`: 0-based address in its table (the protocol address, not the 40001-style
+    /// number). Required; 0 to 65535, and a 32-bit value's second register must be too.
+    pub address: u16,
+    /// `type` and `word_order`: for registers `type` is `"u16"` (default), `"i16"`, `"u32"`,
+    /// `"i32"` or `"f32"`, and `word_order` (32-bit types only) `"big"` (default) or
+    /// `"little"`; coils and discrete inputs take neither.
+    pub value: RegisterValue,
+    /// `scale`: value = raw * scale + offset. Finite and not 0. Default 1.0.
+    pub scale: f64,
+    /// `offset`: finite. Default 0.0.
+    pub offset: f64,
+    /// `unit`: unit of the reading, e.g. `"V"`. Default: none (`null` upstream).
+    pub unit: Option<String>,
+}
+
 /// `[admin]`: the local admin HTTP server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
@@ -982,6 +1166,10 @@ macro_rules! names {
 names!(MqttMode { Embedded => "embedded", External => "external", Disabled => "disabled" });
 names!(Compression { Gzip => "gzip", None => "none" });
 names!(SinkLane { Readings => "readings", Alarms => "alarms" });
+names!(Parity { None => "none", Even => "even", Odd => "odd" });
+names!(RegisterKind { Holding => "holding", Input => "input", Coil => "coil", Discrete => "discrete" });
+names!(DataType { U16 => "u16", I16 => "i16", U32 => "u32", I32 => "i32", F32 => "f32" });
+names!(WordOrder { Big => "big", Little => "little" });
 
 #[cfg(test)]
 mod tests {

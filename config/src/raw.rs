@@ -10,7 +10,9 @@
 use serde::Deserialize;
 use std::path::PathBuf;
 
-use crate::model::{Compression, MqttMode, Severity, SinkLane, WhenFull};
+use crate::model::{
+    Compression, DataType, MqttMode, Parity, RegisterKind, Severity, SinkLane, WhenFull, WordOrder,
+};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -28,6 +30,7 @@ pub(crate) struct RawConfig {
     pub ingest: RawIngest,
     pub alarm: Vec<RawAlarm>,
     pub sink: Vec<RawSink>,
+    pub modbus: Vec<RawModbus>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,4 +203,34 @@ impl RawSink {
             max_in_flight: self.max_in_flight,
         }
     }
+}
+
+/// One `[[modbus]]` table: a slave to poll.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawModbus {
+    pub device: Option<String>,
+    pub url: Option<String>,
+    pub baud: Option<u32>,
+    pub parity: Option<Parity>,
+    pub stop_bits: Option<u8>,
+    pub unit_id: Option<u8>,
+    pub poll_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub backoff_max_ms: Option<u64>,
+    pub register: Vec<RawRegister>,
+}
+
+/// One `[[modbus.register]]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawRegister {
+    pub metric: Option<String>,
+    pub kind: Option<RegisterKind>,
+    pub address: Option<u16>,
+    pub r#type: Option<DataType>,
+    pub word_order: Option<WordOrder>,
+    pub scale: Option<f64>,
+    pub offset: Option<f64>,
+    pub unit: Option<String>,
 }

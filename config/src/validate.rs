@@ -34,10 +34,10 @@ pub(crate) struct Ctx<'a> {
     pub(crate) env: EnvLookup<'a>,
 }
 
-type Result<T> = std::result::Result<T, ConfigError>;
+pub(crate) type Result<T> = std::result::Result<T, ConfigError>;
 
 impl Ctx<'_> {
-    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             origin: self.origin.to_owned(),
             key: key.to_owned(),
@@ -46,7 +46,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn missing(&self, key: &str) -> ConfigError {
+    pub(crate) fn missing(&self, key: &str) -> ConfigError {
         ConfigError::MissingKey {
             origin: self.origin.to_owned(),
             key: key.to_owned(),
@@ -55,7 +55,7 @@ impl Ctx<'_> {
     }
 
     /// Checks that a quota, size or interval is not zero.
-    fn positive<T: Default + PartialEq>(&self, key: &str, value: T) -> Result<T> {
+    pub(crate) fn positive<T: Default + PartialEq>(&self, key: &str, value: T) -> Result<T> {
         if value == T::default() {
             return Err(self.invalid(key, "must be greater than 0, found 0"));
         }
@@ -179,7 +179,7 @@ impl Ctx<'_> {
     }
 
     /// A name that ends up as one MQTT topic level or inside the `Idempotency-Key`.
-    fn name_part(&self, key: &str, value: &str, forbidden: &[char]) -> Result<()> {
+    pub(crate) fn name_part(&self, key: &str, value: &str, forbidden: &[char]) -> Result<()> {
         if value.is_empty() {
             return Err(self.invalid(key, "must not be empty"));
         }
@@ -201,7 +201,7 @@ impl Ctx<'_> {
 }
 
 /// Characters that would break an MQTT topic level.
-const TOPIC_LEVEL_FORBIDDEN: &[char] = &['/', '+', '#'];
+pub(crate) const TOPIC_LEVEL_FORBIDDEN: &[char] = &['/', '+', '#'];
 /// …and, for `gateway_id`, the `Idempotency-Key` (`{gateway_id}:{lane}:…`) as well.
 const GATEWAY_ID_FORBIDDEN: &[char] = &[':', '/', '+', '#'];
 /// Longest `gateway_id`, in bytes: it is also the default MQTT client id.
@@ -241,11 +241,11 @@ pub(crate) fn resolve(raw: RawConfig, cx: &Ctx<'_>) -> Result<Config> {
 
     let mqtt = mqtt(raw.mqtt, &gateway_id, cx)?;
     let serial = serial(raw.serial, cx)?;
-    if mqtt.mode == MqttMode::Disabled && serial.is_empty() {
+    if mqtt.mode == MqttMode::Disabled && serial.is_empty() && raw.modbus.is_empty() {
         return Err(cx.invalid(
             "mqtt.mode",
             "\"disabled\" leaves no source of readings; use \"embedded\" or \"external\", or add \
-             a [[serial]] port",
+             a [[serial]] port or a [[modbus]] slave",
         ));
     }
     let buffer = buffer(raw.buffer, cx)?;
@@ -254,6 +254,7 @@ pub(crate) fn resolve(raw: RawConfig, cx: &Ctx<'_>) -> Result<Config> {
     let ingest = ingest(raw.ingest, cx)?;
     let alarm = alarms(raw.alarm, cx)?;
     let sinks = sinks(raw.sink, &gateway_id, &mqtt, cx)?;
+    let modbus = crate::modbus::resolve(raw.modbus, &serial, &ingest, cx)?;
 
     Ok(Config {
         gateway_id,
@@ -269,6 +270,7 @@ pub(crate) fn resolve(raw: RawConfig, cx: &Ctx<'_>) -> Result<Config> {
         ingest,
         alarm,
         sinks,
+        modbus,
     })
 }
 

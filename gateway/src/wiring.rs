@@ -10,6 +10,7 @@ use crate::ops::admin::{self, AdminState};
 use crate::ops::demo;
 use crate::pipeline::Pipeline;
 use crate::sinks::{SinkView, local_alarms};
+use crate::sources::modbus;
 use crate::sources::mqtt::{self, MqttSettings};
 use crate::sources::serial::{self, SerialSettings};
 use crate::sources::{broker, decode};
@@ -348,6 +349,10 @@ pub async fn run(
             reopen_max: Duration::from_millis(port.reopen_max_ms),
         };
         source_tasks.spawn(serial::run(settings, pipeline.clone(), sources.clone()));
+    }
+    let modbus_rules = decode::IngestRules::new(&config.ingest);
+    for bus in modbus::buses(&config.modbus, modbus_rules, &metrics) {
+        source_tasks.spawn(bus.run(pipeline.clone(), sources.clone()));
     }
     source_tasks.spawn(alarm_clock(pipeline.clone(), sources.clone()));
 

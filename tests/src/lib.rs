@@ -32,6 +32,7 @@
 mod cloud;
 pub mod fleet;
 mod gateway;
+mod modbus_sim;
 mod mosquitto;
 mod publisher;
 mod serial;
@@ -41,6 +42,7 @@ pub mod workload;
 
 pub use cloud::{Cloud, CloudMessage, tls_client, tls_mosquitto};
 pub use gateway::{GatewayProcess, GatewaySpec, MqttSetup, gateway_bin};
+pub use modbus_sim::{ModbusSim, ModbusSimAt, UnitCounts};
 pub use mosquitto::{BrokerChoice, broker, require_mosquitto};
 pub use publisher::{Message, PublishOutcome, Publisher, PublisherOptions};
 pub use serial::PtyPair;

@@ -188,7 +188,7 @@ impl AdminState {
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.inner.started.elapsed().as_secs(),
             "ingest": {
-                "readings": { "mqtt": m.readings(Source::Mqtt), "serial": m.readings(Source::Serial) },
+                "readings": { "mqtt": m.readings(Source::Mqtt), "serial": m.readings(Source::Serial), "modbus": m.readings(Source::Modbus) },
                 "rejected": m.rejected().filter(|(_, n)| *n > 0).map(|(r, n)| (r.to_owned(), json!(n))).collect::<serde_json::Map<String, Value>>(),
                 "rejected_total": m.rejected_total(),
                 "mqtt_connected": m.mqtt_connected(),
@@ -248,6 +248,7 @@ impl AdminState {
                     "expired": { "alarms": lost.alarms.expired, "readings": lost.readings.expired },
                 })
             }).collect::<Vec<_>>(),
+            "modbus": modbus_json(m),
             "alarms": {
                 "active": p.active_alarms(),
                 "events": m.alarm_events.load(std::sync::atomic::Ordering::Relaxed),
@@ -504,6 +505,132 @@ fn render_sink_metrics(out: &mut String, state: &AdminState) {
     );
 }
 
+/// `modbus` of `/status`: one object per polled slave, in config order.
+fn modbus_json(m: &crate::ops::metrics::IngestMetrics) -> Value {
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    m.modbus()
+        .iter()
+        .map(|s| {
+            json!({
+                "device": s.device,
+                "url": s.url,
+                "unit_id": s.unit_id,
+                "state": s.state().as_str(),
+                "polls": s.polls.load(relaxed),
+                "polls_complete": s.polls_complete.load(relaxed),
+                "requests": s.requests.load(relaxed),
+                "errors": s.errors().map(|(r, n)| (r.to_owned(), json!(n))).collect::<serde_json::Map<String, Value>>(),
+                "exceptions": s.exceptions().into_iter().map(|(c, n)| (format!("{c:#04x}"), json!(n))).collect::<serde_json::Map<String, Value>>(),
+                "readings_not_stored": s.readings_not_stored.load(relaxed),
+                "last_poll_ms": s.last_poll_ms(),
+                "last_poll_latency_ms": s.last_poll_ms().map(|_| s.last_poll_latency().as_secs_f64() * 1000.0),
+                "backoff_ms": s.backoff().as_millis() as u64,
+                "last_error": s.last_error(),
+            })
+        })
+        .collect::<Vec<_>>()
+        .into()
+}
+
+/// The `gateway_modbus_*` families: one series per polled slave (`device` label), errors also
+/// by reason and exceptions by code.
+fn render_modbus_metrics(out: &mut String, m: &crate::ops::metrics::IngestMetrics) {
+    let slaves = m.modbus();
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let label = |device: &str| device.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let per_slave = |f: &dyn Fn(&crate::ops::metrics::ModbusSlaveStats) -> f64| {
+        slaves
+            .iter()
+            .map(|s| (format!("{{device=\"{}\"}}", label(&s.device)), f(s)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "gateway_modbus_polls_total",
+        "counter",
+        "Polls of a Modbus slave started (each reads all its registers), by device.",
+        per_slave(&|s| s.polls.load(relaxed) as f64),
+    );
+    family(
+        "gateway_modbus_polls_complete_total",
+        "counter",
+        "Polls that read every register of the slave, by device.",
+        per_slave(&|s| s.polls_complete.load(relaxed) as f64),
+    );
+    family(
+        "gateway_modbus_requests_total",
+        "counter",
+        "Read requests sent to a Modbus slave, by device.",
+        per_slave(&|s| s.requests.load(relaxed) as f64),
+    );
+    family(
+        "gateway_modbus_errors_total",
+        "counter",
+        "Failed Modbus requests, by device and reason (timeout: no answer; exception: an exception answer; corrupt: a wrong CRC, broken framing or a mismatched answer; io: the port or connection failed).",
+        slaves
+            .iter()
+            .flat_map(|s| {
+                s.errors()
+                    .map(|(r, n)| {
+                        (
+                            format!("{{device=\"{}\",reason=\"{r}\"}}", label(&s.device)),
+                            n as f64,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+    );
+    family(
+        "gateway_modbus_exceptions_total",
+        "counter",
+        "Modbus exception answers, by device and exception code.",
+        slaves
+            .iter()
+            .flat_map(|s| {
+                s.exceptions()
+                    .into_iter()
+                    .map(|(c, n)| {
+                        (
+                            format!("{{device=\"{}\",code=\"{c}\"}}", label(&s.device)),
+                            n as f64,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+    );
+    family(
+        "gateway_modbus_readings_not_stored_total",
+        "counter",
+        "Readings from a Modbus slave the buffer did not store (a failed write, shutdown), by device.",
+        per_slave(&|s| s.readings_not_stored.load(relaxed) as f64),
+    );
+    family(
+        "gateway_modbus_up",
+        "gauge",
+        "1 when the slave's last poll read every register, by device.",
+        per_slave(&|s| f64::from(u8::from(s.state() == crate::ops::metrics::SlaveState::Up))),
+    );
+    family(
+        "gateway_modbus_poll_duration_seconds",
+        "gauge",
+        "How long the slave's last poll took (all its requests), by device.",
+        per_slave(&|s| s.last_poll_latency().as_secs_f64()),
+    );
+    family(
+        "gateway_modbus_backoff_seconds",
+        "gauge",
+        "Pause before the next attempt at a slave that stopped answering (0 while it answers), by device.",
+        per_slave(&|s| s.backoff().as_secs_f64()),
+    );
+}
+
 /// Renders `/metrics` in the Prometheus text exposition format.
 pub async fn render_metrics(state: &AdminState) -> String {
     let moved_aside_on_disk = list_moved_aside(state).await;
@@ -525,7 +652,7 @@ pub async fn render_metrics(state: &AdminState) -> String {
         "gateway_readings_received_total",
         "counter",
         "Readings made durable, by source.",
-        &[Source::Mqtt, Source::Serial].map(|s| {
+        &[Source::Mqtt, Source::Serial, Source::Modbus].map(|s| {
             (
                 format!("{{source=\"{}\"}}", s.as_str()),
                 m.readings(s) as f64,
@@ -794,6 +921,7 @@ pub async fn render_metrics(state: &AdminState) -> String {
         f.latency.count
     );
     render_sink_metrics(&mut out, state);
+    render_modbus_metrics(&mut out, m);
     let mut family = |name: &str, kind: &str, help: &str, v: f64| {
         let _ = writeln!(
             out,

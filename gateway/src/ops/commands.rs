@@ -74,7 +74,7 @@ pub fn render_status(s: &Value) -> String {
     let i = &s["ingest"];
     let _ = writeln!(
         out,
-        "ingest:    {} readings over MQTT ({}), {} over serial; {} rejected{}",
+        "ingest:    {} readings over MQTT ({}), {} over serial, {} over Modbus; {} rejected{}",
         n(&i["readings"]["mqtt"]),
         if i["mqtt_connected"].as_bool() == Some(true) {
             "connected"
@@ -82,6 +82,7 @@ pub fn render_status(s: &Value) -> String {
             "not connected"
         },
         n(&i["readings"]["serial"]),
+        n(&i["readings"]["modbus"]),
         n(&i["rejected_total"]),
         i["ack_latency_ms"]["p99"]
             .as_f64()
@@ -132,6 +133,38 @@ pub fn render_status(s: &Value) -> String {
                 .as_str()
                 .map(|e| format!("; last error: {}", Escaped(e)))
                 .unwrap_or_default()
+        );
+    }
+    for m in s["modbus"].as_array().into_iter().flatten() {
+        let errors: Vec<String> = m["errors"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| n(v) > 0)
+            .map(|(reason, v)| format!("{} {}", n(v), Escaped(reason)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "modbus:    {} ({} unit {}): {}; {} polls, {} complete{}{}{}",
+            text(&m["device"]),
+            text(&m["url"]),
+            n(&m["unit_id"]),
+            text(&m["state"]),
+            n(&m["polls"]),
+            n(&m["polls_complete"]),
+            m["last_poll_latency_ms"]
+                .as_f64()
+                .map(|ms| format!(", last poll {ms:.1} ms"))
+                .unwrap_or_default(),
+            if errors.is_empty() {
+                String::new()
+            } else {
+                format!("; errors: {}", errors.join(", "))
+            },
+            match n(&m["backoff_ms"]) {
+                0 => String::new(),
+                ms => format!("; next try in {ms} ms"),
+            },
         );
     }
     let _ = writeln!(

@@ -1,4 +1,4 @@
-//! Sources: where readings come in (MQTT, serial lines), and what turns their bytes into
+//! Sources: where readings come in (MQTT, serial lines, Modbus polls), and what turns their bytes into
 //! readings (line framing, payload decoding), with the embedded broker that an MQTT source may
 //! listen behind.
 //!
@@ -27,5 +27,6 @@
 pub mod broker;
 pub mod decode;
 pub mod framing;
+pub mod modbus;
 pub mod mqtt;
 pub mod serial;
