@@ -25,7 +25,11 @@
 //!   `gateway_id` safe for the `Idempotency-Key` and MQTT topics; a token for a non-loopback
 //!   admin address; `[[sink]]` names unique, not reserved and safe as buffer consumer and metric
 //!   label; a supported sink `kind` (today `"mqtt"` only); sink topics that fill in to valid
-//!   MQTT publish topics; no two MQTT sessions of ours with one client id on one broker.
+//!   MQTT publish topics; no two MQTT sessions of ours with one client id on one broker;
+//!   `[[window]]` and `[[deadband]]` rules with a metric glob, `window_s` from 1 s to 366 days,
+//!   a non-empty `emit` of known functions without repeats, finite non-negative `abs`/`rel`,
+//!   and no rule that repeats the globs of an earlier one (it could never apply: the first
+//!   matching window, else the first matching deadband, reduces a series).
 //! - Secrets are read at load time (a missing variable fails the load, naming key and variable)
 //!   and held as [`Secret`], whose `Debug` and `Display` print `***`; so does `{:?}` of a
 //!   [`Config`].
@@ -51,6 +55,7 @@ pub mod redact;
 mod secret;
 pub mod tls;
 mod validate;
+mod window;
 
 pub use error::ConfigError;
 pub use model::{
@@ -62,6 +67,7 @@ pub use redact::{redact_url, redact_url_text};
 pub use secret::Secret;
 pub use tls::{TlsClient, TlsError, TlsFiles};
 pub use validate::MAX_INPUT_BYTES;
+pub use window::{DeadbandRule, RawReadings, Reduction, WindowFn, WindowRule};
 
 use std::path::Path;
 

@@ -54,6 +54,14 @@ pub struct Config {
     /// buffer consumer (named by [`SinkConfig::name`]). Default: none. (Plural, unlike the TOML
     /// table name: one `[[sink]]` table is one sink.)
     pub sinks: Vec<SinkConfig>,
+    /// Most series (device × metric) the `[[window]]` and `[[deadband]]` rules track together;
+    /// the readings of a series refused beyond it go upstream unreduced (counted). Positive.
+    /// Default 100000.
+    pub window_max_series: usize,
+    /// `[[window]]`: tumbling-window aggregation, in file order. Default: none.
+    pub window: Vec<crate::window::WindowRule>,
+    /// `[[deadband]]`: report by exception, in file order. Default: none.
+    pub deadband: Vec<crate::window::DeadbandRule>,
 }
 
 /// Where MQTT readings come from (`mqtt.mode`).

@@ -28,6 +28,9 @@ pub(crate) struct RawConfig {
     pub ingest: RawIngest,
     pub alarm: Vec<RawAlarm>,
     pub sink: Vec<RawSink>,
+    pub window_max_series: Option<usize>,
+    pub window: Vec<crate::window::RawWindow>,
+    pub deadband: Vec<crate::window::RawDeadband>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -38,7 +38,7 @@ pub(crate) struct Ctx<'a> {
 type Result<T> = std::result::Result<T, ConfigError>;
 
 impl Ctx<'_> {
-    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             origin: self.origin.to_owned(),
             key: key.to_owned(),
@@ -47,7 +47,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn missing(&self, key: &str) -> ConfigError {
+    pub(crate) fn missing(&self, key: &str) -> ConfigError {
         ConfigError::MissingKey {
             origin: self.origin.to_owned(),
             key: key.to_owned(),
@@ -255,6 +255,13 @@ pub(crate) fn resolve(raw: RawConfig, cx: &Ctx<'_>) -> Result<Config> {
     let ingest = ingest(raw.ingest, cx)?;
     let alarm = alarms(raw.alarm, cx)?;
     let sinks = sinks(raw.sink, &gateway_id, &mqtt, cx)?;
+    let window_max_series = cx.positive(
+        "window_max_series",
+        raw.window_max_series
+            .unwrap_or(crate::window::WINDOW_MAX_SERIES),
+    )?;
+    let window = crate::window::windows(raw.window, cx)?;
+    let deadband = crate::window::deadbands(raw.deadband, &window, cx)?;
 
     Ok(Config {
         gateway_id,
@@ -270,6 +277,9 @@ pub(crate) fn resolve(raw: RawConfig, cx: &Ctx<'_>) -> Result<Config> {
         ingest,
         alarm,
         sinks,
+        window_max_series,
+        window,
+        deadband,
     })
 }
 
@@ -930,7 +940,7 @@ fn threshold(
     })
 }
 
-fn glob(key: &str, pattern: &str, cx: &Ctx<'_>) -> Result<CompiledGlob> {
+pub(crate) fn glob(key: &str, pattern: &str, cx: &Ctx<'_>) -> Result<CompiledGlob> {
     GlobBuilder::new(pattern)
         .build()
         .map(|g| CompiledGlob(g.compile_matcher()))
