@@ -296,6 +296,7 @@ impl Buffer {
                 in_line: false,
                 waited: false,
                 on_wait: None,
+                state: Vec::new(),
             })
             .await
             .map_err(|_| AppendError::Closed)?;
@@ -757,6 +758,20 @@ impl Buffer {
         Ok(())
     }
 
+    /// Every state entry whose key starts with `prefix`, in key order (stored by
+    /// [`Buffer::set_state`] or [`Buffer::queue_in_line_with_state`]).
+    pub fn states(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, BufferError> {
+        self.inner
+            .meta
+            .scan_prefix(keys::state_key(prefix))
+            .map(|entry| {
+                let (k, v) = entry?;
+                let key = k.get(keys::STATE_PREFIX.len()..).unwrap_or_default();
+                Ok((String::from_utf8_lossy(key).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
+
     /// Read back what [`Buffer::set_state`] stored.
     pub fn state(&self, key: &str) -> Result<Option<Vec<u8>>, BufferError> {
         Ok(self
@@ -1078,6 +1093,17 @@ impl Inner {
         // A panic while holding the lock leaves counters possibly off by one group; the data
         // on disk is still consistent, so carry on rather than poison every later call.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One state entry, as the group commit writes it; an empty value removes the key.
+    pub(crate) fn write_state(&self, key: &str, value: &[u8]) -> Result<(), BufferError> {
+        let key = keys::state_key(key);
+        if value.is_empty() {
+            self.meta.remove(key)?;
+        } else {
+            self.meta.insert(key, value)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn mark_dirty(&self) {

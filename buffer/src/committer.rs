@@ -48,7 +48,13 @@ pub(crate) struct AppendRequest {
     pub(crate) waited: bool,
     /// Called when it starts waiting for space.
     pub(crate) on_wait: Option<OnWait>,
+    /// State written in the same group commit as `records`, only if they are stored.
+    pub(crate) state: StateWrites,
 }
+
+/// `(key, value)` pairs for the state store ([`Buffer::set_state`]); an empty value removes
+/// the key.
+pub type StateWrites = Vec<(String, Vec<u8>)>;
 
 /// Called once when an in-line append starts waiting for space (for a gauge or a log line).
 pub type OnWait = Box<dyn FnOnce() + Send + Sync>;
@@ -87,9 +93,26 @@ impl Buffer {
         on_wait: Option<OnWait>,
     ) -> Result<impl Future<Output = Result<Appended, AppendError>> + Send + 'static, AppendError>
     {
+        self.queue_in_line_with_state(records, StateWrites::new(), on_wait)
+            .await
+    }
+
+    /// [`Buffer::queue_in_line`] that also writes `state` to the state store in the same group
+    /// commit as the records, and only if the records are stored: once the append resolves
+    /// `Ok`, both are durable; if it fails (refused, withdrawn), neither was written by it. An
+    /// append of state alone (no records) is committed like any other. Appends are committed
+    /// in the order they were queued, so of two writes of one key queued in turn, the later
+    /// one is what stays.
+    pub async fn queue_in_line_with_state(
+        &self,
+        records: Arc<[Record]>,
+        state: StateWrites,
+        on_wait: Option<OnWait>,
+    ) -> Result<impl Future<Output = Result<Appended, AppendError>> + Send + 'static, AppendError>
+    {
         crate::buffer::check_record_sizes(&records)?;
         let (reply, rx) = oneshot::channel();
-        if records.is_empty() {
+        if records.is_empty() && state.is_empty() {
             let _ = reply.send(Ok(Appended {
                 seqs: Vec::new(),
                 waited_for_space: false,
@@ -103,6 +126,7 @@ impl Buffer {
                     in_line: true,
                     waited: false,
                     on_wait,
+                    state,
                 })
                 .await
                 .map_err(|_| AppendError::Closed)?;
@@ -319,7 +343,7 @@ impl Committer {
 
     /// Commits a group; in-line appends refused for space are parked, with every in-line
     /// append after them in the group.
-    async fn commit(&mut self, group: Vec<AppendRequest>) {
+    async fn commit(&mut self, mut group: Vec<AppendRequest>) {
         if let Some(reason) = self.inner.failure() {
             // Refused without touching sled, in-line appends included: waiting for a disk that
             // may not come back would only hold their sources' data in memory, and the broker
@@ -332,9 +356,14 @@ impl Committer {
             return;
         }
         let inner = self.inner.clone();
-        let calls: Vec<(Arc<[Record]>, bool)> = group
-            .iter()
-            .map(|r| (r.records.clone(), r.in_line))
+        let calls: Vec<Call> = group
+            .iter_mut()
+            .map(|r| Call {
+                records: r.records.clone(),
+                in_line: r.in_line,
+                // A parked append keeps its state for the retry (it is put back below).
+                state: std::mem::take(&mut r.state),
+            })
             .collect();
         let outcomes = tokio::task::spawn_blocking(move || commit_group(&inner, calls))
             .await
@@ -343,9 +372,12 @@ impl Committer {
                 Vec::new()
             });
         // A missing outcome (the commit task panicked) drops the reply: that caller sees Closed.
-        for (request, outcome) in group.into_iter().zip(outcomes) {
+        for (mut request, (outcome, state)) in group.into_iter().zip(outcomes) {
             match outcome {
-                Outcome::Park => self.park(request),
+                Outcome::Park => {
+                    request.state = state;
+                    self.park(request);
+                }
                 Outcome::Done(result) => {
                     let waited = request.waited;
                     let _ = request.reply.send(result.map(|seqs| Appended {
@@ -377,15 +409,27 @@ fn full_lane(inner: &Inner, st: &State, records: &[Record]) -> Option<Lane> {
         .find(|&l| records.iter().any(|r| r.lane() == l) && inner.lane_full(st, l))
 }
 
-/// Assign seqs, write one block per lane, persist the counter, flush once, publish.
-fn commit_group(inner: &Inner, calls: Vec<(Arc<[Record]>, bool)>) -> Vec<Outcome> {
+/// One append of a group, as the commit task sees it.
+struct Call {
+    records: Arc<[Record]>,
+    in_line: bool,
+    state: StateWrites,
+}
+
+/// Assign seqs, write one block per lane and the state of the stored appends, persist the
+/// counter, flush once, publish. Each outcome comes back with its call's state (written or not;
+/// a parked append needs it again).
+fn commit_group(inner: &Inner, calls: Vec<Call>) -> Vec<(Outcome, StateWrites)> {
     let now = inner.opts.clock.now_ms();
     let mut results = Vec::with_capacity(calls.len());
     let mut st = inner.lock();
     let mut per_lane: [Vec<(u64, &Record)>; 2] = [Vec::new(), Vec::new()];
     // Once an in-line append waits, every in-line append after it waits too (order).
     let mut parking = false;
-    for (records, in_line) in &calls {
+    for Call {
+        records, in_line, ..
+    } in &calls
+    {
         if *in_line && parking {
             results.push(Outcome::Park);
             continue;
@@ -415,6 +459,14 @@ fn commit_group(inner: &Inner, calls: Vec<(Arc<[Record]>, bool)>) -> Vec<Outcome
             if !recs.is_empty() {
                 inner.write_lane(&mut st, lane, recs, now)?;
                 inner.enforce_quota(&mut st, lane)?;
+            }
+        }
+        // After the blocks: state never lands in the log ahead of the records it explains.
+        for (call, result) in calls.iter().zip(&results) {
+            if matches!(result, Outcome::Done(Ok(_))) {
+                for (key, value) in &call.state {
+                    inner.write_state(key, value)?;
+                }
             }
         }
         inner.expire(&mut st, now)?;
@@ -448,4 +500,8 @@ fn commit_group(inner: &Inner, calls: Vec<(Arc<[Record]>, bool)>) -> Vec<Outcome
         }
     }
     results
+        .into_iter()
+        .zip(calls)
+        .map(|(outcome, call)| (outcome, call.state))
+        .collect()
 }

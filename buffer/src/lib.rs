@@ -26,6 +26,10 @@
 //!   themselves cannot be brought back.
 //! - **Readers only see durable records**, so a seq that reached the cloud can never be
 //!   re-issued to another record after a crash.
+//! - **State rides with records.** [`Buffer::queue_in_line_with_state`] writes small state
+//!   entries in the same group commit as its records, after their blocks, and only if they are
+//!   stored: once it resolves `Ok` both are durable; an append refused or withdrawn wrote
+//!   neither. (Plain [`Buffer::set_state`] is durable with the next flush, whichever it is.)
 //! - **Per-lane order.** A consumer reads a lane in seq order from its cursor; after a reopen
 //!   every durable, un-acked record is there in order with the same seq.
 //! - **Retention is counted, exactly.** Every record removed un-acked is counted by reason:
@@ -136,7 +140,8 @@
 //!   "dead_split"                          -> 0x01    refused batches live in "dead.refused"
 //!   "ack\0" ++ lane tag ('a'|'r') ++ "\0" ++ consumer -> u64be  acked up to (inclusive)
 //!   "cmeta\0" ++ consumer ++ "\0" ++ key  -> bytes   per-consumer state
-//!   "state\0" ++ key                      -> bytes   state of other components (alarm engine)
+//!   "state\0" ++ key                      -> bytes   state of other components (alarm engine,
+//!                                                   windows and deadbands: "window/…")
 //! tree "requeue"                            (dead letters put back for one consumer)
 //!   lane tag ++ consumer ++ "\0" ++ seq:u64be -> postcard Record (original seq kept)
 //!       (older versions: lane tag ++ seq:u64be, moved to the accounting consumer at open)
@@ -161,7 +166,7 @@ mod watermark;
 
 pub use block::MAX_RECORD_BYTES;
 pub use buffer::{Buffer, list_moved_aside};
-pub use committer::{Appended, Committer, OnWait};
+pub use committer::{Appended, Committer, OnWait, StateWrites};
 pub use dead::{DeadKind, DeadLetter, DeadLetterInput, DeadLetters, DeadPayload};
 pub use error::{AppendError, BufferError};
 pub use health::{BufferHealth, PROBE_BYTES, PROBE_FILE_NAME, PROBE_INTERVAL};

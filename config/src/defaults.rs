@@ -13,6 +13,12 @@ pub const SHUTDOWN_GRACE_S: u64 = 10;
 /// `alarm_max_series`: rule × device × metric states the alarm engine tracks at most.
 pub const ALARM_MAX_SERIES: usize = 100_000;
 
+/// `window_max_series`, `window[]` and `deadband[]` defaults (kept beside their section).
+pub use crate::window::{
+    DEADBAND_MAX_INTERVAL_S, REDUCE_DEVICE_GLOB, WINDOW_EMIT, WINDOW_MAX_S, WINDOW_MAX_SERIES,
+    WINDOW_S,
+};
+
 /// `mqtt.url` when it is not written (only used in external mode).
 pub const MQTT_URL: &str = "mqtt://127.0.0.1:1883";
 /// Port of an `mqtt://` URL that names none.

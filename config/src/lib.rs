@@ -45,6 +45,10 @@
 //!   `[[modbus]]` slaves with a `tcp://` or `rtu://` URL, line settings only on RTU and the
 //!   same for every slave of one port, unique device ids, registers whose type fits their kind
 //!   and whose value ends within the 65536 addresses (see the `modbus` module).
+//!   `[[window]]` and `[[deadband]]` rules with a metric glob, `window_s` from 1 s to 366 days,
+//!   a non-empty `emit` of known functions without repeats, finite non-negative `abs`/`rel`,
+//!   and no rule that repeats the globs of an earlier one (it could never apply: the first
+//!   matching window, else the first matching deadband, reduces a series).
 //! - Secrets are read at load time (a missing variable fails the load, naming key and variable)
 //!   and held as [`Secret`], whose `Debug` and `Display` print `***`; so does `{:?}` of a
 //!   [`Config`].
@@ -72,6 +76,7 @@ mod retry;
 mod secret;
 pub mod tls;
 mod validate;
+mod window;
 
 pub use error::ConfigError;
 pub use model::{
@@ -86,6 +91,7 @@ pub use retry::RetryPolicy;
 pub use secret::Secret;
 pub use tls::{TlsClient, TlsError, TlsFiles};
 pub use validate::MAX_INPUT_BYTES;
+pub use window::{DeadbandRule, RawReadings, Reduction, WindowFn, WindowRule};
 
 use std::path::Path;
 

@@ -59,6 +59,14 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     /// `[[modbus]]`: Modbus slaves to poll, in file order. Default: none.
     pub modbus: Vec<ModbusConfig>,
+    /// Most series (device × metric) the `[[window]]` and `[[deadband]]` rules track together;
+    /// the readings of a series refused beyond it go upstream unreduced (counted). Positive.
+    /// Default 100000.
+    pub window_max_series: usize,
+    /// `[[window]]`: tumbling-window aggregation, in file order. Default: none.
+    pub window: Vec<crate::window::WindowRule>,
+    /// `[[deadband]]`: report by exception, in file order. Default: none.
+    pub deadband: Vec<crate::window::DeadbandRule>,
 }
 
 /// Where MQTT readings come from (`mqtt.mode`).

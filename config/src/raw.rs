@@ -31,6 +31,9 @@ pub(crate) struct RawConfig {
     pub alarm: Vec<RawAlarm>,
     pub sink: Vec<RawSink>,
     pub modbus: Vec<RawModbus>,
+    pub window_max_series: Option<usize>,
+    pub window: Vec<crate::window::RawWindow>,
+    pub deadband: Vec<crate::window::RawDeadband>,
 }
 
 #[derive(Debug, Default, Deserialize)]

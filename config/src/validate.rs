@@ -255,6 +255,13 @@ pub(crate) fn resolve(raw: RawConfig, cx: &Ctx<'_>) -> Result<Config> {
     let alarm = alarms(raw.alarm, cx)?;
     let sinks = sinks(raw.sink, &gateway_id, &mqtt, cx)?;
     let modbus = crate::modbus::resolve(raw.modbus, &serial, &ingest, cx)?;
+    let window_max_series = cx.positive(
+        "window_max_series",
+        raw.window_max_series
+            .unwrap_or(crate::window::WINDOW_MAX_SERIES),
+    )?;
+    let window = crate::window::windows(raw.window, cx)?;
+    let deadband = crate::window::deadbands(raw.deadband, &window, cx)?;
 
     Ok(Config {
         gateway_id,
@@ -271,6 +278,9 @@ pub(crate) fn resolve(raw: RawConfig, cx: &Ctx<'_>) -> Result<Config> {
         alarm,
         sinks,
         modbus,
+        window_max_series,
+        window,
+        deadband,
     })
 }
 
@@ -931,7 +941,7 @@ fn threshold(
     })
 }
 
-fn glob(key: &str, pattern: &str, cx: &Ctx<'_>) -> Result<CompiledGlob> {
+pub(crate) fn glob(key: &str, pattern: &str, cx: &Ctx<'_>) -> Result<CompiledGlob> {
     CompiledGlob::new(pattern).map_err(|e| {
         cx.invalid(
             key,

@@ -67,7 +67,7 @@ fn unknown_top_level_key_is_named_with_the_allowed_keys() {
         1,
         "unknown key; allowed keys here: gateway_id, data_dir",
     );
-    assert!(matches!(err, ConfigError::UnknownKey { ref allowed, .. } if allowed.len() == 14));
+    assert!(matches!(err, ConfigError::UnknownKey { ref allowed, .. } if allowed.len() == 17));
 }
 
 #[test]

@@ -18,8 +18,9 @@
 //!
 //! # Layout
 //! The folders follow the data: [`sources`] (MQTT, serial, framing, decoding, the embedded
-//! broker) hand readings to the core, [`alarm`] (the rule engine) and [`pipeline`] (rules, then
-//! a durable append), which writes them to the buffer opened as [`buffer`] says; [`sinks`] take
+//! broker) hand readings to the core, [`alarm`] (the rule engine), [`window`] (windows and
+//! deadbands, which reduce what goes upstream) and [`pipeline`] (rules, reduction, then a durable
+//! append), which writes them to the buffer opened as [`buffer`] says; [`sinks`] take
 //! them out of it again (the local alarm topics here; the upstream is the `gateway-forwarder`
 //! crate). [`ops`] is beside the flow: admin API, metrics, commands, demo receiver, logging,
 //! systemd. [`wiring`] is the one module that turns the config into all of these and runs them.
@@ -37,10 +38,11 @@
 //! sources::mqtt ──────▶ pipeline, sources::decode, ops::metrics
 //! sources::serial ────▶ pipeline, sources::{decode, framing}
 //! sources::framing ───▶ sources::decode (Reject)
-//! pipeline ───────────▶ alarm, sources::decode (Reject), ops::metrics
+//! pipeline ───────────▶ alarm, window, sources::decode (Reject), ops::metrics
 //! ops::metrics ───────▶ sources::decode (Reject: a counter per reason)
 //! sources::decode ────▶ ops::telemetry (is_unsafe_char)
-//! alarm, sources::broker, ops::telemetry, ops::sd_notify, ops (ListenError): nothing of ours
+//! alarm, window, sources::broker, ops::telemetry, ops::sd_notify, ops (ListenError): nothing
+//! of ours
 //! ```
 
 pub mod alarm;
@@ -49,6 +51,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod sinks;
 pub mod sources;
+pub mod window;
 pub mod wiring;
 
 pub use wiring::{RunError, RunOptions, run};

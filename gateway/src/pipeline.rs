@@ -1,16 +1,37 @@
-//! What every source does with what it read: alarm rules, then a durable append; or, for
-//! something unreadable, a count and a dead letter.
+//! What every source does with what it read: alarm rules, then windows and deadbands, then a
+//! durable append; or, for something unreadable, a count and a dead letter.
 //!
 //! Sources call [`Pipeline::ingest`] and acknowledge their input only when it returns `Ok`.
+//!
+//! # Windows and deadbands are exact across restarts
+//! The alarm rules see every raw reading first. Then the [`Reducer`] decides what goes upstream
+//! (raw readings kept, dropped or suppressed; aggregates of windows that closed), and the state
+//! of every series the batch changed is handed to the buffer *with the batch's records*
+//! ([`Buffer::queue_in_line_with_state`]): the committer writes it after the records' blocks,
+//! in the same group commit, and only if the records are stored. So:
+//! - A reading is acknowledged only once its contribution is durable. A crash (SIGKILL, power
+//!   cut) never loses a contribution that was acknowledged, and never keeps one that was not:
+//!   what the broker redelivers after the crash was counted nowhere. The one exception is the
+//!   duplicate that at-least-once already allows: a reading made durable whose acknowledgement
+//!   the crash cut off is redelivered and counted again (as it would be forwarded again raw).
+//! - An emitted window's aggregates and the state saying it was emitted are one commit: a
+//!   window is never emitted twice nor lost, by a crash or a restart.
+//! - Appends are queued in the order their state was taken (one lock spans reducing a batch and
+//!   queueing its append), so the later state of a series is the one that stays.
+//! - Nothing is saved at shutdown or on a timer: what is durable is always what was committed.
+//!   An append that fails (shutdown while waiting for space, a failed disk) took its state with
+//!   it; the process then ends, and the reducer restarts from what is durable.
 
 use crate::alarm::{self, ActiveAlarm, Engine, EngineStats, Rule, SHARDS, Snapshot};
 use crate::ops::metrics::IngestMetrics;
 use crate::ops::telemetry::Throttle;
 use crate::sources::decode::Reject;
+use crate::window::{ReduceStats, Reducer, STATE_PREFIX};
 use gateway_buffer::{
-    AppendError, Appended, Buffer, DeadLetterInput, OnWait, Reading, Record, Source,
+    AppendError, Appended, Buffer, DeadLetterInput, OnWait, Reading, Record, Source, StateWrites,
 };
 use gateway_config::Config;
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -52,6 +73,11 @@ pub struct Pipeline {
     saving: Arc<Mutex<()>>,
     metrics: Arc<IngestMetrics>,
     clock: fn() -> i64,
+    // A std mutex: reducing is short, CPU-only, and never held across an await.
+    reducer: Arc<Mutex<Reducer>>,
+    /// Held from reducing a batch until its append is queued, so the series' states reach the
+    /// committer in the order they were taken (see the module doc).
+    order: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// An ingest whose append is queued; see [`Pipeline::queue`].
@@ -144,6 +170,8 @@ impl Pipeline {
             saving: Arc::new(Mutex::new(())),
             metrics,
             clock: now_ms,
+            reducer: Arc::new(Mutex::new(Reducer::new(Vec::new(), Vec::new(), 0))),
+            order: Arc::new(tokio::sync::Mutex::new(())),
         };
         if migrate {
             pipeline.persist_shards(ALL_SHARDS);
@@ -163,8 +191,34 @@ impl Pipeline {
             alarm::rules_from_config(config),
             config.alarm_max_series,
             metrics.clone(),
-        );
+        )
+        .with_reducer(Reducer::from_config(config));
         (pipeline, metrics)
+    }
+
+    /// Reduces readings with `reducer` (`[[window]]`, `[[deadband]]`), restoring the series'
+    /// state the buffer holds.
+    pub fn with_reducer(mut self, mut reducer: Reducer) -> Pipeline {
+        match self.buffer.states(STATE_PREFIX) {
+            Ok(stored) => {
+                for key in reducer.restore(stored) {
+                    tracing::error!(key = ?key, "window state unreadable; that series starts afresh");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "window state could not be read; every series starts afresh")
+            }
+        }
+        self.reducer = Arc::new(Mutex::new(reducer));
+        self
+    }
+
+    pub fn reduce_stats(&self) -> ReduceStats {
+        self.lock_reducer().stats()
+    }
+
+    fn lock_reducer(&self) -> std::sync::MutexGuard<'_, Reducer> {
+        self.reducer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn metrics(&self) -> &Arc<IngestMetrics> {
@@ -199,12 +253,14 @@ impl Pipeline {
         readings: Vec<Reading>,
     ) -> Result<Queued, IngestError> {
         let n = readings.len() as u64;
+        let order = self.order.lock().await;
+        // Alarm rules see every raw reading, before anything is reduced.
         let mut records: Vec<Record> = self
             .evaluate(&readings)
             .into_iter()
             .map(Record::Alarm)
             .collect();
-        records.extend(readings.into_iter().map(Record::Reading));
+        let state = self.reduce(readings, &mut records);
         // In line: with the buffer full and set to block, the append waits for space behind
         // every earlier one.
         let metrics = self.metrics.clone();
@@ -213,8 +269,9 @@ impl Pipeline {
         });
         let outcome = self
             .buffer
-            .queue_in_line(records.into(), Some(on_wait))
+            .queue_in_line_with_state(records.into(), state, Some(on_wait))
             .await?;
+        drop(order);
         Ok(Queued {
             outcome: Box::pin(outcome),
             metrics: self.metrics.clone(),
@@ -250,12 +307,69 @@ impl Pipeline {
         events
     }
 
+    /// Runs the readings through the windows and deadbands: pushes what goes upstream onto
+    /// `records` (aggregates of windows a reading closed ahead of it) and returns the state of
+    /// every series that changed, to be committed with them.
+    fn reduce(&self, readings: Vec<Reading>, records: &mut Vec<Record>) -> StateWrites {
+        let mut reducer = self.lock_reducer();
+        if !reducer.is_active() {
+            records.extend(readings.into_iter().map(Record::Reading));
+            return StateWrites::new();
+        }
+        let mut changed: HashSet<(String, String)> = HashSet::new();
+        for r in readings {
+            let decision = reducer.on_reading(&r);
+            records.extend(decision.emitted.into_iter().map(Record::Reading));
+            if decision.changed {
+                changed.insert((r.device.clone(), r.metric.clone()));
+            }
+            if decision.forward {
+                records.push(Record::Reading(r));
+            }
+        }
+        changed
+            .iter()
+            .map(|(device, metric)| reducer.state_write(device, metric))
+            .collect()
+    }
+
     fn lock_engine(&self) -> std::sync::MutexGuard<'_, Engine> {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Silence rules on the clock: appends the events; call about once a second.
+    /// Silence rules and windows on the clock: appends the events and the aggregates of windows
+    /// that ended; call about once a second.
     pub async fn tick(&self) -> Result<(), AppendError> {
+        let windows = self.tick_windows().await;
+        let alarms = self.tick_alarms().await;
+        windows.and(alarms)
+    }
+
+    /// Emits the windows the clock closed, with the state that says so, in one commit.
+    async fn tick_windows(&self) -> Result<(), AppendError> {
+        let queued = {
+            let _order = self.order.lock().await;
+            let (records, state) = {
+                let mut reducer = self.lock_reducer();
+                let (emitted, changed) = reducer.tick(self.now_ms());
+                if changed.is_empty() {
+                    return Ok(());
+                }
+                let state: StateWrites = changed
+                    .iter()
+                    .map(|(device, metric)| reducer.state_write(device, metric))
+                    .collect();
+                let records: Vec<Record> = emitted.into_iter().map(Record::Reading).collect();
+                (records, state)
+            };
+            self.buffer
+                .queue_in_line_with_state(records.into(), state, None)
+                .await?
+        };
+        queued.await.map(|_| ())
+    }
+
+    async fn tick_alarms(&self) -> Result<(), AppendError> {
         let events = self.lock_engine().tick(self.now_ms());
         if events.is_empty() {
             return Ok(());

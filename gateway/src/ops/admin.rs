@@ -226,6 +226,8 @@ impl AdminState {
                 "in_flight": f.in_flight,
                 "concurrency": f.concurrency,
                 "records_delivered": { "alarms": f.records_delivered.alarms, "readings": f.records_delivered.readings },
+                "bytes_delivered": f.bytes_delivered,
+                "bytes_per_raw_reading": bytes_per_raw_reading(f.bytes_delivered, m),
                 "latency_avg_s": if f.latency.count > 0 { Some(f.latency.sum_s / f.latency.count as f64) } else { None },
             },
             "sinks": self.inner.sinks.iter().map(|sink| {
@@ -258,6 +260,7 @@ impl AdminState {
                 "local_errors": m.local_alarm_errors.load(std::sync::atomic::Ordering::Relaxed),
                 "out_of_order": engine.out_of_order,
             },
+            "windows": p.reduce_stats(),
         })
     }
 
@@ -895,6 +898,18 @@ pub async fn render_metrics(state: &AdminState) -> String {
             gateway_forwarder::UpstreamState::Down | gateway_forwarder::UpstreamState::BackingOff
         ))),
     );
+    family(
+        "gateway_upstream_bytes_delivered_total",
+        "counter",
+        "Request body bytes (as sent, compressed when configured) of batches the upstream accepted.",
+        &one(f.bytes_delivered),
+    );
+    family(
+        "gateway_upstream_bytes_per_raw_reading",
+        "gauge",
+        "gateway_upstream_bytes_delivered_total / sum of gateway_readings_received_total: what one raw reading costs upstream since start, alarms, aggregates and batch envelopes included (0 before any reading).",
+        &[(String::new(), bytes_per_raw_reading(f.bytes_delivered, m))],
+    );
     let _ = writeln!(
         out,
         "# HELP gateway_upstream_latency_seconds Upstream request latency.\n# TYPE gateway_upstream_latency_seconds histogram"
@@ -922,6 +937,7 @@ pub async fn render_metrics(state: &AdminState) -> String {
     );
     render_sink_metrics(&mut out, state);
     render_modbus_metrics(&mut out, m);
+    let reduce = p.reduce_stats();
     let mut family = |name: &str, kind: &str, help: &str, v: f64| {
         let _ = writeln!(
             out,
@@ -965,12 +981,70 @@ pub async fn render_metrics(state: &AdminState) -> String {
         m.local_alarm_errors.load(relaxed) as f64,
     );
     family(
+        "gateway_window_series",
+        "gauge",
+        "Device/metric series tracked by [[window]] and [[deadband]] rules.",
+        reduce.series as f64,
+    );
+    family(
+        "gateway_window_open",
+        "gauge",
+        "Windows holding readings, not yet emitted.",
+        reduce.open_windows as f64,
+    );
+    family(
+        "gateway_window_emits_total",
+        "counter",
+        "Windows emitted (each as one reading per emit function).",
+        reduce.windows_emitted as f64,
+    );
+    family(
+        "gateway_window_readings_emitted_total",
+        "counter",
+        "Aggregate readings (<metric>.<fn>) emitted by windows.",
+        reduce.readings_emitted as f64,
+    );
+    family(
+        "gateway_window_late_readings_total",
+        "counter",
+        "Readings older than their series' open or last emitted window: not aggregated, forwarded raw.",
+        reduce.late as f64,
+    );
+    family(
+        "gateway_window_raw_dropped_total",
+        "counter",
+        "Raw readings aggregated and not forwarded (raw = \"drop\").",
+        reduce.raw_dropped as f64,
+    );
+    family(
+        "gateway_deadband_suppressed_total",
+        "counter",
+        "Readings a [[deadband]] did not forward.",
+        reduce.suppressed as f64,
+    );
+    family(
+        "gateway_window_series_refused_total",
+        "counter",
+        "Readings of new series refused by window_max_series (forwarded unreduced).",
+        reduce.series_refused as f64,
+    );
+    family(
         "gateway_uptime_seconds",
         "gauge",
         "Seconds since start.",
         state.inner.started.elapsed().as_secs_f64(),
     );
     out
+}
+
+/// Upstream bytes per raw reading received since start; 0 before any reading.
+fn bytes_per_raw_reading(bytes: u64, m: &crate::ops::metrics::IngestMetrics) -> f64 {
+    let raw = m.readings(Source::Mqtt) + m.readings(Source::Serial);
+    if raw == 0 {
+        0.0
+    } else {
+        bytes as f64 / raw as f64
+    }
 }
 
 /// Binds and serves the admin routes under [`Limits::default`] until `stop`; returns the

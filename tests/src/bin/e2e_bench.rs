@@ -42,6 +42,17 @@
 //! having all of them publish at the same instant; `BENCH_WEAR_DEVICES` (20) sets the fleet's
 //! size and `BENCH_COMMIT_STRETCH_MS` the gateway's `buffer.commit_stretch_ms` (else its
 //! default). Writes `target/e2e-bench-wear-upstream-{up,down}[-staggered][-stretchN].{json,md}`.
+//!
+//! `BENCH_MODE=windows`: instead, what windows save upstream. One fleet, 20 devices × 3 metrics
+//! at 1 Hz (device-sim, QoS 1, JSON) for `BENCH_WINDOWS_S` seconds (300), feeds four gateways at
+//! once through one mosquitto, each with its own client id, data dir and HTTP receiver: raw
+//! forwarding (no rules), and `[[window]] metric = "*"`, `window_s = 60`, `raw = "drop"` emitting
+//! all five functions, mean/min/max, and the mean alone. After the fleet stops, each windowed
+//! gateway's clock closes its last windows. Reports, per gateway, the request body bytes its
+//! receiver got (as sent: gzip, the contract's default) per raw reading the broker acknowledged,
+//! the records delivered, the cut against raw forwarding, and the gateway's own
+//! `upstream.bytes_per_raw_reading`; the raw side is checked to have delivered every reading,
+//! each windowed side every window it emitted. Writes `target/e2e-bench-windows.{json,md}`.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -770,6 +781,10 @@ async fn mqtt_cloud(cloud: MqttCloud<'_>, client_id: &str, tally: Arc<Mutex<Tall
 
 #[tokio::main]
 async fn main() {
+    if std::env::var("BENCH_MODE").as_deref() == Ok("windows") {
+        windows().await;
+        return;
+    }
     if std::env::var("BENCH_MODE").as_deref() == Ok("wear") {
         wear().await;
         return;
@@ -1392,4 +1407,218 @@ async fn wear() {
 /// algorithm waiting for the client's delayed ACK.
 fn nodelay(tcp: &mut tokio::net::TcpStream) {
     let _ = tcp.set_nodelay(true);
+}
+
+/// What one receiver of `BENCH_MODE=windows` got: body bytes as sent, readings records.
+#[derive(Default)]
+struct Metered {
+    body_bytes: AtomicU64,
+    records: AtomicU64,
+}
+
+async fn metered_receive(
+    State(m): State<Arc<Metered>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> &'static str {
+    m.body_bytes.fetch_add(body.len() as u64, SeqCst);
+    let mut json = Vec::new();
+    let bytes = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut json)
+            .unwrap();
+        &json[..]
+    } else {
+        &body[..]
+    };
+    let batch: Value = serde_json::from_slice(bytes).unwrap();
+    if batch["lane"] == "readings" {
+        let n = batch["records"].as_array().map_or(0, Vec::len);
+        m.records.fetch_add(n as u64, SeqCst);
+    }
+    "ok"
+}
+
+/// `BENCH_MODE=windows`: upstream bytes per raw reading with 60 s windows against raw
+/// forwarding, in one run (see the module docs).
+async fn windows() {
+    let seconds = env_usize("BENCH_WINDOWS_S", 300) as u64;
+    let devices = 20u32;
+    let metrics = vec![Metric::Temperature, Metric::Humidity, Metric::Pressure];
+    let series = devices as u64 * metrics.len() as u64;
+    let broker = mosquitto();
+    let dir = tempfile::tempdir().unwrap();
+    // (name, the [[window]] table; empty for raw forwarding)
+    let variants: [(&str, &str); 4] = [
+        ("raw forwarding", ""),
+        (
+            "window, all five",
+            "emit = [\"mean\", \"min\", \"max\", \"count\", \"last\"]",
+        ),
+        (
+            "window, mean/min/max",
+            "emit = [\"mean\", \"min\", \"max\"]",
+        ),
+        ("window, mean", "emit = [\"mean\"]"),
+    ];
+    let mut gateways = Vec::new();
+    for (i, (name, emit)) in variants.iter().enumerate() {
+        let meter = Arc::new(Metered::default());
+        let app = Router::new()
+            .route("/ingest", axum::routing::post(metered_receive))
+            .with_state(meter.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let recv_port = listener.local_addr().unwrap().port();
+        on_own_thread(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap()
+        });
+        let admin = free_port();
+        let window = if emit.is_empty() {
+            String::new()
+        } else {
+            format!("[[window]]\nmetric = \"*\"\nwindow_s = 60\nraw = \"drop\"\n{emit}\n")
+        };
+        let gw_dir = dir.path().join(format!("gw-{i}"));
+        std::fs::create_dir_all(&gw_dir).unwrap();
+        let config = format!(
+            "gateway_id = \"gw-windows-{i}\"\ndata_dir = \"{data}\"\n\
+             [mqtt]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"gw-windows-{i}\"\n\
+             [upstream]\nurl = \"http://127.0.0.1:{recv_port}/ingest\"\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n{window}",
+            data = gw_dir.join("data").display(),
+            port = broker.port(),
+        );
+        let child = spawn_gateway(&gw_dir, &config);
+        gateways.push((*name, !emit.is_empty(), meter, admin, child));
+    }
+    let client = reqwest::Client::new();
+    for (name, _, _, admin, _) in &gateways {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !fetch_status(&client, *admin)
+            .await
+            .is_some_and(|s| s["ingest"]["mqtt_subscribed"] == true)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{name}: gateway did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let mut cfg = FleetConfig::new(
+        format!("127.0.0.1:{}", broker.port())
+            .parse::<Broker>()
+            .unwrap(),
+    );
+    cfg.devices = devices;
+    cfg.rate_hz = 1.0;
+    cfg.duration = Some(Duration::from_secs(seconds));
+    cfg.qos = 1;
+    cfg.form = MqttForm::Json;
+    cfg.metrics = metrics;
+    cfg.client_id_prefix = "win-".to_owned();
+    cfg.progress = false;
+    let report = device_sim::run_fleet(cfg, std::future::pending())
+        .await
+        .unwrap();
+    let sent = report.summary.totals.readings_acked;
+
+    // Every reading ingested by every gateway, every window closed by the clock (its end plus
+    // the close delay) and everything delivered.
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut finals = Vec::new();
+    for (name, windowed, meter, admin, _) in &gateways {
+        let status = loop {
+            let s = fetch_status(&client, *admin).await.unwrap_or_default();
+            let ingested = s["ingest"]["readings"]["mqtt"].as_u64().unwrap_or(0);
+            let delivered = s["upstream"]["records_delivered"]["readings"]
+                .as_u64()
+                .unwrap_or(0);
+            let expected = if *windowed {
+                s["windows"]["readings_emitted"]
+                    .as_u64()
+                    .unwrap_or(u64::MAX)
+            } else {
+                sent
+            };
+            let open = s["windows"]["open_windows"].as_u64().unwrap_or(1);
+            let done = ingested >= sent
+                && delivered >= expected
+                && meter.records.load(SeqCst) >= expected
+                && (!*windowed || open == 0);
+            if done {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: not drained (ingested {ingested} of {sent}, delivered {delivered} of {expected}, {open} windows open)"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        finals.push(status);
+    }
+    for (_, _, _, _, child) in &mut gateways {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = child.wait();
+    }
+
+    let raw_bytes = gateways[0].2.body_bytes.load(SeqCst) as f64 / sent.max(1) as f64;
+    let mut rows = String::new();
+    let mut json_rows = Vec::new();
+    for ((name, windowed, meter, _, _), status) in gateways.iter().zip(&finals) {
+        let bytes = meter.body_bytes.load(SeqCst);
+        let records = meter.records.load(SeqCst);
+        let per_raw = bytes as f64 / sent.max(1) as f64;
+        let cut = raw_bytes / per_raw.max(f64::MIN_POSITIVE);
+        let own = status["upstream"]["bytes_per_raw_reading"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        let w = &status["windows"];
+        rows.push_str(&format!(
+            "| {name} | {bytes} | {records} | {per_raw:.2} B | {own:.2} B | {} | {} |\n",
+            if *windowed {
+                format!("{cut:.1}×")
+            } else {
+                "1×".to_owned()
+            },
+            if *windowed {
+                format!("{} windows, {} late", w["windows_emitted"], w["late"])
+            } else {
+                String::new()
+            },
+        ));
+        json_rows.push(json!({
+            "name": name, "body_bytes": bytes, "records_delivered": records,
+            "bytes_per_raw_reading": per_raw, "gateway_bytes_per_raw_reading": own,
+            "cut": cut, "windows": w,
+        }));
+    }
+    let md = format!(
+        "| gateway | upstream body bytes | readings records | bytes per raw reading | its own metric | cut | windows |\n|---|---|---|---|---|---|---|\n{rows}\n\
+         {sent} raw readings: {devices} devices × 3 metrics at 1 Hz for {seconds} s (device-sim, QoS 1, JSON), all four gateways fed at once by one mosquitto; \
+         gzip bodies, linger_ms 1000, batch_max_records 500. {series} series; each 60 s window the run touched (a partial one at each end) emits once. \
+         \"its own metric\" is /status upstream.bytes_per_raw_reading (its own ingest count; the probe-free run makes it the same ratio).\n",
+    );
+    println!("\n{md}");
+    let target = gateway_bin()
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    let report = json!({
+        "mode": "windows", "devices": devices, "seconds": seconds, "readings": sent,
+        "gateways": json_rows,
+    });
+    let _ = std::fs::write(
+        target.join("e2e-bench-windows.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    );
+    let _ = std::fs::write(target.join("e2e-bench-windows.md"), &md);
+    println!("wrote {}/e2e-bench-windows.{{json,md}}", target.display());
 }
