@@ -4,9 +4,7 @@
 //! bus keep their poll rate; corrupted frames are counted and polling resumes. Counts are
 //! checked against the simulator's own summary.
 
-use gateway_tests::{
-    GatewayProcess, GatewaySpec, ModbusSim, MqttSetup, PtyPair, UnitCounts, Upstream,
-};
+use gateway_tests::{GatewayProcess, GatewaySpec, ModbusSim, MqttSetup, UnitCounts, Upstream};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -155,10 +153,6 @@ fn rtu_bus(url: &str, backoff_max_ms: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_slave_on_an_rtu_bus_is_counted_and_retried_while_the_others_keep_their_rate() {
-    if !PtyPair::available() {
-        eprintln!("skipped: no pty support");
-        return;
-    }
     let sim = ModbusSim::pty(&[
         "--devices",
         "3",
@@ -228,10 +222,6 @@ async fn a_silent_slave_on_an_rtu_bus_is_counted_and_retried_while_the_others_ke
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_rtu_frames_are_counted_and_polling_resumes() {
-    if !PtyPair::available() {
-        eprintln!("skipped: no pty support");
-        return;
-    }
     let sim = ModbusSim::pty(&[
         "--devices",
         "3",
