@@ -134,11 +134,13 @@ pub(crate) fn workspace_bin(name: &str, env_var: &str) -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
-    // target/debug/deps/<test> → target/debug/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable in target/<profile>/deps");
+    // target/debug/deps/<test> → target/debug/<name>; a bench bin runs from target/<profile>.
+    let exe_dir = exe.parent().expect("executable in target/<profile>");
+    let profile_dir = if exe_dir.file_name().and_then(|n| n.to_str()) == Some("deps") {
+        exe_dir.parent().expect("target/<profile>/deps")
+    } else {
+        exe_dir
+    };
     let bin = profile_dir.join(name);
     if std::env::var_os("E2E_NO_BUILD").is_none() || !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
