@@ -1288,24 +1288,7 @@ async fn wear() {
         let dir = dir.path().to_path_buf();
         std::thread::spawn(move || append_only_floor(&dir, per_second, seconds, every))
     });
-    let mut cfg = FleetConfig::new(
-        format!("127.0.0.1:{}", broker.port())
-            .parse::<Broker>()
-            .unwrap(),
-    );
-    cfg.devices = devices;
-    cfg.rate_hz = 1.0;
-    cfg.duration = Some(Duration::from_secs(seconds));
-    cfg.qos = 1;
-    cfg.form = MqttForm::Json;
-    cfg.metrics = metrics;
-    cfg.client_id_prefix = "wear-".to_owned();
-    cfg.stagger = stagger;
-    cfg.progress = false;
-    let report = device_sim::run_fleet(cfg, std::future::pending())
-        .await
-        .unwrap();
-    let sent = report.summary.totals.readings_acked;
+    let sent = trickle(broker.port(), devices, metrics, seconds, "wear-", stagger).await;
     // Everything ingested (and, with the upstream up, delivered) before the meter is read.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -1508,23 +1491,7 @@ async fn windows() {
         }
     }
 
-    let mut cfg = FleetConfig::new(
-        format!("127.0.0.1:{}", broker.port())
-            .parse::<Broker>()
-            .unwrap(),
-    );
-    cfg.devices = devices;
-    cfg.rate_hz = 1.0;
-    cfg.duration = Some(Duration::from_secs(seconds));
-    cfg.qos = 1;
-    cfg.form = MqttForm::Json;
-    cfg.metrics = metrics;
-    cfg.client_id_prefix = "win-".to_owned();
-    cfg.progress = false;
-    let report = device_sim::run_fleet(cfg, std::future::pending())
-        .await
-        .unwrap();
-    let sent = report.summary.totals.readings_acked;
+    let sent = trickle(broker.port(), devices, metrics, seconds, "win-", false).await;
 
     // Every reading ingested by every gateway, every window closed by the clock (its end plus
     // the close delay) and everything delivered.
@@ -1621,4 +1588,30 @@ async fn windows() {
     );
     let _ = std::fs::write(target.join("e2e-bench-windows.md"), &md);
     println!("wrote {}/e2e-bench-windows.{{json,md}}", target.display());
+}
+
+/// A device-sim fleet at 1 Hz for `seconds` (QoS 1, JSON) through the broker on `port`; returns
+/// the readings the broker acknowledged.
+async fn trickle(
+    port: u16,
+    devices: u32,
+    metrics: Vec<Metric>,
+    seconds: u64,
+    prefix: &str,
+    stagger: bool,
+) -> u64 {
+    let mut cfg = FleetConfig::new(format!("127.0.0.1:{port}").parse::<Broker>().unwrap());
+    cfg.devices = devices;
+    cfg.rate_hz = 1.0;
+    cfg.duration = Some(Duration::from_secs(seconds));
+    cfg.qos = 1;
+    cfg.form = MqttForm::Json;
+    cfg.metrics = metrics;
+    cfg.client_id_prefix = prefix.to_owned();
+    cfg.stagger = stagger;
+    cfg.progress = false;
+    let report = device_sim::run_fleet(cfg, std::future::pending())
+        .await
+        .unwrap();
+    report.summary.totals.readings_acked
 }
