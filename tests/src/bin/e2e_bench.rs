@@ -390,18 +390,23 @@ struct Cloud {
     rtt: Duration,
 }
 
-async fn receive(State(cloud): State<Cloud>, headers: HeaderMap, body: Bytes) -> &'static str {
-    let arrived = now_ms();
+/// The batch JSON of a request body, gunzipped when the request says it is gzip.
+fn batch_json(headers: &HeaderMap, body: &[u8]) -> Value {
     let mut json = Vec::new();
     let bytes = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
-        flate2::read::GzDecoder::new(&body[..])
+        flate2::read::GzDecoder::new(body)
             .read_to_end(&mut json)
             .unwrap();
         &json[..]
     } else {
-        &body[..]
+        body
     };
-    let batch: Value = serde_json::from_slice(bytes).unwrap();
+    serde_json::from_slice(bytes).unwrap()
+}
+
+async fn receive(State(cloud): State<Cloud>, headers: HeaderMap, body: Bytes) -> &'static str {
+    let arrived = now_ms();
+    let batch = batch_json(&headers, &body);
     let alarms = batch["lane"] == "alarms";
     cloud.tally.lock().unwrap().batch(&batch, alarms, arrived);
     if !cloud.rtt.is_zero() {
@@ -1405,16 +1410,7 @@ async fn metered_receive(
     body: Bytes,
 ) -> &'static str {
     m.body_bytes.fetch_add(body.len() as u64, SeqCst);
-    let mut json = Vec::new();
-    let bytes = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
-        flate2::read::GzDecoder::new(&body[..])
-            .read_to_end(&mut json)
-            .unwrap();
-        &json[..]
-    } else {
-        &body[..]
-    };
-    let batch: Value = serde_json::from_slice(bytes).unwrap();
+    let batch = batch_json(&headers, &body);
     if batch["lane"] == "readings" {
         let n = batch["records"].as_array().map_or(0, Vec::len);
         m.records.fetch_add(n as u64, SeqCst);
