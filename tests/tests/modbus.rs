@@ -151,21 +151,21 @@ fn rtu_bus(url: &str, backoff_max_ms: u64) -> String {
     tables
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_slave_on_an_rtu_bus_is_counted_and_retried_while_the_others_keep_their_rate() {
-    let sim = ModbusSim::pty(&[
-        "--devices",
-        "3",
-        "--baud",
-        "19200",
-        "--fault",
-        "silent:unit=2,at=3",
-    ]);
+/// Three units of `device-sim modbus` on a pty at 19200 baud with `fault`, the gateway polling
+/// them every 2 s on one RTU bus, ready.
+async fn rtu_bus_with_fault(fault: &str) -> (ModbusSim, Upstream, GatewayProcess) {
+    let sim = ModbusSim::pty(&["--devices", "3", "--baud", "19200", "--fault", fault]);
     let receiver = Upstream::start().await;
     let mut spec = GatewaySpec::new(MqttSetup::Disabled, &receiver.url());
     spec.tables = rtu_bus(&sim.at.url(), 2000);
     let mut gw = GatewayProcess::start(&spec);
     gw.wait_ready().await;
+    (sim, receiver, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_slave_on_an_rtu_bus_is_counted_and_retried_while_the_others_keep_their_rate() {
+    let (sim, receiver, mut gw) = rtu_bus_with_fault("silent:unit=2,at=3").await;
     gw.wait_status("unit-2 to go down", Duration::from_secs(30), |s| {
         (of(s, "unit-2")["state"] == "down").then_some(())
     })
@@ -222,19 +222,7 @@ async fn a_silent_slave_on_an_rtu_bus_is_counted_and_retried_while_the_others_ke
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_rtu_frames_are_counted_and_polling_resumes() {
-    let sim = ModbusSim::pty(&[
-        "--devices",
-        "3",
-        "--baud",
-        "19200",
-        "--fault",
-        "corrupt:unit=1,every=5",
-    ]);
-    let receiver = Upstream::start().await;
-    let mut spec = GatewaySpec::new(MqttSetup::Disabled, &receiver.url());
-    spec.tables = rtu_bus(&sim.at.url(), 2000);
-    let mut gw = GatewayProcess::start(&spec);
-    gw.wait_ready().await;
+    let (sim, receiver, mut gw) = rtu_bus_with_fault("corrupt:unit=1,every=5").await;
     gw.wait_status(
         "ten corrupt answers of unit-1",
         Duration::from_secs(60),
