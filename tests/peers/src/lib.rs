@@ -41,7 +41,7 @@ mod upstream;
 mod wait;
 pub use mosquitto::{Mosquitto, MosquittoBuilder, deploy_limits};
 pub use pki::{Authority, Pki};
-pub use port::free_port;
+pub use port::{RefusedPort, free_port};
 pub use tmpfs::{Tmpfs, fill};
 pub use upstream::{Batch, Poison, Reply, TlsServer, Upstream};
 pub use wait::{POLL, wait_until};

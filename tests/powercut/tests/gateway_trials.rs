@@ -69,7 +69,7 @@ use nix::unistd::Pid;
 use powercut::{Options, PowerCutMount, Rng, env_u64};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde_json::Value;
-use test_peers::{Mosquitto, free_port};
+use test_peers::{Mosquitto, RefusedPort, free_port};
 
 const TEST: &str = "acknowledged_readings_survive_power_cuts_of_the_whole_gateway";
 /// Concurrent publishers, one device each (publish order is defined per device).
@@ -174,10 +174,17 @@ struct Gateway {
 }
 
 impl Gateway {
-    fn start(bin: &Path, work: &Path, data: &Path, mqtt_port: u16, name: String) -> Gateway {
+    /// Every upload goes to `upstream_port`, where connections are refused ([`RefusedPort`]):
+    /// readings stay buffered.
+    fn start(
+        bin: &Path,
+        work: &Path,
+        data: &Path,
+        mqtt_port: u16,
+        upstream_port: u16,
+        name: String,
+    ) -> Gateway {
         let admin_port = free_port();
-        // Nobody listens here: every upload fails, readings stay buffered.
-        let upstream_port = free_port();
         let cfg = work.join(format!("{name}.toml"));
         std::fs::write(
             &cfg,
@@ -394,6 +401,8 @@ struct Scan {
     values: BTreeMap<String, Vec<(u64, u64)>>,
     moved_aside: u64,
     undecodable: u64,
+    /// Batches parked as dead letters: something answered the uploads that must all fail.
+    dead_letters: u64,
 }
 
 fn scan_buffer(data: &Path) -> Scan {
@@ -414,6 +423,7 @@ fn scan_buffer(data: &Path) -> Scan {
     let mut scan = Scan {
         moved_aside: stats.moved_aside,
         undecodable: stats.readings.undecodable + stats.alarms.undecodable,
+        dead_letters: buffer.dead_letters().count(),
         ..Scan::default()
     };
     let mut after = None;
@@ -540,6 +550,9 @@ fn acknowledged_readings_survive_power_cuts_of_the_whole_gateway() {
     std::fs::File::open(&mnt).unwrap().sync_all().unwrap();
     let broker = mosquitto(&work.join("broker"));
     let port = broker.port();
+    // The cloud is down for the whole test. Held bound (not merely a port that was free a
+    // moment ago), so no gateway's admin API can get this port and answer the uploads.
+    let cloud_down = RefusedPort::bind();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -566,7 +579,14 @@ fn acknowledged_readings_survive_power_cuts_of_the_whole_gateway() {
         };
 
         // 1. The gateway, subscribed.
-        let mut gw = Gateway::start(&bin, &work, &data, port, format!("gateway-{trial}-load"));
+        let mut gw = Gateway::start(
+            &bin,
+            &work,
+            &data,
+            port,
+            cloud_down.port(),
+            format!("gateway-{trial}-load"),
+        );
         gw.wait_open();
         let prober = rt.spawn(probe(port));
         gw.wait_until("a probe reading (the subscription exists)", |s| {
@@ -612,7 +632,14 @@ fn acknowledged_readings_survive_power_cuts_of_the_whole_gateway() {
         let mut twice = false;
         if rng.below(3) == 0 {
             twice = true;
-            let mut gw = Gateway::start(&bin, &work, &data, port, format!("gateway-{trial}-redo"));
+            let mut gw = Gateway::start(
+                &bin,
+                &work,
+                &data,
+                port,
+                cloud_down.port(),
+                format!("gateway-{trial}-redo"),
+            );
             gw.wait_open();
             // Again a random moment, not a wait for state.
             std::thread::sleep(Duration::from_millis(rng.below(300)));
@@ -639,6 +666,7 @@ fn acknowledged_readings_survive_power_cuts_of_the_whole_gateway() {
                 &work,
                 &data,
                 port,
+                cloud_down.port(),
                 format!("gateway-{trial}-drain-{drain}"),
             );
             gw.wait_open();
@@ -659,6 +687,14 @@ fn acknowledged_readings_survive_power_cuts_of_the_whole_gateway() {
         }
 
         // 6. The check.
+        if scan.dead_letters > 0 {
+            fail(format!(
+                "{} batches parked as dead letters: something answered at the upstream port {} \
+                 (see the drain logs); the check of the live queue would report them missing",
+                scan.dead_letters,
+                cloud_down.port()
+            ));
+        }
         let corrupt = corrupt_copies(&data);
         if scan.moved_aside > 0 || !corrupt.is_empty() || scan.undecodable > 0 {
             fail(format!(

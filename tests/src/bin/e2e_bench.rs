@@ -69,7 +69,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use test_peers::{Mosquitto, Pki, deploy_limits, free_port};
+use test_peers::{Mosquitto, Pki, RefusedPort, deploy_limits, free_port};
 
 /// The gateway's linger in this run (the contract's default); p99 target is linger + 100 ms.
 const LINGER_MS: u64 = 1000;
@@ -1240,8 +1240,10 @@ async fn wear() {
     let dir = tempfile::tempdir().unwrap();
 
     let tally = Arc::new(Mutex::new(Tally::new(usize::MAX)));
+    // Held for the whole run: a cloud that is down refuses every connection.
+    let cloud_down = RefusedPort::bind();
     let recv_port = if upstream_down {
-        free_port()
+        cloud_down.port()
     } else {
         let app = Router::new()
             .route("/ingest", axum::routing::post(receive))
