@@ -124,7 +124,7 @@ pub const UPSTREAM_FORWARDING: crate::ForwardingConfig = crate::ForwardingConfig
 };
 
 /// The `sink[].kind` values this build supports.
-pub const SINK_KINDS: &[&str] = &["mqtt"];
+pub const SINK_KINDS: &[&str] = &["mqtt", "kafka"];
 /// Longest `sink[].name`, in bytes: it is a buffer consumer name and a Prometheus label value.
 pub const SINK_NAME_MAX_BYTES: usize = 32;
 /// `sink[].name` values taken by the gateway's own buffer consumers: `"upstream"` is the
@@ -155,6 +155,28 @@ pub const MQTT_SINK_MAX_MESSAGE_BYTES_LIMIT: usize = 268_435_455;
 pub const MQTT_SINK_FORWARDING: crate::ForwardingConfig = crate::ForwardingConfig {
     batch_max_bytes: MQTT_SINK_MAX_MESSAGE_BYTES,
     ..UPSTREAM_FORWARDING
+};
+
+/// `sink[].compression` of a Kafka sink.
+pub const KAFKA_SINK_COMPRESSION: crate::KafkaCompression = crate::KafkaCompression::None;
+/// Longest `sink[].client_id` of a Kafka sink, in bytes.
+pub const KAFKA_SINK_CLIENT_ID_MAX_BYTES: usize = 255;
+/// Prefix of the default `sink[].client_id` of a Kafka sink, followed by the `gateway_id`.
+pub const KAFKA_SINK_CLIENT_ID_PREFIX: &str = "gateway-";
+/// The forwarding keys of a Kafka sink (`sink[].batch_max_records` …): batches of up to 1000
+/// records and 1 MiB (about the broker's default `message.max.bytes`), a 200 ms linger (Kafka
+/// batches cheaply, a short wait fills them), `timeout_ms` the wait for the acks=all answer,
+/// and `max_in_flight` 1, the only value a Kafka sink accepts: the sink has no idempotent
+/// producer, so one batch at a time is what keeps each device's records in `seq` order in its
+/// partition when a batch is retried.
+pub const KAFKA_SINK_FORWARDING: crate::ForwardingConfig = crate::ForwardingConfig {
+    batch_max_records: 1000,
+    batch_max_bytes: 1_048_576,
+    linger_ms: 200,
+    timeout_ms: 10_000,
+    retry_initial_ms: 200,
+    retry_max_ms: 60_000,
+    max_in_flight: 1,
 };
 
 /// `modbus[].url` port of a `tcp://` URL that names none.

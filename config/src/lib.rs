@@ -23,9 +23,9 @@
 //!   keeps the rule "never reorder a stored enum" where the format is, and the buffer a storage
 //!   library that knows nothing of TOML.
 //! - Everything else a key names is defined here and used as is downstream: [`Compression`],
-//!   [`RetryPolicy`], [`TopicTemplate`], compiled alarm rules ([`AlarmRule`], [`AlarmCondition`],
-//!   [`Limit`]), URLs as [`url::Url`]. The forwarder and the gateway depend on this crate and
-//!   take these values as they are, parsing nothing again.
+//!   [`RetryPolicy`], [`TopicTemplate`], [`KafkaTopic`], compiled alarm rules ([`AlarmRule`],
+//!   [`AlarmCondition`], [`Limit`]), URLs as [`url::Url`]. The forwarder and the gateway depend
+//!   on this crate and take these values as they are, parsing nothing again.
 //!
 //! # Guarantees
 //!
@@ -40,8 +40,12 @@
 //!   compiled alarm globs; unique alarm names; hysteresis on the right side of its trigger; a
 //!   `gateway_id` safe for the `Idempotency-Key` and MQTT topics; a token for a non-loopback
 //!   admin address; `[[sink]]` names unique, not reserved and safe as buffer consumer and metric
-//!   label; a supported sink `kind` (today `"mqtt"` only); sink topics that fill in to valid
-//!   MQTT publish topics; no two MQTT sessions of ours with one client id on one broker;
+//!   label; a supported sink `kind` (`"mqtt"` or `"kafka"`), and in each sink only the keys
+//!   of its kind; MQTT sink topics that fill in to valid MQTT publish topics; no two MQTT
+//!   sessions of ours with one client id on one broker; Kafka sinks with `"host:port"`
+//!   brokers (no repeats), a legal topic name for each lane they read and none for another,
+//!   a `[A-Za-z0-9._-]` client id, TLS files only with `tls = true`, SASL with its username
+//!   and password or not at all, and `max_in_flight = 1` (see the `kafka` module);
 //!   `[[modbus]]` slaves with a `tcp://` or `rtu://` URL, line settings only on RTU and the
 //!   same for every slave of one port, unique device ids, registers whose type fits their kind
 //!   and whose value ends within the 65536 addresses (see the `modbus` module).
@@ -60,6 +64,9 @@
 //! - TLS files (`ca_file`, `client_cert_file`, `client_key_file`) are read and checked here, at
 //!   load (see [`tls`]); other files (serial `port`, `data_dir`) are not opened or checked for
 //!   existence here; the component that uses them reports that.
+//! - Host names (a sink's broker, `[upstream]`) are not resolved and nothing is connected to:
+//!   a Kafka topic that does not exist, or a SASL mechanism the cluster does not enable, is
+//!   found by the sink when it runs.
 //! - Only the first problem of a file is reported.
 //! - A [`Config`] is validated when it is built. Mutating its fields afterwards (tests do) is not
 //!   re-checked, and changing `alarm[].device`/`metric` does not recompile the rule's globs.
@@ -67,6 +74,7 @@
 
 pub mod defaults;
 mod error;
+mod kafka;
 mod locate;
 mod modbus;
 mod model;
@@ -81,10 +89,11 @@ mod window;
 pub use error::ConfigError;
 pub use model::{
     AdminConfig, AlarmCondition, AlarmRule, BufferConfig, Compression, Config, DataType,
-    ForwardingConfig, IngestConfig, Limit, ModbusConfig, ModbusLink, ModbusRegister, MqttConfig,
-    MqttMode, MqttSinkConfig, Parity, RegisterKind, RegisterValue, RtuLine, SerialConfig, Severity,
-    SinkConfig, SinkKind, SinkLane, SinkLanes, SinkTopic, TopicMatch, TopicTemplate,
-    UpstreamConfig, WhenFull, WordOrder,
+    ForwardingConfig, IngestConfig, KafkaCompression, KafkaSasl, KafkaSinkConfig, KafkaTopic,
+    Limit, ModbusConfig, ModbusLink, ModbusRegister, MqttConfig, MqttMode, MqttSinkConfig, Parity,
+    RegisterKind, RegisterValue, RtuLine, SaslMechanism, SerialConfig, Severity, SinkConfig,
+    SinkKind, SinkLane, SinkLanes, SinkTopic, TopicMatch, TopicTemplate, UpstreamConfig, WhenFull,
+    WordOrder,
 };
 pub use redact::{redact_url, redact_url_text};
 pub use retry::RetryPolicy;
@@ -114,14 +123,7 @@ impl Config {
             Some(url::Host::Ipv4(ip)) => !ip.is_loopback(),
             Some(url::Host::Ipv6(ip)) => !ip.is_loopback(),
             // mqtt:// is not a scheme the URL standard knows, so its IP hosts come as names.
-            Some(url::Host::Domain(name)) => {
-                name != "localhost"
-                    && !name
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            }
+            Some(url::Host::Domain(name)) => remote_host(name),
             None => false,
         };
         let mut found = Vec::new();
@@ -148,6 +150,29 @@ impl Config {
                              the clear; use mqtts://",
                             sink.name,
                             redact_url(&m.url)
+                        ));
+                    }
+                }
+                SinkKind::Kafka(k) => {
+                    let remote_brokers: Vec<&str> = k
+                        .brokers
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|b| {
+                            b.rsplit_once(':')
+                                .is_some_and(|(host, _)| remote_host(host))
+                        })
+                        .collect();
+                    let plain = k
+                        .sasl
+                        .as_ref()
+                        .is_some_and(|s| kafka::sends_password(s.mechanism));
+                    if plain && !k.tls && !remote_brokers.is_empty() {
+                        found.push(format!(
+                            "sink[{i}].password_env: the SASL PLAIN password of sink \"{}\" goes \
+                             to {} in the clear; set tls = true",
+                            sink.name,
+                            remote_brokers.join(", ")
                         ));
                     }
                 }
@@ -208,7 +233,7 @@ impl Config {
             env: &env,
         };
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
-            validate::unsupported_sink_kind_first(locate::from_serde(&index, text, origin, &e), &cx)
+            validate::sink_unknown_key(locate::from_serde(&index, text, origin, &e), &cx)
         })?;
         validate::resolve(raw, &cx)
     }
@@ -227,6 +252,17 @@ impl Default for Config {
         // test; failing here would be a bug in this crate, not in anybody's config.
         validate::resolve(raw::RawConfig::default(), &cx).expect("built-in defaults are valid")
     }
+}
+
+/// Whether a host name or IP address (IPv6 with or without brackets) is another machine: not
+/// `localhost`, not a loopback address.
+fn remote_host(host: &str) -> bool {
+    host != "localhost"
+        && !host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The process environment; a variable that is not UTF-8 counts as not set.

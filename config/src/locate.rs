@@ -273,7 +273,10 @@ fn enum_words(path: &str) -> Option<&'static str> {
     Some(match key.split('[').next()? {
         "mode" => r#""embedded", "external" or "disabled""#,
         "when_full" => r#""drop_oldest" or "block""#,
+        // A Kafka sink's codecs; `[upstream]` has its own.
+        "compression" if path.starts_with("sink[") => r#""none", "gzip", "lz4" or "zstd""#,
         "compression" => r#""gzip" or "none""#,
+        "sasl_mechanism" => r#""PLAIN", "SCRAM-SHA-256" or "SCRAM-SHA-512""#,
         "severity" => r#""info", "warning" or "critical""#,
         "lanes" => r#""readings" or "alarms""#,
         "parity" => r#""none", "even" or "odd""#,

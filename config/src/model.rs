@@ -480,16 +480,19 @@ impl UpstreamConfig {
 /// ([`SinkConfig::forwarding`]), checked by the same rules; only the defaults differ by section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardingConfig {
-    /// `batch_max_records`: most records in one batch. Positive. Default 500.
+    /// `batch_max_records`: most records in one batch. Positive. Default 500 (1000 in a Kafka
+    /// sink).
     pub batch_max_records: usize,
     /// `batch_max_bytes`: most bytes of (uncompressed) batch JSON in one batch. Positive.
-    /// Default 262144 in `[upstream]`, 131072 (AWS IoT Core's message limit) in an MQTT sink.
+    /// Default 262144 in `[upstream]`, 131072 (AWS IoT Core's message limit) in an MQTT sink,
+    /// 1048576 in a Kafka sink.
     pub batch_max_bytes: usize,
     /// `linger_ms`: milliseconds a readings batch waits to fill; alarm batches never wait.
-    /// Default 1000.
+    /// Default 1000 (200 in a Kafka sink).
     pub linger_ms: u64,
     /// `timeout_ms`: milliseconds one attempt may take before it fails and is retried (HTTP: to
-    /// the last byte of the response; MQTT: until the broker's PUBACK). Positive. Default 10000.
+    /// the last byte of the response; MQTT: until the broker's PUBACK; Kafka: until the acks=all
+    /// answer). Positive. Default 10000.
     pub timeout_ms: u64,
     /// `retry_initial_ms`: first retry backoff in milliseconds (exponential with full jitter up
     /// to `retry_max_ms`). Positive, at most `retry_max_ms`. Default 200.
@@ -498,7 +501,8 @@ pub struct ForwardingConfig {
     /// `retry_initial_ms`. Default 60000.
     pub retry_max_ms: u64,
     /// `max_in_flight`: cap on readings batches outstanding at once; the forwarder adapts
-    /// between 1 and it. 1 keeps order. Positive. Default 16.
+    /// between 1 and it. 1 keeps order. Positive. Default 16; a Kafka sink's is 1, the only
+    /// value it accepts.
     pub max_in_flight: usize,
 }
 
@@ -515,7 +519,8 @@ pub struct SinkConfig {
     pub lanes: SinkLanes,
     /// `batch_max_records`, `batch_max_bytes`, `linger_ms`, `timeout_ms`, `retry_initial_ms`,
     /// `retry_max_ms` and `max_in_flight`: as in `[upstream]`, with the defaults of the kind
-    /// (for MQTT [`crate::defaults::MQTT_SINK_FORWARDING`]).
+    /// ([`crate::defaults::MQTT_SINK_FORWARDING`], [`crate::defaults::KAFKA_SINK_FORWARDING`]).
+    /// A Kafka sink's `max_in_flight` is always 1.
     pub forwarding: ForwardingConfig,
     /// `kind` and the keys of that kind.
     pub kind: SinkKind,
@@ -527,13 +532,18 @@ pub enum SinkKind {
     /// `kind = "mqtt"`: one QoS 1 message per batch, body = the batch JSON of WIRE.md §3,
     /// delivered when the remote broker acks it (AWS IoT Core, any MQTT 3.1.1 broker).
     Mqtt(MqttSinkConfig),
+    /// `kind = "kafka"`: one Kafka record per reading or alarm event, key = the device id,
+    /// value = its record JSON of WIRE.md §3, headers `gateway_id` and `seq`, timestamp = `ts`;
+    /// delivered when Kafka acks it with acks=all (WIRE.md §4a).
+    Kafka(KafkaSinkConfig),
 }
 
 impl SinkKind {
-    /// The TOML spelling of the kind (`"mqtt"`).
+    /// The TOML spelling of the kind (`"mqtt"`, `"kafka"`).
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Mqtt(_) => "mqtt",
+            Self::Kafka(_) => "kafka",
         }
     }
 }
@@ -802,6 +812,197 @@ impl fmt::Debug for MqttSinkConfig {
             .field("keep_alive_s", &self.keep_alive_s)
             .field("max_message_bytes", &self.max_message_bytes)
             .finish()
+    }
+}
+
+/// The keys of a `kind = "kafka"` sink: a producer to a Kafka cluster. `Debug` prints the
+/// password as `***`.
+#[derive(Clone, PartialEq)]
+pub struct KafkaSinkConfig {
+    /// `brokers`: the bootstrap brokers, each `"host:port"` (port required, 1 to 65535; host a
+    /// DNS name, an IPv4 address, or an IPv6 address in brackets, `"[fd00::1]:9092"`), as
+    /// written. Required; at least one; no broker twice.
+    pub brokers: Vec<String>,
+    /// `client_id`: the Kafka client id sent with every request (broker logs and quotas).
+    /// 1 to 255 bytes of `A-Z`, `a-z`, `0-9`, `.`, `_` and `-`. Default
+    /// `"gateway-{gateway_id}"`.
+    pub client_id: String,
+    /// `topic`: the topic of readings. Required when `lanes` includes `"readings"`, refused
+    /// when it does not.
+    pub topic: Option<KafkaTopic>,
+    /// `alarm_topic`: the topic of alarm events. Required when `lanes` includes `"alarms"`,
+    /// refused when it does not.
+    pub alarm_topic: Option<KafkaTopic>,
+    /// `compression`: codec of the record batches, `"none"`, `"gzip"`, `"lz4"` or `"zstd"`.
+    /// Default `"none"`.
+    pub compression: KafkaCompression,
+    /// `tls`: connect to the brokers with TLS. Default `false`. Not implied by the TLS files:
+    /// `ca_file`, `client_cert_file` or `client_key_file` with `tls = false` is refused.
+    pub tls: bool,
+    /// `ca_file`: PEM file of the CA certificates trusted for the brokers (`tls = true` only);
+    /// replaces the platform's roots. Default: the platform's roots.
+    pub ca_file: Option<PathBuf>,
+    /// `client_cert_file`: PEM certificate chain presented to the brokers (`tls = true` only).
+    /// Requires `client_key_file`. Default: none.
+    pub client_cert_file: Option<PathBuf>,
+    /// `client_key_file`: PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) of
+    /// `client_cert_file`; must match it. Default: none.
+    pub client_key_file: Option<PathBuf>,
+    /// The TLS client built and checked from the three keys above at load time: `Some` exactly
+    /// when `tls` is true (the platform's roots when there is no `ca_file`).
+    pub tls_client: Option<TlsClient>,
+    /// `sasl_mechanism` with `username` and the password of `password_env`: SASL
+    /// authentication, `"PLAIN"`, `"SCRAM-SHA-256"` or `"SCRAM-SHA-512"`. Default: none. A
+    /// mechanism needs both `username` and `password_env`; either of them without a mechanism
+    /// is refused.
+    pub sasl: Option<KafkaSasl>,
+    /// `password_env`: name of the environment variable holding the SASL password, as written
+    /// (for messages). Default: none.
+    pub password_env: Option<String>,
+}
+
+impl KafkaSinkConfig {
+    /// The topic the records of `lane` go to: `topic` for readings, `alarm_topic` for alarms.
+    /// `None` only for a lane the sink does not read.
+    pub fn topic_for(&self, lane: SinkLane) -> Option<&KafkaTopic> {
+        match lane {
+            SinkLane::Readings => self.topic.as_ref(),
+            SinkLane::Alarms => self.alarm_topic.as_ref(),
+        }
+    }
+
+    /// The TLS keys of this sink as written.
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            ca_file: self.ca_file.clone(),
+            client_cert_file: self.client_cert_file.clone(),
+            client_key_file: self.client_key_file.clone(),
+            alpn: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for KafkaSinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaSinkConfig")
+            .field("brokers", &self.brokers)
+            .field("client_id", &self.client_id)
+            .field("topic", &self.topic)
+            .field("alarm_topic", &self.alarm_topic)
+            .field("compression", &self.compression)
+            .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert_file", &self.client_cert_file)
+            .field("client_key_file", &self.client_key_file)
+            .field("tls_client", &self.tls_client)
+            .field("sasl", &self.sasl)
+            .field("password_env", &self.password_env)
+            .finish()
+    }
+}
+
+/// SASL credentials of a Kafka sink. `Debug` prints the password as `***`.
+#[derive(Clone, PartialEq)]
+pub struct KafkaSasl {
+    /// `sasl_mechanism`.
+    pub mechanism: SaslMechanism,
+    /// `username`: non-empty.
+    pub username: String,
+    /// The password read from `password_env` at load time.
+    pub password: Secret,
+}
+
+impl fmt::Debug for KafkaSasl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Spelled out rather than left to `Secret`'s own `Debug`: this impl must never print it.
+        f.debug_struct("KafkaSasl")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password", &format_args!("***"))
+            .finish()
+    }
+}
+
+/// `sasl_mechanism` of a Kafka sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum SaslMechanism {
+    /// `"PLAIN"`: the password itself goes to the broker; use it with `tls = true`.
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// `"SCRAM-SHA-256"`: challenge and response; the password never crosses the wire.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// `"SCRAM-SHA-512"`: as SCRAM-SHA-256 with SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+/// `compression` of a Kafka sink: the codec of its record batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaCompression {
+    /// `"none"`: records as they are.
+    None,
+    /// `"gzip"`.
+    Gzip,
+    /// `"lz4"`.
+    Lz4,
+    /// `"zstd"` (brokers from Kafka 2.1).
+    Zstd,
+}
+
+/// A checked Kafka topic name: 1 to 249 characters of `A-Z`, `a-z`, `0-9`, `.`, `_` and `-`,
+/// not `"."` or `".."` (the broker's own rule). `Debug` and `Display` show the name.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct KafkaTopic(String);
+
+/// Longest Kafka topic name, in characters (the broker refuses longer ones).
+const KAFKA_TOPIC_MAX_CHARS: usize = 249;
+
+impl KafkaTopic {
+    /// Checks a topic name; the error says what is wrong, without key or line. (A loaded config
+    /// has its topics checked already; this is for topics made in code.)
+    pub fn new(name: &str) -> Result<Self, String> {
+        if name.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!(
+                "{name:?} contains {c:?}; a Kafka topic name has only A-Z, a-z, 0-9, '.', '_' \
+                 and '-' (no placeholders)"
+            ));
+        }
+        // Only ASCII is left, so bytes are characters.
+        if name.len() > KAFKA_TOPIC_MAX_CHARS {
+            return Err(format!(
+                "must be at most {KAFKA_TOPIC_MAX_CHARS} characters, found {}",
+                name.len()
+            ));
+        }
+        if name == "." || name == ".." {
+            return Err(format!("{name:?} is not a Kafka topic name"));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KafkaTopic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for KafkaTopic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
     }
 }
 
@@ -1174,6 +1375,8 @@ macro_rules! names {
 names!(MqttMode { Embedded => "embedded", External => "external", Disabled => "disabled" });
 names!(Compression { Gzip => "gzip", None => "none" });
 names!(SinkLane { Readings => "readings", Alarms => "alarms" });
+names!(KafkaCompression { None => "none", Gzip => "gzip", Lz4 => "lz4", Zstd => "zstd" });
+names!(SaslMechanism { Plain => "PLAIN", ScramSha256 => "SCRAM-SHA-256", ScramSha512 => "SCRAM-SHA-512" });
 names!(Parity { None => "none", Even => "even", Odd => "odd" });
 names!(RegisterKind { Holding => "holding", Input => "input", Coil => "coil", Discrete => "discrete" });
 names!(DataType { U16 => "u16", I16 => "i16", U32 => "u32", I32 => "i32", F32 => "f32" });

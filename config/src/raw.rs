@@ -11,7 +11,8 @@ use serde::Deserialize;
 use std::path::PathBuf;
 
 use crate::model::{
-    Compression, DataType, MqttMode, Parity, RegisterKind, Severity, SinkLane, WhenFull, WordOrder,
+    Compression, DataType, KafkaCompression, MqttMode, Parity, RegisterKind, SaslMechanism,
+    Severity, SinkLane, WhenFull, WordOrder,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,20 +168,27 @@ pub(crate) struct RawAlarm {
     pub severity: Option<Severity>,
 }
 
-/// One `[[sink]]` table. It holds the keys of every kind; `kind` stays a string so that an
-/// unsupported kind gets its own message rather than serde's.
+/// One `[[sink]]` table. It holds the keys of every kind (those of one kind only are listed in
+/// [`MQTT_ONLY_SINK_KEYS`] and [`KAFKA_ONLY_SINK_KEYS`] and refused in a table of the other
+/// kind); `kind` stays a string so that an unsupported kind gets its own message rather than
+/// serde's. The field order is the order an unknown-key error lists them in.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawSink {
     pub name: Option<String>,
     pub kind: Option<String>,
     pub url: Option<String>,
+    pub brokers: Option<Vec<String>>,
     pub client_id: Option<String>,
+    pub tls: Option<bool>,
     pub ca_file: Option<PathBuf>,
     pub client_cert_file: Option<PathBuf>,
     pub client_key_file: Option<PathBuf>,
     pub topic: Option<String>,
+    pub alarm_topic: Option<String>,
     pub lanes: Option<Vec<SinkLane>>,
+    pub compression: Option<KafkaCompression>,
+    pub sasl_mechanism: Option<SaslMechanism>,
     pub username: Option<String>,
     pub password_env: Option<String>,
     pub keep_alive_s: Option<u16>,
@@ -194,7 +202,33 @@ pub(crate) struct RawSink {
     pub max_in_flight: Option<usize>,
 }
 
+/// Keys of a `[[sink]]` table that only a `kind = "mqtt"` sink has.
+pub(crate) const MQTT_ONLY_SINK_KEYS: &[&str] = &["url", "keep_alive_s", "max_message_bytes"];
+/// Keys of a `[[sink]]` table that only a `kind = "kafka"` sink has.
+pub(crate) const KAFKA_ONLY_SINK_KEYS: &[&str] = &[
+    "brokers",
+    "tls",
+    "alarm_topic",
+    "compression",
+    "sasl_mechanism",
+];
+
 impl RawSink {
+    /// Whether `key`, one of [`MQTT_ONLY_SINK_KEYS`] or [`KAFKA_ONLY_SINK_KEYS`], is written.
+    pub fn kind_key_written(&self, key: &str) -> bool {
+        match key {
+            "url" => self.url.is_some(),
+            "keep_alive_s" => self.keep_alive_s.is_some(),
+            "max_message_bytes" => self.max_message_bytes.is_some(),
+            "brokers" => self.brokers.is_some(),
+            "tls" => self.tls.is_some(),
+            "alarm_topic" => self.alarm_topic.is_some(),
+            "compression" => self.compression.is_some(),
+            "sasl_mechanism" => self.sasl_mechanism.is_some(),
+            _ => false,
+        }
+    }
+
     pub fn forwarding(&self) -> RawForwarding {
         RawForwarding {
             batch_max_records: self.batch_max_records,
@@ -236,4 +270,23 @@ pub(crate) struct RawRegister {
     pub scale: Option<f64>,
     pub offset: Option<f64>,
     pub unit: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_one_kind_of_sink_is_seen_when_written() {
+        let sink: RawSink = toml::from_str(
+            "url = \"mqtt://b\"\nkeep_alive_s = 5\nmax_message_bytes = 1024\n\
+             brokers = [\"b:9092\"]\ntls = false\nalarm_topic = \"a\"\n\
+             compression = \"none\"\nsasl_mechanism = \"PLAIN\"\n",
+        )
+        .unwrap();
+        for key in MQTT_ONLY_SINK_KEYS.iter().chain(KAFKA_ONLY_SINK_KEYS) {
+            assert!(sink.kind_key_written(key), "{key}");
+            assert!(!RawSink::default().kind_key_written(key), "{key}");
+        }
+    }
 }

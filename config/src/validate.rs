@@ -75,7 +75,7 @@ impl Ctx<'_> {
     }
 
     /// Reads the secret a `*_env` key names.
-    fn secret(&self, key: &str, variable: Option<&String>) -> Result<Option<Secret>> {
+    pub(crate) fn secret(&self, key: &str, variable: Option<&String>) -> Result<Option<Secret>> {
         let Some(variable) = variable else {
             return Ok(None);
         };
@@ -100,7 +100,7 @@ impl Ctx<'_> {
     }
 
     /// Loads and checks the TLS files of `section`; an error names the key at fault.
-    fn tls(&self, section: &str, files: &TlsFiles) -> Result<TlsClient> {
+    pub(crate) fn tls(&self, section: &str, files: &TlsFiles) -> Result<TlsClient> {
         TlsClient::load(files.clone())
             .map_err(|e| self.invalid(&format!("{section}.{}", e.key()), e.to_string()))
     }
@@ -1006,10 +1006,53 @@ fn sinks(
                 }
                 sessions.push((session, format!("sink \"{}\"", sink.name)));
             }
+            // A Kafka client id names no session: producers that share one only share a line
+            // in the broker's logs and quotas.
+            SinkKind::Kafka(_) => {}
         }
         out.push(sink);
     }
     Ok(out)
+}
+
+/// The kinds of `[[sink]]` this build supports (their spellings are [`d::SINK_KINDS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Mqtt,
+    Kafka,
+}
+
+impl Kind {
+    fn parse(kind: &str) -> Option<Kind> {
+        match kind {
+            "mqtt" => Some(Kind::Mqtt),
+            "kafka" => Some(Kind::Kafka),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Mqtt => "mqtt",
+            Kind::Kafka => "kafka",
+        }
+    }
+
+    /// The other kind, whose own keys this kind refuses.
+    fn other(self) -> Kind {
+        match self {
+            Kind::Mqtt => Kind::Kafka,
+            Kind::Kafka => Kind::Mqtt,
+        }
+    }
+
+    /// The keys only this kind of sink has.
+    fn own_keys(self) -> &'static [&'static str] {
+        match self {
+            Kind::Mqtt => MQTT_ONLY_SINK_KEYS,
+            Kind::Kafka => KAFKA_ONLY_SINK_KEYS,
+        }
+    }
 }
 
 /// What is said about a `sink[].kind` this build does not support.
@@ -1019,32 +1062,33 @@ fn unsupported_sink_kind(kind: &str) -> String {
         .map(|k| format!("\"{k}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    match kind {
-        "kafka" => {
-            format!("\"kafka\" is not supported by this build yet; supported kinds: {supported}")
-        }
-        other => format!("expected one of the supported kinds {supported}, found \"{other}\""),
-    }
+    format!("expected one of the supported kinds {supported}, found \"{kind}\"")
 }
 
-/// An unknown key in a `[[sink]]` table whose `kind` this build does not support is most likely
-/// a key of that kind (`brokers` of a Kafka sink): say that the kind is unsupported instead.
-pub(crate) fn unsupported_sink_kind_first(err: ConfigError, cx: &Ctx<'_>) -> ConfigError {
-    let ConfigError::UnknownKey { key, .. } = &err else {
+/// An unknown key in a `[[sink]]` table. When the table's `kind` is one this build does not
+/// support, the key most likely is one of that kind: the kind is what is reported. When the kind
+/// is known, the allowed keys listed are those of that kind.
+pub(crate) fn sink_unknown_key(mut err: ConfigError, cx: &Ctx<'_>) -> ConfigError {
+    let ConfigError::UnknownKey { key, allowed, .. } = &mut err else {
         return err;
     };
-    let Some(table) = key
+    let Some(kind_key) = key
         .strip_prefix("sink[")
         .and_then(|rest| rest.find("].").map(|end| &key[..end + "sink[]".len()]))
+        .map(|table| format!("{table}.kind"))
     else {
         return err;
     };
-    let kind_key = format!("{table}.kind");
     match cx.index.string_at(&kind_key) {
-        Some(kind) if !d::SINK_KINDS.contains(&kind) => {
-            cx.invalid(&kind_key, unsupported_sink_kind(kind))
-        }
-        _ => err,
+        Some(kind) => match Kind::parse(kind) {
+            None => cx.invalid(&kind_key, unsupported_sink_kind(kind)),
+            Some(kind) => {
+                let foreign = kind.other().own_keys();
+                allowed.retain(|k| !foreign.contains(&k.as_str()));
+                err
+            }
+        },
+        None => err,
     }
 }
 
@@ -1053,25 +1097,37 @@ fn sink(i: usize, raw: RawSink, gateway_id: &str, cx: &Ctx<'_>) -> Result<SinkCo
     let key = |k: &str| format!("{section}.{k}");
     let name = raw.name.clone().ok_or_else(|| cx.missing(&key("name")))?;
     sink_name(&key("name"), &name, cx)?;
-    let kind = raw.kind.clone().ok_or_else(|| cx.missing(&key("kind")))?;
-    if !d::SINK_KINDS.contains(&kind.as_str()) {
-        return Err(cx.invalid(&key("kind"), unsupported_sink_kind(&kind)));
+    let written_kind = raw.kind.clone().ok_or_else(|| cx.missing(&key("kind")))?;
+    let kind = Kind::parse(&written_kind)
+        .ok_or_else(|| cx.invalid(&key("kind"), unsupported_sink_kind(&written_kind)))?;
+    let other = kind.other();
+    if let Some(k) = other.own_keys().iter().find(|k| raw.kind_key_written(k)) {
+        return Err(cx.invalid(
+            &key(k),
+            format!(
+                "is a key of kind = \"{}\" sinks; this sink is kind = \"{}\"",
+                other.as_str(),
+                kind.as_str()
+            ),
+        ));
     }
-    // The only kind so far; a second one makes this a `match` on `kind`.
-    let (kind, default_forwarding) = (
-        SinkKind::Mqtt(mqtt_sink(&section, &raw, cx)?),
-        d::MQTT_SINK_FORWARDING,
-    );
+    // Before the kind's own keys: which topics a Kafka sink needs depends on its lanes.
     let lanes = sink_lanes(&key("lanes"), raw.lanes.as_deref(), cx)?;
-    match &kind {
-        SinkKind::Mqtt(m) => {
+    let (kind, default_forwarding) = match kind {
+        Kind::Mqtt => {
+            let m = mqtt_sink(&section, &raw, cx)?;
             for lane in lanes.iter() {
                 m.topic
                     .check_filled(gateway_id, lane)
                     .map_err(|why| cx.invalid(&key("topic"), why))?;
             }
+            (SinkKind::Mqtt(m), d::MQTT_SINK_FORWARDING)
         }
-    }
+        Kind::Kafka => {
+            let k = crate::kafka::sink(&section, &raw, gateway_id, lanes, cx)?;
+            (SinkKind::Kafka(k), d::KAFKA_SINK_FORWARDING)
+        }
+    };
     let forwarding = forwarding(&section, raw.forwarding(), &default_forwarding, cx)?;
     Ok(SinkConfig {
         name,
@@ -1252,4 +1308,19 @@ fn mqtt_sink(section: &str, raw: &RawSink, cx: &Ctx<'_>) -> Result<MqttSinkConfi
         keep_alive_s,
         max_message_bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_supported_kind_spelling_parses_to_its_kind() {
+        for spelling in d::SINK_KINDS {
+            let kind = Kind::parse(spelling).unwrap();
+            assert_eq!(kind.as_str(), *spelling);
+            assert_eq!(kind.other().other(), kind);
+        }
+        assert_eq!(Kind::parse("Kafka"), None);
+    }
 }

@@ -1,9 +1,10 @@
 //! The contract file, the shipped example and the defaults agree with each other.
 
 use gateway_config::{
-    AlarmCondition, Compression, Config, DEFAULT_CONFIG_TOML, DataType, IngestConfig, Limit,
-    ModbusLink, MqttMode, RegisterKind, RegisterValue, Severity, SinkKind, SinkLane, SinkLanes,
-    WhenFull, WordOrder, default_config_toml, defaults,
+    AlarmCondition, Compression, Config, DEFAULT_CONFIG_TOML, DataType, IngestConfig,
+    KafkaCompression, KafkaSinkConfig, Limit, ModbusLink, MqttMode, MqttSinkConfig, RegisterKind,
+    RegisterValue, Severity, SinkKind, SinkLane, SinkLanes, WhenFull, WordOrder,
+    default_config_toml, defaults,
 };
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,20 @@ fn no_env(_: &str) -> Option<String> {
 
 fn parse(text: &str) -> Config {
     Config::parse_with_env(text, "test.toml", no_env).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn mqtt(kind: &SinkKind) -> &MqttSinkConfig {
+    match kind {
+        SinkKind::Mqtt(m) => m,
+        other => panic!("an mqtt sink expected, got {other:?}"),
+    }
+}
+
+fn kafka(kind: &SinkKind) -> &KafkaSinkConfig {
+    match kind {
+        SinkKind::Kafka(k) => k,
+        other => panic!("a kafka sink expected, got {other:?}"),
+    }
 }
 
 #[test]
@@ -262,27 +277,10 @@ fn keys_by_section(text: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Contract keys the gateway does not accept yet, each with the capability that will add it.
-/// Every entry must still be refused ([`contract_keys_not_built_yet_are_still_refused`]), so
-/// building one without taking it off this list fails a test. `[[sink]]` with `kind = "mqtt"`,
-/// `[[modbus]]`, `[[window]]` and `[[deadband]]` are built; the contract's Kafka sink stays
-/// commented and unsupported until a later change.
-const NOT_BUILT_YET: [(&str, &str, &str); 1] = [("sink:kafka", "*", "the Kafka sink")];
-
-fn not_built_yet(section: &str, key: &str) -> bool {
-    let key = key.replace("client_key_file", "client_cert_file");
-    NOT_BUILT_YET
-        .iter()
-        .any(|(s, k, _)| *s == section && (*k == "*" || *k == key))
-}
-
 #[test]
 fn shipped_example_mentions_every_key_of_the_contract() {
     let example_keys = keys_by_section(DEFAULT_CONFIG_TOML);
     for (section, key) in keys_by_section(PROJECT_CONTRACT) {
-        if not_built_yet(&section, &key) {
-            continue;
-        }
         assert!(
             example_keys.contains(&(section.clone(), key.clone())),
             "example lacks contract key {key} of [{section}]"
@@ -310,16 +308,23 @@ fn shipped_example_mentions_every_key_of_the_contract() {
             "example lacks project key {key}"
         );
     }
-    // Every key of an MQTT sink, the contract's and ours, in the example's [[sink]] table.
-    for key in MQTT_SINK_KEYS {
-        assert!(
-            example_keys.contains(&("sink:mqtt".to_owned(), key.to_owned())),
-            "example lacks key {key} of an mqtt [[sink]]"
-        );
+    // Every key of each kind of sink, the contract's and ours, in the example's [[sink]] table
+    // of that kind.
+    for (kind, keys) in [
+        ("mqtt", &MQTT_SINK_KEYS[..]),
+        ("kafka", &KAFKA_SINK_KEYS[..]),
+    ] {
+        for key in keys {
+            assert!(
+                example_keys.contains(&(format!("sink:{kind}"), (*key).to_owned())),
+                "example lacks key {key} of a {kind} [[sink]]"
+            );
+        }
     }
 }
 
-/// Every key of a `kind = "mqtt"` sink (the unknown-key error of a `[[sink]]` lists them too).
+/// Every key of a `kind = "mqtt"` sink (the unknown-key error of such a `[[sink]]` lists them
+/// too).
 const MQTT_SINK_KEYS: [&str; 20] = [
     "name",
     "kind",
@@ -343,13 +348,58 @@ const MQTT_SINK_KEYS: [&str; 20] = [
     "max_in_flight",
 ];
 
-#[test]
-fn every_key_an_mqtt_sink_accepts_is_in_the_list_the_example_is_checked_against() {
-    let err = Config::parse_with_env("[[sink]]\nnope = 1\n", "test.toml", no_env).unwrap_err();
+/// Every key of a `kind = "kafka"` sink (the unknown-key error of such a `[[sink]]` lists them
+/// too).
+const KAFKA_SINK_KEYS: [&str; 22] = [
+    "name",
+    "kind",
+    "brokers",
+    "client_id",
+    "tls",
+    "ca_file",
+    "client_cert_file",
+    "client_key_file",
+    "topic",
+    "alarm_topic",
+    "lanes",
+    "compression",
+    "sasl_mechanism",
+    "username",
+    "password_env",
+    "timeout_ms",
+    "batch_max_records",
+    "batch_max_bytes",
+    "linger_ms",
+    "retry_initial_ms",
+    "retry_max_ms",
+    "max_in_flight",
+];
+
+/// The keys an unknown-key error lists for a `[[sink]]` table that says `kind` (line 1).
+fn allowed_sink_keys(kind: &str) -> Vec<String> {
+    let text = format!("[[sink]]\n{kind}nope = 1\n");
+    let err = Config::parse_with_env(&text, "test.toml", no_env).unwrap_err();
     let gateway_config::ConfigError::UnknownKey { allowed, .. } = err else {
         panic!("{err}");
     };
-    assert_eq!(allowed, MQTT_SINK_KEYS);
+    allowed
+}
+
+#[test]
+fn every_key_a_sink_accepts_is_in_the_list_the_example_is_checked_against() {
+    assert_eq!(allowed_sink_keys("kind = \"mqtt\"\n"), MQTT_SINK_KEYS);
+    assert_eq!(allowed_sink_keys("kind = \"kafka\"\n"), KAFKA_SINK_KEYS);
+    // Without a kind, the keys of every kind.
+    let mut all = allowed_sink_keys("");
+    let mut both: Vec<String> = MQTT_SINK_KEYS
+        .iter()
+        .chain(&KAFKA_SINK_KEYS)
+        .map(|k| (*k).to_owned())
+        .collect();
+    all.sort();
+    both.sort();
+    both.dedup();
+    assert_eq!(all, both);
 }
 
 /// The contract with one optional table uncommented: its header line and the commented `key =`
@@ -358,7 +408,7 @@ fn contract_with(header: &str) -> String {
     uncomment_tables(PROJECT_CONTRACT, header, |_| true)
 }
 
-/// The contract with its MQTT `[[sink]]` uncommented; the Kafka one stays commented.
+/// The contract with its `[[sink]]` of `kind` uncommented; the other one stays commented.
 fn contract_with_sink(contract: &str, kind: &str) -> String {
     uncomment_tables(contract, "[[sink]]", |table| {
         table.contains(&format!("\nkind = \"{kind}\""))
@@ -451,7 +501,7 @@ fn the_contract_mqtt_sink_uncommented_loads_with_every_value_as_written() {
         assert_eq!(sink.name, "cloud-mqtt");
         assert_eq!(sink.lanes, SinkLanes::ALL);
         assert_eq!(sink.forwarding, defaults::MQTT_SINK_FORWARDING);
-        let SinkKind::Mqtt(m) = &sink.kind;
+        let m = mqtt(&sink.kind);
         assert_eq!(
             (m.broker_host(), m.broker_port(), m.uses_tls()),
             ("a1b2c3d4e5-ats.iot.eu-west-1.amazonaws.com", 8883, true)
@@ -483,7 +533,83 @@ fn the_contract_mqtt_sink_uncommented_loads_with_every_value_as_written() {
 }
 
 #[test]
-fn the_shipped_example_sink_uncommented_loads_to_the_defaults_it_shows() {
+fn the_contract_kafka_sink_uncommented_loads_with_every_value_as_written() {
+    let mut contracts = vec![("project copy", PROJECT_CONTRACT.to_owned())];
+    // The shared file too, when it is there.
+    if let Ok(shared) =
+        shared_contract().and_then(|p| std::fs::read_to_string(p).map_err(|e| e.to_string()))
+    {
+        contracts.push(("shared contract", shared));
+    }
+    for (which, contract) in contracts {
+        let text = contract_with_sink(&contract, "kafka");
+        assert!(
+            text.contains("\n[[sink]]\nname = \"kafka\"\nkind = \"kafka\" "),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n# [[sink]]\n# name = \"cloud-mqtt\""),
+            "{text}"
+        );
+        // The optional keys shown on one line stay a comment.
+        assert!(text.contains("\n# # tls = true / ca_file"), "{text}");
+        let config = parse(&text);
+        let [sink] = &config.sinks[..] else {
+            panic!("{which}: one sink expected, got {:?}", config.sinks);
+        };
+        assert_eq!(sink.name, "kafka");
+        assert_eq!(sink.kind.as_str(), "kafka");
+        assert_eq!(sink.lanes, SinkLanes::ALL);
+        assert_eq!(sink.forwarding, defaults::KAFKA_SINK_FORWARDING);
+        let k = kafka(&sink.kind);
+        assert_eq!(k.brokers, ["kafka-1.example.net:9092"]);
+        assert_eq!(
+            k.topic_for(SinkLane::Readings).map(|t| t.as_str()),
+            Some("sensor-readings")
+        );
+        assert_eq!(
+            k.topic_for(SinkLane::Alarms).map(|t| t.as_str()),
+            Some("sensor-alarms")
+        );
+        assert_eq!(k.compression, KafkaCompression::Lz4);
+        assert_eq!(k.client_id, "gateway-gw-greenhouse-01");
+        assert!(!k.tls && k.tls_client.is_none());
+        assert!(k.ca_file.is_none() && k.client_cert_file.is_none() && k.client_key_file.is_none());
+        assert!(k.sasl.is_none() && k.password_env.is_none());
+        // Everything else is as in the contract as written.
+        assert_eq!(
+            Config {
+                sinks: Vec::new(),
+                ..config
+            },
+            parse(&contract),
+            "{which}"
+        );
+    }
+}
+
+#[test]
+fn both_contract_sinks_uncommented_load_in_file_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let both = with_real_tls_files(
+        &contract_with("[[sink]]"),
+        &test_peers::Pki::generate(dir.path()),
+    );
+    let config = parse(&both);
+    let kinds: Vec<(&str, &str)> = config
+        .sinks
+        .iter()
+        .map(|s| (s.name.as_str(), s.kind.as_str()))
+        .collect();
+    assert_eq!(kinds, [("cloud-mqtt", "mqtt"), ("kafka", "kafka")]);
+    assert_eq!(
+        config.sinks[1],
+        parse(&contract_with_sink(PROJECT_CONTRACT, "kafka")).sinks[0]
+    );
+}
+
+#[test]
+fn the_shipped_example_sinks_uncommented_load_to_the_defaults_they_show() {
     let dir = tempfile::tempdir().unwrap();
     let pki = test_peers::Pki::generate(dir.path());
     let text = with_real_tls_files(
@@ -492,58 +618,62 @@ fn the_shipped_example_sink_uncommented_loads_to_the_defaults_it_shows() {
     );
     assert!(text.contains("\n[[sink]]\n"), "{text}");
     let config = parse(&text);
-    let [sink] = &config.sinks[..] else {
-        panic!("one sink expected, got {:?}", config.sinks);
+    let [mqtt_sink, kafka_sink] = &config.sinks[..] else {
+        panic!("two sinks expected, got {:?}", config.sinks);
     };
-    assert_eq!(sink.lanes, SinkLanes::ALL);
-    assert_eq!(sink.forwarding, defaults::MQTT_SINK_FORWARDING);
-    let SinkKind::Mqtt(m) = &sink.kind;
+    assert_eq!(mqtt_sink.lanes, SinkLanes::ALL);
+    assert_eq!(mqtt_sink.forwarding, defaults::MQTT_SINK_FORWARDING);
+    let m = mqtt(&mqtt_sink.kind);
     assert!(m.username.is_none() && m.password.is_none());
     assert_eq!((m.keep_alive_s, m.max_message_bytes), (30, 131_072));
     assert!(m.tls.as_ref().unwrap().has_client_certificate());
-}
 
-#[test]
-fn contract_keys_not_built_yet_are_still_refused() {
-    for (section, key, capability) in NOT_BUILT_YET {
-        let text = match (section.split_once(':'), key) {
-            (Some(("sink", kind)), "*") => contract_with_sink(PROJECT_CONTRACT, kind),
-            (_, "*") => contract_with(&format!("[[{section}]]")),
-            _ => PROJECT_CONTRACT.replace(
-                &format!("[{section}]\n"),
-                &format!("[{section}]\n{key} = \"/etc/gateway/x.pem\"\n"),
+    assert_eq!(kafka_sink.lanes, SinkLanes::ALL);
+    assert_eq!(kafka_sink.forwarding, defaults::KAFKA_SINK_FORWARDING);
+    let k = kafka(&kafka_sink.kind);
+    assert_eq!(k.client_id, "gateway-gateway");
+    assert_eq!(k.compression, defaults::KAFKA_SINK_COMPRESSION);
+    assert!(!k.tls && k.tls_client.is_none() && k.sasl.is_none());
+    // What its comments show commented out loads too, with real TLS files and the password's
+    // variable set.
+    let optional = text
+        .replace("# # tls = true", "tls = true")
+        .replace(
+            "# # ca_file = \"/etc/gateway/kafka-ca.pem\"",
+            &format!("ca_file = \"{}\"", pki.trusted.ca.display()),
+        )
+        .replace(
+            "# # client_cert_file = \"/etc/gateway/kafka-client.pem\"",
+            &format!(
+                "client_cert_file = \"{}\"",
+                pki.trusted.client_cert.display()
             ),
-        };
-        let err = Config::parse_with_env(&text, "test.toml", no_env)
-            .expect_err(&format!("[{section}] {key} ({capability}) is accepted now: take it off NOT_BUILT_YET and check it"));
-        let message = err.to_string();
-        match section {
-            // The kind is refused, before the keys of that kind.
-            "sink:kafka" => assert!(
-                message.starts_with("sink[0].kind (line ")
-                    && message.contains("\"kafka\" is not supported by this build yet"),
-                "{message}"
-            ),
-            _ => assert!(
-                message.contains("unknown key"),
-                "{section} {key}: {message}"
-            ),
-        }
-    }
-    // Both contract sinks uncommented: the MQTT one loads, the Kafka one is refused.
-    let dir = tempfile::tempdir().unwrap();
-    let both = with_real_tls_files(
-        &contract_with("[[sink]]"),
-        &test_peers::Pki::generate(dir.path()),
+        )
+        .replace(
+            "# # client_key_file = \"/etc/gateway/kafka-client.key\"",
+            &format!("client_key_file = \"{}\"", pki.trusted.client_key.display()),
+        )
+        .replace("# # sasl_mechanism", "sasl_mechanism")
+        .replace(
+            "# # username = \"gateway\"\n# # password_env",
+            "username = \"gateway\"\npassword_env",
+        )
+        .replace("# # client_id", "client_id");
+    let env = |name: &str| (name == "GATEWAY_KAFKA_PASSWORD").then(|| "kafka-pw".to_owned());
+    let config =
+        Config::parse_with_env(&optional, "test.toml", env).unwrap_or_else(|e| panic!("{e}"));
+    let k = kafka(&config.sinks[1].kind);
+    assert!(k.tls_client.as_ref().unwrap().has_client_certificate());
+    let sasl = k.sasl.as_ref().unwrap();
+    assert_eq!(
+        (
+            sasl.mechanism.as_str(),
+            sasl.username.as_str(),
+            sasl.password.expose()
+        ),
+        ("SCRAM-SHA-512", "gateway", "kafka-pw")
     );
-    let message = Config::parse_with_env(&both, "test.toml", no_env)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        message.starts_with("sink[1].kind (line ")
-            && message.contains("\"kafka\" is not supported by this build yet"),
-        "{message}"
-    );
+    assert_eq!(k.client_id, "gateway-gateway");
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! broken one is refused with a message naming `sink[i].key` and its line.
 
 use gateway_config::{
-    Config, ConfigError, ForwardingConfig, SinkConfig, SinkKind, SinkLane, SinkLanes, defaults,
+    Config, ConfigError, ForwardingConfig, MqttSinkConfig, SinkConfig, SinkKind, SinkLane,
+    SinkLanes, defaults,
 };
 use std::path::Path;
 use test_peers::Pki;
@@ -76,6 +77,13 @@ fn only_sink(config: &Config) -> &SinkConfig {
     }
 }
 
+fn mqtt(kind: &SinkKind) -> &MqttSinkConfig {
+    match kind {
+        SinkKind::Mqtt(m) => m,
+        other => panic!("an mqtt sink expected, got {other:?}"),
+    }
+}
+
 fn p(path: &Path) -> String {
     path.display().to_string()
 }
@@ -142,7 +150,7 @@ fn a_full_mqtt_sink_with_a_client_certificate_loads_every_key() {
             max_in_flight: 4,
         }
     );
-    let SinkKind::Mqtt(m) = &sink.kind;
+    let m = mqtt(&sink.kind);
     assert_eq!(
         (m.broker_host(), m.broker_port(), m.uses_tls()),
         ("a1b2c3d4e5-ats.iot.eu-west-1.amazonaws.com", 8883, true)
@@ -188,7 +196,7 @@ fn an_mqtt_sink_with_only_its_required_keys_gets_the_defaults() {
             max_in_flight: 16,
         }
     );
-    let SinkKind::Mqtt(m) = &sink.kind;
+    let m = mqtt(&sink.kind);
     assert_eq!((m.broker_host(), m.broker_port()), ("broker.example", 1883));
     assert!(!m.uses_tls() && m.tls.is_none() && m.tls_client().unwrap().is_none());
     assert!(m.username.is_none() && m.password_env.is_none() && m.password.is_none());
@@ -214,7 +222,7 @@ fn the_topic_is_filled_in_once_per_placeholder() {
         "gateway_id = \"gw{{lane}}\"\n{}",
         sink_with("topic", "\"{lane}/x-{gateway_id}-{lane}/{gateway_id}\"")
     ));
-    let SinkKind::Mqtt(m) = &only_sink(&config).kind;
+    let m = mqtt(&only_sink(&config).kind);
     // A gateway id that happens to contain "{lane}" is not filled in again.
     assert_eq!(
         m.topic_for(&config.gateway_id, SinkLane::Readings),
@@ -229,7 +237,7 @@ fn the_topic_is_filled_in_once_per_placeholder() {
 #[test]
 fn mqtts_without_tls_files_uses_the_platform_roots_like_mqtt_does() {
     let config = parse(&sink_with("url", "\"mqtts://broker.example:443\""));
-    let SinkKind::Mqtt(m) = &only_sink(&config).kind;
+    let m = mqtt(&only_sink(&config).kind);
     let tls = m.tls.as_ref().expect("mqtts:// is always TLS");
     assert!(tls.files().ca_file.is_none());
     assert!(!tls.has_client_certificate());
@@ -251,7 +259,7 @@ fn two_sinks_load_in_file_order() {
 fn the_password_comes_from_the_environment_and_never_shows_in_debug() {
     let text = sink("username = \"bridge\"\npassword_env = \"SINK_PASSWORD\"\n");
     let config = parse(&text);
-    let SinkKind::Mqtt(m) = &only_sink(&config).kind;
+    let m = mqtt(&only_sink(&config).kind);
     assert_eq!(m.password.as_ref().unwrap().expose(), "sink-pw-s3cret");
     for shown in [
         format!("{config:?}"),
@@ -365,26 +373,43 @@ fn an_unknown_kind_lists_the_supported_kinds() {
         &sink_with("kind", "\"amqp\""),
         "sink[0].kind",
         3,
-        "expected one of the supported kinds \"mqtt\", found \"amqp\"",
+        "expected one of the supported kinds \"mqtt\", \"kafka\", found \"amqp\"",
     );
     assert_refused(
-        &sink_with("kind", "\"kafka\""),
+        &sink_with("kind", "\"Kafka\""),
         "sink[0].kind",
         3,
-        "\"kafka\" is not supported by this build yet; supported kinds: \"mqtt\"",
+        "found \"Kafka\"",
     );
 }
 
 #[test]
-fn a_kafka_sink_with_kafka_keys_is_refused_for_its_kind_not_for_its_keys() {
-    let text = "[[sink]]\nname = \"kafka\"\nbrokers = [\"kafka-1.example.net:9092\"]\n\
-                kind = \"kafka\"\ntopic = \"sensor-readings\"\ncompression = \"lz4\"\n";
+fn a_sink_of_an_unknown_kind_with_keys_of_its_own_is_refused_for_its_kind_not_for_its_keys() {
+    let text = "[[sink]]\nname = \"queue\"\nexchange = \"readings\"\nkind = \"amqp\"\n";
     assert_refused(
         text,
         "sink[0].kind",
         4,
-        "\"kafka\" is not supported by this build yet",
+        "expected one of the supported kinds \"mqtt\", \"kafka\", found \"amqp\"",
     );
+}
+
+#[test]
+fn kafka_keys_in_an_mqtt_sink_are_refused_as_the_other_kinds() {
+    for (key, value) in [
+        ("brokers", "[\"kafka-1.example.net:9092\"]"),
+        ("alarm_topic", "\"sensor-alarms\""),
+        ("compression", "\"lz4\""),
+        ("tls", "true"),
+        ("sasl_mechanism", "\"PLAIN\""),
+    ] {
+        assert_refused(
+            &sink(&format!("{key} = {value}\n")),
+            &format!("sink[0].{key}"),
+            7,
+            "is a key of kind = \"kafka\" sinks; this sink is kind = \"mqtt\"",
+        );
+    }
 }
 
 #[test]
@@ -394,9 +419,13 @@ fn an_unknown_key_of_an_mqtt_sink_is_named_with_its_index() {
             .replace("name = \"b\"\n", "name = \"b\"\nqos = 1\n"),
         "sink[1].qos",
         10,
-        "unknown key; allowed keys here: name, kind, url, client_id,",
+        "unknown key; allowed keys here: name, kind, url, client_id, ca_file,",
     );
-    assert!(matches!(err, ConfigError::UnknownKey { .. }));
+    let ConfigError::UnknownKey { allowed, .. } = err else {
+        panic!("{err}");
+    };
+    // The keys of an MQTT sink only.
+    assert!(!allowed.iter().any(|k| k == "brokers"), "{allowed:?}");
 }
 
 #[test]
@@ -668,7 +697,7 @@ fn mqtt_sink_ranges_are_refused_naming_the_key() {
     let config = parse(&sink(
         "keep_alive_s = 5\nmax_message_bytes = 1024\nlinger_ms = 0\nretry_initial_ms = 7\nretry_max_ms = 7\n",
     ));
-    let SinkKind::Mqtt(m) = &only_sink(&config).kind;
+    let m = mqtt(&only_sink(&config).kind);
     assert_eq!((m.keep_alive_s, m.max_message_bytes), (5, 1024));
     parse(&sink(
         "keep_alive_s = 3600\nmax_message_bytes = 268435455\n",
