@@ -5,8 +5,8 @@
 //! `[upstream]`) with its own cursor per lane, and delivers through one [`Sink`]: the seam
 //! between what every way out shares (this crate's driver: batching, concurrency, backoff, dead
 //! letters, ordered acks) and what one of them does (take one encoded batch to its destination
-//! and classify the outcome). [`HttpSink`] is the WIRE §3 sink; see [`sinks`] for the contract a
-//! sink keeps. Below, "the upstream" is the sink's destination.
+//! and classify the outcome). [`HttpSink`] is the WIRE §3 sink, [`MqttSink`] and [`KafkaSink`]
+//! those of WIRE §4a; see [`sinks`] for the contract a sink keeps. Below, "the upstream" is the sink's destination.
 //!
 //! The forwarder reads each lane in seq order, cuts batches of one lane each by
 //! `batch_max_records`, `batch_max_bytes` (uncompressed JSON body) or `linger_ms` from the
@@ -106,6 +106,7 @@ pub use options::{CONSUMER, ForwarderOptions};
 pub use outcome::{Outcome, RetryReason};
 pub use pacing::{Admit, Answer, HoldCause, LATENCY_SLACK, Pacing, Ticket};
 pub use sinks::http::{HttpSink, MAX_REJECTION_BODY_BYTES};
+pub use sinks::kafka::{KafkaSink, KafkaSinkOptions};
 pub use sinks::mqtt::{MqttConnection, MqttSink, MqttSinkOptions};
 pub use sinks::{Attempt, EncodedBatch, Sink};
 pub use stats::{

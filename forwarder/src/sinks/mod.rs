@@ -17,6 +17,7 @@
 //!   goes to the dead letters and the lane moves on.
 
 pub mod http;
+pub mod kafka;
 pub mod mqtt;
 
 use std::fmt;
