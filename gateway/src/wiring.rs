@@ -14,10 +14,11 @@ use crate::sources::modbus;
 use crate::sources::mqtt::{self, MqttSettings};
 use crate::sources::serial::{self, SerialSettings};
 use crate::sources::{broker, decode};
-use gateway_buffer::{Buffer, BufferHealth};
+use gateway_buffer::{Buffer, BufferHealth, Lane};
 use gateway_config::{Config, ForwardingConfig, MqttMode, Secret, SinkConfig, SinkKind, SinkLane};
 use gateway_forwarder::{
-    Forwarder, ForwarderDriver, ForwarderOptions, MqttConnection, MqttSink, MqttSinkOptions,
+    Forwarder, ForwarderDriver, ForwarderOptions, KafkaSink, KafkaSinkOptions, MqttConnection,
+    MqttSink, MqttSinkOptions, Sink,
 };
 use std::future::Future;
 use std::path::PathBuf;
@@ -118,35 +119,65 @@ fn forwarding_options(config: &Config, url: Url, f: &ForwardingConfig) -> Forwar
 struct BuiltSink {
     view: SinkView,
     driver: ForwarderDriver,
-    connection: MqttConnection,
+    connection: Option<MqttConnection>,
 }
 
 fn build_sink(config: &Config, buffer: &Buffer, sink: &SinkConfig) -> Result<BuiltSink, RunError> {
-    let SinkKind::Mqtt(m) = &sink.kind;
-    let mut options = forwarding_options(config, m.url.clone(), &sink.forwarding);
-    options.consumer = sink.name.clone();
-    let mut mqtt = MqttSinkOptions::new(&config.gateway_id, m.url.clone(), &m.client_id);
-    mqtt.username = m.username.clone();
-    mqtt.password = m.password.as_ref().map(|s| s.expose().to_owned());
-    mqtt.tls = m.tls.clone();
-    mqtt.readings_topic = m.topic_for(&config.gateway_id, SinkLane::Readings);
-    mqtt.alarms_topic = m.topic_for(&config.gateway_id, SinkLane::Alarms);
-    mqtt.keep_alive = Duration::from_secs(u64::from(m.keep_alive_s));
-    mqtt.timeout = Duration::from_millis(sink.forwarding.timeout_ms);
-    mqtt.max_message_bytes = m.max_message_bytes;
-    let (mqtt_sink, connection) = MqttSink::new(mqtt).map_err(|source| RunError::Sink {
+    let failed = |source| RunError::Sink {
         name: sink.name.clone(),
         source,
-    })?;
-    let (handle, driver) = Forwarder::with_sink(buffer.clone(), options, Arc::new(mqtt_sink))
-        .map_err(|source| RunError::Sink {
-            name: sink.name.clone(),
-            source,
-        })?;
+    };
+    let (sink_impl, connection, url): (Arc<dyn Sink>, _, Url) = match &sink.kind {
+        SinkKind::Mqtt(m) => {
+            let mut mqtt = MqttSinkOptions::new(&config.gateway_id, m.url.clone(), &m.client_id);
+            mqtt.username = m.username.clone();
+            mqtt.password = m.password.as_ref().map(|s| s.expose().to_owned());
+            mqtt.tls = m.tls.clone();
+            mqtt.readings_topic = m.topic_for(&config.gateway_id, SinkLane::Readings);
+            mqtt.alarms_topic = m.topic_for(&config.gateway_id, SinkLane::Alarms);
+            mqtt.keep_alive = Duration::from_secs(u64::from(m.keep_alive_s));
+            mqtt.timeout = Duration::from_millis(sink.forwarding.timeout_ms);
+            mqtt.max_message_bytes = m.max_message_bytes;
+            let (mqtt_sink, connection) = MqttSink::new(mqtt).map_err(failed)?;
+            (Arc::new(mqtt_sink), Some(connection), m.url.clone())
+        }
+        SinkKind::Kafka(k) => {
+            let topic = |lane| k.topic_for(lane).map(|t| t.as_str().to_owned());
+            let kafka = KafkaSinkOptions {
+                gateway_id: config.gateway_id.clone(),
+                brokers: k.brokers.clone(),
+                client_id: k.client_id.clone(),
+                readings_topic: topic(SinkLane::Readings),
+                alarms_topic: topic(SinkLane::Alarms),
+                compression: k.compression,
+                tls: k.tls_client.clone(),
+                sasl: k.sasl.clone(),
+                timeout: Duration::from_millis(sink.forwarding.timeout_ms),
+            };
+            let kafka_sink = KafkaSink::new(kafka).map_err(failed)?;
+            // The forwarder's options carry a URL for the HTTP sink only; a Kafka sink names its
+            // first broker there.
+            let url = Url::parse(&format!("kafka://{}", k.brokers[0]))
+                .unwrap_or_else(|_| Url::parse("kafka://localhost").expect("a valid URL"));
+            (Arc::new(kafka_sink), None, url)
+        }
+    };
+    let mut options = forwarding_options(config, url, &sink.forwarding);
+    options.consumer = sink.name.clone();
+    let (handle, driver) =
+        Forwarder::with_sink(buffer.clone(), options, sink_impl).map_err(failed)?;
     Ok(BuiltSink {
         view: SinkView {
             name: sink.name.clone(),
             kind: sink.kind.as_str(),
+            lanes: sink
+                .lanes
+                .iter()
+                .map(|l| match l {
+                    SinkLane::Alarms => Lane::Alarms,
+                    SinkLane::Readings => Lane::Readings,
+                })
+                .collect(),
             forwarder: handle,
         },
         driver,
@@ -363,6 +394,7 @@ pub async fn run(
     let mut views = vec![SinkView {
         name: gateway_forwarder::CONSUMER.to_owned(),
         kind: "http",
+        lanes: vec![Lane::Alarms, Lane::Readings],
         forwarder,
     }];
     let mut drivers = vec![driver];
@@ -374,7 +406,9 @@ pub async fn run(
         tracing::info!(sink = %built.view.name, kind = built.view.kind, "sink configured");
         views.push(built.view);
         drivers.push(built.driver);
-        link_tasks.spawn(built.connection.run(links.clone()));
+        if let Some(connection) = built.connection {
+            link_tasks.spawn(connection.run(links.clone()));
+        }
     }
     let grace = Duration::from_secs(config.shutdown_grace_s);
     let forwarder_tasks: Vec<_> = drivers

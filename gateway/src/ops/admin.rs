@@ -248,6 +248,7 @@ impl AdminState {
                     "records_dead_lettered": { "alarms": f.records_dead_lettered.alarms, "readings": f.records_dead_lettered.readings },
                     "dropped": { "alarms": lost.alarms.dropped_quota, "readings": lost.readings.dropped_quota },
                     "expired": { "alarms": lost.alarms.expired, "readings": lost.readings.expired },
+                    "lag_seqs": { "alarms": sink.lag_seqs(p.buffer(), Lane::Alarms), "readings": sink.lag_seqs(p.buffer(), Lane::Readings) },
                 })
             }).collect::<Vec<_>>(),
             "modbus": modbus_json(m),
@@ -475,6 +476,22 @@ fn render_sink_metrics(out: &mut String, state: &AdminState) {
         "counter",
         "Records of batches a sink refused for good, kept as dead letters, by sink and lane.",
         per_lane(&|f, _, l| f.records_dead_lettered.get(l) as f64),
+    );
+    family(
+        "gateway_sink_lag_seqs",
+        "gauge",
+        "How far a sink's cursor is behind the newest durable record, in seqs, by sink and lane: an upper bound on the records it has yet to deliver (0 when the lane holds nothing undelivered).",
+        sinks
+            .iter()
+            .flat_map(|(s, _, _)| {
+                lanes.map(|l| {
+                    (
+                        format!("{{sink=\"{}\",lane=\"{}\"}}", s.name, l.as_str()),
+                        s.lag_seqs(buffer, l) as f64,
+                    )
+                })
+            })
+            .collect(),
     );
     family(
         "gateway_sink_batches_sent_total",

@@ -20,12 +20,14 @@
 //! in this crate. The upstream sinks (batches to the cloud, retries, dead letters of refused
 //! batches) live in the `gateway-forwarder` crate: the HTTP sink of `[upstream]` (consumer
 //! `upstream`) and one [`Forwarder`](gateway_forwarder::Forwarder) per `[[sink]]` (consumer =
-//! its name, on the lanes it lists; an MQTT bridge runs its connection task beside it). The
+//! its name, on the lanes it lists; an MQTT bridge runs its connection task beside it; a Kafka
+//! sink needs none). The
 //! `wiring` module builds them and runs their drivers beside these; [`SinkView`] is how
 //! operations code sees each of them.
 
 pub mod local_alarms;
 
+use gateway_buffer::{Buffer, Lane};
 use gateway_forwarder::ForwarderHandle;
 
 /// One forwarder sink as operations code (metrics, `/status`) sees it.
@@ -33,8 +35,25 @@ use gateway_forwarder::ForwarderHandle;
 pub struct SinkView {
     /// Its name: the buffer consumer (`upstream` for `[upstream]`, else `sink[].name`).
     pub name: String,
-    /// `http` or `mqtt`.
+    /// `http`, `mqtt` or `kafka`.
     pub kind: &'static str,
+    /// The lanes it reads.
+    pub lanes: Vec<Lane>,
     /// Its forwarder's counters.
     pub forwarder: ForwarderHandle,
+}
+
+impl SinkView {
+    /// How far the sink's cursor on `lane` is behind the newest durable record, in seqs: an
+    /// upper bound on the records of that lane it has yet to deliver (both lanes draw from one
+    /// seq sequence). 0 for a lane it does not read, and when the lane holds nothing any sink
+    /// still needs.
+    pub fn lag_seqs(&self, buffer: &Buffer, lane: Lane) -> u64 {
+        let stats = buffer.stats();
+        if !self.lanes.contains(&lane) || stats.lane(lane).records == 0 {
+            return 0;
+        }
+        let acked = buffer.acked(&self.name, lane).unwrap_or(0);
+        stats.last_durable_seq.saturating_sub(acked)
+    }
 }
