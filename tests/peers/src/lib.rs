@@ -9,6 +9,8 @@
 //!   and answers from a script of [`Reply`]s (status, body, `Retry-After`, slow, never), refuses
 //!   a [`Poison`]ed batch, goes down (refusing and dropping connections) and comes back on the
 //!   same port.
+//! - [`Kafka`]: a Kafka-protocol broker (tansu, in memory) with topics, paused and resumed,
+//!   and read back by kafka-python ([`KafkaRecord`]), an independent client.
 //! - [`Pki`]: certificates for TLS peers; [`Tmpfs`]: a small filesystem to fill (it needs root).
 //! - [`free_port`] for addresses a config needs before its peer starts; [`wait_until`], polling a
 //!   condition against a deadline.
@@ -33,12 +35,14 @@
 
 use std::io::Write as _;
 
+mod kafka;
 mod mosquitto;
 mod pki;
 mod port;
 mod tmpfs;
 mod upstream;
 mod wait;
+pub use kafka::{KAFKA_ENABLE, Kafka, KafkaRecord};
 pub use mosquitto::{Mosquitto, MosquittoBuilder, deploy_limits};
 pub use pki::{Authority, Pki};
 pub use port::{RefusedPort, free_port};
