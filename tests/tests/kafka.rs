@@ -86,6 +86,21 @@ impl Rig {
             .await;
     }
 
+    /// Waits until the Kafka sink delivered more than `n` readings.
+    async fn wait_delivered(&mut self, n: u64) {
+        self.gw
+            .wait_status(&format!("more than {n} readings in Kafka"), WAIT, |s| {
+                let delivered = s["sinks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|k| k["name"] == SINK)
+                    .and_then(|k| k["records_delivered"]["readings"].as_u64());
+                (delivered > Some(n)).then_some(())
+            })
+            .await;
+    }
+
     /// Every record of both topics, read back by kafka-python.
     fn read_back(&self) -> Vec<KafkaRecord> {
         self.kafka
@@ -271,17 +286,7 @@ async fn the_kafka_broker_stopped_for_20_s_mid_stream_loses_nothing_acknowledged
     // 4 devices × 300 readings at 20/s each: a 15 s stream with the outage in the middle.
     let work = workload::simple_json(4, 300, "koutage");
     let stream = Stream::start(work, rig.broker.port(), Some(20.0), "koutage");
-    rig.gw
-        .wait_status("the first readings in Kafka", WAIT, |s| {
-            let delivered = s["sinks"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|k| k["name"] == SINK)
-                .and_then(|k| k["records_delivered"]["readings"].as_u64());
-            (delivered > Some(50)).then_some(())
-        })
-        .await;
+    rig.wait_delivered(50).await;
     rig.kafka.pause();
     // The outage itself, not a wait for a condition: the broker is frozen this long.
     tokio::time::sleep(Duration::from_secs(20)).await;
@@ -305,17 +310,7 @@ async fn the_gateway_sigkilled_mid_stream_loses_nothing_acknowledged_in_kafka() 
     };
     let work = workload::simple_json(4, 2_000, "kkill");
     let stream = Stream::start(work, rig.broker.port(), Some(400.0), "kkill");
-    rig.gw
-        .wait_status("readings in Kafka", WAIT, |s| {
-            let delivered = s["sinks"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|k| k["name"] == SINK)
-                .and_then(|k| k["records_delivered"]["readings"].as_u64());
-            (delivered > Some(500)).then_some(())
-        })
-        .await;
+    rig.wait_delivered(500).await;
     rig.gw.sigkill();
     // Down for a moment while the devices go on publishing into the broker's queue.
     tokio::time::sleep(Duration::from_secs(1)).await;
