@@ -163,15 +163,17 @@ pub const KAFKA_SINK_COMPRESSION: crate::KafkaCompression = crate::KafkaCompress
 pub const KAFKA_SINK_CLIENT_ID_MAX_BYTES: usize = 255;
 /// Prefix of the default `sink[].client_id` of a Kafka sink, followed by the `gateway_id`.
 pub const KAFKA_SINK_CLIENT_ID_PREFIX: &str = "gateway-";
-/// The forwarding keys of a Kafka sink (`sink[].batch_max_records` …): batches of up to 1000
-/// records and 1 MiB (about the broker's default `message.max.bytes`), a 200 ms linger (Kafka
+/// The forwarding keys of a Kafka sink (`sink[].batch_max_records` …): batches of up to 5000
+/// records and 4 MiB (the sink cuts each partition's share into produce requests under the
+/// broker's default `message.max.bytes`; with one batch in flight, batches of 1000 left the sink
+/// at 0.12× rskafka's own producer in `kafka_bench`, 5000 at 1.4×), a 200 ms linger (Kafka
 /// batches cheaply, a short wait fills them), `timeout_ms` the wait for the acks=all answer,
 /// and `max_in_flight` 1, the only value a Kafka sink accepts: the sink has no idempotent
 /// producer, so one batch at a time is what keeps each device's records in `seq` order in its
 /// partition when a batch is retried.
 pub const KAFKA_SINK_FORWARDING: crate::ForwardingConfig = crate::ForwardingConfig {
-    batch_max_records: 1000,
-    batch_max_bytes: 1_048_576,
+    batch_max_records: 5000,
+    batch_max_bytes: 4_194_304,
     linger_ms: 200,
     timeout_ms: 10_000,
     retry_initial_ms: 200,

@@ -480,12 +480,12 @@ impl UpstreamConfig {
 /// ([`SinkConfig::forwarding`]), checked by the same rules; only the defaults differ by section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardingConfig {
-    /// `batch_max_records`: most records in one batch. Positive. Default 500 (1000 in a Kafka
+    /// `batch_max_records`: most records in one batch. Positive. Default 500 (5000 in a Kafka
     /// sink).
     pub batch_max_records: usize,
     /// `batch_max_bytes`: most bytes of (uncompressed) batch JSON in one batch. Positive.
     /// Default 262144 in `[upstream]`, 131072 (AWS IoT Core's message limit) in an MQTT sink,
-    /// 1048576 in a Kafka sink.
+    /// 4194304 in a Kafka sink.
     pub batch_max_bytes: usize,
     /// `linger_ms`: milliseconds a readings batch waits to fill; alarm batches never wait.
     /// Default 1000 (200 in a Kafka sink).

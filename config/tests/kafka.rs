@@ -191,8 +191,8 @@ fn a_kafka_sink_with_only_its_required_keys_gets_the_defaults() {
     assert_eq!(
         sink.forwarding,
         ForwardingConfig {
-            batch_max_records: 1000,
-            batch_max_bytes: 1_048_576,
+            batch_max_records: 5000,
+            batch_max_bytes: 4_194_304,
             linger_ms: 200,
             timeout_ms: 10_000,
             retry_initial_ms: 200,

@@ -10,12 +10,13 @@
 //! - **producer**: rskafka's `BatchProducer`, one per partition (linger 5 ms, 1 MiB batches),
 //!   every record handed to it at once, each record keyed and built exactly as the sink builds
 //!   it; timed until every record is acked;
-//! - **sink**: a forwarder with the Kafka sink (batch 1000, linger 200 ms, one batch in flight,
-//!   the sink's defaults) draining a buffer that already holds the readings; timed from the
-//!   forwarder's start until every record is acked.
+//! - **sink**: a forwarder with the Kafka sink (batch 5000 records or 4 MiB, linger 200 ms, one
+//!   batch in flight: the sink's defaults; `BENCH_BATCH_RECORDS` and `BENCH_BATCH_BYTES` set
+//!   others) draining a buffer that already holds the readings; timed from the forwarder's start
+//!   until every record is acked.
 //!
-//! Reports each round and the ratio of the medians (sink / producer), and the forwarder's
-//! peak resident memory is the process's (`VmHWM`) at the end.
+//! Reports each round, the ratio of the medians (sink / producer) and the process's peak resident
+//! memory (`VmHWM`: the readings held for the producer included).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,8 +88,8 @@ async fn sink_round(buffer: &Buffer, consumer: &str, bootstrap: &str, topic: &st
         format!("kafka://{bootstrap}").parse().expect("url"),
     );
     options.consumer = consumer.into();
-    options.batch_max_records = 1000;
-    options.batch_max_bytes = 1024 * 1024;
+    options.batch_max_records = env_usize("BENCH_BATCH_RECORDS", 5000);
+    options.batch_max_bytes = env_usize("BENCH_BATCH_BYTES", 4 * 1024 * 1024);
     options.linger = Duration::from_millis(200);
     options.max_in_flight = 1;
     let (handle, driver) =
@@ -103,6 +104,13 @@ async fn sink_round(buffer: &Buffer, consumer: &str, bootstrap: &str, topic: &st
     stop.cancel();
     task.await.expect("join").expect("forwarder");
     secs
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
