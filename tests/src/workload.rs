@@ -12,6 +12,35 @@ pub const PROBE_DEVICE: &str = "probe";
 /// Epoch ms all generated timestamps start from (2025-11-25T14:40:00Z).
 pub const BASE_TS_MS: i64 = 1_764_081_600_000;
 
+/// An `[[alarm]]` rule `overheat`: temperature of devices `hot-*` above 35, cleared below 33.
+pub const OVERHEAT_RULE: &str = "[[alarm]]\nname = \"overheat\"\nmetric = \"temperature\"\n\
+                                 device = \"hot-*\"\nabove = 35.0\nclear_below = 33.0\n\
+                                 severity = \"critical\"\n";
+
+/// Two readings of device `hot-1` that raise and then clear [`OVERHEAT_RULE`], with the
+/// readings they become.
+pub fn overheat_raise_and_clear() -> (Vec<Message>, Vec<Expected>) {
+    [40.0, 20.0]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let ts = BASE_TS_MS + 100_000 + i as i64;
+            (
+                Message {
+                    topic: "sensors/hot-1/temperature".into(),
+                    payload: format!(r#"{{"value": {v}, "ts": {ts}}}"#).into_bytes(),
+                },
+                Expected {
+                    device: "hot-1".into(),
+                    metric: "temperature".into(),
+                    value: *v,
+                    ts: Some(ts),
+                },
+            )
+        })
+        .unzip()
+}
+
 /// A reading a message must produce.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Expected {

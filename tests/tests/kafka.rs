@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use gateway_tests::workload::{self, Expected, Stream, compare, parse_readings};
 use gateway_tests::{
-    BrokerChoice, GatewayProcess, GatewaySpec, Message, Publisher, PublisherOptions, Upstream,
+    BrokerChoice, GatewayProcess, GatewaySpec, Publisher, PublisherOptions, Upstream,
 };
 use serde_json::Value;
 use test_peers::{Kafka, KafkaRecord};
@@ -191,29 +191,6 @@ fn check_records(records: &[KafkaRecord], gateway_id: &str) -> (Vec<Value>, Vec<
     (readings, alarms)
 }
 
-/// Two readings of device `hot-1` that raise and then clear the `overheat` rule.
-fn alarm_messages() -> (Vec<Message>, Vec<Expected>) {
-    [40.0, 20.0]
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let ts = workload::BASE_TS_MS + 100_000 + i as i64;
-            (
-                Message {
-                    topic: "sensors/hot-1/temperature".into(),
-                    payload: format!(r#"{{"value": {v}, "ts": {ts}}}"#).into_bytes(),
-                },
-                Expected {
-                    device: "hot-1".into(),
-                    metric: "temperature".into(),
-                    value: *v,
-                    ts: Some(ts),
-                },
-            )
-        })
-        .unzip()
-}
-
 fn assert_all_there(required: &[Expected], allowed: &[Expected], readings: &[Value]) {
     let cmp = compare(required, allowed, &parse_readings(readings));
     assert!(
@@ -225,16 +202,14 @@ fn assert_all_there(required: &[Expected], allowed: &[Expected], readings: &[Val
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_readings_reach_kafka_each_device_in_its_partition_in_seq_order() {
-    let alarm_rule = "[[alarm]]\nname = \"overheat\"\nmetric = \"temperature\"\ndevice = \"hot-*\"\n\
-                      above = 35.0\nclear_below = 33.0\nseverity = \"critical\"\n";
-    let Some(mut rig) = Rig::start("kafka-100k", alarm_rule).await else {
+    let Some(mut rig) = Rig::start("kafka-100k", workload::OVERHEAT_RULE).await else {
         return;
     };
     let work = workload::simple_json(10, 10_000, "k100");
     let (mut required, mut allowed) = Stream::start(work, rig.broker.port(), None, "k100")
         .finish(WAIT)
         .await;
-    let (hot, hot_readings) = alarm_messages();
+    let (hot, hot_readings) = workload::overheat_raise_and_clear();
     Publisher::publish_all(
         PublisherOptions::new(
             rig.broker.port(),

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use gateway_tests::workload::{self, Stream, compare, parse_readings};
 use gateway_tests::{
-    BrokerChoice, Cloud, GatewayProcess, GatewaySpec, Message, Mosquitto, Publisher,
-    PublisherOptions, Reply, Upstream, tls_mosquitto, wait_until,
+    BrokerChoice, Cloud, GatewayProcess, GatewaySpec, Mosquitto, Publisher, PublisherOptions,
+    Reply, Upstream, tls_mosquitto, wait_until,
 };
 use serde_json::Value;
 use test_peers::Pki;
@@ -158,42 +158,16 @@ fn by_seq(records: &[Value], who: &str) -> BTreeMap<u64, Value> {
     out
 }
 
-/// Two readings of device `hot-1` that raise and then clear the `overheat` rule, with the
-/// readings they become.
-fn alarm_messages() -> (Vec<Message>, Vec<workload::Expected>) {
-    [40.0, 20.0]
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let ts = workload::BASE_TS_MS + 100_000 + i as i64;
-            (
-                Message {
-                    topic: "sensors/hot-1/temperature".into(),
-                    payload: format!(r#"{{"value": {v}, "ts": {ts}}}"#).into_bytes(),
-                },
-                workload::Expected {
-                    device: "hot-1".into(),
-                    metric: "temperature".into(),
-                    value: *v,
-                    ts: Some(ts),
-                },
-            )
-        })
-        .unzip()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_and_alarms_reach_the_http_upstream_and_the_cloud_broker_alike() {
-    let alarm_rule = "[[alarm]]\nname = \"overheat\"\nmetric = \"temperature\"\ndevice = \"hot-*\"\n\
-                      above = 35.0\nclear_below = 33.0\nseverity = \"critical\"\n";
-    let Some(mut rig) = Rig::start("sinks-alike", "", alarm_rule, false).await else {
+    let Some(mut rig) = Rig::start("sinks-alike", "", workload::OVERHEAT_RULE, false).await else {
         return;
     };
     let work = workload::simple_json(3, 200, "alike");
     let stream = Stream::start(work, rig.broker.port(), None, "alike");
     let (mut required, mut allowed) = stream.finish(WAIT).await;
     let port = rig.broker.port();
-    let (hot, hot_readings) = alarm_messages();
+    let (hot, hot_readings) = workload::overheat_raise_and_clear();
     Publisher::publish_all(
         PublisherOptions::new(port, format!("alike-hot-{}", std::process::id())),
         hot,
