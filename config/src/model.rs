@@ -558,6 +558,16 @@ pub enum SinkLane {
     Alarms,
 }
 
+/// The buffer's lane of that name (the buffer's own type, which its stored encoding fixes).
+impl From<SinkLane> for gateway_buffer::Lane {
+    fn from(lane: SinkLane) -> Self {
+        match lane {
+            SinkLane::Readings => gateway_buffer::Lane::Readings,
+            SinkLane::Alarms => gateway_buffer::Lane::Alarms,
+        }
+    }
+}
+
 /// The lanes a sink reads (`sink[].lanes`): at least one after validation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SinkLanes {

@@ -170,14 +170,7 @@ fn build_sink(config: &Config, buffer: &Buffer, sink: &SinkConfig) -> Result<Bui
         view: SinkView {
             name: sink.name.clone(),
             kind: sink.kind.as_str(),
-            lanes: sink
-                .lanes
-                .iter()
-                .map(|l| match l {
-                    SinkLane::Alarms => Lane::Alarms,
-                    SinkLane::Readings => Lane::Readings,
-                })
-                .collect(),
+            lanes: sink.lanes.iter().map(Lane::from).collect(),
             forwarder: handle,
         },
         driver,

@@ -248,7 +248,7 @@ impl AdminState {
                     "records_dead_lettered": { "alarms": f.records_dead_lettered.alarms, "readings": f.records_dead_lettered.readings },
                     "dropped": { "alarms": lost.alarms.dropped_quota, "readings": lost.readings.dropped_quota },
                     "expired": { "alarms": lost.alarms.expired, "readings": lost.readings.expired },
-                    "lag_seqs": { "alarms": sink.lag_seqs(p.buffer(), Lane::Alarms), "readings": sink.lag_seqs(p.buffer(), Lane::Readings) },
+                    "lag_seqs": { "alarms": sink.lag_seqs(p.buffer(), &b, Lane::Alarms), "readings": sink.lag_seqs(p.buffer(), &b, Lane::Readings) },
                 })
             }).collect::<Vec<_>>(),
             "modbus": modbus_json(m),
@@ -426,6 +426,7 @@ fn render_sink_metrics(out: &mut String, state: &AdminState) {
             (s, s.forwarder.stats(), lost)
         })
         .collect();
+    let buffer_stats = buffer.stats();
     let lanes = [Lane::Alarms, Lane::Readings];
     let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -487,7 +488,7 @@ fn render_sink_metrics(out: &mut String, state: &AdminState) {
                 lanes.map(|l| {
                     (
                         format!("{{sink=\"{}\",lane=\"{}\"}}", s.name, l.as_str()),
-                        s.lag_seqs(buffer, l) as f64,
+                        s.lag_seqs(buffer, &buffer_stats, l) as f64,
                     )
                 })
             })

@@ -27,7 +27,7 @@
 
 pub mod local_alarms;
 
-use gateway_buffer::{Buffer, Lane};
+use gateway_buffer::{Buffer, BufferStats, Lane};
 use gateway_forwarder::ForwarderHandle;
 
 /// One forwarder sink as operations code (metrics, `/status`) sees it.
@@ -48,8 +48,8 @@ impl SinkView {
     /// upper bound on the records of that lane it has yet to deliver (both lanes draw from one
     /// seq sequence). 0 for a lane it does not read, and when the lane holds nothing any sink
     /// still needs.
-    pub fn lag_seqs(&self, buffer: &Buffer, lane: Lane) -> u64 {
-        let stats = buffer.stats();
+    /// `stats` is the buffer's, taken once for every sink.
+    pub fn lag_seqs(&self, buffer: &Buffer, stats: &BufferStats, lane: Lane) -> u64 {
         if !self.lanes.contains(&lane) || stats.lane(lane).records == 0 {
             return 0;
         }
