@@ -8,7 +8,6 @@
 //! key's partition with its own copy of Kafka's default partitioner, so a test checks the
 //! gateway's choice against another's.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::{free_port, missing};
+use crate::{free_port, listens_on, missing};
 
 /// How `scripts/test` provides the broker and the client.
 pub const KAFKA_ENABLE: &str = "scripts/test (cargo install tansu --version 0.6.0 --features \
@@ -156,7 +155,9 @@ impl Kafka {
                 self.child = None;
                 return false;
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            // This tansu, not whoever else answers on a port that was free a moment ago.
+            let pid = self.child.as_ref().map_or(0, Child::id);
+            if listens_on(pid, self.port) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));

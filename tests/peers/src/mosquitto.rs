@@ -8,9 +8,13 @@
 //! mosquitto would otherwise drop to a user that cannot write the test's directory.
 //!
 //! # Guarantees
-//! - [`MosquittoBuilder::start`] returns once every listener accepts connections, and fails if
-//!   mosquitto wrote an error at start (an unwritable log or database would quietly turn off
-//!   what the test relies on). A port taken between picking and binding is retried.
+//! - [`MosquittoBuilder::start`] returns once this mosquitto process listens on every port
+//!   (checked with [`listens_on`]: another test's broker answering on a port that was free a
+//!   moment ago does not count), and fails if mosquitto wrote an error at start (an unwritable
+//!   log or database would quietly turn off what the test relies on). A port taken between
+//!   picking and binding is retried with fresh ones.
+//! - While stopped, its ports are held ([`HeldPort`]): refused to clients, and given to nobody
+//!   else, so [`Mosquitto::restart`] finds them free.
 //! - [`MosquittoBuilder::require`] reports a missing mosquitto through [`crate::missing`], which
 //!   fails the test under `CI`.
 //! - The process is killed and reaped on drop; with `E2E_KEEP` set its temp dir is kept.
@@ -18,7 +22,7 @@
 //! The binary is `$MOSQUITTO`, else `/usr/sbin/mosquitto`, `/usr/local/sbin/mosquitto`, or
 //! `mosquitto` on `PATH`.
 
-use crate::{Authority, free_port};
+use crate::{Authority, HeldPort, free_port, listens_on};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
@@ -141,6 +145,7 @@ impl MosquittoBuilder {
             options: self,
             dir,
             child: None,
+            held: Vec::new(),
         };
         // A free port can be taken between picking and binding; try a few.
         for _ in 0..5 {
@@ -169,6 +174,8 @@ pub struct Mosquitto {
     options: MosquittoBuilder,
     dir: Dir,
     child: Option<Child>,
+    /// Its ports while it is stopped.
+    held: Vec<HeldPort>,
 }
 
 impl Mosquitto {
@@ -231,7 +238,8 @@ impl Mosquitto {
         std::fs::write(dir.join("mosquitto.conf"), conf).expect("write mosquitto.conf");
     }
 
-    /// Spawns and waits for every listener; false if mosquitto exited (e.g. a port was taken).
+    /// Spawns and waits until it listens on every port; false if mosquitto exited (e.g. a port
+    /// was taken).
     fn spawn(&mut self) -> bool {
         let path = mosquitto_path().expect("mosquitto is installed");
         let out = std::fs::OpenOptions::new()
@@ -257,16 +265,15 @@ impl Mosquitto {
                 self.child = None;
                 return false;
             }
-            let listening = ports
-                .iter()
-                .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok());
-            if listening {
+            let pid = self.child.as_ref().map_or(0, Child::id);
+            if ports.iter().all(|p| listens_on(pid, *p)) {
                 let early =
                     std::fs::read_to_string(self.dir().join("stdout.log")).unwrap_or_default();
                 assert!(
                     !early.contains("Error"),
                     "mosquitto reported errors at start:\n{early}"
                 );
+                self.held.clear();
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -314,13 +321,18 @@ impl Mosquitto {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
+            // Keep its ports from other tests until it restarts (best effort: a port already
+            // taken shows up as a failed restart).
+            let ports = std::iter::once(self.port).chain(self.tls_port);
+            self.held = ports.filter_map(|p| HeldPort::hold(p).ok()).collect();
         }
     }
 
     /// Starts it again on the same ports with the same directory (and database, if persistent).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart: stop or kill it first");
-        // The port was just released; mosquitto sets SO_REUSEADDR, but retry a few times.
+        // Its ports were held since it stopped; mosquitto binds them anyway (SO_REUSEADDR on
+        // both). Retry a few times all the same.
         for _ in 0..20 {
             if self.spawn() {
                 return;
@@ -397,5 +409,38 @@ mod tests {
         assert!(std::fs::metadata(m.dir().join("mosquitto.db")).is_ok());
         drop(m);
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
+
+    #[test]
+    fn a_port_another_server_answers_on_is_not_taken_for_the_brokers() {
+        let test = "a_port_another_server_answers_on_is_not_taken_for_the_brokers";
+        let Some(mut m) = Mosquitto::builder().require(test) else {
+            return;
+        };
+        // Another test's broker, as it were, already listens where this one is told to go.
+        m.kill();
+        m.held.clear();
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        m.port = other.local_addr().unwrap().port();
+        m.write_config();
+        assert!(
+            !m.spawn(),
+            "mosquitto could not bind; a connection to the port proves nothing"
+        );
+        // While stopped, its port is refused to others and kept from port-0 binds.
+        let mut m = Mosquitto::builder().require(test).expect("installed");
+        let port = m.port();
+        m.stop();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+        for _ in 0..2_000 {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            assert_ne!(
+                l.local_addr().unwrap().port(),
+                port,
+                "a stopped broker's port"
+            );
+        }
+        m.restart();
+        assert!(listens_on(m.child.as_ref().unwrap().id(), port));
     }
 }
