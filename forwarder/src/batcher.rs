@@ -2,13 +2,26 @@
 //!
 //! The batcher owns no timer and does no I/O: the driver pushes encoded records in with the
 //! current time, asks [`Batcher::poll`] whether a batch is ready, and sleeps until
-//! [`Batcher::deadline`] when nothing is. That keeps every trigger (count, bytes, linger)
-//! testable with made-up instants.
+//! [`Batcher::deadline`] when nothing is. That keeps every trigger (count, bytes, linger,
+//! quiet) testable with made-up instants.
+//!
+//! **Quiet.** Linger is how long a batch waits *at most* to fill. Once records have come in a
+//! stream and then stop (the end of a burst, a fleet that has finished), waiting out the rest of
+//! the linger only delays what is already there: an open batch is also cut once nothing was
+//! pushed for [`QUIET_GAPS`] times its mean gap between pushes, and never sooner than
+//! `linger / QUIET_FRACTION` after the last one. A steady trickle never looks quiet by that
+//! measure (its gaps are its mean gap), so it is batched by linger exactly as before and sends
+//! no more requests; a batch with a single push has no gap to judge by and waits out its linger.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// An open batch is quiet after this many of its mean gaps between pushes without a push ...
+pub const QUIET_GAPS: u32 = 10;
+/// ... and after at least `linger / QUIET_FRACTION`.
+pub const QUIET_FRACTION: u32 = 10;
 
 /// When a batch is cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +54,10 @@ pub struct Batcher<T> {
     pending_bytes: usize,
     /// When the first pending record arrived; the linger clock starts here.
     first_at: Option<Instant>,
+    /// When the last pending record arrived, and at how many distinct instants records were
+    /// pushed into the open batch: the quiet clock.
+    last_at: Option<Instant>,
+    pushes: u32,
     /// Batches already cut, oldest first, waiting for the driver to take them.
     ready: VecDeque<Cut<T>>,
 }
@@ -58,6 +75,8 @@ impl<T> Batcher<T> {
             pending: Vec::new(),
             pending_bytes: envelope_bytes,
             first_at: None,
+            last_at: None,
+            pushes: 0,
             ready: VecDeque::new(),
         }
     }
@@ -76,6 +95,11 @@ impl<T> Batcher<T> {
         let separator = usize::from(!self.pending.is_empty());
         if self.pending.is_empty() {
             self.first_at = Some(now);
+            self.last_at = Some(now);
+            self.pushes = 1;
+        } else if self.last_at.is_some_and(|last| now > last) {
+            self.last_at = Some(now);
+            self.pushes += 1;
         }
         self.pending.push(item);
         self.pending_bytes += separator + encoded_len;
@@ -88,13 +112,13 @@ impl<T> Batcher<T> {
     }
 
     /// The next batch to send, if one is ready at `now`: an already cut one, or the open batch
-    /// once its linger has expired.
+    /// once its linger has expired or it went quiet.
     pub fn poll(&mut self, now: Instant) -> Option<Cut<T>> {
         if let Some(cut) = self.ready.pop_front() {
             return Some(cut);
         }
-        match self.first_at {
-            Some(first) if now >= first + self.limits.linger => {
+        match self.open_deadline() {
+            Some(deadline) if now >= deadline => {
                 self.cut();
                 self.ready.pop_front()
             }
@@ -116,13 +140,29 @@ impl<T> Batcher<T> {
         self.ready.pop_front()
     }
 
-    /// When the open batch's linger expires, if there is an open batch and nothing is ready.
-    /// A batch that is already ready has no deadline: [`Batcher::poll`] returns it at once.
+    /// When the open batch is cut (its linger expires or it goes quiet), if there is an open
+    /// batch and nothing is ready. A batch that is already ready has no deadline:
+    /// [`Batcher::poll`] returns it at once.
     pub fn deadline(&self) -> Option<Instant> {
         if !self.ready.is_empty() {
             return None;
         }
-        self.first_at.map(|first| first + self.limits.linger)
+        self.open_deadline()
+    }
+
+    /// The open batch's cut time: the end of its linger, or sooner once it is quiet.
+    fn open_deadline(&self) -> Option<Instant> {
+        let first = self.first_at?;
+        let linger_end = first + self.limits.linger;
+        let quiet_end = match self.last_at {
+            Some(last) if self.pushes >= 2 => {
+                let mean_gap = (last - first) / (self.pushes - 1);
+                let quiet = (mean_gap * QUIET_GAPS).max(self.limits.linger / QUIET_FRACTION);
+                last + quiet
+            }
+            _ => linger_end,
+        };
+        Some(linger_end.min(quiet_end))
     }
 
     /// Whether anything is ready now, i.e. [`Batcher::poll`] would return a batch at `now`.
@@ -147,6 +187,8 @@ impl<T> Batcher<T> {
         let items = std::mem::take(&mut self.pending);
         let bytes = std::mem::replace(&mut self.pending_bytes, self.envelope_bytes);
         self.first_at = None;
+        self.last_at = None;
+        self.pushes = 0;
         self.ready.push_back(Cut { items, bytes });
     }
 }
@@ -228,6 +270,49 @@ mod tests {
         );
         assert_eq!(b.deadline(), None);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_stream_that_stops_is_cut_once_quiet_not_at_the_end_of_its_linger() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut b = batcher(1_000, 1_000_000, 1_000);
+        // Pushes every 2 ms for 40 ms (21 pushes, mean gap 2 ms), then nothing.
+        for i in 0..=20 {
+            b.push(i, 5, t0 + ms(2 * u64::from(i)));
+        }
+        // Quiet after max(10 × 2 ms, 1 s / 10) = 100 ms from the last push at 40 ms.
+        assert_eq!(b.deadline(), Some(t0 + ms(140)));
+        assert_eq!(items(b.poll(t0 + ms(139))), None);
+        assert_eq!(b.poll(t0 + ms(140)).map(|c| c.items.len()), Some(21));
+        assert_eq!(b.deadline(), None, "nothing open");
+    }
+
+    #[test]
+    fn a_steady_trickle_is_never_quiet_and_waits_out_its_linger() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut b = batcher(1_000, 1_000_000, 1_000);
+        // One record every 150 ms: quiet would need 1.5 s without one, beyond the linger.
+        for i in 0..7 {
+            b.push(i, 5, t0 + ms(150 * u64::from(i)));
+            assert_eq!(b.deadline(), Some(t0 + ms(1_000)), "after push {i}");
+        }
+        assert_eq!(items(b.poll(t0 + ms(999))), None);
+        assert_eq!(b.poll(t0 + ms(1_000)).map(|c| c.items.len()), Some(7));
+    }
+
+    #[test]
+    fn one_push_alone_has_no_gap_to_judge_by_and_waits_out_its_linger() {
+        let t0 = Instant::now();
+        let mut b = batcher(1_000, 1_000_000, 1_000);
+        for i in 0..60 {
+            b.push(i, 5, t0);
+        }
+        assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(1_000)));
+        // A second push at another instant starts the quiet clock: gap 5 ms, quiet 100 ms.
+        b.push(60, 5, t0 + Duration::from_millis(5));
+        assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(105)));
     }
 
     #[test]

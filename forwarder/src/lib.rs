@@ -10,7 +10,9 @@
 //!
 //! The forwarder reads each lane in seq order, cuts batches of one lane each by
 //! `batch_max_records`, `batch_max_bytes` (uncompressed JSON body) or `linger_ms` from the
-//! batch's first record, whichever comes first, encodes them in the WIRE.md §3 format and hands
+//! batch's first record, whichever comes first; a batch whose stream of records stopped is cut
+//! once quiet, before its linger ends (the rule is in `batcher.rs`; it leaves
+//! a steady trickle batched by linger). It encodes them in the WIRE.md §3 format and hands
 //! them to the sink under an `{gateway_id}:{lane}:{first_seq}-{last_seq}` key (the HTTP sink's
 //! `Idempotency-Key`). The alarm lane is read first,
 //! never lingers, and an alarm batch started while the readings lane is idle gets a head start:
