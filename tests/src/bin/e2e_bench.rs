@@ -37,7 +37,9 @@
 //! reading (`/proc/PID/io` `write_bytes`) against, in the same run, the floor of any durable
 //! queue on this disk: a thread appending the same number of 30-byte records to a plain file
 //! with one `fdatasync` a second (and another with one every 100 ms), measured the same way;
-//! also the gateway's PUBACK latency (`/status` `ingest.ack_latency_ms`) and its group commits.
+//! also the gateway's PUBACK latency (`/status` `ingest.ack_latency_ms`), its group commits, the
+//! readings' publish→receipt latency at the cloud (receipt minus `ts`, which the trickle takes
+//! from the wall clock) and how many readings requests it took.
 //! `BENCH_STAGGER=1` spreads the devices over each second (`device-sim --stagger`) instead of
 //! having all of them publish at the same instant; `BENCH_WEAR_DEVICES` (20) sets the fleet's
 //! size and `BENCH_COMMIT_STRETCH_MS` the gateway's `buffer.commit_stretch_ms` (else its
@@ -146,6 +148,11 @@ struct Tally {
     probe_latency_ms: Vec<f64>,
     /// Publish→receipt of the alarm events the alarm probes caused, ms.
     alarm_latency_ms: Vec<f64>,
+    /// Receipt minus `ts` of each distinct fleet reading, ms: publish→receipt where the fleet's
+    /// clock is the wall clock (the 1 Hz trickles), meaningless in load mode.
+    reading_latency_ms: Vec<f64>,
+    /// Requests of the readings lane.
+    readings_batches: usize,
 }
 
 impl Tally {
@@ -168,6 +175,7 @@ impl Tally {
                 self.renumbered += 1;
             }
         } else {
+            self.reading_latency_ms.push((arrived_ms - key.2) as f64);
             self.seen.insert(key, (seq, value));
             if self.seen.len() == self.want {
                 self.done_at = Some(Instant::now());
@@ -418,6 +426,9 @@ async fn receive(State(cloud): State<Cloud>, headers: HeaderMap, body: Bytes) ->
 impl Tally {
     /// Counts one batch's records as arrived at `arrived` (ms since the epoch).
     fn batch(&mut self, batch: &Value, alarms: bool, arrived: i64) {
+        if !alarms {
+            self.readings_batches += 1;
+        }
         for r in batch["records"].as_array().unwrap() {
             let ts = r["ts"].as_i64().unwrap_or(arrived);
             if alarms {
@@ -1312,6 +1323,19 @@ async fn wear() {
     let (rss, cpu_after, written_after) = proc_stats(gw.id());
     let end = status().await.unwrap_or_default();
     let commits_made = commits(&end) - commits_before;
+    let (mut delivery_ms, requests) = {
+        let t = tally.lock().unwrap();
+        (t.reading_latency_ms.clone(), t.readings_batches)
+    };
+    let delivery = if delivery_ms.is_empty() {
+        "none delivered".to_owned()
+    } else {
+        format!(
+            "{:.0} / {:.0} ms",
+            percentile(&mut delivery_ms, 0.5),
+            percentile(&mut delivery_ms, 0.99)
+        )
+    };
     let ack = &end["ingest"]["ack_latency_ms"];
     let ack_ms = |q: &str| ack[q].as_f64().map_or("?".to_owned(), |v| format!("≤ {v}"));
     let [floor_1s, floor_100ms] = floors.map(|f| f.join().unwrap());
@@ -1340,6 +1364,8 @@ async fn wear() {
          | gateway / floor (1 s) | {:.1}× | |\n\
          | group commits (fdatasyncs) | {commits_made} ({:.1} a second, {:.0} B written each) | |\n\
          | gateway PUBACK latency p50 / p99 (bucket bounds) | {} / {} ms | p99 ≤ 100 ms |\n\
+         | publish→receipt at the cloud p50 / p99 | {delivery} | |\n\
+         | readings requests upstream | {requests} ({:.1} a second) | |\n\
          | gateway CPU | {:.2} s ({:.0} µs/reading) | |\n\
          | gateway peak RSS | {:.1} MB | ≤ 40 MB |\n\
          \nWear: {devices} devices × 3 metrics at 1 Hz for {seconds} s (device-sim, QoS 1, JSON), {devices_in_step}, contract config{}, upstream {upstream}.\n",
@@ -1350,6 +1376,7 @@ async fn wear() {
         written as f64 / commits_made.max(1) as f64,
         ack_ms("p50"),
         ack_ms("p99"),
+        requests as f64 / seconds as f64,
         cpu_after - cpu_before,
         (cpu_after - cpu_before) * 1e6 / sent.max(1) as f64,
         rss as f64 / 1_048_576.0,
@@ -1366,6 +1393,7 @@ async fn wear() {
         "floor_100ms_bytes_per_reading": floor_100ms_per_reading,
         "cpu_s": cpu_after - cpu_before, "commits": commits_made, "stagger": stagger,
         "ack_latency_ms": ack,
+        "delivery_latency_ms": delivery, "readings_requests": requests,
         "peak_rss_bytes": rss,
     });
     let target = gateway_bin()
