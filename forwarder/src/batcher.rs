@@ -150,19 +150,26 @@ impl<T> Batcher<T> {
         self.open_deadline()
     }
 
-    /// The open batch's cut time: the end of its linger, or sooner once it is quiet.
+    /// The open batch's cut time: the end of its linger, or sooner once it is quiet. `None`
+    /// with nothing open, or when both lie beyond what the clock can represent (a linger of
+    /// centuries: the batch is then cut by its caps alone).
     fn open_deadline(&self) -> Option<Instant> {
         let first = self.first_at?;
-        let linger_end = first + self.limits.linger;
+        let linger_end = first.checked_add(self.limits.linger);
         let quiet_end = match self.last_at {
             Some(last) if self.pushes >= 2 => {
                 let mean_gap = (last - first) / (self.pushes - 1);
-                let quiet = (mean_gap * QUIET_GAPS).max(self.limits.linger / QUIET_FRACTION);
-                last + quiet
+                let quiet = mean_gap
+                    .saturating_mul(QUIET_GAPS)
+                    .max(self.limits.linger / QUIET_FRACTION);
+                last.checked_add(quiet)
             }
-            _ => linger_end,
+            _ => None,
         };
-        Some(linger_end.min(quiet_end))
+        match (linger_end, quiet_end) {
+            (Some(l), Some(q)) => Some(l.min(q)),
+            (l, q) => l.or(q),
+        }
     }
 
     /// Whether anything is ready now, i.e. [`Batcher::poll`] would return a batch at `now`.
@@ -313,6 +320,24 @@ mod tests {
         // A second push at another instant starts the quiet clock: gap 5 ms, quiet 100 ms.
         b.push(60, 5, t0 + Duration::from_millis(5));
         assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(105)));
+    }
+
+    #[test]
+    fn a_linger_beyond_the_clock_leaves_the_caps_to_cut_and_does_not_panic() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(
+            BatchLimits {
+                max_records: 2,
+                max_bytes: 10_000,
+                linger: Duration::MAX,
+            },
+            ENVELOPE,
+        );
+        b.push(1, 5, t0);
+        assert_eq!(b.deadline(), None);
+        assert!(!b.has_ready(t0 + Duration::from_secs(86_400)));
+        b.push(2, 5, t0 + Duration::from_millis(1));
+        assert_eq!(items(b.poll(t0)), Some(vec![1, 2]), "cut by count");
     }
 
     #[test]
