@@ -200,6 +200,26 @@ async fn a_silent_slave_on_an_rtu_bus_is_counted_and_retried_while_the_others_ke
     }
     let two = of(&after, "unit-2");
     assert!(n(&two["backoff_ms"]) > 0, "{two:#}");
+    // /healthz names the silent slave, and only it: degraded, still 200.
+    let health = reqwest::get(format!("{}/healthz", gw.admin_url()))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let health: Value = serde_json::from_slice(&health.bytes().await.unwrap()).unwrap();
+    assert_eq!(health["status"], "degraded", "{health}");
+    let reasons = health["degraded"].as_array().unwrap();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r == "modbus unit-2: not answering (polled with backoff)"),
+        "{health}"
+    );
+    assert!(
+        !reasons.iter().any(|r| r
+            .as_str()
+            .is_some_and(|r| r.contains("unit-1") || r.contains("unit-3"))),
+        "{health}"
+    );
     let timeouts = n(&two["errors"]["timeout"]);
     gw.stop().await;
     let summary = sim.stop().await;

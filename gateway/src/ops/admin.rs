@@ -303,6 +303,11 @@ impl AdminState {
                 degraded.push(Degraded::SinkDown(sink.name.clone()));
             }
         }
+        for slave in m.modbus() {
+            if slave.state() == crate::ops::metrics::SlaveState::Down {
+                degraded.push(Degraded::ModbusDown(slave.device.clone()));
+            }
+        }
         let (code, status) = if degraded.iter().any(Degraded::is_unhealthy) {
             (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
         } else if degraded.is_empty() {
@@ -332,6 +337,8 @@ enum Degraded {
     UpstreamBackingOff,
     /// A `[[sink]]` (by name) is down.
     SinkDown(String),
+    /// A Modbus slave (by device name) gave no answer at its last poll.
+    ModbusDown(String),
 }
 
 impl Degraded {
@@ -382,6 +389,9 @@ impl Degraded {
             Degraded::UpstreamDown => "upstream: down".into(),
             Degraded::UpstreamBackingOff => "upstream: backing off".into(),
             Degraded::SinkDown(name) => format!("sink {name}: down"),
+            Degraded::ModbusDown(device) => {
+                format!("modbus {device}: not answering (polled with backoff)")
+            }
         }
     }
 }
