@@ -45,7 +45,7 @@ mod wait;
 pub use kafka::{KAFKA_ENABLE, Kafka, KafkaRecord};
 pub use mosquitto::{Mosquitto, MosquittoBuilder, deploy_limits};
 pub use pki::{Authority, Pki};
-pub use port::{HeldPort, RefusedPort, free_port, listens_on};
+pub use port::{RefusedPort, free_port, listens_on};
 pub use tmpfs::{Tmpfs, fill};
 pub use upstream::{Batch, Poison, Reply, TlsServer, Upstream};
 pub use wait::{POLL, wait_until};

@@ -13,7 +13,7 @@
 //!   moment ago does not count), and fails if mosquitto wrote an error at start (an unwritable
 //!   log or database would quietly turn off what the test relies on). A port taken between
 //!   picking and binding is retried with fresh ones.
-//! - While stopped, its ports are held ([`HeldPort`]): refused to clients, and given to nobody
+//! - While stopped, its ports are held ([`RefusedPort::hold`]): refused to clients, and given to nobody
 //!   else, so [`Mosquitto::restart`] finds them free.
 //! - [`MosquittoBuilder::require`] reports a missing mosquitto through [`crate::missing`], which
 //!   fails the test under `CI`.
@@ -22,7 +22,7 @@
 //! The binary is `$MOSQUITTO`, else `/usr/sbin/mosquitto`, `/usr/local/sbin/mosquitto`, or
 //! `mosquitto` on `PATH`.
 
-use crate::{Authority, HeldPort, free_port, listens_on};
+use crate::{Authority, RefusedPort, free_port, listens_on};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
@@ -175,7 +175,7 @@ pub struct Mosquitto {
     dir: Dir,
     child: Option<Child>,
     /// Its ports while it is stopped.
-    held: Vec<HeldPort>,
+    held: Vec<RefusedPort>,
 }
 
 impl Mosquitto {
@@ -324,7 +324,7 @@ impl Mosquitto {
             // Keep its ports from other tests until it restarts (best effort: a port already
             // taken shows up as a failed restart).
             let ports = std::iter::once(self.port).chain(self.tls_port);
-            self.held = ports.filter_map(|p| HeldPort::hold(p).ok()).collect();
+            self.held = ports.filter_map(|p| RefusedPort::hold(p).ok()).collect();
         }
     }
 

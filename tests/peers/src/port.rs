@@ -6,8 +6,8 @@
 //! reach of other tests while its peer is down for a restart:
 //! - [`free_port`] never hands out the same port twice in one process;
 //! - [`listens_on`] tells whether a given process (not just anybody) listens on a port;
-//! - [`HeldPort`] keeps a stopped peer's port from being handed to anybody else until the peer
-//!   binds it again.
+//! - [`RefusedPort::hold`] keeps a stopped peer's port from being handed to anybody else until
+//!   the peer binds it again.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -72,28 +72,6 @@ pub fn listens_on(pid: u32, port: u16) -> bool {
     })
 }
 
-/// A stopped peer's port, held bound (not listening) so that nobody else is given it while the
-/// peer is down: port-0 binds pass it over and connections to it are refused, as to a peer that
-/// is down. Both it and the peer set `SO_REUSEADDR`, so the peer can bind the port again while
-/// it is held (and despite connections of its last life in `TIME_WAIT`); drop it once the peer
-/// listens.
-#[derive(Debug)]
-pub struct HeldPort {
-    /// Never read: holding it keeps the port bound.
-    _socket: socket2::Socket,
-}
-
-impl HeldPort {
-    /// Holds `port` on 127.0.0.1; an error if somebody else has it already.
-    pub fn hold(port: u16) -> std::io::Result<HeldPort> {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-        socket.set_reuse_address(true)?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        socket.bind(&addr.into())?;
-        Ok(HeldPort { _socket: socket })
-    }
-}
-
 /// A TCP port on 127.0.0.1 where every connection is refused, for as long as this value lives:
 /// a cloud that is down. The port is held bound but never listened on, so nobody else (another
 /// test's admin API, a later [`free_port`]) can take it and answer instead.
@@ -121,6 +99,22 @@ impl RefusedPort {
             _socket: socket,
             port,
         }
+    }
+
+    /// Holds `port`, a stopped peer's, on 127.0.0.1 so that nobody else is given it while the
+    /// peer is down: port-0 binds pass it over and connections to it are refused. Unlike
+    /// [`RefusedPort::bind`] it sets `SO_REUSEADDR`, as the peer does, so the peer can bind the
+    /// port again while it is held (and despite connections of its last life in `TIME_WAIT`);
+    /// drop it once the peer listens. An error if somebody else has the port already.
+    pub fn hold(port: u16) -> std::io::Result<RefusedPort> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        socket.bind(&addr.into())?;
+        Ok(RefusedPort {
+            _socket: socket,
+            port,
+        })
     }
 
     /// The port number.
@@ -175,7 +169,7 @@ mod tests {
     #[test]
     fn a_held_port_is_refused_passed_over_by_port_0_and_rebound_by_its_server() {
         let port = free_port();
-        let held = HeldPort::hold(port).expect("hold a free port");
+        let held = RefusedPort::hold(port).expect("hold a free port");
         let err = std::net::TcpStream::connect(("127.0.0.1", port)).expect_err("refused");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
         for _ in 0..5_000 {
