@@ -10,13 +10,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::{free_port, listens_on, missing};
+use crate::port::{Start, wait_listening};
+use crate::{free_port, missing};
 
 /// How `scripts/test` provides the broker and the client.
 pub const KAFKA_ENABLE: &str = "scripts/test (cargo install tansu --version 0.6.0 --features \
@@ -147,22 +148,8 @@ impl Kafka {
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", self.bin.display()));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(c) = &mut self.child
-                && let Ok(Some(_)) = c.try_wait()
-            {
-                self.child = None;
-                return false;
-            }
-            // This tansu, not whoever else answers on a port that was free a moment ago.
-            let pid = self.child.as_ref().map_or(0, Child::id);
-            if listens_on(pid, self.port) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        // This tansu, not whoever else answers on a port that was free a moment ago.
+        wait_listening(&mut self.child, &[self.port], Duration::from_secs(20)) == Start::Listening
     }
 
     /// `127.0.0.1:port`, for a sink's `brokers`.

@@ -22,7 +22,8 @@
 //! The binary is `$MOSQUITTO`, else `/usr/sbin/mosquitto`, `/usr/local/sbin/mosquitto`, or
 //! `mosquitto` on `PATH`.
 
-use crate::{Authority, RefusedPort, free_port, listens_on};
+use crate::port::{Start, wait_listening};
+use crate::{Authority, RefusedPort, free_port};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
@@ -257,16 +258,8 @@ impl Mosquitto {
             .expect("spawn mosquitto");
         self.child = Some(child);
         let ports: Vec<u16> = std::iter::once(self.port).chain(self.tls_port).collect();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Some(c) = self.child.as_mut()
-                && let Ok(Some(_)) = c.try_wait()
-            {
-                self.child = None;
-                return false;
-            }
-            let pid = self.child.as_ref().map_or(0, Child::id);
-            if ports.iter().all(|p| listens_on(pid, *p)) {
+        match wait_listening(&mut self.child, &ports, Duration::from_secs(15)) {
+            Start::Listening => {
                 let early =
                     std::fs::read_to_string(self.dir().join("stdout.log")).unwrap_or_default();
                 assert!(
@@ -274,11 +267,13 @@ impl Mosquitto {
                     "mosquitto reported errors at start:\n{early}"
                 );
                 self.held.clear();
-                return true;
+                true
             }
-            std::thread::sleep(Duration::from_millis(20));
+            Start::Exited => false,
+            Start::TimedOut => {
+                panic!("mosquitto did not listen within 15 s:\n{}", self.log_tail())
+            }
         }
-        panic!("mosquitto did not listen within 15 s:\n{}", self.log_tail());
     }
 
     /// Its plain TCP port on 127.0.0.1.
@@ -391,6 +386,7 @@ impl Drop for Mosquitto {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::listens_on;
 
     #[test]
     fn a_persistent_broker_restarts_on_its_port_and_dies_with_its_handle() {

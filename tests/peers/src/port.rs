@@ -5,13 +5,16 @@
 //! must be picked once, be shown to belong to the peer that was started on it, and stay out of
 //! reach of other tests while its peer is down for a restart:
 //! - [`free_port`] never hands out the same port twice in one process;
-//! - [`listens_on`] tells whether a given process (not just anybody) listens on a port;
+//! - [`listens_on`] tells whether a given process (not just anybody) listens on a port, and
+//!   [`wait_listening`] waits for a peer just spawned to do so;
 //! - [`RefusedPort::hold`] keeps a stopped peer's port from being handed to anybody else until
 //!   the peer binds it again.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::process::Child;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Every port [`free_port`] handed out in this process.
 static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
@@ -70,6 +73,38 @@ pub fn listens_on(pid: u32, port: u16) -> bool {
         std::fs::read_link(fd.path())
             .is_ok_and(|target| inodes.contains(target.to_string_lossy().as_ref()))
     })
+}
+
+/// How a peer's start went, as [`wait_listening`] saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The peer's own process listens on every port.
+    Listening,
+    /// It exited first (a port was taken, say); the child was reaped and taken.
+    Exited,
+    /// Neither within the time given.
+    TimedOut,
+}
+
+/// Waits until `child` listens on every one of `ports` ([`listens_on`]), polling every 20 ms
+/// for at most `within`. A child that exits meanwhile is reaped and set to `None`.
+pub fn wait_listening(child: &mut Option<Child>, ports: &[u16], within: Duration) -> Start {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let Some(c) = child.as_mut() else {
+            return Start::Exited;
+        };
+        if let Ok(Some(_)) = c.try_wait() {
+            *child = None;
+            return Start::Exited;
+        }
+        let pid = c.id();
+        if ports.iter().all(|p| listens_on(pid, *p)) {
+            return Start::Listening;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Start::TimedOut
 }
 
 /// A TCP port on 127.0.0.1 where every connection is refused, for as long as this value lives:
