@@ -615,6 +615,8 @@ struct GatewayRun {
     /// CPU seconds and bytes written to disk from ready until every consumer had the fleet.
     cpu: f64,
     written: u64,
+    /// Group commits (each one fsync) over the same span.
+    commits: u64,
 }
 
 /// The cloud IoT broker of the MQTT sink: its TLS port, and the PKI its certificates (and the
@@ -709,6 +711,8 @@ async fn run_gateway(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (_, cpu_before, written_before) = proc_stats(gw.id());
+    let commits = |s: Option<Value>| s.map_or(0, |s| s["buffer"]["commits"].as_u64().unwrap_or(0));
+    let commits_before = commits(fetch_status(&client, admin).await);
 
     let probes_published = Arc::new(AtomicU64::new(0));
     let stop_ingest_poll = tokio_util::sync::CancellationToken::new();
@@ -733,6 +737,7 @@ async fn run_gateway(
         .unwrap()
         .unwrap();
     let (rss, cpu_after, written_after) = proc_stats(gw.id());
+    let commits_after = commits(fetch_status(&client, admin).await);
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(gw.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -744,6 +749,7 @@ async fn run_gateway(
         rss,
         cpu: cpu_after - cpu_before,
         written: written_after - written_before,
+        commits: commits_after.saturating_sub(commits_before),
     }
 }
 
@@ -903,6 +909,16 @@ async fn main() {
             String::new(),
         ),
         (
+            "group commits (fsyncs)",
+            format!(
+                "{} ({:.0} readings, {:.0} B written each)",
+                run.commits,
+                delivered as f64 / run.commits.max(1) as f64,
+                run.written as f64 / run.commits.max(1) as f64
+            ),
+            String::new(),
+        ),
+        (
             "readings sent / delivered / lost, by identity",
             lost_row(side.sent, got),
             format!("zero lost ({})", verdict(got.lost.is_empty())),
@@ -943,7 +959,7 @@ async fn main() {
         "ratio": ratio, "ingest_readings_per_s": ingest_rate, "ingest_ratio": ingest_ratio,
         "latency_ms": {"p50": p50, "p99": p99}, "baseline_latency_ms": {"p50": b50, "p99": b99},
         "alarm_latency_ms": {"p50": a50, "p99": a99},
-        "peak_rss_bytes": rss, "cpu_s": cpu, "disk_bytes_per_reading": written_per_reading,
+        "peak_rss_bytes": rss, "cpu_s": cpu, "disk_bytes_per_reading": written_per_reading, "commits": run.commits,
         "sent": side.sent, "delivered": delivered, "lost": got.lost.len(), "unexpected": got.unexpected, "wrong_value": got.wrong_value,
         "duplicates": got.duplicates, "renumbered": got.renumbered, "baseline_lost": base_got.lost.len(),
     });
