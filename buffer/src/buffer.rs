@@ -18,8 +18,8 @@ use crate::keys;
 use crate::options::{BufferOptions, WhenFull};
 use crate::record::{Lane, Record, Stored};
 use crate::stats::{
-    BufferStats, ConsumerLaneStats, ConsumerStats, DeadKindStats, DeadLetterStats, LaneStats,
-    MovedAside,
+    BufferStats, CommitTimes, ConsumerLaneStats, ConsumerStats, DeadKindStats, DeadLetterStats,
+    Durations, LaneStats, MovedAside,
 };
 use crate::watermark::{self, Loaded, Watermark};
 
@@ -57,6 +57,9 @@ pub(crate) struct Inner {
     dirty: AtomicBool,
     /// Group commits since open (for stats).
     pub(crate) commits: AtomicU64,
+    /// How long group commits took: writing (lock wait included) and flushing.
+    pub(crate) commit_write: Durations,
+    pub(crate) commit_flush: Durations,
     /// Whether the database still takes writes (see `health.rs`).
     health: watch::Sender<BufferHealth>,
     /// Failed writes and flushes of the database since open.
@@ -260,6 +263,8 @@ impl Buffer {
             durable_tx,
             dirty: AtomicBool::new(false),
             commits: AtomicU64::new(0),
+            commit_write: Durations::default(),
+            commit_flush: Durations::default(),
             health: watch::channel(BufferHealth::Writable).0,
             write_errors: AtomicU64::new(0),
             watermark: Mutex::new(watermark),
@@ -560,6 +565,10 @@ impl Buffer {
             missing_at_open: st.missing_at_open,
             last_durable_seq: *self.inner.durable_tx.borrow(),
             commits: self.inner.commits.load(Ordering::Relaxed),
+            commit_times: CommitTimes {
+                write: self.inner.commit_write.snapshot(),
+                flush: self.inner.commit_flush.snapshot(),
+            },
             write_errors: self.inner.write_errors.load(Ordering::Relaxed),
         }
     }

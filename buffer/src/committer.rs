@@ -422,6 +422,7 @@ struct Call {
 fn commit_group(inner: &Inner, calls: Vec<Call>) -> Vec<(Outcome, StateWrites)> {
     let now = inner.opts.clock.now_ms();
     let mut results = Vec::with_capacity(calls.len());
+    let began = std::time::Instant::now();
     let mut st = inner.lock();
     let mut per_lane: [Vec<(u64, &Record)>; 2] = [Vec::new(), Vec::new()];
     // Once an in-line append waits, every in-line append after it waits too (order).
@@ -475,9 +476,12 @@ fn commit_group(inner: &Inner, calls: Vec<Call>) -> Vec<(Outcome, StateWrites)> 
     })();
     let durable_seq = st.next_seq - 1;
     drop(st);
+    let wrote = std::time::Instant::now();
     let outcome = written.and_then(|()| inner.durable_flush());
     match outcome {
         Ok(()) => {
+            inner.commit_write.observe(wrote - began);
+            inner.commit_flush.observe(wrote.elapsed());
             inner.note_durable(durable_seq);
             inner
                 .commits

@@ -3,6 +3,8 @@
 //! `expired`, `undecodable`) count since this open.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use crate::record::Lane;
 
@@ -127,6 +129,8 @@ pub struct BufferStats {
     pub last_durable_seq: u64,
     /// Group commits (one flush each) since open; `appended_total / commits` is the mean group.
     pub commits: u64,
+    /// How long those group commits took.
+    pub commit_times: CommitTimes,
     /// Writes and flushes of the database that failed since open (disk full, I/O error). After
     /// the first one the buffer refuses appends until it is reopened
     /// ([`crate::Buffer::health`]).
@@ -155,4 +159,119 @@ pub struct MovedAside {
     /// When it was moved aside (ms since the epoch, whole seconds), read from its name; `None`
     /// when the name holds no readable time.
     pub moved_at_ms: Option<i64>,
+}
+
+/// Upper bounds, in seconds, of the buckets of [`CommitTimes`]: from a group commit on a fast
+/// disk (~0.2 ms fsync) or an SD card (~2 ms), to a disk that stalls.
+pub const COMMIT_SECONDS_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// How long the group commits since open took, in two phases: `write` (waiting for the
+/// buffer's lock, encoding the blocks and handing them to sled) and `flush` (sled's flush and
+/// the `fdatasync`). A PUBACK waits for both.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitTimes {
+    pub write: DurationHistogram,
+    pub flush: DurationHistogram,
+}
+
+/// Durations in the buckets of [`COMMIT_SECONDS_BUCKETS`], Prometheus style.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DurationHistogram {
+    /// `cumulative[i]` durations were ≤ `COMMIT_SECONDS_BUCKETS[i]`; the last entry counts
+    /// every one (`+Inf`). Empty when nothing was observed.
+    pub cumulative: Vec<u64>,
+    /// Their sum, µs.
+    pub sum_us: u64,
+    /// The longest, µs.
+    pub max_us: u64,
+}
+
+impl DurationHistogram {
+    pub fn count(&self) -> u64 {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
+
+    /// The upper bound, in ms, of the bucket holding quantile `q` (0..=1): an estimate from
+    /// above. `None` before any observation, or when the quantile falls past the last bound.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let count = self.count();
+        if count == 0 {
+            return None;
+        }
+        let rank = (q * count as f64).ceil().max(1.0) as u64;
+        let i = self.cumulative.iter().position(|&c| c >= rank)?;
+        COMMIT_SECONDS_BUCKETS.get(i).map(|b| b * 1000.0)
+    }
+}
+
+/// The live counters behind a [`DurationHistogram`]: atomics, so a commit never waits on a
+/// reader of the stats.
+#[derive(Debug, Default)]
+pub(crate) struct Durations {
+    buckets: [AtomicU64; COMMIT_SECONDS_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+impl Durations {
+    pub(crate) fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let bucket = COMMIT_SECONDS_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(COMMIT_SECONDS_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_us.fetch_add(us, Relaxed);
+        self.max_us.fetch_max(us, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> DurationHistogram {
+        let mut total = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|b| {
+                total += b.load(Relaxed);
+                total
+            })
+            .collect();
+        DurationHistogram {
+            cumulative,
+            sum_us: self.sum_us.load(Relaxed),
+            max_us: self.max_us.load(Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_duration_lands_in_the_first_bucket_that_holds_it_and_quantiles_come_from_above() {
+        let d = Durations::default();
+        assert_eq!(d.snapshot().quantile_ms(0.99), None);
+        for _ in 0..98 {
+            d.observe(Duration::from_micros(300));
+        }
+        d.observe(Duration::from_millis(40));
+        d.observe(Duration::from_secs(30));
+        let h = d.snapshot();
+        assert_eq!(h.count(), 100);
+        assert_eq!(h.cumulative[0], 98, "0.3 ms is within the 0.5 ms bucket");
+        assert_eq!(
+            h.cumulative[6] - h.cumulative[5],
+            1,
+            "40 ms is in (25, 50] ms"
+        );
+        assert_eq!(h.cumulative[12], 99, "30 s is past the last bound");
+        assert_eq!(h.quantile_ms(0.5), Some(0.5));
+        assert_eq!(h.quantile_ms(0.99), Some(50.0));
+        assert_eq!(h.quantile_ms(1.0), None);
+        assert_eq!(h.max_us, 30_000_000);
+        assert_eq!(h.sum_us, 98 * 300 + 40_000 + 30_000_000);
+    }
 }

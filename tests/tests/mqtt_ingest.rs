@@ -115,6 +115,32 @@ async fn ingest_through(setup: MqttSetup, broker_port: u16, label: &str, restart
         acks["count"].as_u64().is_some_and(|c| c >= messages as u64) && acks["p99"].is_number(),
         "{label}: {messages} messages acked, ack latency {acks}"
     );
+    // Each group commit's two phases were timed, once per commit (one committer: at most one
+    // commit between reading the count and the histograms).
+    let commits = status["buffer"]["commits"].as_u64().unwrap();
+    for phase in ["write", "flush"] {
+        let t = &status["buffer"]["commit_ms"][phase];
+        let n = t["count"].as_u64().unwrap();
+        assert!(
+            commits > 0 && (commits..=commits + 1).contains(&n) && t["p99"].is_number(),
+            "{label}: {commits} commits, {phase} phase {t}"
+        );
+        assert!(t["max"].as_f64().is_some_and(|m| m > 0.0), "{label}: {t}");
+    }
+    let metrics = reqwest::get(format!("{}/metrics", gw.admin_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway_buffer_commit_seconds_count{phase=\"flush\"} "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(
+        count.is_some_and(|c| c >= commits as f64),
+        "{label}: /metrics has the flush phase's count: {count:?}"
+    );
 
     if restart_after {
         // Every message was stored, so every one must have been PUBACKed: after a clean stop

@@ -209,6 +209,10 @@ impl AdminState {
                 "missing_at_open": b.missing_at_open,
                 "last_durable_seq": b.last_durable_seq,
                 "commits": b.commits,
+                "commit_ms": {
+                    "write": commit_ms(&b.commit_times.write),
+                    "flush": commit_ms(&b.commit_times.flush),
+                },
                 "write_errors": b.write_errors,
                 "writable": p.buffer().health().is_writable(),
             },
@@ -397,6 +401,17 @@ impl Degraded {
 }
 
 /// `buffer.moved_aside_on_disk` of `/status`: the databases moved aside and still on disk.
+/// One phase of the group commits for `/status`: how many, p50 and p99 (bucket bounds, an
+/// estimate from above) and the longest, in ms.
+fn commit_ms(h: &gateway_buffer::DurationHistogram) -> Value {
+    json!({
+        "count": h.count(),
+        "p50": h.quantile_ms(0.5),
+        "p99": h.quantile_ms(0.99),
+        "max": h.max_us as f64 / 1000.0,
+    })
+}
+
 fn moved_aside_json(listed: &Result<Vec<MovedAside>, String>) -> Value {
     match listed {
         Ok(list) => json!({
@@ -834,6 +849,32 @@ pub async fn render_metrics(state: &AdminState) -> String {
         "counter",
         "Group commits of the buffer (each one sled flush and one fdatasync): at a trickle, what wears an SD card.",
         &one(b.commits),
+    );
+    // A histogram per phase through `family`: each sample's "labels" carry the series suffix.
+    let mut samples = Vec::new();
+    for (phase, h) in [
+        ("write", &b.commit_times.write),
+        ("flush", &b.commit_times.flush),
+    ] {
+        let le = gateway_buffer::COMMIT_SECONDS_BUCKETS
+            .iter()
+            .map(|b| b.to_string())
+            .chain(["+Inf".to_owned()]);
+        let counts = h.cumulative.iter().copied().chain(std::iter::repeat(0));
+        samples.extend(le.zip(counts).map(|(le, c)| {
+            (
+                format!("_bucket{{phase=\"{phase}\",le=\"{le}\"}}"),
+                c as f64,
+            )
+        }));
+        samples.push((format!("_sum{{phase=\"{phase}\"}}"), h.sum_us as f64 / 1e6));
+        samples.push((format!("_count{{phase=\"{phase}\"}}"), h.count() as f64));
+    }
+    family(
+        "gateway_buffer_commit_seconds",
+        "histogram",
+        "How long group commits took, by phase: write (waiting for the buffer's lock, encoding blocks, handing them to sled) and flush (sled's flush and the fdatasync). A PUBACK waits for both.",
+        &samples,
     );
     family(
         "gateway_buffer_write_errors_total",

@@ -1354,6 +1354,15 @@ async fn wear() {
     };
     let ack = &end["ingest"]["ack_latency_ms"];
     let ack_ms = |q: &str| ack[q].as_f64().map_or("?".to_owned(), |v| format!("≤ {v}"));
+    let commit_ms = &end["buffer"]["commit_ms"];
+    let phase = |p: &str| {
+        let t = &commit_ms[p];
+        format!(
+            "≤ {} / {:.1} ms",
+            t["p99"].as_f64().map_or("?".to_owned(), |v| v.to_string()),
+            t["max"].as_f64().unwrap_or(f64::NAN)
+        )
+    };
     let [floor_1s, floor_100ms] = floors.map(|f| f.join().unwrap());
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(gw.id() as i32),
@@ -1380,6 +1389,7 @@ async fn wear() {
          | gateway / floor (1 s) | {:.1}× | |\n\
          | group commits (fdatasyncs) | {commits_made} ({:.1} a second, {:.0} B written each) | |\n\
          | gateway PUBACK latency p50 / p99 (bucket bounds) | {} / {} ms | p99 ≤ 100 ms |\n\
+         | group commit write / flush: p99 (bucket bound) / longest | {} · {} | |\n\
          | publish→receipt at the cloud p50 / p99 | {delivery} | |\n\
          | readings requests upstream | {requests} ({:.1} a second) | |\n\
          | gateway CPU | {:.2} s ({:.0} µs/reading) | |\n\
@@ -1392,6 +1402,8 @@ async fn wear() {
         written as f64 / commits_made.max(1) as f64,
         ack_ms("p50"),
         ack_ms("p99"),
+        phase("write"),
+        phase("flush"),
         requests as f64 / seconds as f64,
         cpu_after - cpu_before,
         (cpu_after - cpu_before) * 1e6 / sent.max(1) as f64,
@@ -1408,7 +1420,7 @@ async fn wear() {
         "floor_bytes_per_reading": floor_per_reading,
         "floor_100ms_bytes_per_reading": floor_100ms_per_reading,
         "cpu_s": cpu_after - cpu_before, "commits": commits_made, "stagger": stagger,
-        "ack_latency_ms": ack,
+        "ack_latency_ms": ack, "commit_ms": commit_ms,
         "delivery_latency_ms": delivery, "readings_requests": requests,
         "peak_rss_bytes": rss,
     });
