@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     /// How long group commits took: writing (lock wait included) and flushing.
     pub(crate) commit_write: Durations,
     pub(crate) commit_flush: Durations,
+    /// How long flushes between commits (acks, state) took.
+    pub(crate) idle_flush: Durations,
     /// Whether the database still takes writes (see `health.rs`).
     health: watch::Sender<BufferHealth>,
     /// Failed writes and flushes of the database since open.
@@ -265,6 +267,7 @@ impl Buffer {
             commits: AtomicU64::new(0),
             commit_write: Durations::default(),
             commit_flush: Durations::default(),
+            idle_flush: Durations::default(),
             health: watch::channel(BufferHealth::Writable).0,
             write_errors: AtomicU64::new(0),
             watermark: Mutex::new(watermark),
@@ -568,6 +571,7 @@ impl Buffer {
             commit_times: CommitTimes {
                 write: self.inner.commit_write.snapshot(),
                 flush: self.inner.commit_flush.snapshot(),
+                idle_flush: self.inner.idle_flush.snapshot(),
             },
             write_errors: self.inner.write_errors.load(Ordering::Relaxed),
         }

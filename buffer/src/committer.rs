@@ -312,7 +312,9 @@ impl Committer {
                 inner.expire(&mut st, now)?
             };
             if expired > 0 || inner.take_dirty() {
+                let began = std::time::Instant::now();
                 inner.durable_flush()?;
+                inner.idle_flush.observe(began.elapsed());
             }
             Ok(())
         })

@@ -169,11 +169,13 @@ pub const COMMIT_SECONDS_BUCKETS: [f64; 13] = [
 
 /// How long the group commits since open took, in two phases: `write` (waiting for the
 /// buffer's lock, encoding the blocks and handing them to sled) and `flush` (sled's flush and
-/// the `fdatasync`). A PUBACK waits for both.
+/// the `fdatasync`). A PUBACK waits for both. And `idle_flush`: the flushes of acks and state
+/// between commits (the committer takes no group while one runs).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CommitTimes {
     pub write: DurationHistogram,
     pub flush: DurationHistogram,
+    pub idle_flush: DurationHistogram,
 }
 
 /// Durations in the buckets of [`COMMIT_SECONDS_BUCKETS`], Prometheus style.

@@ -212,6 +212,7 @@ impl AdminState {
                 "commit_ms": {
                     "write": commit_ms(&b.commit_times.write),
                     "flush": commit_ms(&b.commit_times.flush),
+                    "idle_flush": commit_ms(&b.commit_times.idle_flush),
                 },
                 "write_errors": b.write_errors,
                 "writable": p.buffer().health().is_writable(),
@@ -855,6 +856,7 @@ pub async fn render_metrics(state: &AdminState) -> String {
     for (phase, h) in [
         ("write", &b.commit_times.write),
         ("flush", &b.commit_times.flush),
+        ("idle_flush", &b.commit_times.idle_flush),
     ] {
         let le = gateway_buffer::COMMIT_SECONDS_BUCKETS
             .iter()
@@ -873,7 +875,7 @@ pub async fn render_metrics(state: &AdminState) -> String {
     family(
         "gateway_buffer_commit_seconds",
         "histogram",
-        "How long group commits took, by phase: write (waiting for the buffer's lock, encoding blocks, handing them to sled) and flush (sled's flush and the fdatasync). A PUBACK waits for both.",
+        "How long group commits took, by phase: write (waiting for the buffer's lock, encoding blocks, handing them to sled) flush (sled's flush and the fdatasync); and idle_flush, the flushes of acks and state between commits, during which no group is committed. A PUBACK waits for the first two, and for an idle flush under way when its message arrived.",
         &samples,
     );
     family(

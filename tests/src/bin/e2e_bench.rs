@@ -1389,7 +1389,7 @@ async fn wear() {
          | gateway / floor (1 s) | {:.1}× | |\n\
          | group commits (fdatasyncs) | {commits_made} ({:.1} a second, {:.0} B written each) | |\n\
          | gateway PUBACK latency p50 / p99 (bucket bounds) | {} / {} ms | p99 ≤ 100 ms |\n\
-         | group commit write / flush: p99 (bucket bound) / longest | {} · {} | |\n\
+         | group commit write · flush · idle flush: p99 (bucket bound) / longest | {} · {} · {} | |\n\
          | publish→receipt at the cloud p50 / p99 | {delivery} | |\n\
          | readings requests upstream | {requests} ({:.1} a second) | |\n\
          | gateway CPU | {:.2} s ({:.0} µs/reading) | |\n\
@@ -1404,6 +1404,7 @@ async fn wear() {
         ack_ms("p99"),
         phase("write"),
         phase("flush"),
+        phase("idle_flush"),
         requests as f64 / seconds as f64,
         cpu_after - cpu_before,
         (cpu_after - cpu_before) * 1e6 / sent.max(1) as f64,
