@@ -48,6 +48,17 @@ fn rss_mb() -> f64 {
 }
 
 /// Allocated bytes of every file under `dir` (what the disk actually holds).
+/// Bytes this process has caused to be written to storage (`/proc/self/io` `write_bytes`): what
+/// an SD card would see, sled's rewrites included.
+fn written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn disk_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0;
@@ -93,6 +104,7 @@ fn main() {
     let rss_start = rss_mb();
 
     // 1. Durable append.
+    let written_at_start = written_bytes();
     let (append_rate, mean_group) = rt.block_on(async {
         let (buffer, committer) = Buffer::open(opts(&dir)).unwrap();
         let shutdown = CancellationToken::new();
@@ -123,7 +135,9 @@ fn main() {
         (n as f64 / secs, n as f64 / s.commits.max(1) as f64)
     });
     let disk = disk_bytes(&dir);
+    let written_appending = written_bytes() - written_at_start;
     let rss_after_append = rss_mb();
+    let written_at_reopen = written_bytes();
 
     // 2. Reopen with the backlog, then drain with read + ack.
     let (reopen, rss_reopened, drain_rate, drained) = rt.block_on(async {
@@ -154,6 +168,7 @@ fn main() {
         (reopen, rss_reopened, drained as f64 / secs, drained)
     });
     assert_eq!(drained, records / appenders * appenders);
+    let written_draining = written_bytes() - written_at_reopen;
 
     // 3. Raw sled, same appenders and records per call.
     let raw_dir = base.path().join("raw");
@@ -175,6 +190,15 @@ fn main() {
     println!(
         "| bytes on disk per reading at {records} | {per_rec:.1} | {:.1} | |",
         raw_disk as f64 / records as f64
+    );
+    println!(
+        "| bytes written per reading: appending / draining (`/proc/self/io`) | {:.1} / {:.1} | | |",
+        written_appending as f64 / records as f64,
+        written_draining as f64 / records as f64
+    );
+    println!(
+        "| written / stored (appending) | {:.1}x | | |",
+        written_appending as f64 / disk.max(1) as f64
     );
     println!("| RSS after appending {records}, MB | {rss_after_append:.1} | | |");
     println!(
