@@ -86,7 +86,12 @@ pub fn render_status(s: &Value) -> String {
         n(&i["rejected_total"]),
         i["ack_latency_ms"]["p99"]
             .as_f64()
-            .map_or(String::new(), |ms| format!("; PUBACK p99 ≤ {ms} ms"))
+            .map_or(String::new(), |ms| format!(
+                "; PUBACK p99 ≤ {ms} ms{}",
+                s["buffer"]["commit_ms"]["flush"]["p99"]
+                    .as_f64()
+                    .map_or(String::new(), |f| format!(" (disk flush p99 ≤ {f} ms)"))
+            ))
     );
     for lane in ["alarms", "readings"] {
         let l = &s["buffer"]["lanes"][lane];
@@ -377,6 +382,22 @@ mod tests {
             }]}
         });
         assert_clean(&render_status(&status), 9);
+    }
+
+    #[test]
+    fn the_ingest_line_tells_the_puback_wait_and_the_disk_flush_apart() {
+        let mut status = json!({
+            "ingest": {"ack_latency_ms": {"p99": 250.0}},
+            "buffer": {"commit_ms": {"flush": {"p99": 2.5}}},
+        });
+        let out = render_status(&status);
+        assert!(
+            out.contains("; PUBACK p99 ≤ 250 ms (disk flush p99 ≤ 2.5 ms)"),
+            "{out}"
+        );
+        status["buffer"]["commit_ms"]["flush"]["p99"] = Value::Null;
+        let out = render_status(&status);
+        assert!(out.contains("; PUBACK p99 ≤ 250 ms\n"), "{out}");
     }
 
     #[test]
