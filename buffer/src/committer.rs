@@ -314,7 +314,7 @@ impl Committer {
             if expired > 0 || inner.take_dirty() {
                 let began = std::time::Instant::now();
                 inner.durable_flush()?;
-                inner.idle_flush.observe(began.elapsed());
+                inner.idle_flush.observe(began.elapsed(), 1);
             }
             Ok(())
         })
@@ -482,8 +482,8 @@ fn commit_group(inner: &Inner, calls: Vec<Call>) -> Vec<(Outcome, StateWrites)> 
     let outcome = written.and_then(|()| inner.durable_flush());
     match outcome {
         Ok(()) => {
-            inner.commit_write.observe(wrote - began);
-            inner.commit_flush.observe(wrote.elapsed());
+            inner.commit_write.observe(wrote - began, 1);
+            inner.commit_flush.observe(wrote.elapsed(), 1);
             inner.note_durable(durable_seq);
             inner
                 .commits

@@ -173,8 +173,8 @@ pub use health::{BufferHealth, PROBE_BYTES, PROBE_FILE_NAME, PROBE_INTERVAL};
 pub use options::{BufferOptions, Clock, ManualClock, SystemClock, WhenFull};
 pub use record::{AlarmEvent, AlarmState, Lane, Reading, Record, Severity, Source, Stored};
 pub use stats::{
-    BufferStats, COMMIT_SECONDS_BUCKETS, CommitTimes, ConsumerLaneStats, ConsumerStats,
-    DeadKindStats, DeadLetterStats, DurationHistogram, LaneStats, MovedAside,
+    BufferStats, CommitTimes, ConsumerLaneStats, ConsumerStats, DeadKindStats, DeadLetterStats,
+    DurationHistogram, Durations, LATENCY_BUCKETS_S, LaneStats, MovedAside,
 };
 
 /// Name of the sled directory inside [`BufferOptions::dir`].

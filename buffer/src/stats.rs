@@ -161,10 +161,11 @@ pub struct MovedAside {
     pub moved_at_ms: Option<i64>,
 }
 
-/// Upper bounds, in seconds, of the buckets of [`CommitTimes`]: from a group commit on a fast
-/// disk (~0.2 ms fsync) or an SD card (~2 ms), to a disk that stalls.
-pub const COMMIT_SECONDS_BUCKETS: [f64; 13] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+/// Upper bounds, in seconds, of the buckets of every [`Durations`]: from a group commit on a fast
+/// disk (~0.2 ms fsync) or an SD card (~2 ms), through a commit window stretched at a trickle
+/// (50 ms by default), to a disk that stalls.
+pub const LATENCY_BUCKETS_S: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
 /// How long the group commits since open took, in two phases: `write` (waiting for the
@@ -178,11 +179,11 @@ pub struct CommitTimes {
     pub idle_flush: DurationHistogram,
 }
 
-/// Durations in the buckets of [`COMMIT_SECONDS_BUCKETS`], Prometheus style.
+/// A snapshot of [`Durations`]: counts in the buckets of [`LATENCY_BUCKETS_S`], Prometheus style.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DurationHistogram {
-    /// `cumulative[i]` durations were ≤ `COMMIT_SECONDS_BUCKETS[i]`; the last entry counts
-    /// every one (`+Inf`). Empty when nothing was observed.
+    /// `cumulative[i]` observations were ≤ `LATENCY_BUCKETS_S[i]`; the last entry counts every
+    /// one (`+Inf`).
     pub cumulative: Vec<u64>,
     /// Their sum, µs.
     pub sum_us: u64,
@@ -204,33 +205,36 @@ impl DurationHistogram {
         }
         let rank = (q * count as f64).ceil().max(1.0) as u64;
         let i = self.cumulative.iter().position(|&c| c >= rank)?;
-        COMMIT_SECONDS_BUCKETS.get(i).map(|b| b * 1000.0)
+        LATENCY_BUCKETS_S.get(i).map(|b| b * 1000.0)
     }
 }
 
-/// The live counters behind a [`DurationHistogram`]: atomics, so a commit never waits on a
-/// reader of the stats.
+/// A histogram of durations kept in atomics, so whoever observes never waits on a reader (the
+/// buffer's commits, the gateway's PUBACKs).
 #[derive(Debug, Default)]
-pub(crate) struct Durations {
-    buckets: [AtomicU64; COMMIT_SECONDS_BUCKETS.len() + 1],
+pub struct Durations {
+    buckets: [AtomicU64; LATENCY_BUCKETS_S.len() + 1],
     sum_us: AtomicU64,
     max_us: AtomicU64,
 }
 
 impl Durations {
-    pub(crate) fn observe(&self, took: Duration) {
+    /// Counts `n` events that each took `took`.
+    pub fn observe(&self, took: Duration, n: u64) {
         let secs = took.as_secs_f64();
-        let bucket = COMMIT_SECONDS_BUCKETS
+        let bucket = LATENCY_BUCKETS_S
             .iter()
             .position(|b| secs <= *b)
-            .unwrap_or(COMMIT_SECONDS_BUCKETS.len());
-        self.buckets[bucket].fetch_add(1, Relaxed);
+            .unwrap_or(LATENCY_BUCKETS_S.len());
+        self.buckets[bucket].fetch_add(n, Relaxed);
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        self.sum_us.fetch_add(us, Relaxed);
-        self.max_us.fetch_max(us, Relaxed);
+        self.sum_us.fetch_add(us.saturating_mul(n), Relaxed);
+        if n > 0 {
+            self.max_us.fetch_max(us, Relaxed);
+        }
     }
 
-    pub(crate) fn snapshot(&self) -> DurationHistogram {
+    pub fn snapshot(&self) -> DurationHistogram {
         let mut total = 0;
         let cumulative = self
             .buckets
@@ -256,11 +260,10 @@ mod tests {
     fn each_duration_lands_in_the_first_bucket_that_holds_it_and_quantiles_come_from_above() {
         let d = Durations::default();
         assert_eq!(d.snapshot().quantile_ms(0.99), None);
-        for _ in 0..98 {
-            d.observe(Duration::from_micros(300));
-        }
-        d.observe(Duration::from_millis(40));
-        d.observe(Duration::from_secs(30));
+        d.observe(Duration::from_micros(300), 98);
+        d.observe(Duration::from_millis(40), 1);
+        d.observe(Duration::from_secs(30), 1);
+        d.observe(Duration::from_secs(99), 0);
         let h = d.snapshot();
         assert_eq!(h.count(), 100);
         assert_eq!(h.cumulative[0], 98, "0.3 ms is within the 0.5 ms bucket");
@@ -269,7 +272,7 @@ mod tests {
             1,
             "40 ms is in (25, 50] ms"
         );
-        assert_eq!(h.cumulative[12], 99, "30 s is past the last bound");
+        assert_eq!(h.cumulative[13], 99, "30 s is past the last bound");
         assert_eq!(h.quantile_ms(0.5), Some(0.5));
         assert_eq!(h.quantile_ms(0.99), Some(50.0));
         assert_eq!(h.quantile_ms(1.0), None);

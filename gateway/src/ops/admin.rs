@@ -402,6 +402,29 @@ impl Degraded {
 }
 
 /// `buffer.moved_aside_on_disk` of `/status`: the databases moved aside and still on disk.
+/// A histogram's samples for `family`, whose "labels" carry the series suffix too: `_bucket`
+/// per bound of [`gateway_buffer::LATENCY_BUCKETS_S`] and `+Inf`, `_sum` (seconds) and `_count`,
+/// each with `labels` (`name="value",…`, or empty).
+fn histogram_samples(h: &gateway_buffer::DurationHistogram, labels: &str) -> Vec<(String, f64)> {
+    let (sep, braced) = if labels.is_empty() {
+        ("", String::new())
+    } else {
+        (",", format!("{{{labels}}}"))
+    };
+    let counts = h.cumulative.iter().copied().chain(std::iter::repeat(0));
+    gateway_buffer::LATENCY_BUCKETS_S
+        .iter()
+        .map(|b| b.to_string())
+        .chain(["+Inf".to_owned()])
+        .zip(counts)
+        .map(|(le, c)| (format!("_bucket{{{labels}{sep}le=\"{le}\"}}"), c as f64))
+        .chain([
+            (format!("_sum{braced}"), h.sum_us as f64 / 1e6),
+            (format!("_count{braced}"), h.count() as f64),
+        ])
+        .collect()
+}
+
 /// One phase of the group commits for `/status`: how many, p50 and p99 (bucket bounds, an
 /// estimate from above) and the longest, in ms.
 fn commit_ms(h: &gateway_buffer::DurationHistogram) -> Value {
@@ -738,21 +761,11 @@ pub async fn render_metrics(state: &AdminState) -> String {
         "1 once the broker granted every topic filter on the current connection.",
         &one(u64::from(m.mqtt_subscribed())),
     );
-    let ack = m.ack_latency();
-    // A histogram through `family`: each sample's "labels" carry the series suffix too.
-    let mut samples: Vec<(String, f64)> = crate::ops::metrics::ACK_LATENCY_BUCKETS_S
-        .iter()
-        .map(|b| format!("_bucket{{le=\"{b}\"}}"))
-        .chain(["_bucket{le=\"+Inf\"}".to_owned()])
-        .zip(ack.cumulative.iter().map(|&c| c as f64))
-        .collect();
-    samples.push(("_sum".to_owned(), ack.sum_s));
-    samples.push(("_count".to_owned(), ack.count() as f64));
     family(
         "gateway_ingest_ack_seconds",
         "histogram",
         "Time from an MQTT message's arrival to its PUBACK being queued: decoding, the group commit's window and its fsync.",
-        &samples,
+        &histogram_samples(&m.ack_latency(), ""),
     );
     let lanes = [Lane::Alarms, Lane::Readings];
     let per_lane = |f: &dyn Fn(&LaneStats) -> f64| {
@@ -851,27 +864,14 @@ pub async fn render_metrics(state: &AdminState) -> String {
         "Group commits of the buffer (each one sled flush and one fdatasync): at a trickle, what wears an SD card.",
         &one(b.commits),
     );
-    // A histogram per phase through `family`: each sample's "labels" carry the series suffix.
-    let mut samples = Vec::new();
-    for (phase, h) in [
+    let samples: Vec<(String, f64)> = [
         ("write", &b.commit_times.write),
         ("flush", &b.commit_times.flush),
         ("idle_flush", &b.commit_times.idle_flush),
-    ] {
-        let le = gateway_buffer::COMMIT_SECONDS_BUCKETS
-            .iter()
-            .map(|b| b.to_string())
-            .chain(["+Inf".to_owned()]);
-        let counts = h.cumulative.iter().copied().chain(std::iter::repeat(0));
-        samples.extend(le.zip(counts).map(|(le, c)| {
-            (
-                format!("_bucket{{phase=\"{phase}\",le=\"{le}\"}}"),
-                c as f64,
-            )
-        }));
-        samples.push((format!("_sum{{phase=\"{phase}\"}}"), h.sum_us as f64 / 1e6));
-        samples.push((format!("_count{{phase=\"{phase}\"}}"), h.count() as f64));
-    }
+    ]
+    .into_iter()
+    .flat_map(|(phase, h)| histogram_samples(h, &format!("phase=\"{phase}\"")))
+    .collect();
     family(
         "gateway_buffer_commit_seconds",
         "histogram",
@@ -1335,6 +1335,32 @@ async fn page() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_histogram_renders_every_bucket_sum_and_count_with_its_labels() {
+        let d = gateway_buffer::Durations::default();
+        d.observe(Duration::from_millis(3), 2);
+        let h = d.snapshot();
+        let plain = histogram_samples(&h, "");
+        let n = gateway_buffer::LATENCY_BUCKETS_S.len();
+        assert_eq!(plain.len(), n + 3, "{plain:?}");
+        assert_eq!(plain[0], ("_bucket{le=\"0.0005\"}".to_owned(), 0.0));
+        assert_eq!(plain[3], ("_bucket{le=\"0.005\"}".to_owned(), 2.0));
+        assert_eq!(plain[n], ("_bucket{le=\"+Inf\"}".to_owned(), 2.0));
+        assert_eq!(plain[n + 1], ("_sum".to_owned(), 0.006));
+        assert_eq!(plain[n + 2], ("_count".to_owned(), 2.0));
+        let labelled = histogram_samples(&h, "phase=\"flush\"");
+        assert_eq!(
+            labelled[n].0, "_bucket{phase=\"flush\",le=\"+Inf\"}",
+            "{labelled:?}"
+        );
+        assert_eq!(labelled[n + 1].0, "_sum{phase=\"flush\"}");
+        assert_eq!(labelled[n + 2].0, "_count{phase=\"flush\"}");
+        // Nothing observed yet: every bucket is rendered, at zero.
+        let empty = histogram_samples(&gateway_buffer::DurationHistogram::default(), "");
+        assert_eq!(empty.len(), n + 3);
+        assert!(empty.iter().all(|(_, v)| *v == 0.0), "{empty:?}");
+    }
 
     #[test]
     fn a_buffer_reason_carries_the_error_text_only_with_detail() {

@@ -4,17 +4,10 @@
 //! taking a lock that ingest would wait on.
 
 use crate::sources::decode::Reject;
-use gateway_buffer::Source;
+use gateway_buffer::{DurationHistogram, Durations, Source};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Upper bounds (seconds) of the buckets of [`IngestMetrics::ack_latency`]: from a group commit
-/// on a fast disk (~1 ms), through a stretched window at a trickle (`buffer.commit_stretch_ms`,
-/// 50 ms by default), to a stalled disk.
-pub const ACK_LATENCY_BUCKETS_S: [f64; 13] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
 
 /// Ingest counters. Labels are fixed at construction so rendering never allocates per label.
 #[derive(Debug)]
@@ -41,38 +34,8 @@ pub struct IngestMetrics {
     /// Serial readings not stored, by [`SERIAL_DROP_REASONS`].
     serial_dropped: [AtomicU64; SERIAL_DROP_REASONS.len()],
     /// MQTT messages by how long they waited between arriving and their PUBACK being queued
-    /// (decoding, the group commit's window and fsync): one count per bucket of
-    /// [`ACK_LATENCY_BUCKETS_S`], and one more for anything longer.
-    ack_buckets: [AtomicU64; ACK_LATENCY_BUCKETS_S.len() + 1],
-    ack_sum_us: AtomicU64,
-}
-
-/// How long MQTT messages waited for their PUBACK: Prometheus-style cumulative buckets.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AckLatency {
-    /// `cumulative[i]` messages waited ≤ `ACK_LATENCY_BUCKETS_S[i]`; the last entry is every
-    /// message (`+Inf`).
-    pub cumulative: Vec<u64>,
-    pub sum_s: f64,
-}
-
-impl AckLatency {
-    pub fn count(&self) -> u64 {
-        self.cumulative.last().copied().unwrap_or(0)
-    }
-
-    /// The upper bound of the bucket holding quantile `q` (0..=1) of the messages, in
-    /// milliseconds: an estimate from above. `None` before any message, or when the quantile
-    /// falls past the last bound.
-    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
-        let count = self.count();
-        if count == 0 {
-            return None;
-        }
-        let rank = (q * count as f64).ceil().max(1.0) as u64;
-        let i = self.cumulative.iter().position(|&c| c >= rank)?;
-        ACK_LATENCY_BUCKETS_S.get(i).map(|b| b * 1000.0)
-    }
+    /// (decoding, the group commit's window and fsync).
+    ack: Durations,
 }
 
 /// Why serial readings were not stored: the buffer failed a write (`buffer_write_error`), or
@@ -96,8 +59,7 @@ impl Default for IngestMetrics {
             mqtt_connected: AtomicBool::new(false),
             mqtt_subscribed: AtomicBool::new(false),
             serial_dropped: std::array::from_fn(|_| AtomicU64::new(0)),
-            ack_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            ack_sum_us: AtomicU64::new(0),
+            ack: Durations::default(),
         }
     }
 }
@@ -200,32 +162,12 @@ impl IngestMetrics {
 
     /// Counts `messages` MQTT messages acked `waited` after they arrived.
     pub fn observe_ack(&self, waited: Duration, messages: u64) {
-        let secs = waited.as_secs_f64();
-        let bucket = ACK_LATENCY_BUCKETS_S
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(ACK_LATENCY_BUCKETS_S.len());
-        self.ack_buckets[bucket].fetch_add(messages, Relaxed);
-        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
-        self.ack_sum_us
-            .fetch_add(us.saturating_mul(messages), Relaxed);
+        self.ack.observe(waited, messages);
     }
 
     /// A snapshot of [`IngestMetrics::observe_ack`]'s histogram.
-    pub fn ack_latency(&self) -> AckLatency {
-        let mut total = 0;
-        let cumulative = self
-            .ack_buckets
-            .iter()
-            .map(|b| {
-                total += b.load(Relaxed);
-                total
-            })
-            .collect();
-        AckLatency {
-            cumulative,
-            sum_s: self.ack_sum_us.load(Relaxed) as f64 / 1e6,
-        }
+    pub fn ack_latency(&self) -> DurationHistogram {
+        self.ack.snapshot()
     }
 
     pub fn rejected_total(&self) -> u64 {
@@ -405,6 +347,7 @@ impl ModbusSlaveStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gateway_buffer::LATENCY_BUCKETS_S;
 
     #[test]
     fn ack_latency_counts_each_message_in_its_bucket_and_estimates_quantiles_from_above() {
@@ -415,17 +358,14 @@ mod tests {
         m.observe_ack(Duration::from_secs(60), 1);
         let h = m.ack_latency();
         assert_eq!(h.count(), 100);
-        assert_eq!(h.cumulative[0], 98);
-        assert_eq!(h.cumulative[3], 99, "7 ms falls in the 10 ms bucket");
-        assert_eq!(h.cumulative[ACK_LATENCY_BUCKETS_S.len() - 1], 99);
+        assert_eq!(h.cumulative[1], 98, "0.8 ms falls in the 1 ms bucket");
+        assert_eq!(h.cumulative[4], 99, "7 ms falls in the 10 ms bucket");
+        assert_eq!(h.cumulative[LATENCY_BUCKETS_S.len() - 1], 99);
         assert_eq!(h.quantile_ms(0.5), Some(1.0));
         assert_eq!(h.quantile_ms(0.98), Some(1.0));
         assert_eq!(h.quantile_ms(0.99), Some(10.0));
         assert_eq!(h.quantile_ms(1.0), None, "past the last bound");
-        assert!(
-            (h.sum_s - (0.0784 + 0.007 + 60.0)).abs() < 1e-9,
-            "{}",
-            h.sum_s
-        );
+        assert_eq!(h.sum_us, 78_400 + 7_000 + 60_000_000);
+        assert_eq!(h.max_us, 60_000_000);
     }
 }
