@@ -6,12 +6,16 @@
 //! quiet) testable with made-up instants.
 //!
 //! **Quiet.** Linger is how long a batch waits *at most* to fill. Once records have come in a
-//! stream and then stop (the end of a burst, a fleet that has finished), waiting out the rest of
-//! the linger only delays what is already there: an open batch is also cut once nothing was
-//! pushed for [`QUIET_GAPS`] times its mean gap between pushes, and never sooner than
-//! `linger / QUIET_FRACTION` after the last one. A steady trickle never looks quiet by that
-//! measure (its gaps are its mean gap), so it is batched by linger exactly as before and sends
-//! no more requests; a batch with a single push has no gap to judge by and waits out its linger.
+//! stream and then stop, or fall to a trickle (the end of a burst, a fleet that has finished
+//! while a few devices go on), waiting out the rest of the linger only delays what is already
+//! there. So an open batch is also cut once, for a whole window of [`QUIET_GAPS`] of its mean gaps
+//! between pushes (and at least `linger / QUIET_FRACTION`), fewer records came than a
+//! [`QUIET_SHARE`]th of what its mean rate brings in such a window. For a stream that stops,
+//! that is a window without a push. A steady trickle never looks quiet by that measure (each
+//! window holds about its mean), so it is batched by linger exactly as before and sends no more
+//! requests; a stream that falls to a tenth of its rate costs one request more, sent a window
+//! after the fall rather than at the end of the linger. A batch with a single push has no gap to
+//! judge by and waits out its linger.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -22,6 +26,9 @@ use tokio::time::Instant;
 pub const QUIET_GAPS: u32 = 10;
 /// ... and after at least `linger / QUIET_FRACTION`.
 pub const QUIET_FRACTION: u32 = 10;
+/// ... once such a window brought fewer records than this share of what the batch's mean rate
+/// brings in it (1 / `QUIET_SHARE`).
+pub const QUIET_SHARE: u32 = 10;
 
 /// When a batch is cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,10 +61,9 @@ pub struct Batcher<T> {
     pending_bytes: usize,
     /// When the first pending record arrived; the linger clock starts here.
     first_at: Option<Instant>,
-    /// When the last pending record arrived, and at how many distinct instants records were
-    /// pushed into the open batch: the quiet clock.
-    last_at: Option<Instant>,
-    pushes: u32,
+    /// The distinct instants records were pushed into the open batch at, oldest first, with how
+    /// many at each: the quiet clock. At most one entry per pending record.
+    arrivals: Vec<(Instant, u32)>,
     /// Batches already cut, oldest first, waiting for the driver to take them.
     ready: VecDeque<Cut<T>>,
 }
@@ -75,8 +81,7 @@ impl<T> Batcher<T> {
             pending: Vec::new(),
             pending_bytes: envelope_bytes,
             first_at: None,
-            last_at: None,
-            pushes: 0,
+            arrivals: Vec::new(),
             ready: VecDeque::new(),
         }
     }
@@ -95,11 +100,10 @@ impl<T> Batcher<T> {
         let separator = usize::from(!self.pending.is_empty());
         if self.pending.is_empty() {
             self.first_at = Some(now);
-            self.last_at = Some(now);
-            self.pushes = 1;
-        } else if self.last_at.is_some_and(|last| now > last) {
-            self.last_at = Some(now);
-            self.pushes += 1;
+        }
+        match self.arrivals.last_mut() {
+            Some((last, n)) if now <= *last => *n += 1,
+            _ => self.arrivals.push((now, 1)),
         }
         self.pending.push(item);
         self.pending_bytes += separator + encoded_len;
@@ -156,20 +160,41 @@ impl<T> Batcher<T> {
     fn open_deadline(&self) -> Option<Instant> {
         let first = self.first_at?;
         let linger_end = first.checked_add(self.limits.linger);
-        let quiet_end = match self.last_at {
-            Some(last) if self.pushes >= 2 => {
-                let mean_gap = (last - first) / (self.pushes - 1);
-                let quiet = mean_gap
-                    .saturating_mul(QUIET_GAPS)
-                    .max(self.limits.linger / QUIET_FRACTION);
-                last.checked_add(quiet)
-            }
-            _ => None,
-        };
+        let quiet_end = self.quiet_end(first);
         match (linger_end, quiet_end) {
             (Some(l), Some(q)) => Some(l.min(q)),
             (l, q) => l.or(q),
         }
+    }
+
+    /// When the open batch goes quiet if nothing more comes: a window after the newest push
+    /// from which on the records pushed still reach a `QUIET_SHARE`th of what the batch's mean
+    /// rate brings in a window (the last push, for a steady stream). `None` before a second push.
+    fn quiet_end(&self, first: Instant) -> Option<Instant> {
+        let &[.., (last, _)] = self.arrivals.as_slice() else {
+            return None;
+        };
+        let gaps = u32::try_from(self.arrivals.len() - 1)
+            .ok()
+            .filter(|&g| g > 0)?;
+        let span = last - first;
+        let window = (span / gaps)
+            .saturating_mul(QUIET_GAPS)
+            .max(self.limits.linger / QUIET_FRACTION);
+        let share = self.pending.len() as f64 * window.as_secs_f64()
+            / span.as_secs_f64()
+            / f64::from(QUIET_SHARE);
+        let mut since = 0u64;
+        let fell = self
+            .arrivals
+            .iter()
+            .rev()
+            .find(|(_, n)| {
+                since += u64::from(*n);
+                since as f64 >= share
+            })
+            .map_or(last, |&(at, _)| at);
+        fell.checked_add(window)
     }
 
     /// Whether anything is ready now, i.e. [`Batcher::poll`] would return a batch at `now`.
@@ -194,8 +219,7 @@ impl<T> Batcher<T> {
         let items = std::mem::take(&mut self.pending);
         let bytes = std::mem::replace(&mut self.pending_bytes, self.envelope_bytes);
         self.first_at = None;
-        self.last_at = None;
-        self.pushes = 0;
+        self.arrivals.clear();
         self.ready.push_back(Cut { items, bytes });
     }
 }
@@ -288,11 +312,81 @@ mod tests {
         for i in 0..=20 {
             b.push(i, 5, t0 + ms(2 * u64::from(i)));
         }
-        // Quiet after max(10 × 2 ms, 1 s / 10) = 100 ms from the last push at 40 ms.
-        assert_eq!(b.deadline(), Some(t0 + ms(140)));
-        assert_eq!(items(b.poll(t0 + ms(139))), None);
-        assert_eq!(b.poll(t0 + ms(140)).map(|c| c.items.len()), Some(21));
+        // The window is max(10 × 2 ms, 1 s / 10) = 100 ms, in which the mean rate (21 records
+        // in 40 ms) brings 52.5 records; a tenth is 5.25. From the push at 30 ms on, six came:
+        // quiet once that push is a window old, at 130 ms, unless more come.
+        assert_eq!(b.deadline(), Some(t0 + ms(130)));
+        assert_eq!(items(b.poll(t0 + ms(129))), None);
+        assert_eq!(b.poll(t0 + ms(130)).map(|c| c.items.len()), Some(21));
         assert_eq!(b.deadline(), None, "nothing open");
+    }
+
+    #[test]
+    fn a_burst_that_falls_to_a_trickle_is_cut_a_window_after_the_fall() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut b = batcher(10_000, 10_000_000, 1_000);
+        // A burst: 100 records every 5 ms for 20 ms (500 records), then one record every 20 ms,
+        // as probes or a few devices that go on after a fleet has finished.
+        let mut i = 0;
+        for k in 0..5 {
+            for _ in 0..100 {
+                b.push(i, 5, t0 + ms(5 * k));
+                i += 1;
+            }
+        }
+        let mut at = ms(20);
+        let cut = loop {
+            at += ms(20);
+            if let Some(cut) = b.poll(t0 + at) {
+                break (at, cut.items.len());
+            }
+            assert!(
+                at < ms(1_000),
+                "still open at {at:?}: the trickle held it to its linger"
+            );
+            b.push(i, 5, t0 + at);
+            i += 1;
+        };
+        // The window grows with the trickle's gaps (10 × ~18 ms), and the cut comes one window
+        // after the burst's last push, far before the linger's end at 1 s.
+        assert!(
+            cut.0 >= ms(120) && cut.0 <= ms(240),
+            "cut at {:?} with {} records",
+            cut.0,
+            cut.1
+        );
+        assert!(cut.1 > 500, "the burst and the trickle so far: {}", cut.1);
+    }
+
+    #[test]
+    fn a_stream_at_half_its_rate_or_with_uneven_pushes_waits_out_its_linger() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        // Nothing is cut between pushes (polled just before each), and the batch holds every
+        // record until its linger ends at 1 s.
+        let run = |pushes: &[(u64, u32)]| {
+            let mut b = batcher(100_000, 100_000_000, 1_000);
+            for (k, &(at, n)) in pushes.iter().enumerate() {
+                assert_eq!(
+                    items(b.poll(t0 + ms(at))),
+                    None,
+                    "before push {k} at {at} ms"
+                );
+                for _ in 0..n {
+                    b.push(0, 5, t0 + ms(at));
+                }
+            }
+            assert_eq!(b.deadline(), Some(t0 + ms(1_000)));
+        };
+        // 10 records every 10 ms, then 5 every 10 ms: slower, not quiet.
+        run(&(0..100)
+            .map(|k| (10 * k, if k < 20 { 10 } else { 5 }))
+            .collect::<Vec<_>>());
+        // Pushes of 1 and 9 records in turn every 25 ms: each window holds about its mean.
+        run(&(0..40)
+            .map(|k| (25 * k, if k % 2 == 0 { 1 } else { 9 }))
+            .collect::<Vec<_>>());
     }
 
     #[test]
