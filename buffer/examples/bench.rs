@@ -47,7 +47,6 @@ fn rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// Allocated bytes of every file under `dir` (what the disk actually holds).
 /// Bytes this process has caused to be written to storage (`/proc/self/io` `write_bytes`): what
 /// an SD card would see, sled's rewrites included.
 fn written_bytes() -> u64 {
@@ -59,6 +58,7 @@ fn written_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// Allocated bytes of every file under `dir` (what the disk actually holds).
 fn disk_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0;

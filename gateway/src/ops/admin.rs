@@ -401,7 +401,6 @@ impl Degraded {
     }
 }
 
-/// `buffer.moved_aside_on_disk` of `/status`: the databases moved aside and still on disk.
 /// A histogram's samples for `family`, whose "labels" carry the series suffix too: `_bucket`
 /// per bound of [`gateway_buffer::LATENCY_BUCKETS_S`] and `+Inf`, `_sum` (seconds) and `_count`,
 /// each with `labels` (`name="value",…`, or empty).
@@ -436,6 +435,7 @@ fn commit_ms(h: &gateway_buffer::DurationHistogram) -> Value {
     })
 }
 
+/// `buffer.moved_aside_on_disk` of `/status`: the databases moved aside and still on disk.
 fn moved_aside_json(listed: &Result<Vec<MovedAside>, String>) -> Value {
     match listed {
         Ok(list) => json!({
@@ -875,7 +875,7 @@ pub async fn render_metrics(state: &AdminState) -> String {
     family(
         "gateway_buffer_commit_seconds",
         "histogram",
-        "How long group commits took, by phase: write (waiting for the buffer's lock, encoding blocks, handing them to sled) flush (sled's flush and the fdatasync); and idle_flush, the flushes of acks and state between commits, during which no group is committed. A PUBACK waits for the first two, and for an idle flush under way when its message arrived.",
+        "How long group commits took, by phase: write (waiting for the buffer's lock, encoding blocks, handing them to sled); flush (sled's flush and the fdatasync); and idle_flush, the flushes of acks and state between commits, during which no group is committed. A PUBACK waits for the first two, and for an idle flush under way when its message arrived.",
         &samples,
     );
     family(

@@ -589,6 +589,11 @@ async fn fetch_status(client: &reqwest::Client, admin: u16) -> Option<Value> {
     serde_json::from_slice::<Value>(&r.bytes().await.ok()?).ok()
 }
 
+/// The gateway's group commits since it started, from a `/status` (0 if absent).
+fn buffer_commits(status: &Value) -> u64 {
+    status["buffer"]["commits"].as_u64().unwrap_or(0)
+}
+
 /// Runs `task` to completion on a new thread with a runtime of its own.
 fn on_own_thread<F>(task: F) -> std::thread::JoinHandle<F::Output>
 where
@@ -711,8 +716,7 @@ async fn run_gateway(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (_, cpu_before, written_before) = proc_stats(gw.id());
-    let commits = |s: Option<Value>| s.map_or(0, |s| s["buffer"]["commits"].as_u64().unwrap_or(0));
-    let commits_before = commits(fetch_status(&client, admin).await);
+    let commits_before = buffer_commits(&fetch_status(&client, admin).await.unwrap_or_default());
 
     let probes_published = Arc::new(AtomicU64::new(0));
     let stop_ingest_poll = tokio_util::sync::CancellationToken::new();
@@ -737,7 +741,7 @@ async fn run_gateway(
         .unwrap()
         .unwrap();
     let (rss, cpu_after, written_after) = proc_stats(gw.id());
-    let commits_after = commits(fetch_status(&client, admin).await);
+    let commits_after = buffer_commits(&fetch_status(&client, admin).await.unwrap_or_default());
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(gw.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -1312,8 +1316,7 @@ async fn wear() {
     }
     // Settled: the opening writes of the database are not the trickle's.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let commits = |s: &Value| s["buffer"]["commits"].as_u64().unwrap_or(0);
-    let commits_before = commits(&status().await.unwrap_or_default());
+    let commits_before = buffer_commits(&status().await.unwrap_or_default());
     let (_, cpu_before, written_before) = proc_stats(gw.id());
 
     // Two floors: one fdatasync a second, and one every 100 ms (what a PUBACK p99 ≤ 100 ms
@@ -1338,7 +1341,7 @@ async fn wear() {
     }
     let (rss, cpu_after, written_after) = proc_stats(gw.id());
     let end = status().await.unwrap_or_default();
-    let commits_made = commits(&end) - commits_before;
+    let commits_made = buffer_commits(&end) - commits_before;
     let (mut delivery_ms, requests) = {
         let t = tally.lock().unwrap();
         (t.reading_latency_ms.clone(), t.readings_batches)
